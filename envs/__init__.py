@@ -1,0 +1,1 @@
+"""Gymnasium slate simulators and the baseline policies that run in them."""

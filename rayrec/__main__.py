@@ -1,0 +1,5 @@
+import sys
+
+from rayrec.cli import main
+
+sys.exit(main())

@@ -1,0 +1,43 @@
+"""A/B arm assignment by a salted hash of the pseudonymized user id.
+
+The server and the simulated A/B runner call the same function, so a user lands in the same arm in
+simulation, in production, across requests and across restarts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from rayrec.errors import ConfigError
+
+DEFAULT_SALT = "rayrec-ab-v1"
+
+
+def validate_arms(arms: Sequence[tuple[str, float]]) -> None:
+    """Arms need distinct names and positive weights."""
+    if not arms:
+        raise ConfigError("at least one arm is needed")
+    names = [name for name, _ in arms]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"arm names must be distinct, got {names}")
+    bad = [name for name, weight in arms if not weight > 0]
+    if bad:
+        raise ConfigError(f"arm weights must be positive: {bad}")
+
+
+def bucket(user_id: str, salt: str = DEFAULT_SALT) -> float:
+    """A uniform number in [0, 1) fixed by (salt, user_id)."""
+    digest = hashlib.sha256(f"{salt}:{user_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def assign_arm(user_id: str, arms: Sequence[tuple[str, float]], salt: str = DEFAULT_SALT) -> str:
+    """The arm of ``user_id``: arms own consecutive slices of [0, 1) in proportion to their weights."""
+    total = sum(weight for _, weight in arms)
+    point = bucket(user_id, salt) * total
+    for name, weight in arms:
+        point -= weight
+        if point < 0:
+            return name
+    return arms[-1][0]

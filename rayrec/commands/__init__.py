@@ -1,0 +1,1 @@
+"""The ``rayrec`` sub-commands, one module per stage (see :mod:`rayrec.cli`)."""
