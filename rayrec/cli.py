@@ -40,7 +40,7 @@ def add_command(
         name,
         help=help,
         description=description or help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(func=func)
     return parser
