@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import enum
 import inspect
+import itertools
 import textwrap
 import types
 import typing
@@ -40,7 +41,7 @@ def field_docs(cls: type) -> dict[str, str]:
         except (OSError, TypeError):
             continue
         body = tree.body[0].body  # type: ignore[attr-defined]
-        for stmt, nxt in zip(body, body[1:], strict=False):
+        for stmt, nxt in itertools.pairwise(body):
             if (
                 isinstance(stmt, ast.AnnAssign)
                 and isinstance(stmt.target, ast.Name)

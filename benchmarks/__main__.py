@@ -1,0 +1,102 @@
+"""Run every benchmark and write ``benchmarks/RESULTS.md`` (``python -m benchmarks`` or ``make bench``).
+
+Each benchmark runs in its own process (its own Ray instance, its own thread settings) and prints a
+markdown table that compares rayrec with a peer measured in the same run. This runner collects those
+tables with the machine and date, so every figure in RESULTS.md says where and when it was taken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+BENCHMARKS: dict[str, list[str]] = {
+    "synth": ["--items", "1000000"],
+    "env": [],
+    "embed": [],
+    "retrieval": [],
+    "serve": [],
+    "encoder_quality": [],
+}
+"""Benchmark module → its arguments for the full run (``--quick`` runs each script's own defaults)."""
+
+
+def machine_summary() -> str:
+    import psutil  # ships with ray
+
+    return (
+        f"{platform.node()}: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}"
+    )
+
+
+def run_benchmark(name: str, args: list[str]) -> tuple[str, float, int]:
+    """Run ``python -m benchmarks.<name> args``; returns (its stdout, seconds, exit code)."""
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{name}", *args],
+        cwd=HERE.parent,
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.perf_counter() - start
+    output = proc.stdout.strip()
+    if proc.returncode != 0:
+        output += "\n\n```\n" + proc.stderr.strip()[-3000:] + "\n```"
+    return output, seconds, proc.returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS), help="run only these benchmarks")
+    parser.add_argument("--quick", action="store_true", help="each script's small default sizes")
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="where to write the results")
+    args = parser.parse_args(argv)
+
+    names = args.only or list(BENCHMARKS)
+    sections = [
+        "# rayrec benchmarks",
+        "",
+        f"- machine: {machine_summary()}",
+        f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- command: `python -m benchmarks {' '.join(argv if argv is not None else sys.argv[1:])}`".rstrip(),
+        "",
+        "Each section compares rayrec with a peer measured in the same run; ratios hold better across "
+        "machines than absolute figures.",
+    ]
+    failed = []
+    for name in names:
+        bench_args = [] if args.quick else BENCHMARKS[name]
+        print(f"[bench] {name} {' '.join(bench_args)}", flush=True)
+        output, seconds, code = run_benchmark(name, bench_args)
+        status = "" if code == 0 else f" — FAILED (exit {code})"
+        sections += [
+            "",
+            f"## {name} ({seconds:.0f} s){status}",
+            "",
+            f"`python -m benchmarks.{name} {' '.join(bench_args)}`".replace(" `", "`"),
+            "",
+            output,
+        ]
+        print(output, flush=True)
+        if code != 0:
+            failed.append(name)
+    args.out.write_text("\n".join(sections) + "\n")
+    print(f"[bench] wrote {args.out}")
+    if failed:
+        print(f"[bench] failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
