@@ -1,0 +1,80 @@
+"""Simulator throughput on one core: the native vector env next to the same env stepped one user at a time.
+
+    python -m benchmarks.env [--users 1024] [--seconds 3]
+
+Measures user-steps per second (one user shown one slate and answering it) with K=50 candidates and
+k=5 slates: with ``candidates="random"`` (the simulator alone; target >= 50,000) and with FAISS
+retrieval from 10k and 100k items (exact inner product, one batched search per step). The peer is
+``gymnasium.make("rayrec/SlateRec-v0")`` stepped in a Python loop, in the same run. Policy cost is
+excluded: every step shows the same fixed slate.
+"""
+
+from __future__ import annotations
+
+import os
+
+# One core: set before numpy/faiss start their thread pools.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+TARGET = 50_000
+K, SLATE = 50, 5
+
+
+def user_steps_per_second(env, num_users: int, seconds: float) -> float:
+    """Step ``env`` (vector, ``num_users`` rows, or single when 0) for about ``seconds``."""
+    env.reset(seed=0)
+    actions = np.tile(np.arange(SLATE), (num_users, 1)) if num_users else np.arange(SLATE)
+    steps = 0
+    start = time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or steps < 3:
+        *_, terminated, truncated, _ = env.step(actions)
+        steps += 1
+        if not num_users and (terminated or truncated):
+            env.reset()
+    return steps * max(num_users, 1) / elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--users", type=int, default=1024, help="users in the vector env")
+    parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    args = parser.parse_args(argv)
+
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    import envs
+    from envs.config import SlateEnvConfig
+
+    rows = []
+    for mode, items in (("random", 10_000), ("faiss", 10_000), ("faiss", 100_000)):
+        config = SlateEnvConfig(num_candidates=K, slate_size=SLATE, candidates=mode, num_items=items)
+        vector = user_steps_per_second(envs.make_vector_env(config, args.users), args.users, args.seconds)
+        single = user_steps_per_second(envs.make_env(config), 0, args.seconds)
+        rows.append((mode, items, vector, single))
+
+    print(
+        f"### Simulator throughput (K={K}, k={SLATE}, dim 32, {args.users} users per vector env, one core)\n"
+    )
+    print("| candidates | items | vector env user-steps/s | gym.make loop user-steps/s | ratio |")
+    print("| --- | --- | --- | --- | --- |")
+    for mode, items, vector, single in rows:
+        print(f"| {mode} | {items:,} | {vector:,.0f} | {single:,.0f} | {vector / single:.1f}x |")
+    random_rate = rows[0][2]
+    verdict = "meets" if random_rate >= TARGET else "MISSES"
+    print(
+        f"\nWithout retrieval cost the vector env {verdict} the {TARGET:,} user-steps/s target ({random_rate:,.0f})."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""Candidate generators: which K items a user could be shown this step (before the policy ranks them)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from envs.catalog import ItemCatalog
+from envs.users import UserState
+from rayrec.errors import ConfigError
+
+
+class Retriever(Protocol):
+    """Nearest items by inner product, with each row's consumed items excluded exactly."""
+
+    def search_excluding(
+        self, queries: np.ndarray, k: int, excluded: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Queries [B, d], excluded [B, H] (padded with -1) → (scores [B, k] float32, items [B, k] int64)."""
+        ...
+
+
+def drop_excluded(
+    scores: np.ndarray, items: np.ndarray, excluded: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` results per row that are not in that row's ``excluded`` [B, H] (nor -1 padding).
+
+    Args:
+        scores: [B, k'] search scores, best first (k' >= k + H).
+        items: [B, k'] item indices.
+    """
+    hit = (items[:, :, None] == excluded[:, None, :]).any(axis=2) | (items < 0)  # [B, k']
+    keep = np.argsort(hit, axis=1, kind="stable")[:, :k]  # valid results first, in score order
+    return np.take_along_axis(scores, keep, axis=1), np.take_along_axis(items, keep, axis=1)
+
+
+class FlatRetriever:
+    """Exact inner-product search over an in-memory catalog (FAISS ``IndexFlatIP``)."""
+
+    def __init__(self, embeddings: np.ndarray) -> None:
+        import faiss
+
+        # faiss-cpu 1.15 only switches flat search to BLAS at 128,000 queries; one step's batch of
+        # users is far smaller, and the per-query path is ~4x slower at 10k-100k items (benchmarks/env.py).
+        faiss.cvar.distance_compute_blas_threshold = min(faiss.cvar.distance_compute_blas_threshold, 20)
+        self.size = len(embeddings)
+        self.index = faiss.IndexFlatIP(embeddings.shape[1])
+        self.index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
+
+    def search_excluding(
+        self, queries: np.ndarray, k: int, excluded: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        width = min(k + excluded.shape[1], self.size)
+        scores, items = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), width)
+        return drop_excluded(scores, items, excluded, k)
+
+
+class IndexRetriever:
+    """A :class:`rayrec.index.ItemIndex` (flat, IVF, HNSW, ...) behind the :class:`Retriever` protocol."""
+
+    def __init__(self, index) -> None:
+        self.index = index
+
+    def search_excluding(
+        self, queries: np.ndarray, k: int, excluded: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        exclude = [row[row >= 0] for row in excluded]
+        scores, items = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k, exclude=exclude)
+        return np.asarray(scores, np.float32), np.asarray(items, np.int64)
+
+
+class CandidateGenerator(Protocol):
+    def generate(self, users: UserState, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(items [B, K] int64 catalog indices in retrieval order, scores [B, K] float32 profile · item)."""
+        ...
+
+
+class RetrievalCandidates:
+    """The K nearest items to each user's *observed* profile, consumed items excluded.
+
+    Retrieval never sees the hidden interest: only what the user has clicked (history and this session),
+    as a production retriever would. Users with an empty profile (no history) get a zero query, for which
+    every item scores 0 and FAISS returns the lowest item indices; give users a history to avoid that.
+    """
+
+    def __init__(self, retriever: Retriever, num_candidates: int, catalog: ItemCatalog) -> None:
+        self.retriever = retriever
+        self.k = num_candidates
+        self.catalog = catalog
+
+    def generate(self, users: UserState, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        width = int(users.consumed_len.max()) if len(users.consumed_len) else 0
+        excluded = users.consumed[:, :width]
+        scores, items = self.retriever.search_excluding(users.profile(), self.k, excluded)
+        if (items < 0).any():
+            raise ConfigError(
+                f"retrieval returned fewer than K={self.k} unseen items (catalog of {self.catalog.size}); "
+                "lower num_candidates or use a larger catalog"
+            )
+        return items, scores.astype(np.float32, copy=False)
+
+
+class RandomCandidates:
+    """K distinct items drawn uniformly each step (RecSim's candidate sampler), ranked by profile score.
+
+    Consumed items are not excluded (uniform draws from a large catalog rarely repeat them). The drawn
+    items are ordered by ``profile · item`` so that ``retrieval_score`` and ``retrieval_rank`` mean the
+    same as with FAISS.
+    """
+
+    def __init__(self, catalog: ItemCatalog, num_candidates: int) -> None:
+        if num_candidates > catalog.size:
+            raise ConfigError(f"num_candidates K={num_candidates} exceeds the catalog size {catalog.size}")
+        self.catalog = catalog
+        self.k = num_candidates
+
+    def draw_distinct(self, batch: int, rng: np.random.Generator) -> np.ndarray:
+        """[B, K] uniform draws without repeats in a row (redraws collisions; a few rounds at most)."""
+        items = np.sort(rng.integers(0, self.catalog.size, size=(batch, self.k)), axis=1)
+        while True:
+            dup = np.zeros_like(items, dtype=bool)
+            dup[:, 1:] = items[:, 1:] == items[:, :-1]
+            if not dup.any():
+                return items
+            items[dup] = rng.integers(0, self.catalog.size, size=int(dup.sum()))
+            items.sort(axis=1)
+
+    def generate(self, users: UserState, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        items = self.draw_distinct(len(users.interest), rng)  # [B, K]
+        scores = np.einsum("bkd,bd->bk", self.catalog.embeddings[items], users.profile())  # [B, K]
+        order = np.argsort(-scores, axis=1, kind="stable")
+        return np.take_along_axis(items, order, axis=1), np.take_along_axis(scores, order, axis=1)

@@ -1,0 +1,158 @@
+"""The one typed configuration of the slate simulator (every part reads its fields from here)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rayrec.errors import ConfigError
+
+REWARD_NAMES = ("clicks", "engagement")
+CANDIDATE_MODES = ("faiss", "random")
+
+
+@dataclass(kw_only=True)
+class SlateEnvConfig:
+    """Everything that defines a ``rayrec/SlateRec-v0`` simulator: catalog, users, choice model, dynamics.
+
+    Utilities are in cosine units (the scale of ``interest · embedding``); the choice model divides them
+    by ``temperature``. Validation of values that do not depend on the catalog happens here, at
+    construction; values that do (``num_candidates`` against the catalog size, the index's dimension)
+    are checked when the simulator is built.
+    """
+
+    # --- catalog -------------------------------------------------------------------------------------
+    index_dir: str | None = None
+    """Item index directory (``rayrec build-index``); None → the built-in synthetic catalog."""
+    data_dir: str | None = None
+    """Data directory with ``items.parquet``/``interactions.parquet``: starts users from real histories
+    and supplies item ``clickbait``/``quality`` (columns, else derived from the logs)."""
+    num_items: int = 5000
+    """Items in the built-in synthetic catalog (ignored with ``index_dir``)."""
+    num_topics: int = 16
+    """Topics of the built-in synthetic world."""
+    dim: int | None = None
+    """Embedding dimension: of the built-in synthetic world (None → 32); with ``index_dir`` it must equal
+    the index's (None → take the index's)."""
+    clickbait_rate: float = 0.2
+    """Fraction of clickbait items in the built-in synthetic world."""
+    world_seed: int = 0
+    """Seed of the built-in synthetic world (catalog and topic centroids; users come from the env seed)."""
+
+    # --- candidates and slate ------------------------------------------------------------------------
+    num_candidates: int = 20
+    """K: candidates retrieved per step (the observation's candidate axis)."""
+    slate_size: int = 5
+    """k: items shown per step (the action is k distinct candidate positions)."""
+    candidates: Literal["faiss", "random"] = "faiss"
+    """``faiss``: the K nearest unseen items to the user's observed profile; ``random``: K distinct items
+    drawn uniformly each step (RecSim's sampler), for ablations and for measuring the simulator alone."""
+
+    # --- users ---------------------------------------------------------------------------------------
+    history_length: int = 5
+    """Items a synthetic user has consumed before the session (their observed profile at reset); with
+    logs, at most this many of the user's most recent items."""
+    history_pool: int = 256
+    """A synthetic user's history is the ``history_length`` best-matching items of this many uniformly
+    drawn ones (cheap, index-free, interest-correlated)."""
+    interest_noise: float = 0.3
+    """Std of the Gaussian noise added (per dimension, times 1/sqrt(dim)) to a user's interest when
+    sampling it from a topic mixture or from a logged history."""
+    budget: float = 20.0
+    """Session time budget in steps; each step spends one. Also the observation's budget scale."""
+    initial_satisfaction: tuple[float, float] = (0.8, 1.0)
+    """Range a user's starting satisfaction is drawn from uniformly (satisfaction lives in [0, 1])."""
+
+    # --- choice model --------------------------------------------------------------------------------
+    temperature: float = 0.1
+    """Conditional-logit temperature: lower → choices follow utility more sharply."""
+    no_click_utility: float = 1.0
+    """Utility of not clicking (the outside option), in cosine units."""
+    position_decay: float = 0.85
+    """Attractiveness multiplier per slate position (position p is weighted ``position_decay ** p``)."""
+    clickbait_appeal: float = 0.3
+    """Extra utility of a clickbait item: it is clicked more than its relevance warrants."""
+    popularity_appeal: float = 0.1
+    """Extra utility per unit of the popularity feature (broad appeal of popular items)."""
+
+    # --- response ------------------------------------------------------------------------------------
+    interest_drift: float = 0.1
+    """After a click the hidden interest moves this fraction of the way toward the clicked item."""
+    satisfaction_gain: float = 0.2
+    """Satisfaction change per click per unit of ``quality - 0.5`` (good items raise it)."""
+    clickbait_penalty: float = 0.2
+    """Satisfaction lost when the clicked item is clickbait."""
+    boredom: float = 0.03
+    """Satisfaction lost on a step without a click."""
+    leave_base: float = 0.0
+    """Probability per step that a fully satisfied user leaves."""
+    leave_scale: float = 0.5
+    """Extra leave probability per unit of dissatisfaction: ``p = leave_base + leave_scale * (1 - s)**2``."""
+
+    # --- reward ------------------------------------------------------------------------------------
+    reward: Literal["clicks", "engagement"] = "clicks"
+    """``clicks``: 1 per click; ``engagement``: the clicked item's quality (quality-weighted engagement)."""
+
+    # --- limits ------------------------------------------------------------------------------------
+    max_episode_steps: int = 100
+    """Truncation cap on steps per session (registered with the env; above ``budget`` it rarely binds)."""
+    fitted: dict[str, Any] = field(default_factory=dict)
+    """Provenance of calibrated values (``rayrec calibrate`` fills it: data dir, log-likelihood, ...)."""
+
+    def __post_init__(self) -> None:
+        self.initial_satisfaction = tuple(float(v) for v in self.initial_satisfaction)  # type: ignore[assignment]
+        problems: list[str] = []
+        for name in ("num_items", "num_topics", "num_candidates", "slate_size", "history_pool"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.dim is not None and self.dim < 2:
+            problems.append(f"dim must be >= 2 (got {self.dim})")
+        if self.history_length < 0:
+            problems.append(f"history_length must be >= 0 (got {self.history_length})")
+        if self.slate_size > self.num_candidates:
+            problems.append(
+                f"slate_size k={self.slate_size} exceeds num_candidates K={self.num_candidates}: "
+                "a slate is k distinct candidates"
+            )
+        if self.candidates not in CANDIDATE_MODES:
+            problems.append(f"candidates must be one of {CANDIDATE_MODES} (got {self.candidates!r})")
+        if self.reward not in REWARD_NAMES:
+            problems.append(f"reward must be one of {REWARD_NAMES} (got {self.reward!r})")
+        if self.temperature <= 0:
+            problems.append(f"temperature must be > 0 (got {self.temperature})")
+        if not 0 < self.position_decay <= 1:
+            problems.append(f"position_decay must be in (0, 1] (got {self.position_decay})")
+        if not 0 <= self.interest_drift <= 1:
+            problems.append(f"interest_drift must be in [0, 1] (got {self.interest_drift})")
+        if not 0 <= self.clickbait_rate <= 1:
+            problems.append(f"clickbait_rate must be in [0, 1] (got {self.clickbait_rate})")
+        low, high = self.initial_satisfaction if len(self.initial_satisfaction) == 2 else (float("nan"),) * 2
+        if not 0 <= low <= high <= 1:
+            problems.append(
+                f"initial_satisfaction must be a range within [0, 1] (got {self.initial_satisfaction})"
+            )
+        if self.budget <= 0:
+            problems.append(f"budget must be > 0 (got {self.budget})")
+        if self.max_episode_steps < 1:
+            problems.append(f"max_episode_steps must be >= 1 (got {self.max_episode_steps})")
+        for name in ("leave_base", "leave_scale", "boredom", "clickbait_penalty", "interest_noise"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if problems:
+            raise ConfigError("SlateEnvConfig: " + "; ".join(problems))
+
+    def replace(self, **changes: Any) -> SlateEnvConfig:
+        """A copy with ``changes`` applied (validated again); unknown names → ConfigError."""
+        return config_with(self, **changes)
+
+
+def config_with(base: SlateEnvConfig | None, **changes: Any) -> SlateEnvConfig:
+    """``base`` (or the defaults) with keyword overrides, as ``gymnasium.make(..., **kwargs)`` passes them."""
+    known = {f.name for f in dataclasses.fields(SlateEnvConfig)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise ConfigError(f"SlateEnvConfig: unknown fields {unknown} (known: {sorted(known)})")
+    if base is None:
+        return SlateEnvConfig(**changes)
+    return dataclasses.replace(base, **changes)

@@ -1,0 +1,181 @@
+"""The one factory: a :class:`SlateEnvConfig` in, a wired :class:`SlateSimulator` out.
+
+Catalogs are cached per process (keyed by what defines them) because RLlib and the tests build many
+envs over the same catalog; their arrays are made read-only so no env can change another's items.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from envs.candidates import FlatRetriever, IndexRetriever, RandomCandidates, RetrievalCandidates
+from envs.catalog import ItemCatalog, catalog_from_index, synthetic_catalog
+from envs.choice import ChoiceModel, ConditionalLogitChoice
+from envs.config import SlateEnvConfig
+from envs.response import UserResponse
+from envs.rewards import reward_function
+from envs.simulator import SlateSimulator
+from envs.users import (
+    AnchorItemSampler,
+    ChoiceHistory,
+    LoggedUserSampler,
+    TopicMixtureSampler,
+    UserSampler,
+    logged_histories,
+)
+from rayrec import storage
+from rayrec.errors import ConfigError
+
+DEFAULT_DIM = 32
+"""Embedding dimension of the built-in synthetic world when ``dim`` is not given."""
+
+
+@dataclass(frozen=True)
+class World:
+    """A loaded catalog and what users are sampled from (shared, read-only).
+
+    Attributes:
+        catalog: the items.
+        synthetic: the :class:`rayrec.synth.SyntheticWorld` when the catalog is synthetic, else None.
+        histories: [U, h] logged users' recent catalog items (see :func:`envs.users.logged_histories`),
+            or None without logs.
+        retriever: exact or index-backed nearest-neighbour search over the catalog.
+        interactions: the logged interactions (pa.Table) or None; calibration compares against them.
+    """
+
+    catalog: ItemCatalog
+    synthetic: object | None
+    histories: np.ndarray | None
+    retriever: object
+    interactions: object | None
+
+
+def _freeze(catalog: ItemCatalog) -> ItemCatalog:
+    for value in vars(catalog).values():
+        if isinstance(value, np.ndarray):
+            value.flags.writeable = False
+    return catalog
+
+
+@functools.lru_cache(maxsize=8)
+def _synthetic_world(num_items: int, num_topics: int, dim: int, clickbait_rate: float, seed: int):
+    from rayrec.synth import SyntheticWorld, WorldConfig
+
+    world = SyntheticWorld(
+        WorldConfig(items=num_items, topics=num_topics, dim=dim, clickbait_rate=clickbait_rate, seed=seed)
+    )
+    catalog = _freeze(synthetic_catalog(world))
+    return world, catalog, FlatRetriever(catalog.embeddings)
+
+
+def _read_logs(data_dir: str):
+    from rayrec.data.io import read_interactions, read_items
+
+    items_uri = storage.join(data_dir, "items.parquet")
+    inter_uri = storage.join(data_dir, "interactions.parquet")
+    for uri in (items_uri, inter_uri):
+        if not storage.exists(uri):
+            raise ConfigError(f"data_dir {data_dir}: {uri} not found")
+    items = read_items(items_uri)
+    return items, read_interactions(inter_uri)
+
+
+@functools.lru_cache(maxsize=4)
+def _logged_world(index_dir: str | None, data_dir: str | None, history_length: int) -> World:
+    items = interactions = None
+    if data_dir is not None:
+        items, interactions = _read_logs(data_dir)
+    synthetic = None
+    if index_dir is not None:
+        from rayrec.index import ItemIndex
+
+        index = ItemIndex.load(index_dir)
+        catalog = _freeze(catalog_from_index(index, items, interactions))
+        retriever = IndexRetriever(index)
+    else:
+        # A synthetic world's data dir: its latent catalog plus its logged users.
+        from rayrec.synth import read_world_config
+
+        world_config = read_world_config(data_dir)
+        synthetic, catalog, retriever = _synthetic_world(
+            world_config.items,
+            world_config.topics,
+            world_config.dim,
+            world_config.clickbait_rate,
+            world_config.seed,
+        )
+    histories = None
+    if interactions is not None:
+        histories = logged_histories(catalog, interactions, max(history_length, 1))
+        if len(histories) == 0:
+            raise ConfigError(f"data_dir {data_dir}: no interaction refers to an item of the catalog")
+    return World(
+        catalog=catalog,
+        synthetic=synthetic,
+        histories=histories,
+        retriever=retriever,
+        interactions=interactions,
+    )
+
+
+def load_world(config: SlateEnvConfig) -> World:
+    """The catalog, user source and retriever ``config`` names (cached per process)."""
+    if config.index_dir is None and config.data_dir is None:
+        dim = config.dim or DEFAULT_DIM
+        world, catalog, retriever = _synthetic_world(
+            config.num_items, config.num_topics, dim, config.clickbait_rate, config.world_seed
+        )
+        return World(catalog=catalog, synthetic=world, histories=None, retriever=retriever, interactions=None)
+    return _logged_world(config.index_dir, config.data_dir, config.history_length)
+
+
+def check_against_world(config: SlateEnvConfig, world: World) -> None:
+    """Errors that need the catalog: K against its size, the requested dimension against the index's."""
+    catalog = world.catalog
+    if config.dim is not None and config.dim != catalog.dim:
+        source = config.index_dir or config.data_dir
+        raise ConfigError(
+            f"dim={config.dim} but the catalog at {source} has {catalog.dim}-dimensional embeddings"
+        )
+    reserve = config.history_length + config.max_episode_steps if config.candidates == "faiss" else 0
+    if config.num_candidates + reserve > catalog.size:
+        raise ConfigError(
+            f"num_candidates K={config.num_candidates} does not fit the catalog of {catalog.size} items"
+            + (f" (K plus up to {reserve} consumed items excluded from retrieval)" if reserve else "")
+        )
+
+
+def build_simulator(
+    config: SlateEnvConfig, batch: int, choice_model: ChoiceModel | None = None
+) -> SlateSimulator:
+    """Wire catalog, user sampler, candidate generator, choice, response and reward for ``batch`` users."""
+    world = load_world(config)
+    check_against_world(config, world)
+    catalog = world.catalog
+    choice = choice_model if choice_model is not None else ConditionalLogitChoice.from_config(config)
+    sampler: UserSampler
+    if world.histories is not None:
+        sampler = LoggedUserSampler(catalog, world.histories, config.interest_noise)
+    else:
+        history = ChoiceHistory(catalog, choice, config.history_length, config.history_pool)
+        if world.synthetic is not None:
+            sampler = TopicMixtureSampler(world.synthetic, history, config.interest_noise)
+        else:
+            sampler = AnchorItemSampler(catalog, history, config.interest_noise)
+    if config.candidates == "faiss":
+        candidates = RetrievalCandidates(world.retriever, config.num_candidates, catalog)
+    else:
+        candidates = RandomCandidates(catalog, config.num_candidates)
+    return SlateSimulator(
+        config=config,
+        catalog=catalog,
+        sampler=sampler,
+        candidates=candidates,
+        choice_model=choice,
+        response=UserResponse(config),
+        reward_fn=reward_function(config.reward),
+        batch=batch,
+    )

@@ -1,0 +1,153 @@
+"""The batched simulation core shared by the single env and the native vector env.
+
+Both envs are thin Gymnasium shells around :class:`SlateSimulator`, which holds B users in arrays and
+advances them all with array operations and one batched candidate search per step. The single env is
+the case B = 1, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from gymnasium import spaces
+
+from envs.candidates import CandidateGenerator
+from envs.catalog import ItemCatalog
+from envs.choice import NO_CLICK, ChoiceModel
+from envs.config import SlateEnvConfig
+from envs.response import UserResponse
+from envs.rewards import RewardFn
+from envs.users import UserSampler, UserState
+from rayrec.features import NUM_FEATURES, candidate_features
+
+INFO_KEYS = ("clicked", "click_position", "chosen_item", "satisfaction", "left")
+"""Per-step info keys (arrays over the batch in the vector env, scalars in the single env)."""
+
+
+def observation_space(num_candidates: int, dim: int) -> spaces.Dict:
+    """One user's observation space: :mod:`rayrec.features`'s contract with B dropped."""
+    return spaces.Dict(
+        {
+            "profile": spaces.Box(-1.0, 1.0, shape=(dim,), dtype=np.float32),
+            "candidates": spaces.Box(-1.0, 1.0, shape=(num_candidates, dim), dtype=np.float32),
+            # retrieval_score is an inner product of unit vectors, the other features are in [0, 1].
+            "features": spaces.Box(-1.0, 1.0, shape=(num_candidates, NUM_FEATURES), dtype=np.float32),
+            "budget": spaces.Box(0.0, 1.0, shape=(1,), dtype=np.float32),
+        }
+    )
+
+
+def action_space(num_candidates: int, slate_size: int) -> spaces.MultiDiscrete:
+    """One user's action space: k candidate positions, each in [0, K)."""
+    return spaces.MultiDiscrete(np.full(slate_size, num_candidates, dtype=np.int64))
+
+
+def dedupe_slates(actions: np.ndarray, num_candidates: int) -> np.ndarray:
+    """Slates [B, k] of candidate positions with repeats replaced, deterministically.
+
+    Rule: positions are read left to right; a candidate already shown earlier in the slate is replaced
+    by the best-ranked (lowest retrieval rank) candidate not yet in the slate. A slate without repeats
+    is returned unchanged.
+    """
+    actions = np.asarray(actions, dtype=np.int64)
+    batch, k = actions.shape
+    rows = np.arange(batch)
+    used = np.zeros((batch, num_candidates), dtype=bool)
+    out = actions.copy()
+    for p in range(k):
+        pick = out[:, p]
+        repeat = used[rows, pick]
+        if repeat.any():
+            pick = np.where(repeat, np.argmin(used, axis=1), pick)  # first unused = best-ranked unused
+            out[:, p] = pick
+        used[rows, pick] = True
+    return out
+
+
+@dataclass
+class StepOutcome:
+    """What one step did to each of B users.
+
+    Attributes:
+        reward: [B] float32.
+        terminated: [B] bool: the user left, or spent the session budget.
+        slate_items: [B, k] int64 catalog indices actually shown (after de-duplication).
+        info: :data:`INFO_KEYS` → [B] arrays.
+    """
+
+    reward: np.ndarray
+    terminated: np.ndarray
+    slate_items: np.ndarray
+    info: dict[str, np.ndarray]
+
+
+class SlateSimulator:
+    """B users, their candidates, and one step of the RecSim loop for all of them at once."""
+
+    def __init__(
+        self,
+        config: SlateEnvConfig,
+        catalog: ItemCatalog,
+        sampler: UserSampler,
+        candidates: CandidateGenerator,
+        choice_model: ChoiceModel,
+        response: UserResponse,
+        reward_fn: RewardFn,
+        batch: int,
+    ) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.sampler = sampler
+        self.candidate_generator = candidates
+        self.choice_model = choice_model
+        self.response = response
+        self.reward_fn = reward_fn
+        self.batch = batch
+        self.users = UserState.empty(batch, catalog.dim, config.history_length + config.max_episode_steps)
+        self.candidate_items = np.zeros((batch, config.num_candidates), np.int64)
+        """[B, K] catalog indices of the current candidates (retrieval order); the oracle reads these."""
+        self.candidate_scores = np.zeros((batch, config.num_candidates), np.float32)
+
+    def start_users(self, rows: np.ndarray, rng: np.random.Generator) -> None:
+        """Replace the users in ``rows`` with freshly sampled ones."""
+        if len(rows) == 0:
+            return
+        interest, history = self.sampler.sample(len(rows), rng)
+        low, high = self.config.initial_satisfaction
+        satisfaction = rng.uniform(low, high, size=len(rows)).astype(np.float32)
+        self.users.start(rows, interest, history, satisfaction, self.config.budget, self.catalog.embeddings)
+
+    def refresh_candidates(self, rng: np.random.Generator) -> None:
+        """Retrieve every user's K candidates (one batched search)."""
+        self.candidate_items, self.candidate_scores = self.candidate_generator.generate(self.users, rng)
+
+    def observation(self) -> dict[str, np.ndarray]:
+        """The batched observation of :mod:`rayrec.features` for the current candidates."""
+        return {
+            "profile": self.users.profile(),
+            "candidates": self.catalog.embeddings[self.candidate_items],  # [B, K, d]
+            "features": candidate_features(
+                np.clip(self.candidate_scores, -1.0, 1.0), self.catalog.popularity[self.candidate_items]
+            ),
+            "budget": np.clip(self.users.budget / self.config.budget, 0.0, 1.0)[:, None].astype(np.float32),
+        }
+
+    def step(self, actions: np.ndarray, rng: np.random.Generator) -> StepOutcome:
+        """Show slates ``actions`` [B, k] (candidate positions), let users respond, update their state."""
+        slates = dedupe_slates(actions, self.config.num_candidates)
+        slate_items = np.take_along_axis(self.candidate_items, slates, axis=1)  # [B, k]
+        position = self.choice_model.choose(self.users.interest, slate_items, self.catalog, rng)  # [B]
+        clicked = position != NO_CLICK
+        chosen = np.where(clicked, slate_items[np.arange(len(position)), np.maximum(position, 0)], -1)
+        reward = self.reward_fn(chosen, self.catalog)
+        left = self.response.apply(self.users, chosen, self.catalog, rng)
+        terminated = left | (self.users.budget <= 0)
+        info = {
+            "clicked": clicked,
+            "click_position": position,
+            "chosen_item": chosen,
+            "satisfaction": self.users.satisfaction.copy(),
+            "left": left,
+        }
+        return StepOutcome(reward=reward, terminated=terminated, slate_items=slate_items, info=info)

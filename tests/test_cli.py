@@ -1,0 +1,75 @@
+"""The installed ``rayrec`` console script, run as a user runs it (a real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from data_samples import ML100K_USERS, leaks, write_ml100k
+
+RAYREC = Path(sys.executable).parent / "rayrec"
+
+
+def rayrec(*args: str) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items() if key != "RAYREC_PSEUDONYM_KEY"}
+    assert RAYREC.exists(), f"console script not installed at {RAYREC} (pip install -e .)"
+    return subprocess.run([str(RAYREC), *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_help():
+    result = rayrec("--help")
+    assert result.returncode == 0, result.stderr
+    assert "data" in result.stdout
+    result = rayrec("data", "--help")
+    assert result.returncode == 0, result.stderr
+    for command in ("synth", "import-movielens", "import", "stats"):
+        assert command in result.stdout
+
+
+def test_import_movielens_then_stats(tmp_path):
+    source = write_ml100k(tmp_path / "ml-100k")
+    out = tmp_path / "data"
+    result = rayrec("data", "import-movielens", str(source), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "imported ml-100k: 4 items, 5 interactions, 3 users" in result.stdout
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["command"] == "ImportMovieLensConfig" and config["src"] == str(source)
+    result = rayrec("data", "stats", str(out), "--json", str(out / "stats.json"))
+    assert result.returncode == 0, result.stderr
+    assert "popularity gini" in result.stdout and "interactions per user" in result.stdout
+    stats = json.loads((out / "stats.json").read_text())
+    assert (stats["items"], stats["users"], stats["interactions"]) == (4, 3, 5)
+    assert (out / "stats.config.yaml").exists()
+    assert leaks(out, [str(user) for user in ML100K_USERS]) == []
+
+
+def test_import_movielens_small(movielens_small, tmp_path):
+    result = rayrec("data", "import-movielens", str(movielens_small), "--out", str(tmp_path / "ml"))
+    assert result.returncode == 0, result.stderr
+    assert "9,125 items, 100,004 interactions, 671 users" in result.stdout
+
+
+def test_bad_input_exits_2_with_one_line_and_no_traceback(tmp_path):
+    source = write_ml100k(tmp_path / "src", extra_data_lines=("987654301\t1\tfive\t881250960",))
+    result = rayrec("data", "import-movielens", str(source), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {source / 'u.data'}, row 6 (line 6), column 'rating': 'five' is not a number"]
+    result = rayrec(
+        "data", "import-movielens", str(source), "--out", str(tmp_path / "out"), "--skip-bad-rows"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "skipped 1 bad rows (u.data: 1)" in result.stdout
+    result = rayrec("data", "stats", str(tmp_path / "nothing-here"))
+    assert result.returncode == 2 and result.stderr.startswith("error:") and "Traceback" not in result.stderr
+    result = rayrec(
+        "data", "import", str(source / "u.data"), "--out", str(tmp_path / "x"), "--map", "who=uid"
+    )
+    assert (
+        result.returncode == 2 and "unknown field 'who'" in result.stderr and "Traceback" not in result.stderr
+    )

@@ -1,0 +1,176 @@
+"""The single-user slate simulator: Gymnasium conformance, determinism, exact dynamics, bad config."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs
+from envs.config import SlateEnvConfig
+from envs.simulator import dedupe_slates
+from rayrec.errors import ConfigError
+from rayrec.features import l2_normalize
+
+SMALL = {"num_items": 600, "num_topics": 6}
+
+
+def rollout(env: gym.Env, seed: int, steps: int = 60) -> list[tuple]:
+    """(action, reward, terminated, chosen item) per step, with a seeded action stream."""
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    out = []
+    for _ in range(steps):
+        action = env.action_space.sample()
+        obs, reward, terminated, truncated, info = env.step(action)
+        out.append((tuple(action), reward, terminated, info["chosen_item"], obs["profile"].tobytes()))
+        if terminated or truncated:
+            env.reset()
+    return out
+
+
+def test_registered_env_passes_the_gymnasium_checker():
+    env = gym.make(envs.ENV_ID)
+    assert env.spec.max_episode_steps == envs.MAX_EPISODE_STEPS
+    check_env(env.unwrapped)
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    assert set(obs) == {"profile", "candidates", "features", "budget"}
+    assert obs["candidates"].shape == (20, 32) and obs["features"].shape == (20, 3)
+    assert isinstance(env.action_space, gym.spaces.MultiDiscrete)
+    assert list(env.action_space.nvec) == [20] * 5
+
+
+def test_keyword_arguments_reach_the_config():
+    env = gym.make(envs.ENV_ID, num_candidates=8, slate_size=3, candidates="random", **SMALL)
+    obs, _ = env.reset(seed=1)
+    assert obs["candidates"].shape == (8, 32)
+    assert list(env.action_space.nvec) == [8, 8, 8]
+    assert env.unwrapped.config.candidates == "random"
+
+
+def test_same_seed_same_trajectory():
+    first = rollout(envs.make_env(SlateEnvConfig(**SMALL)), seed=3)
+    second = rollout(envs.make_env(SlateEnvConfig(**SMALL)), seed=3)
+    other = rollout(envs.make_env(SlateEnvConfig(**SMALL)), seed=4)
+    assert first == second
+    assert first != other
+
+
+def test_faiss_candidates_follow_the_observed_profile_and_skip_consumed_items():
+    env = envs.make_env(SlateEnvConfig(**SMALL))
+    obs, _ = env.reset(seed=5)
+    sim = env.unwrapped.sim
+    scores = obs["features"][:, 0]
+    assert np.all(np.diff(scores) <= 1e-6), "candidates come in retrieval order"
+    expected = sim.catalog.embeddings[sim.candidate_items[0]] @ obs["profile"]
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+    for _ in range(30):
+        obs, _, terminated, _, _info = env.step(np.arange(5))
+        consumed = set(sim.users.consumed[0, : sim.users.consumed_len[0]].tolist())
+        assert not consumed & set(sim.candidate_items[0].tolist())
+        if terminated:
+            break
+
+
+def test_repeated_slate_positions_are_replaced_by_the_best_unused_candidate():
+    slates = np.array([[3, 3, 0, 3, 1], [0, 1, 2, 3, 4], [2, 2, 2, 2, 2]])
+    np.testing.assert_array_equal(
+        dedupe_slates(slates, 6), [[3, 0, 1, 2, 4], [0, 1, 2, 3, 4], [2, 0, 1, 3, 4]]
+    )
+
+
+class ScriptedChoice:
+    """A fake choice model: always clicks the given slate position (or nothing with -1)."""
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+
+    def item_logits(self, interest, items, catalog):
+        return np.zeros(items.shape)
+
+    def choose(self, interest, slate, catalog, rng):
+        return np.full(len(slate), self.position, dtype=np.int64)
+
+
+def test_dynamics_with_a_fake_choice_model_are_exact():
+    config = SlateEnvConfig(**SMALL, leave_base=0.0, leave_scale=0.0, initial_satisfaction=(0.7, 0.7))
+    env = envs.make_env(config, choice_model=ScriptedChoice(1))
+    env.reset(seed=11)
+    sim = env.unwrapped.sim
+    interest = sim.users.interest[0].copy()
+    item = sim.candidate_items[0, 4]
+    _, reward, terminated, _, info = env.step(np.array([2, 4, 0, 1, 3]))
+    catalog = sim.catalog
+    assert info["clicked"] and info["click_position"] == 1 and info["chosen_item"] == item
+    assert reward == 1.0 and not terminated and not info["left"]
+    drifted = l2_normalize(
+        (1 - config.interest_drift) * interest + config.interest_drift * catalog.embeddings[item]
+    )
+    np.testing.assert_allclose(sim.users.interest[0], drifted, atol=1e-6)
+    change = (
+        config.satisfaction_gain * (catalog.quality[item] - 0.5)
+        - config.clickbait_penalty * catalog.clickbait[item]
+    )
+    assert info["satisfaction"] == pytest.approx(np.clip(0.7 + change, 0, 1), abs=1e-6)
+    assert sim.users.budget[0] == config.budget - 1
+    assert item in sim.users.consumed[0, : sim.users.consumed_len[0]]
+
+
+def test_no_click_bores_and_the_budget_ends_the_session():
+    config = SlateEnvConfig(
+        **SMALL, budget=4.0, leave_base=0.0, leave_scale=0.0, initial_satisfaction=(0.5, 0.5)
+    )
+    env = envs.make_env(config, choice_model=ScriptedChoice(-1))
+    env.reset(seed=0)
+    for step in range(1, 5):
+        obs, reward, terminated, _, info = env.step(np.arange(5))
+        assert reward == 0.0 and not info["clicked"] and info["chosen_item"] == -1
+        assert info["satisfaction"] == pytest.approx(0.5 - step * config.boredom, abs=1e-6)
+        assert obs["budget"][0] == pytest.approx(1 - step / 4)
+        assert terminated == (step == 4)
+
+
+def test_dissatisfied_users_leave():
+    # Satisfaction 0 and leave_scale 1: leave probability 1 after the first step.
+    config = SlateEnvConfig(**SMALL, leave_base=0.0, leave_scale=1.0, initial_satisfaction=(0.0, 0.0))
+    env = envs.make_env(config, choice_model=ScriptedChoice(-1))
+    env.reset(seed=0)
+    _, _, terminated, _, info = env.step(np.arange(5))
+    assert terminated and info["left"]
+    # Fully satisfied users with leave_base 0 never leave before the budget ends.
+    config = config.replace(initial_satisfaction=(1.0, 1.0), boredom=0.0, budget=6.0)
+    env = envs.make_env(config, choice_model=ScriptedChoice(-1))
+    env.reset(seed=0)
+    lengths = 0
+    while True:
+        _, _, terminated, _, info = env.step(np.arange(5))
+        lengths += 1
+        if terminated:
+            break
+    assert lengths == 6 and not info["left"]
+
+
+def test_engagement_reward_is_the_clicked_items_quality():
+    env = envs.make_env(SlateEnvConfig(**SMALL, reward="engagement"), choice_model=ScriptedChoice(0))
+    env.reset(seed=2)
+    _, reward, _, _, info = env.step(np.arange(5))
+    assert reward == pytest.approx(float(env.unwrapped.sim.catalog.quality[info["chosen_item"]]))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"num_candidates": 4, "slate_size": 5}, "slate_size"),
+        ({"num_candidates": 700}, "catalog"),
+        ({"num_candidates": 500, "candidates": "random", "num_items": 300}, "catalog"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"candidates": "bm25"}, "candidates"),
+        ({"bogus": 1}, "unknown"),
+    ],
+)
+def test_bad_config_is_a_config_error_at_construction(overrides, message):
+    kwargs = {**SMALL, **overrides}
+    with pytest.raises(ConfigError, match=message):
+        gym.make(envs.ENV_ID, **kwargs)

@@ -1,0 +1,115 @@
+"""Baseline policies, the myopic-vs-long-term gap, and the env built from a real index directory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import envs
+from envs.config import SlateEnvConfig
+from envs.evaluation import run_sessions
+from envs.policies import (
+    GreedyPolicy,
+    OraclePolicy,
+    RandomPolicy,
+    RetrievalPolicy,
+    fitted_greedy,
+    make_policy,
+)
+from rayrec.errors import ConfigError
+from rayrec.policy import SlatePolicy
+
+USERS = 1500
+
+
+def test_baselines_implement_the_slate_policy_protocol():
+    vec = envs.make_vector_env(SlateEnvConfig(num_items=600, num_topics=6), num_envs=4)
+    obs, _ = vec.reset(seed=0)
+    for policy in (RandomPolicy(0), RetrievalPolicy(), GreedyPolicy(), OraclePolicy(vec)):
+        assert isinstance(policy, SlatePolicy)
+        slate = policy.select(obs, 5, np.random.default_rng(0))
+        assert slate.indices.shape == (4, 5)
+        assert all(len(set(row)) == 5 for row in slate.indices.tolist())
+        marginals = policy.position_marginals(obs, 5)
+        assert marginals.shape == (4, 5, 20)
+        np.testing.assert_allclose(marginals.sum(axis=2), 1.0, atol=1e-6)
+        shown = np.take_along_axis(marginals, slate.indices[:, :, None], axis=2)[..., 0]
+        np.testing.assert_allclose(shown, slate.propensities, atol=1e-6)
+    np.testing.assert_array_equal(RetrievalPolicy().select(obs, 5).indices, np.tile(np.arange(5), (4, 1)))
+
+
+def test_make_policy_specs():
+    assert make_policy("random").name == "random"
+    assert make_policy("retrieval").name == "retrieval"
+    assert make_policy("greedy").name == "greedy"
+    with pytest.raises(ConfigError, match="simulation only"):
+        make_policy("oracle")
+    with pytest.raises(ConfigError, match="unknown policy"):
+        make_policy("no-such-policy")
+    env = envs.make_env(SlateEnvConfig(num_items=600, num_topics=6))
+    assert make_policy("oracle", env=env).name == "oracle"
+
+
+def test_greedy_wins_clicks_but_the_patient_oracle_wins_the_session():
+    config = SlateEnvConfig()
+    greedy = fitted_greedy(config, num_users=400, seed=1)
+    # The myopic click model learns that the clickbait direction attracts clicks.
+    world_direction = envs.factory.load_world(config).synthetic.clickbait_direction
+    assert greedy.click_model.embedding_weights @ world_direction > 0
+    vec = envs.make_vector_env(config, num_envs=USERS)
+    oracle = run_sessions(OraclePolicy(vec), config, USERS, seed=5, env=vec)
+    myopic = run_sessions(greedy, config, USERS, seed=5)
+    o, g = oracle.summary(), myopic.summary()
+    assert g["sim/ctr"]["ci95_low"] > o["sim/ctr"]["ci95_high"], (g["sim/ctr"], o["sim/ctr"])
+    assert o["sim/session_return"]["ci95_low"] > g["sim/session_return"]["ci95_high"]
+    assert o["sim/session_length"]["mean"] > g["sim/session_length"]["mean"]
+
+
+def _tiny_index(tmp_path, items: int = 300):
+    """A synthetic data dir and a real index over it, embedded by a tiny local text encoder."""
+    encoding = pytest.importorskip("rayrec.encoding")
+    item_index = pytest.importorskip("rayrec.index.item_index")
+    faiss_index = pytest.importorskip("rayrec.index.faiss_index")
+    from rayrec.data.io import read_items
+    from rayrec.synth import WorldConfig, write_world
+
+    data = tmp_path / "data"
+    write_world(WorldConfig(items=items, users=60, topics=4, seed=3), str(data))
+    table = read_items(str(data / "items.parquet"))
+    texts = encoding.item_texts(table)
+    model_dir = encoding.build_tiny_encoder(texts, tmp_path / "encoder")
+    embeddings = encoding.TextEncoder.load(str(model_dir)).encode(texts)
+    spec = faiss_index.IndexSpec(type="flat").resolved(len(texts), embeddings.shape[1])
+    index_dir = tmp_path / "index"
+    item_index.write_index(
+        str(index_dir),
+        table.column("item_id").to_pylist(),
+        embeddings,
+        np.arange(len(texts)) % 7,
+        faiss_index.build_faiss_index(embeddings, spec),
+        spec,
+        encoder=str(model_dir),
+    )
+    return data, index_dir, table, embeddings.shape[1]
+
+
+def test_env_from_a_real_index_and_logs(tmp_path):
+    data, index_dir, table, dim = _tiny_index(tmp_path)
+    env = envs.make_env(index_dir=str(index_dir), data_dir=str(data), num_candidates=10, slate_size=3)
+    obs, _ = env.reset(seed=0)
+    assert obs["candidates"].shape == (10, dim) and obs["profile"].shape == (dim,)
+    sim = env.unwrapped.sim
+    # Traits come from the items.parquet columns, users from logged histories.
+    np.testing.assert_array_equal(
+        sim.catalog.clickbait, np.asarray(table.column("clickbait").to_pylist(), np.float32)
+    )
+    assert sim.users.consumed_len[0] >= 1
+    for _ in range(5):
+        obs, _, terminated, _, _info = env.step(np.arange(3))
+        assert env.observation_space.contains(obs)
+        if terminated:
+            break
+    with pytest.raises(ConfigError, match="dim"):
+        envs.make_env(index_dir=str(index_dir), data_dir=str(data), dim=dim + 1)
+    with pytest.raises(ConfigError, match="catalog"):
+        envs.make_env(index_dir=str(index_dir), data_dir=str(data), num_candidates=290)
