@@ -6,12 +6,40 @@ simulation, in production, across requests and across restarts.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from rayrec.errors import ConfigError
 
 DEFAULT_SALT = "rayrec-ab-v1"
+ARM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One A/B arm: a name users see in answers, a policy spec for ``envs.policies.make_policy``, a weight."""
+
+    name: str
+    policy: str
+    weight: float = 1.0
+
+
+def parse_arm(spec: str) -> Arm:
+    """``NAME=POLICY[:WEIGHT]`` → :class:`Arm` (POLICY is a baseline name or a policy directory)."""
+    name, sep, rest = spec.partition("=")
+    if not sep or not rest:
+        raise ConfigError(f"arm {spec!r}: expected NAME=POLICY[:WEIGHT]")
+    policy, weight = rest, 1.0
+    head, colon, tail = rest.rpartition(":")
+    if colon and head:
+        with contextlib.suppress(ValueError):  # else the ':' belongs to a policy path or URI
+            policy, weight = head, float(tail)
+    if not ARM_NAME.match(name):
+        raise ConfigError(f"arm {spec!r}: name must match {ARM_NAME.pattern}")
+    return Arm(name=name, policy=policy, weight=weight)
 
 
 def validate_arms(arms: Sequence[tuple[str, float]]) -> None:

@@ -370,10 +370,10 @@ def _run(args: argparse.Namespace) -> int:
     config = config_from_args(DemoConfig, args)
     run_demo(config)
     if config.serve:
-        from rayrec.commands.serve import stop_server, wait_for_stop_signal
+        from rayrec.commands.serve import stop_server, wait_until_stopped
 
         try:
-            wait_for_stop_signal()
+            wait_until_stopped()
         finally:
             stop_server()
     return 0

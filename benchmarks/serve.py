@@ -1,0 +1,246 @@
+"""``/recommend`` latency under load: the Ray Serve app next to the same pipeline in one plain uvicorn process.
+
+    python -m benchmarks.serve [--items 10000] [--rate 200] [--seconds 10] [--ingress haproxy proxy]
+
+Builds a 10k-item index over clustered synthetic 384-d embeddings (MiniLM's width), then for each server
+(the plain FastAPI/uvicorn process running the very same deployment classes and routes in-process, and
+``rayrec serve`` with each ingress asked for) starts it in its own process, warms it up, and sends an
+open-loop load from this process over loopback: requests start on a fixed schedule (``--rate`` per
+second for ``--seconds``), each with a random 10-item history and k=10, whatever the answers' latency
+(so a slow server shows up as latency and errors, not as a politely slower client). Prints p50/p99
+latency, achieved throughput and errors, and each server's p99 as a ratio to the plain peer's.
+Target: p99 < 50 ms at 200 requests/s on 2 cores with zero errors. The load generator shares the
+cores with the server; on a shared machine other work adds noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+TARGET_P99_MS = 50.0
+HISTORY = 10
+K = 10
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def build_index(out: Path, items: int, dim: int, seed: int = 0) -> Path:
+    """A flat index over a Gaussian mixture (50 topics) with zipf popularity: clustered like real embeddings."""
+    from rayrec.features import l2_normalize
+    from rayrec.index.faiss_index import IndexSpec, build_faiss_index
+    from rayrec.index.item_index import write_index
+
+    rng = np.random.default_rng(seed)
+    centroids = l2_normalize(rng.normal(size=(50, dim)))  # [T, d]
+    topics = rng.integers(0, 50, size=items)
+    embeddings = l2_normalize(centroids[topics] + 0.08 * rng.normal(size=(items, dim)))  # [N, d]
+    spec = IndexSpec(type="flat")
+    write_index(
+        str(out),
+        [f"item-{i}" for i in range(items)],
+        embeddings,
+        rng.zipf(1.3, size=items).clip(max=100_000),
+        build_faiss_index(embeddings, spec),
+        spec,
+        "synthetic",
+    )
+    return out
+
+
+class LocalHandle:
+    """A DeploymentHandle look-alike over an in-process object: ``handle.method.remote(*args)`` is awaitable
+    and may take other calls' results as arguments, as chained DeploymentResponses can."""
+
+    def __init__(self, target, method: str = "__call__") -> None:
+        self._target, self._method = target, method
+
+    def __getattr__(self, name: str) -> LocalHandle:
+        return LocalHandle(self._target, name)
+
+    def remote(self, *args) -> asyncio.Future:
+        async def call():
+            resolved = [await arg if isinstance(arg, asyncio.Future) else arg for arg in args]
+            result = getattr(self._target, self._method)(*resolved)
+            return await result if inspect.isawaitable(result) else result
+
+        return asyncio.ensure_future(call())
+
+
+def run_plain_server(index: str, events: str, port: int) -> None:
+    """The peer: the serving classes and routes in one uvicorn process, no Ray (one request at a time per step)."""
+    import uvicorn
+
+    from serving.api import make_api
+    from serving.app import Recommender
+    from serving.deployments import MAX_BATCH, EventLogger, Ranker, Retriever, UserStep
+    from serving.settings import AppConfig
+
+    config = AppConfig(index=index, arms=["a=retrieval"], events=events, encoder=None)
+    user_step, retriever, ranker = (
+        UserStep(None),
+        Retriever(config.num_candidates, MAX_BATCH, None),
+        Ranker(None),
+    )
+    asyncio.run(user_step.reconfigure({"index": index}))
+    asyncio.run(retriever.reconfigure({"index": index}))
+    asyncio.run(ranker.reconfigure({"policy": "retrieval"}))
+    logger = EventLogger(events, config.remembered_requests, config.flush_rows, config.flush_seconds)
+    service = Recommender(
+        LocalHandle(user_step),
+        LocalHandle(retriever),
+        {"a": LocalHandle(ranker)},
+        LocalHandle(logger),
+        None,
+        config,
+    )
+    uvicorn.run(make_api(service), host="127.0.0.1", port=port, log_level="warning")
+    logger.log.close()
+
+
+def start_server(kind: str, index: Path, work: Path, port: int) -> subprocess.Popen:
+    events = work / f"events-{kind}"
+    env = {**os.environ, "RAYREC_PSEUDONYM_KEY": "bench" * 8, "RAY_ADDRESS": ""}
+    if kind == "plain":
+        command = [sys.executable, "-m", "benchmarks.serve", "--role", "plain", "--index", str(index)]
+        command += ["--events", str(events), "--port", str(port)]
+    else:
+        command = [sys.executable, "-m", "rayrec", "serve", "--index", str(index), "--arm", "a=retrieval"]
+        command += ["--events", str(events), "--port", str(port), "--encoder", "none", "--ingress", kind]
+    log = open(work / f"{kind}.log", "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 300) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"server at {url} not ready after {timeout_s:.0f} s")
+
+
+async def open_loop(url: str, rate: float, seconds: float, items: int, seed: int = 1) -> dict[str, float]:
+    """Start ``rate * seconds`` requests on a fixed schedule; latency and errors of each."""
+    import httpx
+
+    rng = np.random.default_rng(seed)
+    total = int(rate * seconds)
+    bodies = [
+        {"user_id": f"u{i}", "history": [f"item-{j}" for j in rng.integers(0, items, HISTORY)], "k": K}
+        for i in range(total)
+    ]
+    latencies: list[float] = []
+
+    async def one(client: httpx.AsyncClient, body: dict, start_at: float) -> None:
+        await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
+        try:
+            response = await client.post(f"{url}/recommend", json=body)
+        except httpx.HTTPError:
+            return
+        if response.status_code == 200 and len(response.json()["items"]) == K:
+            # from the scheduled start: a stalled client or server counts, not only time on the wire
+            latencies.append(time.perf_counter() - start_at)
+
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(timeout=10, limits=limits) as client:
+        t0 = time.perf_counter() + 0.1
+        tasks = [asyncio.create_task(one(client, body, t0 + i / rate)) for i, body in enumerate(bodies)]
+        await asyncio.wait(tasks, timeout=seconds + 15)
+        for task in tasks:
+            task.cancel()
+        elapsed = time.perf_counter() - t0
+    done = np.array(latencies) * 1000
+    return {
+        "sent": total,
+        "ok": len(done),
+        "errors": total - len(done),
+        "throughput": len(done) / elapsed,
+        "p50": float(np.percentile(done, 50)) if len(done) else float("nan"),
+        "p99": float(np.percentile(done, 99)) if len(done) else float("nan"),
+    }
+
+
+def measure(kind: str, index: Path, work: Path, args: argparse.Namespace) -> dict[str, float]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(kind, index, work, port)
+    try:
+        wait_ready(url, proc)
+        asyncio.run(open_loop(url, rate=50, seconds=2, items=args.items, seed=0))  # warm-up
+        return asyncio.run(open_loop(url, args.rate, args.seconds, args.items))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--rate", type=float, default=200.0, help="requests started per second")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the measured load")
+    parser.add_argument("--ingress", nargs="+", default=["haproxy", "proxy"], choices=["haproxy", "proxy"])
+    parser.add_argument("--quick", action="store_true", help="5 s of load, HAProxy ingress only")
+    parser.add_argument("--role", choices=["plain"], help=argparse.SUPPRESS)
+    parser.add_argument("--index", help=argparse.SUPPRESS)
+    parser.add_argument("--events", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == "plain":
+        run_plain_server(args.index, args.events, args.port)
+        return
+    if args.quick:
+        args.seconds, args.ingress = 5.0, ["haproxy"]
+    with tempfile.TemporaryDirectory(prefix="rayrec-bench-serve-") as tmp:
+        work = Path(tmp)
+        index = build_index(work / "index", args.items, args.dim)
+        results = {kind: measure(kind, index, work, args) for kind in ["plain", *args.ingress]}
+    base = results["plain"]["p99"]
+    print(
+        f"\n/recommend, {args.items:,} items, d={args.dim}, k={K}, history {HISTORY}, open loop "
+        f"{args.rate:.0f} req/s for {args.seconds:.0f} s, load from a second process on loopback "
+        f"({os.cpu_count()} cores shared with the load generator)\n"
+    )
+    print(
+        "| server | sent | errors | throughput req/s | p50 ms | p99 ms | p99 / plain | target p99 < 50 ms, 0 errors |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    names = {"plain": "plain FastAPI/uvicorn, same pipeline", "haproxy": "Ray Serve, HAProxy ingress"}
+    names["proxy"] = "Ray Serve, default proxy"
+    for kind, r in results.items():
+        met = "yes" if r["p99"] < TARGET_P99_MS and r["errors"] == 0 else "no"
+        print(
+            f"| {names[kind]} | {r['sent']} | {r['errors']} | {r['throughput']:.0f} | {r['p50']:.1f} | "
+            f"{r['p99']:.1f} | {r['p99'] / base:.1f}x | {met} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

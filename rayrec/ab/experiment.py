@@ -1,0 +1,147 @@
+"""``rayrec ab`` end to end: simulate (in-process or against a server), analyse, write the report.
+
+Output directory::
+
+    config.yaml          the resolved AbConfig
+    users.parquet        per-user metrics (the unit of analysis; `rayrec ab plan --pilot` reads it)
+    report.json          arms, comparisons, srm_p_value (DESIGN.md)
+    report.md            the same for people, with the plots
+    metrics_by_arm.png   mean per arm with intervals
+    cumulative_lift.png  lift as users arrive, with the always-valid confidence sequence
+    events/              the event log (impressions, feedback, requests) and simulator.yaml
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from rayrec import storage
+from rayrec.ab.analysis import AbAnalysis, analyse
+from rayrec.ab.config import AbConfig
+from rayrec.ab.plots import LIFT_PNG, METRICS_PNG, plot_cumulative_lift, plot_metrics_by_arm
+from rayrec.ab.report import write_report
+from rayrec.ab.simulate import run_simulated_ab, simulated_user_ids
+from rayrec.assignment import Arm, parse_arm
+from rayrec.config import save_config
+from rayrec.errors import ConfigError
+
+EVENTS_DIR = "events"
+SIMULATOR_FILE = "simulator.yaml"
+"""The simulator's config, saved beside a simulated event log so `rayrec ope` can rebuild its catalog."""
+
+
+def env_config_for(config: AbConfig):
+    """The :class:`envs.config.SlateEnvConfig` that ``config`` describes (``--env`` overrides last)."""
+    from envs.config import config_with
+
+    overrides = {}
+    for spec in config.env:
+        key, sep, value = spec.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--env {spec!r}: expected KEY=VALUE")
+        overrides[key.strip()] = yaml.safe_load(value)
+    base = {
+        "index_dir": config.index,
+        "data_dir": config.data,
+        "num_candidates": config.num_candidates,
+        "slate_size": config.slate_size,
+    }
+    try:
+        return config_with(None, **{**base, **overrides})
+    except TypeError as exc:
+        raise ConfigError(f"--env: {exc}") from None
+
+
+def parse_arms(specs: list[str]) -> list[Arm]:
+    """``NAME=POLICY[:WEIGHT]`` specs → arms, checked: two or more, known policies."""
+    from envs.policies import BASELINES, make_policy
+
+    arms = [parse_arm(spec) for spec in specs]
+    if len(arms) < 2:
+        raise ConfigError(f"an A/B test needs at least two --arm NAME=POLICY, got {len(arms)}")
+    for arm in arms:
+        if arm.policy not in BASELINES:
+            make_policy(arm.policy)  # loads a policy directory now, or says the spec is unknown
+    return arms
+
+
+def _server_arms(config: AbConfig, info) -> list[tuple[str, str, float]]:
+    arms = [(name, info.policies.get(name, "unknown"), float(weight)) for name, weight in info.arms.items()]
+    if config.arm:
+        wanted = {(a.name, a.policy) for a in (parse_arm(s) for s in config.arm)}
+        served = {(name, policy) for name, policy, _ in arms}
+        if wanted != served:
+            raise ConfigError(f"--arm {sorted(wanted)} do not match the server's arms {sorted(served)}")
+    return arms
+
+
+def run_experiment(config: AbConfig) -> AbAnalysis:
+    """Run the experiment ``config`` describes and write everything under ``config.out``."""
+    from rayrec.runtime import init_ray
+
+    if config.out is None:
+        raise ConfigError("--out DIR is required")
+    events_dir = storage.join(config.out, EVENTS_DIR)
+    if storage.exists(storage.join(events_dir, "impressions")):
+        raise ConfigError(f"{events_dir} already holds an event log; choose a new --out so runs do not mix")
+    env_config = env_config_for(config)
+    user_ids = simulated_user_ids(config.users, config.seed)
+    storage.makedirs(config.out)
+    save_config(config, config.out)
+    if config.url:
+        from rayrec.ab.http_client import run_http_ab
+
+        if config.index is None:
+            raise ConfigError(
+                "--url needs --index (the server's index) so simulated users can react to its items"
+            )
+        print(f"ab: {config.users} simulated users against {config.url}")
+        users, info = run_http_ab(
+            config.url,
+            env_config,
+            user_ids,
+            events_dir=events_dir,
+            seed=config.seed,
+            concurrency=config.concurrency,
+            progress=config.progress,
+        )
+        arms = _server_arms(config, info)
+    else:
+        planned = parse_arms(config.arm)
+        init_ray(config.address)
+        save_config(env_config, events_dir, name=SIMULATOR_FILE)
+        print(
+            f"ab: {config.users} simulated users, arms {', '.join(f'{a.name}={a.policy}' for a in planned)}"
+        )
+        users = run_simulated_ab(
+            env_config,
+            planned,
+            user_ids,
+            salt=config.salt,
+            seed=config.seed,
+            events_dir=events_dir,
+            users_per_task=config.users_per_task,
+            slots=config.slots,
+            progress=config.progress,
+        )
+        arms = [(a.name, a.policy, a.weight) for a in planned]
+    users.save(config.out)
+    analysis = analyse(
+        users,
+        arms,
+        control=config.control,
+        method=config.method,
+        alpha=config.alpha,
+        resamples=config.resamples,
+        seed=config.seed,
+        sequential_tau_sd=config.tau_sd if config.sequential else None,
+    )
+    plot_metrics_by_arm(analysis, storage.join(config.out, METRICS_PNG))
+    plot_cumulative_lift(users, analysis, storage.join(config.out, LIFT_PNG), tau_sd=config.tau_sd)
+    write_report(
+        analysis,
+        config.out,
+        plots=[METRICS_PNG, LIFT_PNG],
+        extra={"mode": "url" if config.url else "simulated", "total_users": len(users), "seed": config.seed},
+    )
+    return analysis

@@ -1,0 +1,147 @@
+"""``rayrec serve``: run the HTTP recommender (Ray Serve) until SIGINT/SIGTERM, then flush the event log.
+
+Ingress default: Ray 2.60's bundled HAProxy (``RAY_SERVE_ENABLE_HA_PROXY=1``). On 2 cores the default
+Python proxy saturates near 180 requests/s (FACTS.md), below the 200 requests/s this server is sized for;
+``benchmarks/serve.py`` measures both with the full pipeline. ``--ingress proxy`` keeps the Python proxy
+(e.g. on a cluster whose nodes lack the haproxy binary). The choice applies to a Ray started here; on an
+existing cluster it is the cluster's ``RAY_SERVE_ENABLE_HA_PROXY`` that counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import signal
+import socket
+import time
+from typing import Literal
+
+from rayrec import storage
+from rayrec.cli import add_command
+from rayrec.config import RayConfig, add_config_args, config_from_args, save_config
+from rayrec.errors import ArtifactError, ConfigError
+from serving.settings import AppConfig
+
+APP_NAME = "rayrec"
+
+
+@dataclasses.dataclass(kw_only=True)
+class ServeConfig(AppConfig, RayConfig):
+    """``rayrec serve``: the serving application's settings plus where to listen."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on; 0.0.0.0 exposes the server to the network."""
+    port: int = 8000
+    """HTTP port."""
+    ingress: Literal["haproxy", "proxy"] = "haproxy"
+    """HTTP ingress of a Ray started here: haproxy (bundled with ray[serve], ~6x the default proxy's
+    throughput on 2 cores) or proxy (Serve's Python proxy)."""
+
+
+def app_config(config: ServeConfig) -> AppConfig:
+    return AppConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(AppConfig)})
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port"
+            ) from None
+
+
+def check_policies(config: AppConfig) -> None:
+    """Load every arm's policy once here, so a typo fails before anything is deployed."""
+    from envs.policies import make_policy
+
+    for arm in config.parsed_arms():
+        make_policy(arm.policy)
+
+
+class StopRequested(Exception):
+    """SIGINT or SIGTERM asked the server to stop."""
+
+
+def stop_on_signals() -> None:
+    """SIGINT/SIGTERM raise :class:`StopRequested` in the main thread (replacing Ray's own handlers,
+    which exit at once); later signals are ignored so that the shutdown can write the event log."""
+
+    def handler(signum: int, _frame) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        raise StopRequested(signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
+def start_server(config: ServeConfig) -> str:
+    """Check the artifacts and the port, deploy the app on Ray Serve and return its URL.
+
+    The artifacts (index manifest, every arm's policy) and the port are checked before anything is
+    deployed, so a typo fails in a second with a clear message instead of a half-started server.
+    """
+    from ray import serve
+
+    from rayrec.runtime import init_ray
+    from serving.app import build_app_from_config
+
+    served = app_config(config).with_absolute_paths()
+    app = build_app_from_config(served)  # reads the index manifest: a wrong --index fails here
+    check_policies(served)
+    check_port_free(config.host, config.port)
+    storage.makedirs(served.events)
+    print(f"config: {save_config(config, served.events)}", flush=True)
+    if config.ingress == "haproxy":
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"  # read by the Serve controller a local Ray starts
+    init_ray(config.address)
+    serve.start(http_options={"host": config.host, "port": config.port})
+    try:
+        serve.run(app, name=APP_NAME, route_prefix="/")
+    except RuntimeError as exc:
+        serve.shutdown()
+        raise ArtifactError(f"the application failed to start: {str(exc).strip().splitlines()[-1]}") from None
+    return f"http://{config.host}:{config.port}"
+
+
+def stop_server() -> None:
+    """Graceful stop: the event logger's replica writes every acknowledged event on its way out."""
+    from ray import serve
+
+    serve.shutdown()
+
+
+def wait_until_stopped() -> str:
+    """Block until SIGINT or SIGTERM; returns the signal's name."""
+    stop_on_signals()
+    try:
+        while True:
+            time.sleep(3600)
+    except StopRequested as stop:
+        return str(stop)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(ServeConfig, args)
+    url = start_server(config)
+    try:
+        print(f"serving {url} (docs at /docs); Ctrl-C or SIGTERM stops", flush=True)
+        print(f"{wait_until_stopped()}: stopping, writing every acknowledged event ...", flush=True)
+    finally:
+        stop_server()
+    print(f"stopped; events under {app_config(config).with_absolute_paths().events}", flush=True)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = add_command(
+        subparsers,
+        "serve",
+        run,
+        help="serve slate recommendations over HTTP with A/B arms and an event log (Ray Serve)",
+    )
+    add_config_args(parser, ServeConfig, flags={"arms": "--arm"})

@@ -1,0 +1,211 @@
+"""The Serve deployments behind the ingress: query encoder, user state, retriever, rankers, event logger.
+
+Plain classes (made deployments in :mod:`serving.app`), so the plain-uvicorn benchmark peer runs the very
+same objects in one process. Artifacts come in through ``reconfigure(user_config)``: ``serve deploy`` of a
+config with a new ``index`` or ``policy`` loads it next to the old one (checksums verified) and swaps
+atomically while requests keep flowing; a user state built against the old index mid-swap is rebuilt by
+the retriever (see :class:`serving.pipeline.Retrieval`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from rayrec import storage
+from rayrec.errors import ArtifactError
+from rayrec.events import EventLog
+from serving.pipeline import Candidates, Ranked, Retrieval, UserState, index_version, rank, user_state
+
+INDEX_MANIFEST = "index.json"
+MAX_BATCH = 32
+
+
+def read_index_manifest(index_uri: str) -> dict[str, Any]:
+    """``index.json`` of an index directory (encoder, dim, item count, checksums; see DESIGN.md)."""
+    try:
+        return json.loads(storage.read_text(storage.join(index_uri, INDEX_MANIFEST)))
+    except Exception as exc:
+        raise ArtifactError(f"{index_uri}: not an index directory ({INDEX_MANIFEST}: {exc})") from None
+
+
+def batched(method, batch_wait_s: float | None):
+    """A per-item call of the list-in, list-out ``method``, batched by a ``serve.batch`` queue.
+
+    Decorating the bound method (not the class attribute) gives every instance its own queue: with a
+    class-level ``@serve.batch`` two rankers in one process would share one queue and one policy.
+    ``batch_wait_s=None`` calls ``method`` with one item at a time (``serve.batch`` needs a replica;
+    the plain-process benchmark peer runs without one).
+    """
+    if batch_wait_s is not None:
+        return serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=batch_wait_s)(method)
+
+    async def one_at_a_time(*args):
+        (result,) = await method(*[[arg] for arg in args])
+        return result
+
+    return one_at_a_time
+
+
+def load_index(uri: str):
+    """An ``ItemIndex`` with its file checksums verified."""
+    from rayrec.index import ItemIndex
+
+    return ItemIndex.load(uri, verify=True)
+
+
+class QueryEncoder:
+    """Embeds free-text queries with the index's text encoder, in batches.
+
+    Args:
+        encoder: model name or directory (``rayrec.encoding.resolve_model`` verifies bundled weights).
+        dim: the index's embedding dimension; a different encoder output is refused at start.
+    """
+
+    def __init__(self, encoder: str, dim: int, batch_wait_s: float | None = 0.005) -> None:
+        from rayrec.encoding import TextEncoder
+
+        self.name = encoder
+        self.encoder = TextEncoder.load(encoder)
+        if self.encoder.dim != dim:
+            raise ArtifactError(
+                f"encoder {encoder} gives {self.encoder.dim}-d vectors, the index holds {dim}-d"
+            )
+        self.encode = batched(self._encode, batch_wait_s)
+
+    async def _encode(self, texts: list[str]) -> list[np.ndarray]:
+        return list(self.encoder.encode(texts))  # [B, d] → B × [d]
+
+    def info(self) -> dict[str, Any]:
+        return {"encoder": self.name, "dim": self.encoder.dim}
+
+
+class UserStep:
+    """History (+ optional query) → :class:`serving.pipeline.UserState` from the stored item embeddings.
+
+    ``user_config``: ``{"index": URI}``.
+    """
+
+    def __init__(self, encoder=None) -> None:
+        self.encoder = encoder
+        self.index = None
+        self.version = ""
+        self.uri = ""
+
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        if config["index"] != self.uri:
+            index = await asyncio.to_thread(load_index, config["index"])
+            self.index, self.version, self.uri = index, index_version(index), config["index"]
+
+    async def __call__(self, history: list[str], query: str | None = None) -> UserState:
+        vector = await self.encoder.encode.remote(query) if query is not None else None
+        return user_state(self.index, self.version, history, vector)
+
+    def info(self) -> dict[str, Any]:
+        return {"index": self.uri, "version": self.version}
+
+
+class Retriever:
+    """FAISS retrieval of K candidates per user state, batched; popular-diverse fallback for cold starts.
+
+    ``user_config``: ``{"index": URI}``.
+    """
+
+    def __init__(self, num_candidates: int, fallback_size: int, batch_wait_s: float | None = 0.002) -> None:
+        self.num_candidates = num_candidates
+        self.fallback_size = fallback_size
+        self.retrieval: Retrieval | None = None
+        self.uri = ""
+        self.retrieve = batched(self._retrieve, batch_wait_s)
+
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        if config["index"] != self.uri:
+            index = await asyncio.to_thread(load_index, config["index"])
+            self.retrieval = Retrieval(index, self.num_candidates, self.fallback_size)
+            self.uri = config["index"]
+
+    async def _retrieve(self, states: list[UserState]) -> list[Candidates]:
+        return self.retrieval.retrieve(states)
+
+    def info(self) -> dict[str, Any]:
+        index = self.retrieval.index
+        return {
+            "index": self.uri,
+            "version": self.retrieval.version,
+            "items": len(index.item_ids),
+            "dim": index.dim,
+            "encoder": index.encoder,
+        }
+
+
+class Ranker:
+    """One A/B arm's slate policy over retrieved candidates, batched.
+
+    ``user_config``: ``{"policy": SPEC}`` (a baseline name or an exported policy directory, for
+    ``envs.policies.make_policy``).
+    """
+
+    def __init__(self, batch_wait_s: float | None = 0.002) -> None:
+        self.policy = None
+        self.spec = ""
+        self.rng = np.random.default_rng()
+        self.rank = batched(self._rank, batch_wait_s)
+
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        if config["policy"] != self.spec:
+            from envs.policies import make_policy
+
+            self.policy = await asyncio.to_thread(make_policy, config["policy"])
+            self.spec = config["policy"]
+
+    async def _rank(self, candidates: list[Candidates], ks: list[int]) -> list[Ranked]:
+        return rank(self.policy, list(zip(candidates, ks, strict=True)), rng=self.rng)
+
+    def info(self) -> dict[str, Any]:
+        return {"policy": self.policy.name, "spec": self.spec}
+
+
+class EventLogger:
+    """Owns the event log and remembers recent slates so that feedback can be checked.
+
+    One replica (the request registry lives in its memory). ``log_impressions`` returns once the rows
+    are queued for a durable write; the replica's graceful stop (``serve shutdown``, SIGTERM of
+    ``rayrec serve``) writes everything queued.
+    """
+
+    def __init__(self, events: str, remembered: int, flush_rows: int, flush_seconds: float) -> None:
+        self.log = EventLog(events, max_rows=flush_rows, max_delay_s=flush_seconds)
+        self.remembered = remembered
+        self.shown: OrderedDict[str, frozenset[str]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def log_impressions(self, request_id: str, rows: list[dict[str, Any]]) -> int:
+        with self.lock:
+            count = self.log.log_impressions(rows)
+            self.shown[request_id] = frozenset(row["item_id"] for row in rows)
+            while len(self.shown) > self.remembered:
+                self.shown.popitem(last=False)
+        return count
+
+    def log_feedback(self, row: dict[str, Any]) -> str:
+        """``accepted`` (queued), ``unknown-request`` or ``not-shown``."""
+        with self.lock:
+            shown = self.shown.get(row["request_id"])
+            if shown is None:
+                return "unknown-request"
+            if row["item_id"] not in shown:
+                return "not-shown"
+            self.log.log_feedback([row])
+        return "accepted"
+
+    def info(self) -> dict[str, Any]:
+        return {"events": self.log.directory, "pending": self.log.pending_rows()}
+
+    def __del__(self) -> None:
+        self.log.close()

@@ -1,0 +1,127 @@
+"""What the serving application is built from: one typed config, readable from CLI options or Serve args.
+
+``serve run serving.app:build_app index=DIR arms=a=retrieval,b=greedy:0.5`` passes strings;
+``serving/config.yaml`` (``serve deploy``) passes YAML values; ``rayrec serve`` builds it from its own
+options. All three end in :func:`app_config_from_args`, so they validate the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rayrec import storage
+from rayrec.assignment import DEFAULT_SALT, Arm, parse_arm, validate_arms
+from rayrec.errors import ConfigError
+
+
+@dataclass
+class AppConfig:
+    """Everything the Serve application needs; validated on construction."""
+
+    index: str
+    """Index directory (local path or URI) written by ``rayrec build-index``."""
+    arms: list[str]
+    """A/B arms as NAME=POLICY[:WEIGHT] (POLICY: random, retrieval, greedy or a trained policy directory);
+    a user's arm is fixed by a salted hash of the pseudonymized user id."""
+    events: str = "runs/serve/events"
+    """Events directory: impressions and feedback are appended there as Parquet part files."""
+    encoder: str | None = "index"
+    """Encoder for the optional text ``query``: ``index`` (the index's own encoder), a model name or
+    directory, or None (requests with a query are refused)."""
+    key_dir: str | None = None
+    """Directory whose pseudonymization key file is used (created 0600 if missing); default the events
+    directory. ``RAYREC_PSEUDONYM_KEY`` overrides the file."""
+    salt: str = DEFAULT_SALT
+    """Salt of the arm-assignment hash; change it to re-randomise users for a new experiment."""
+    num_candidates: int = 50
+    """K: candidates retrieved per request and shown to the arm's policy."""
+    max_history: int = 500
+    """Longest accepted ``history``; longer requests are refused with a message."""
+    max_ongoing_requests: int = 64
+    """Requests the ingress works on at once; past this they queue."""
+    max_queued_requests: int = 128
+    """Requests allowed to wait for the ingress; past this the answer is an immediate 503."""
+    remembered_requests: int = 200_000
+    """Recent request ids kept for ``/feedback``; feedback on older ones is a 404."""
+    flush_rows: int = 2048
+    """Event rows per Parquet part file (a part is also written every ``flush_seconds``)."""
+    flush_seconds: float = 1.0
+    """Longest time an acknowledged event waits in memory before it is written."""
+    access_log: bool = False
+    """Log a line per call in every deployment (Serve's access log); off by default, as on a small machine
+    it costs a noticeable share of the CPU."""
+    batch_wait_s: float = 0.002
+    """How long the retriever and rankers wait to fill a batch."""
+
+    def __post_init__(self) -> None:
+        if self.encoder in ("none", "None", ""):
+            self.encoder = None
+        if isinstance(self.arms, str):
+            self.arms = [spec.strip() for spec in self.arms.split(",") if spec.strip()]
+        validate_arms([(arm.name, arm.weight) for arm in self.parsed_arms()])
+        for name in (
+            "num_candidates",
+            "max_history",
+            "max_ongoing_requests",
+            "remembered_requests",
+            "flush_rows",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_queued_requests < 0 or self.flush_seconds <= 0 or self.batch_wait_s < 0:
+            raise ConfigError("max_queued_requests, flush_seconds and batch_wait_s must be non-negative")
+
+    def parsed_arms(self) -> list[Arm]:
+        return [parse_arm(spec) for spec in self.arms]
+
+    def with_absolute_paths(self) -> AppConfig:
+        """A copy whose relative local paths are absolute, so replicas in other directories find them."""
+
+        def absolute(path: str | None, must_exist: bool = False) -> str | None:
+            if path is None or storage.is_remote(path) or (must_exist and not Path(path).exists()):
+                return path
+            return str(Path(storage.local_path(path)).expanduser().absolute())
+
+        arms = []
+        for arm in self.parsed_arms():
+            policy = absolute(arm.policy, must_exist=True)  # baselines are names, not paths
+            arms.append(f"{arm.name}={policy}:{arm.weight:g}")
+        return dataclasses.replace(
+            self,
+            index=absolute(self.index),
+            arms=arms,
+            events=absolute(self.events),
+            key_dir=absolute(self.key_dir),
+            encoder=absolute(self.encoder, must_exist=True),
+        )
+
+    def to_args(self) -> dict[str, Any]:
+        """The Serve ``args`` that rebuild this config (what ``serving/config.yaml`` holds)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(AppConfig)}
+
+
+def app_config_from_args(args: dict[str, Any]) -> AppConfig:
+    """Serve application args (strings from ``serve run`` or YAML values) → :class:`AppConfig`."""
+    values = dict(args)
+    known = {f.name for f in dataclasses.fields(AppConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown serving args {unknown}; known: {sorted(known)}")
+    for name in ("index", "arms"):
+        if not values.get(name):
+            raise ConfigError(f"serving arg {name!r} is required")
+    hints = {f.name: f.type for f in dataclasses.fields(AppConfig)}
+    for name, value in list(values.items()):
+        if not isinstance(value, str) or hints[name] in ("str", "str | None", "list[str]"):
+            continue
+        try:
+            if hints[name] == "bool":
+                values[name] = value.lower() in ("1", "true", "yes")
+            else:
+                values[name] = float(value) if hints[name] == "float" else int(value)
+        except ValueError:
+            raise ConfigError(f"serving arg {name}={value!r}: expected {hints[name]}") from None
+    return AppConfig(**values)

@@ -1,0 +1,412 @@
+"""The served recommender over real HTTP: a real Ray Serve app on 127.0.0.1 built from a tiny real index.
+
+One app serves the whole module (start-up costs seconds on 2 cores); every acknowledged impression and
+feedback is recorded here and compared with the Parquet event log after a graceful stop at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from rayrec.assignment import assign_arm
+from rayrec.errors import ArtifactError, ConfigError
+from rayrec.events import read_feedback, read_impressions
+from rayrec.features import l2_normalize, profile_vector
+from rayrec.index.item_index import ItemIndex
+from rayrec.privacy import Pseudonymizer, load_or_create_key
+from serving.settings import Arm, app_config_from_args, parse_arm
+
+REPO = Path(__file__).resolve().parent.parent
+TOPICS = {
+    "space": "rocket orbit planet galaxy astronaut launch moon star",
+    "cooking": "recipe pasta garlic oven bake sauce kitchen spice",
+    "football": "goal league striker match stadium coach penalty team",
+    "music": "guitar album concert melody drummer song band tour",
+}
+N_ITEMS = 240
+ARMS = ["control=retrieval:3", "treatment=greedy:1"]
+WEIGHTS = [("control", 3.0), ("treatment", 1.0)]
+APP = "rayrec-test"
+RAYREC = [sys.executable, "-m", "rayrec"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def build_test_index(out: Path, n_items: int = N_ITEMS, seed: int = 0) -> Path:
+    """A real index directory over a synthetic catalog: four topic clusters, zipf popularity, a flat FAISS
+    index with checksums, and a tiny local BERT (built from the item texts) as its query encoder.
+
+    Item ``item-i`` belongs to topic ``i % 4``. The embeddings are drawn around topic centroids rather
+    than taken from the untrained tiny BERT, whose outputs are all alike.
+    """
+    from rayrec.encoding import TextEncoder, build_tiny_encoder
+    from rayrec.index.faiss_index import IndexSpec, build_faiss_index
+    from rayrec.index.item_index import write_index
+
+    rng = np.random.default_rng(seed)
+    names = list(TOPICS)
+    topics = np.arange(n_items) % len(names)
+    texts = [f"{names[t]} " + " ".join(rng.choice(TOPICS[names[t]].split(), size=5)) for t in topics]
+    encoder_dir = build_tiny_encoder(texts, out / "encoder")
+    dim = TextEncoder.load(str(encoder_dir)).dim
+    centroids = l2_normalize(rng.normal(size=(len(names), dim)))  # [T, d]
+    embeddings = l2_normalize(centroids[topics] + 0.3 * rng.normal(size=(n_items, dim)))  # [N, d]
+    popularity = rng.zipf(1.5, size=n_items).clip(max=10_000)
+    spec = IndexSpec(type="flat")
+    index_dir = out / "index"
+    write_index(
+        str(index_dir),
+        [f"item-{i:04d}" for i in range(n_items)],
+        embeddings,
+        popularity,
+        build_faiss_index(embeddings, spec),
+        spec,
+        str(encoder_dir),
+    )
+    return index_dir
+
+
+@pytest.mark.parametrize(
+    ("spec", "arm"),
+    [
+        ("a=retrieval", Arm("a", "retrieval", 1.0)),
+        ("b=greedy:0.25", Arm("b", "greedy", 0.25)),
+        ("c=s3://bucket/policy", Arm("c", "s3://bucket/policy", 1.0)),
+        ("d=s3://bucket/policy:2", Arm("d", "s3://bucket/policy", 2.0)),
+    ],
+)
+def test_parse_arm(spec, arm):
+    assert parse_arm(spec) == arm
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"arms": "a=retrieval"}, "'index' is required"),
+        ({"index": "i", "arms": "a=retrieval,a=greedy"}, "distinct"),
+        ({"index": "i", "arms": "a=retrieval:0"}, "positive"),
+        ({"index": "i", "arms": "bad name=retrieval"}, "name must match"),
+        ({"index": "i", "arms": "noequals"}, "NAME=POLICY"),
+        ({"index": "i", "arms": "a=retrieval", "num_candidates": "many"}, "expected int"),
+        ({"index": "i", "arms": "a=retrieval", "max_history": "0"}, ">= 1"),
+        ({"index": "i", "arms": "a=retrieval", "colour": "blue"}, "unknown serving args"),
+    ],
+)
+def test_bad_app_args_are_config_errors(args, message):
+    with pytest.raises(ConfigError, match=message):
+        app_config_from_args(args)
+
+
+def test_config_yaml_is_a_valid_serve_config_for_this_app():
+    from ray.serve.schema import ServeDeploySchema
+
+    from serving.app import build_app_from_config
+
+    schema = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "serving" / "config.yaml").read_text()))
+    (app,) = schema.applications
+    config = app_config_from_args(app.args)
+    assert config.encoder == "index" and [a.name for a in config.parsed_arms()] == ["control", "treatment"]
+    expected = {"UserStep", "Retriever", *(f"Ranker-{a.name}" for a in config.parsed_arms())}
+    assert {d.name for d in app.deployments} == expected
+    assert config.to_args()["arms"] == config.arms
+    with pytest.raises(ArtifactError, match="not an index directory"):
+        build_app_from_config(config)  # /srv/rayrec does not exist here: a clear error, not a traceback
+
+
+@pytest.fixture(scope="module")
+def server(ray_session, tmp_path_factory):
+    """The app on a free loopback port; yields its URL, events dir, key and what it acknowledged."""
+    from ray import serve
+
+    from serving.app import build_app
+
+    root = tmp_path_factory.mktemp("serving")
+    index_dir = build_test_index(root)
+    events = root / "events"
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = {
+        "index": str(index_dir),
+        "arms": ",".join(ARMS),
+        "events": str(events),
+        "num_candidates": "20",
+        "max_history": "50",
+        "max_ongoing_requests": "4",
+        "max_queued_requests": "2",
+        "flush_rows": "100000",
+        "flush_seconds": "3600",  # only the graceful stop writes: that is what the last test checks
+    }
+    serve.run(build_app(args), name=APP, route_prefix="/")
+    state = {
+        "url": f"http://127.0.0.1:{port}",
+        "events": events,
+        "index": index_dir,
+        "key": load_or_create_key(str(events)),
+        "impressions": {},  # request_id → [item ids] acknowledged by a 200
+        "feedback": [],  # (request_id, item_id, event) acknowledged by a 202
+    }
+    yield state
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server["url"], timeout=60) as http:
+        yield http
+
+
+def recommend(client, server, **body) -> httpx.Response:
+    response = client.post("/recommend", json=body)
+    if response.status_code == 200:
+        answer = response.json()
+        server["impressions"][answer["request_id"]] = [item["item_id"] for item in answer["items"]]
+    return response
+
+
+def test_recommend_contract(client, server):
+    history = ["item-0000", "item-0004", "item-0008", "not-an-item", "also-unknown"]
+    response = recommend(client, server, user_id="alice", history=history, k=7)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert set(answer) >= {"request_id", "arm", "items", "policy", "unknown_history", "cold_start"}
+    assert answer["arm"] in ("control", "treatment")
+    assert answer["policy"] == {"control": "retrieval", "treatment": "greedy"}[answer["arm"]]
+    assert answer["unknown_history"] == 2
+    assert answer["cold_start"] is False
+    ids = [item["item_id"] for item in answer["items"]]
+    assert len(ids) == 7 and len(set(ids)) == 7
+    assert not set(ids) & set(history), "seen items must not be recommended again"
+    assert all(isinstance(item["score"], float) for item in answer["items"])
+    # the same pipeline by hand: profile = normalised mean of the known history, exact inner-product search
+    index = ItemIndex.load(str(server["index"]))
+    known = index.lookup(history[:3])
+    scores = index.embeddings @ profile_vector(index.embeddings[known])  # [N]
+    scores[known] = -np.inf
+    top = [str(i) for i in index.item_ids[np.argsort(-scores, kind="stable")]]
+    if answer["policy"] == "retrieval":
+        assert ids == top[:7]
+    else:
+        assert set(ids) <= set(top[:20]), "a ranker picks among the K=20 retrieved candidates"
+    assert sum(int(i.split("-")[1]) % 4 == 0 for i in ids) >= 5, "a topic-0 history retrieves topic 0"
+
+
+def test_query_is_embedded_by_the_encoder(client, server):
+    response = recommend(client, server, user_id="bob", history=[], query="pasta garlic sauce recipe", k=5)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["cold_start"] is False
+    assert len(answer["items"]) == 5
+
+
+def test_cold_start_gets_popular_diverse_fallback(client, server):
+    answer = recommend(client, server, user_id="carol", history=["nope-1", "nope-2"], k=10).json()
+    assert answer["cold_start"] is True and answer["unknown_history"] == 2
+    assert answer["policy"] == "popular-diverse"
+    ids = [item["item_id"] for item in answer["items"]]
+    assert len(set(ids)) == 10
+    topics = Counter(int(i.split("-")[1]) % 4 for i in ids)
+    assert len(topics) >= 3, f"fallback should span topics, got {topics}"
+    again = recommend(client, server, user_id="dave", k=10).json()
+    assert [item["item_id"] for item in again["items"]] == ids
+
+
+def test_health_docs_and_openapi(client):
+    health = client.get("/healthz")
+    assert health.status_code == 200, health.text
+    body = health.json()
+    assert body["ready"] is True and body["items"] == N_ITEMS
+    assert body["arms"] == {"control": 3.0, "treatment": 1.0}
+    assert body["policies"] == {"control": "retrieval", "treatment": "greedy"}
+    assert body["encoder"]
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/recommend", "/feedback", "/healthz"} <= set(paths)
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"user_id": "u", "k": 0}, "greater than or equal to 1"),
+        ({"user_id": "u", "k": 101}, "less than or equal to 100"),
+        ({"user_id": "u", "k": "ten"}, "valid integer"),
+        ({"history": []}, "user_id"),
+        ({"user_id": ""}, "at least 1 character"),
+        ({"user_id": "u" * 300}, "at most 256 characters"),
+        ({"user_id": "u", "history": [f"item-{i:04d}" for i in range(51)]}, "at most 50 are accepted"),
+        ({"user_id": "u", "history": ["item-0001", ""]}, "history item ids must have 1..256 characters"),
+        ({"user_id": "u", "history": "item-0001"}, "valid list"),
+        ({"user_id": "u", "query": "x" * 1001}, "at most 1000 characters"),
+        ({"user_id": "u", "colour": "blue"}, "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_recommend_requests_are_4xx_with_a_message(client, body, needle):
+    response = client.post("/recommend", json=body)
+    assert response.status_code == 422, response.text
+    assert needle in response.text
+
+
+def test_non_json_body_is_4xx(client):
+    response = client.post("/recommend", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert "JSON" in response.text
+
+
+def test_feedback_ack_404_and_422(client, server):
+    answer = recommend(client, server, user_id="erin", history=["item-0001"], k=3).json()
+    shown = answer["items"][0]["item_id"]
+    ok = client.post(
+        "/feedback", json={"request_id": answer["request_id"], "item_id": shown, "event": "click"}
+    )
+    assert ok.status_code == 202, ok.text
+    server["feedback"].append((answer["request_id"], shown, "click"))
+    skip = {
+        "request_id": answer["request_id"],
+        "item_id": answer["items"][1]["item_id"],
+        "event": "skip",
+        "value": 0,
+    }
+    assert client.post("/feedback", json=skip).status_code == 202
+    server["feedback"].append((skip["request_id"], skip["item_id"], "skip"))
+
+    unknown = client.post("/feedback", json={"request_id": "f" * 32, "item_id": shown, "event": "click"})
+    assert unknown.status_code == 404 and "unknown request_id" in unknown.text
+    not_shown = client.post(
+        "/feedback", json={"request_id": answer["request_id"], "item_id": "item-0001", "event": "click"}
+    )
+    assert not_shown.status_code == 422 and "was not shown" in not_shown.text
+    bad_event = client.post(
+        "/feedback", json={"request_id": answer["request_id"], "item_id": shown, "event": "hug"}
+    )
+    assert bad_event.status_code == 422 and "click" in bad_event.text
+    missing = client.post("/feedback", json={"item_id": shown, "event": "click"})
+    assert missing.status_code == 422 and "request_id" in missing.text
+
+
+def test_ab_assignment_is_stable_and_near_its_weights(client, server):
+    pseudonymizer = Pseudonymizer(server["key"])
+    users = [f"user-{i}" for i in range(300)]
+    arms = {}
+    for user in users:
+        response = recommend(client, server, user_id=user, history=["item-0002"], k=2)
+        assert response.status_code == 200, response.text
+        arms[user] = response.json()["arm"]
+        # the server hashes the pseudonym, never the raw id, with the shared assignment function
+        assert arms[user] == assign_arm(pseudonymizer.pseudonymize(user), WEIGHTS)
+    for user in users[:40]:
+        assert recommend(client, server, user_id=user, history=[], k=1).json()["arm"] == arms[user]
+    share = Counter(arms.values())["control"] / len(users)
+    assert abs(share - 0.75) < 0.1, f"control share {share:.2f}, expected 0.75"
+
+
+def test_overload_is_a_fast_503_not_a_hang(server):
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=server["url"], timeout=60) as http:
+            body = {"user_id": "crowd", "history": ["item-0003"], "k": 5}
+            responses = await asyncio.gather(*(http.post("/recommend", json=body) for _ in range(80)))
+        for response in responses:
+            if response.status_code == 200:
+                answer = response.json()
+                server["impressions"][answer["request_id"]] = [item["item_id"] for item in answer["items"]]
+        return [r.status_code for r in responses]
+
+    codes = Counter(asyncio.run(burst()))
+    assert set(codes) <= {200, 503}, codes
+    assert codes[503] > 0, f"max_ongoing_requests=4, max_queued_requests=2 and 80 at once: {codes}"
+    assert codes[200] > 0, codes
+
+
+def test_graceful_stop_writes_every_acknowledged_event(server):
+    """Runs last: deleting the app stops the logger replica gracefully, which must flush its queue."""
+    from ray import serve
+
+    assert server["impressions"], "earlier tests should have produced impressions"
+    serve.delete(APP)
+    impressions = read_impressions(str(server["events"]))
+    logged: dict[str, list[tuple[int, str]]] = {}
+    for row in impressions.to_pylist():
+        logged.setdefault(row["request_id"], []).append((row["position"], row["item_id"]))
+    assert {rid: [item for _, item in sorted(rows)] for rid, rows in logged.items()} == server["impressions"]
+    raw_ids = {"alice", "bob", "carol", "erin", "user-1"}
+    assert not raw_ids & set(impressions.column("user_id").to_pylist()), "raw user ids must never be logged"
+    assert set(impressions.column("arm").to_pylist()) <= {"control", "treatment"}
+    feedback = read_feedback(str(server["events"]))
+    assert sorted(
+        zip(*(feedback.column(c).to_pylist() for c in ("request_id", "item_id", "event")), strict=True)
+    ) == sorted(server["feedback"])
+
+
+@pytest.mark.slow  # a second Ray instance in a subprocess: about a minute
+def test_cli_serve_stops_on_sigterm_and_flushes(tmp_path):
+    """``rayrec serve`` in its own process (its own Ray): answer, SIGTERM, exit 0, events on disk."""
+    index_dir = build_test_index(tmp_path, n_items=60)
+    events = tmp_path / "events"
+    port = free_port()
+    env = {**os.environ, "RAY_ADDRESS": "", "RAYREC_PSEUDONYM_KEY": "k" * 32}
+    command = [*RAYREC, "serve", "--index", str(index_dir), "--arm", "only=retrieval"]
+    command += ["--events", str(events), "--port", str(port), "--ingress", "proxy", "--encoder", "none"]
+    command += ["--flush-seconds", "3600"]
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(1)
+        else:
+            raise AssertionError(f"server did not come up: {proc.communicate(timeout=60)[0][-3000:]}")
+        answer = httpx.post(
+            f"{url}/recommend", json={"user_id": "zoe", "history": ["item-0001"], "k": 4}
+        ).json()
+        query = httpx.post(f"{url}/recommend", json={"user_id": "zoe", "query": "rocket"})
+        assert query.status_code == 422 and "no query encoder" in query.text
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-3000:]
+    rows = read_impressions(str(events)).to_pylist()
+    assert [r["item_id"] for r in sorted(rows, key=lambda r: r["position"])] == [
+        i["item_id"] for i in answer["items"]
+    ]
+    assert (events / "config.yaml").exists()
+
+
+def test_cli_bad_input_is_one_line_error(tmp_path):
+    def rayrec_serve(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*RAYREC, "serve", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
+
+    missing = rayrec_serve("--index", str(tmp_path / "missing"), "--arm", "a=retrieval")
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert missing.stderr.startswith("error:") and "not an index directory" in missing.stderr
+    bad_arm = rayrec_serve("--index", str(tmp_path), "--arm", "a=retrieval:-1")
+    assert bad_arm.returncode == 2 and "weights must be positive" in bad_arm.stderr
+    bad_policy = rayrec_serve(
+        "--index", str(build_test_index(tmp_path, n_items=20)), "--arm", "a=no-such-policy"
+    )
+    assert bad_policy.returncode == 2 and "unknown policy 'no-such-policy'" in bad_policy.stderr
