@@ -1,0 +1,110 @@
+"""``rayrec train-policy`` end to end with tiny settings on the session's real Ray: train, checkpoint,
+resume, export, evaluate — and the clear errors for a run directory of another configuration."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.rl_module import RLModule
+
+from envs import make_vector_env
+from rayrec.slate_model import load_exported_policy
+from trainers import policy as trainer
+
+TINY = [
+    "--num-candidates", "10", "--slate-size", "3",
+    "--train-batch-size", "256", "--minibatch-size", "128", "--num-epochs", "1", "--envs-per-runner", "8",
+    "--hidden", "16", "--attention-heads", "2",
+    "--checkpoint-every", "1", "--validate-every", "1", "--validate-users", "16",
+    "--eval-users", "32", "--baselines", "greedy", "--baselines", "random",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run_dir(ray_session, tmp_path_factory):
+    out = tmp_path_factory.mktemp("policy-run")
+    assert trainer.main(["--out", str(out), "--iterations", "1", *TINY]) == 0
+    return out
+
+
+def test_train_writes_metrics_checkpoint_export_and_evaluation(run_dir):
+    rows = [json.loads(line) for line in (run_dir / trainer.PROGRESS_JSONL).read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1.0]
+    for key in ("sim/session_return", "sim/ctr", "sim/session_length", "train/entropy", "train/vf_loss"):
+        assert np.isfinite(rows[0][key]), key
+    assert rows[0]["sim/sessions"] > 0 and 0 <= rows[0]["sim/ctr"] <= 1
+    assert (run_dir / trainer.PROGRESS_CSV).read_text().startswith("iteration,")
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run_dir / "config.yaml").exists() and (run_dir / "learning_curve.png").stat().st_size > 0
+
+    report = json.loads((run_dir / "eval.json").read_text())
+    assert set(report["policies"]) == {"ppo", "greedy", "random"}
+    assert report["users"] == 32
+    for metrics in report["policies"].values():
+        ci = metrics["sim/session_return"]
+        assert ci["ci95_low"] <= ci["mean"] <= ci["ci95_high"]
+    assert set(report["comparisons"]) == {"greedy", "random"}
+    assert "| **ppo** (trained) |" in (run_dir / "eval.md").read_text()
+
+
+def test_export_has_the_checkpointed_modules_scores(run_dir):
+    """The RLlib module restored from the checkpoint and the RLlib-free export score alike."""
+    checkpoint = run_dir / trainer.CHECKPOINT_DIR / "iter_00001"
+    module_dir = checkpoint / "learner_group" / "learner" / "rl_module" / trainer.MODULE_ID
+    module = RLModule.from_checkpoint(str(module_dir))
+    policy = load_exported_policy(str(run_dir / trainer.POLICY_DIR))
+    env = make_vector_env(None, num_envs=5, num_candidates=10, slate_size=3)
+    obs, _ = env.reset(seed=3)
+    batch = {Columns.OBS: {key: torch.as_tensor(v) for key, v in obs.items()}}
+    expected = module.forward_inference(batch)[Columns.ACTION_DIST_INPUTS].numpy()
+    np.testing.assert_allclose(policy.scores(obs), expected, rtol=1e-5, atol=1e-6)
+    assert (
+        json.loads((run_dir / trainer.POLICY_DIR / "policy.json").read_text())["metadata"]["iteration"] == 1
+    )
+
+
+def test_resume_continues_and_refuses_another_configuration(run_dir, capsys):
+    # Another network or another env shape in the same run directory: a clear error, nothing overwritten.
+    before = (run_dir / trainer.RUN_FILE).read_text()
+    assert (
+        trainer.main(["--out", str(run_dir), "--iterations", "2", "--resume", *TINY, "--hidden", "32"]) == 2
+    )
+    assert "another configuration" in capsys.readouterr().err
+    changed_env = [*TINY, "--num-candidates", "12"]
+    assert trainer.main(["--out", str(run_dir), "--iterations", "2", "--resume", *changed_env]) == 2
+    assert "num_candidates" in capsys.readouterr().err
+    assert trainer.main(["--out", str(run_dir), "--iterations", "2", *TINY]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (run_dir / trainer.RUN_FILE).read_text() == before
+
+    assert trainer.main(["--out", str(run_dir), "--iterations", "2", "--resume", *TINY]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (run_dir / trainer.PROGRESS_JSONL).read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1.0, 2.0]
+    assert (run_dir / trainer.CHECKPOINT_DIR / "iter_00002").is_dir()
+
+
+def test_bad_arguments_are_config_errors(tmp_path, capsys):
+    assert trainer.main(["--out", str(tmp_path), "--minibatch-size", "999999"]) == 2
+    assert "minibatch_size" in capsys.readouterr().err
+    assert trainer.main(["--out", str(tmp_path), "--resume"]) == 2
+    assert "no run to resume" in capsys.readouterr().err
+
+
+def test_rayrec_cli_registers_train_policy():
+    import argparse
+
+    from rayrec.commands import policy as command
+
+    parser = argparse.ArgumentParser()
+    command.register(parser.add_subparsers())
+    args = parser.parse_args(
+        ["train-policy", "--out", "o", "--index", "i", "--data", "d", "--env-runners", "2"]
+    )
+    config = trainer.config_from_args(trainer.TrainPolicyConfig, args)
+    assert (config.out, config.index, config.data, config.env_runners) == ("o", "i", "d", 2)
+    assert args.func.__module__ == command.__name__

@@ -1,0 +1,161 @@
+"""Held-out evaluation of a trained slate policy against the baselines, and the learning-curve plot.
+
+Every policy plays one session with each of the same ``n`` held-out simulated users (the same env seed,
+so the same users start the same way), which makes the per-user differences paired: the confidence
+interval of "trained minus baseline" is the paired one, much tighter than comparing two independent means.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from envs.config import SlateEnvConfig
+from envs.evaluation import SessionStats, mean_ci, run_sessions
+from rayrec.slate_model import ExportConfig, ExportedPolicy, SlateScorer
+
+METRICS = ("sim/session_return", "sim/ctr", "sim/session_length")
+
+
+def validation_return(scorer: SlateScorer, env_config: SlateEnvConfig, num_users: int, seed: int) -> float:
+    """Mean session return of ``scorer``'s deterministic top-k policy over ``num_users`` held-out users."""
+    policy = ExportedPolicy(
+        scorer,
+        ExportConfig(
+            scorer=scorer.config, slate_size=env_config.slate_size, num_candidates=env_config.num_candidates
+        ),
+    )
+    return float(run_sessions(policy, env_config, num_users, seed).returns.mean())
+
+
+def _play(spec: str, env_config: SlateEnvConfig, num_users: int, seed: int) -> SessionStats:
+    from envs import make_vector_env
+    from envs.policies import make_policy
+
+    env = make_vector_env(env_config, num_users)
+    try:
+        return run_sessions(make_policy(spec, env), env_config, num_users, seed, env=env)
+    finally:
+        env.close()
+
+
+def evaluate_policies(
+    policy_dir: str,
+    env_config: SlateEnvConfig,
+    baselines: list[str],
+    num_users: int,
+    seed: int,
+    name: str,
+) -> dict[str, Any]:
+    """Session return, CTR and session length (95% CIs) of the trained policy and each baseline.
+
+    Returns:
+        ``{"users", "seed", "policies": {name: {metric: {mean, ci95_low, ci95_high}}}, "comparisons":
+        {baseline: {"diff": {mean, ci95_low, ci95_high}, "ratio", "significant"}}, "markdown"}`` where
+        ``diff`` is the paired difference of session returns (trained minus baseline).
+    """
+    stats = {name: _play(policy_dir, env_config, num_users, seed)}
+    for spec in baselines:
+        stats[spec] = _play(spec, env_config, num_users, seed)
+    policies = {key: {m: s.summary()[m] for m in METRICS} for key, s in stats.items()}
+    trained = stats[name].returns
+    comparisons = {}
+    for spec in baselines:
+        diff = mean_ci(trained - stats[spec].returns)
+        base = float(stats[spec].returns.mean())
+        comparisons[spec] = {
+            "metric": "sim/session_return",
+            "diff": diff,
+            "ratio": float(trained.mean()) / base if base else float("nan"),
+            "significant": bool(diff["ci95_low"] > 0 or diff["ci95_high"] < 0),
+        }
+    summary = {
+        "users": num_users,
+        "seed": seed,
+        "trained": name,
+        "policies": policies,
+        "comparisons": comparisons,
+    }
+    summary["markdown"] = evaluation_markdown(summary)
+    return summary
+
+
+def _fmt(ci: dict[str, float], digits: int = 2) -> str:
+    return f"{ci['mean']:.{digits}f} [{ci['ci95_low']:.{digits}f}, {ci['ci95_high']:.{digits}f}]"
+
+
+def evaluation_markdown(summary: dict[str, Any]) -> str:
+    """The evaluation as a Markdown table plus the paired comparisons."""
+    lines = [
+        f"Held-out evaluation: {summary['users']} simulated users, one session each (seed {summary['seed']}); "
+        "mean [95% CI].",
+        "",
+        "| policy | session return | CTR (clicks per slate) | session length |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, metrics in summary["policies"].items():
+        label = f"**{key}** (trained)" if key == summary["trained"] else key
+        lines.append(
+            f"| {label} | {_fmt(metrics['sim/session_return'])} | {_fmt(metrics['sim/ctr'], 3)} | "
+            f"{_fmt(metrics['sim/session_length'])} |"
+        )
+    lines += [
+        "",
+        f"Paired differences of session return ({summary['trained']} minus baseline, same users):",
+        "",
+    ]
+    for spec, comp in summary["comparisons"].items():
+        verdict = "CI excludes 0" if comp["significant"] else "CI includes 0"
+        lines.append(f"- vs {spec}: {_fmt(comp['diff'])} ({verdict}); ratio {comp['ratio']:.1%}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_learning_curve(rows: list[dict[str, float]], summary: dict[str, Any], path: Path) -> None:
+    """Training and validation session return per env step, with the baselines' held-out returns."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    steps = np.array([r["train/env_steps"] for r in rows])
+    ax.plot(
+        steps, [r["sim/session_return"] for r in rows], label="PPO, training (sampled slates)", color="C0"
+    )
+    val = [(r["train/env_steps"], r["eval/session_return"]) for r in rows if "eval/session_return" in r]
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", label="PPO, validation users (top-k)", color="C1")
+    for i, (key, metrics) in enumerate(summary["policies"].items()):
+        if key != summary["trained"]:
+            ax.axhline(
+                metrics["sim/session_return"]["mean"],
+                ls="--",
+                lw=1,
+                color=f"C{i + 2}",
+                label=f"{key} (held-out)",
+            )
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("mean session return")
+    ax.set_title("rayrec: PPO slate policy in rayrec/SlateRec-v0")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_evaluation(summary: dict[str, Any], out: Path, rows: list[dict[str, float]], command: str) -> None:
+    """``eval.json``, ``eval.md`` and ``learning_curve.png`` under ``out``."""
+    wall = rows[-1]["train/wall_s"] if rows else float("nan")
+    record = {k: v for k, v in summary.items() if k != "markdown"} | {
+        "command": command,
+        "train_wall_s": wall,
+    }
+    (out / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
+    header = f"Command: `{command}`\n\nTraining wall time: {wall:.0f} s ({len(rows)} iterations).\n\n"
+    (out / "eval.md").write_text(header + summary["markdown"])
+    if rows:
+        plot_learning_curve(rows, summary, out / "learning_curve.png")
