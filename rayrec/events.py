@@ -1,9 +1,16 @@
-"""The event log: impressions and feedback as Parquet part files, written by the server and the A/B runner.
+"""The event log: requests, impressions and feedback as Parquet part files, written by the server and the
+A/B runner.
 
 Layout under an events directory (a local path or URI)::
 
+    DIR/requests/part-<time>-<uuid>.parquet      one row per answered request (REQUESTS_SCHEMA)
     DIR/impressions/part-<time>-<uuid>.parquet   one row per shown item (IMPRESSIONS_SCHEMA)
     DIR/feedback/part-<time>-<uuid>.parquet      one row per user reaction (FEEDBACK_SCHEMA)
+
+The requests table holds what the ranker saw (candidate ids, features, profile, budget), so that
+off-policy evaluation (``rayrec ope``) can replay another policy on the very same requests. It is
+logged in the same call as the request's impressions (``log_impressions(rows, requests=...)``) and
+written in the same flush, so a log never holds a request's impressions without its request row.
 
 Writers only ever add new part files with unique names, so several writers (server replicas, A/B runs)
 can share a directory and readers never see a half-written file: a part is written under a hidden
@@ -17,6 +24,7 @@ Usage::
                               "score": 0.8, "propensity": 1.0}])
         log.log_feedback([{"request_id": "r1", "item_id": "i9", "event": "click", "value": 1.0}])
     impressions = read_impressions("runs/events")  # pa.Table
+    requests = read_requests("runs/events")  # empty unless requests were logged
 
 A ``log_*`` call returns once its rows are queued in memory; they are written in batches by a
 background thread (every ``max_rows`` rows or ``max_delay_s`` seconds, whichever comes first), and
@@ -33,6 +41,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -40,8 +49,29 @@ import pyarrow.parquet as pq
 from rayrec import storage
 from rayrec.errors import DataError, RayrecError
 
+REQUESTS_DIR = "requests"
 IMPRESSIONS_DIR = "impressions"
 FEEDBACK_DIR = "feedback"
+
+REQUESTS_SCHEMA = pa.schema(
+    [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("ts", pa.float64(), nullable=False),
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("arm", pa.string(), nullable=False),
+        pa.field("policy", pa.string(), nullable=False),
+        pa.field("candidate_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("features", pa.list_(pa.float32()), nullable=False),
+        pa.field("profile", pa.list_(pa.float32()), nullable=False),
+        pa.field("budget", pa.float32(), nullable=False),
+        pa.field("fallback", pa.bool_(), nullable=False),
+    ]
+)
+"""One row per answered request: ``candidate_ids`` [K] in retrieval order, ``features`` [K * F]
+row-major in :data:`rayrec.features.FEATURE_NAMES` order, ``profile`` [d], ``budget`` the observation's
+budget (1.0 where unknown, as in serving), ``fallback`` True when no arm's policy chose the slate (the
+server's cold-start list; ``policy`` then names the fallback). Candidate embeddings are not logged: they
+are the index's, looked up by ``candidate_ids``."""
 
 IMPRESSIONS_SCHEMA = pa.schema(
     [
@@ -75,6 +105,53 @@ FEEDBACK_EVENTS = ("click", "skip", "view", "purchase", "rating", "dismiss")
 """Feedback events the HTTP API accepts (the log itself takes any non-empty string)."""
 
 Rows = Iterable[Mapping[str, Any]] | pa.Table
+
+
+def requests_table(
+    request_ids: list[str],
+    ts: np.ndarray,
+    user_ids: list[str],
+    arm: list[str],
+    policy: list[str],
+    candidate_ids: np.ndarray,
+    obs: Mapping[str, np.ndarray],
+) -> pa.Table:
+    """A :data:`REQUESTS_SCHEMA` table for B requests that a policy ranked (``fallback`` False), built in
+    array operations (the A/B runner logs thousands of requests per step).
+
+    Args:
+        request_ids, user_ids, arm, policy: [B] str each.
+        ts: [B] float64 unix seconds.
+        candidate_ids: [B, K] str item ids of the candidates.
+        obs: the batched observation the requests were ranked on (:mod:`rayrec.features`).
+    """
+    batch, k = candidate_ids.shape
+
+    def rows(values: np.ndarray) -> pa.ListArray:
+        values = np.ascontiguousarray(values, dtype=np.float32).reshape(batch, -1)  # [B, m]
+        width = values.shape[1]
+        return pa.ListArray.from_arrays(
+            pa.array(np.arange(0, batch * width + 1, width, dtype=np.int32)), pa.array(values.ravel())
+        )
+
+    return pa.Table.from_arrays(
+        [
+            pa.array(request_ids, pa.string()),
+            pa.array(np.asarray(ts, np.float64)),
+            pa.array(user_ids, pa.string()),
+            pa.array(arm, pa.string()),
+            pa.array(policy, pa.string()),
+            pa.ListArray.from_arrays(
+                pa.array(np.arange(0, batch * k + 1, k, dtype=np.int32)),
+                pa.array(np.asarray(candidate_ids, dtype=str).ravel().tolist(), pa.string()),
+            ),
+            rows(obs["features"]),
+            rows(obs["profile"]),
+            pa.array(np.asarray(obs["budget"], np.float32).reshape(batch)),
+            pa.array(np.zeros(batch, dtype=bool)),
+        ],
+        schema=REQUESTS_SCHEMA,
+    )
 
 
 def _to_table(rows: Rows, schema: pa.Schema, defaults: Mapping[str, Any]) -> pa.Table:
@@ -171,6 +248,7 @@ class EventLog:
         self.max_rows = max_rows
         self.max_delay_s = max_delay_s
         self._parts = {
+            REQUESTS_DIR: _PartWriter(storage.join(self.directory, REQUESTS_DIR)),
             IMPRESSIONS_DIR: _PartWriter(storage.join(self.directory, IMPRESSIONS_DIR)),
             FEEDBACK_DIR: _PartWriter(storage.join(self.directory, FEEDBACK_DIR)),
         }
@@ -182,27 +260,40 @@ class EventLog:
         self._thread = threading.Thread(target=self._run, name="rayrec-event-log", daemon=True)
         self._thread.start()
 
-    def log_impressions(self, rows: Rows) -> int:
-        """Queue impression rows (dicts or a table with :data:`IMPRESSIONS_SCHEMA`'s columns); returns the count."""
-        return self._add(IMPRESSIONS_DIR, _to_table(rows, IMPRESSIONS_SCHEMA, {}))
+    def log_impressions(self, rows: Rows, requests: Rows | None = None) -> int:
+        """Queue impression rows (dicts or a table with :data:`IMPRESSIONS_SCHEMA`'s columns); returns the count.
+
+        ``requests``: the rows (:data:`REQUESTS_SCHEMA`; ``budget`` defaults to 1.0, ``fallback`` to False)
+        of the requests these impressions answer. Both are validated before either is queued, queued
+        together and written by the same flush.
+        """
+        tables = {IMPRESSIONS_DIR: _to_table(rows, IMPRESSIONS_SCHEMA, {})}
+        if requests is not None:
+            tables[REQUESTS_DIR] = _to_table(requests, REQUESTS_SCHEMA, {"budget": 1.0, "fallback": False})
+        self._add(tables)
+        return tables[IMPRESSIONS_DIR].num_rows
 
     def log_feedback(self, rows: Rows) -> int:
         """Queue feedback rows (:data:`FEEDBACK_SCHEMA`; ``value`` and ``ts`` optional); returns the count."""
-        return self._add(FEEDBACK_DIR, _to_table(rows, FEEDBACK_SCHEMA, {"value": 1.0, "ts": time.time()}))
+        table = _to_table(rows, FEEDBACK_SCHEMA, {"value": 1.0, "ts": time.time()})
+        self._add({FEEDBACK_DIR: table})
+        return table.num_rows
 
     def flush(self) -> None:
         """Write every queued row; raises if a write fails (the rows stay queued)."""
         with self._write_lock:
-            for part in self._parts.values():
-                with self._lock:
-                    tables = part.take()
+            with self._lock:  # one snapshot of every kind: a request and its impressions leave together
+                taken = [(part, part.take()) for part in self._parts.values()]
+            for i, (part, tables) in enumerate(taken):
                 if not tables:
                     continue
                 try:
                     part.write(tables)
                 except Exception as exc:
                     with self._lock:
-                        part.restore(tables)
+                        for unwritten, rest in taken[i:]:
+                            if rest:
+                                unwritten.restore(rest)
                         self._error = exc
                     raise RayrecError(f"event log {self.directory}: write failed: {exc}") from exc
             self._error = None
@@ -227,18 +318,17 @@ class EventLog:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _add(self, kind: str, table: pa.Table) -> int:
+    def _add(self, tables: Mapping[str, pa.Table]) -> None:
         if self._closed:
             raise RayrecError(f"event log {self.directory} is closed")
         with self._lock:
             if self._error is not None:
                 raise RayrecError(f"event log {self.directory}: earlier write failed: {self._error}")
-            part = self._parts[kind]
-            part.add(table)
-            full = part.pending_rows >= self.max_rows
+            for kind, table in tables.items():
+                self._parts[kind].add(table)
+            full = any(self._parts[kind].pending_rows >= self.max_rows for kind in tables)
         if full:
             self._wake.set()
-        return table.num_rows
 
     def _due(self) -> bool:
         now = time.monotonic()
@@ -290,3 +380,8 @@ def read_impressions(directory: str) -> pa.Table:
 def read_feedback(directory: str) -> pa.Table:
     """All feedback rows under ``directory`` in write order (:data:`FEEDBACK_SCHEMA`; empty if none)."""
     return _read(directory, FEEDBACK_DIR, FEEDBACK_SCHEMA)
+
+
+def read_requests(directory: str) -> pa.Table:
+    """All request rows under ``directory`` in write order (:data:`REQUESTS_SCHEMA`; empty if none)."""
+    return _read(directory, REQUESTS_DIR, REQUESTS_SCHEMA)

@@ -59,8 +59,14 @@ class RecommendRequest(BaseModel):
 
 
 class RecommendedItem(BaseModel):
+    """One slate item. ``propensity`` is an addition to DESIGN.md's ``{"item_id", "score"}``: clients that
+    keep their own log (``rayrec ab --url``) record the same propensities the server logs."""
+
     item_id: str
     score: float
+    propensity: float = Field(
+        description="Probability that the arm's policy shows this item at this position (1.0 if deterministic)."
+    )
 
 
 class RecommendResponse(BaseModel):

@@ -6,7 +6,7 @@ Deployments, composed with DeploymentHandles::
               ├─► UserStep ──(query)──► QueryEncoder          history → profile from stored embeddings
               ├─► Retriever                                   FAISS, batched; cold-start fallback
               ├─► Ranker-<arm> (one per arm)                   the arm's SlatePolicy, batched
-              └─► EventLogger (one replica)                   impressions + feedback → Parquet
+              └─► EventLogger (one replica)                   requests + impressions + feedback → Parquet
 
 The user state flows from UserStep to Retriever to Ranker as chained DeploymentResponses, so the
 ingress only waits for the final slate. Rolling out a new index or policy: change the deployment's
@@ -98,15 +98,15 @@ class Recommender:
                     zip(ranked.item_ids, ranked.scores, ranked.propensities, strict=True)
                 )
             ]
-            await self.logger.log_impressions.remote(request_id, rows)
+            await self.logger.log_request.remote(ranked.request_row(request_id, now, user, arm), rows)
         except (BackPressureError, DeploymentUnavailableError) as exc:
             raise Overloaded(type(exc).__name__) from None
         return RecommendResponse(
             request_id=request_id,
             arm=arm,
             items=[
-                RecommendedItem(item_id=i, score=s)
-                for i, s in zip(ranked.item_ids, ranked.scores, strict=True)
+                RecommendedItem(item_id=i, score=s, propensity=p)
+                for i, s, p in zip(ranked.item_ids, ranked.scores, ranked.propensities, strict=True)
             ],
             policy=ranked.policy,
             unknown_history=ranked.unknown,

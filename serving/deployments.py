@@ -174,9 +174,9 @@ class Ranker:
 class EventLogger:
     """Owns the event log and remembers recent slates so that feedback can be checked.
 
-    One replica (the request registry lives in its memory). ``log_impressions`` returns once the rows
-    are queued for a durable write; the replica's graceful stop (``serve shutdown``, SIGTERM of
-    ``rayrec serve``) writes everything queued.
+    One replica (the request registry lives in its memory). ``log_request`` returns once the request's
+    row and its impressions are queued for a durable write (together: one flush writes both); the
+    replica's graceful stop (``serve shutdown``, SIGTERM of ``rayrec serve``) writes everything queued.
     """
 
     def __init__(self, events: str, remembered: int, flush_rows: int, flush_seconds: float) -> None:
@@ -185,10 +185,11 @@ class EventLogger:
         self.shown: OrderedDict[str, frozenset[str]] = OrderedDict()
         self.lock = threading.Lock()
 
-    def log_impressions(self, request_id: str, rows: list[dict[str, Any]]) -> int:
+    def log_request(self, request: dict[str, Any], impressions: list[dict[str, Any]]) -> int:
+        """Queue one answered request (a :data:`rayrec.events.REQUESTS_SCHEMA` row) and its impressions."""
         with self.lock:
-            count = self.log.log_impressions(rows)
-            self.shown[request_id] = frozenset(row["item_id"] for row in rows)
+            count = self.log.log_impressions(impressions, requests=[request])
+            self.shown[request["request_id"]] = frozenset(row["item_id"] for row in impressions)
             while len(self.shown) > self.remembered:
                 self.shown.popitem(last=False)
         return count

@@ -172,7 +172,21 @@ class Retrieval:
 
 @dataclass(frozen=True)
 class Ranked:
-    """A slate for one request: ``item_ids``, ``scores`` and ``propensities`` in display order."""
+    """A slate for one request and what it was chosen from.
+
+    Attributes:
+        item_ids, scores, propensities: [k] the slate in display order, the policy's score and
+            item-position propensity of each item (1.0 for the deterministic fallback).
+        policy: name of the policy that chose the slate.
+        unknown: history ids that were not in the catalog.
+        cold_start: True when the popular-diverse fallback answered.
+        candidate_ids: [K] the candidates the slate was chosen from, in retrieval order.
+        features: [K, F] float32 their :func:`rayrec.features.candidate_features`.
+        profile: [d] float32 the user's profile.
+
+    The last three are the request's row of the event log's requests table (what off-policy
+    evaluation replays another policy on).
+    """
 
     item_ids: list[str]
     scores: list[float]
@@ -180,6 +194,29 @@ class Ranked:
     policy: str
     unknown: int
     cold_start: bool
+    candidate_ids: list[str]
+    features: np.ndarray
+    profile: np.ndarray
+
+    def request_row(self, request_id: str, ts: float, user_id: str, arm: str) -> dict:
+        """The request's row of :data:`rayrec.events.REQUESTS_SCHEMA`."""
+        return {
+            "request_id": request_id,
+            "ts": ts,
+            "user_id": user_id,
+            "arm": arm,
+            "policy": self.policy,
+            "candidate_ids": self.candidate_ids,
+            "features": self.features.ravel(),  # [K * F]
+            "profile": self.profile,
+            "budget": 1.0,  # the budget the ranker was shown: unknown in serving (see rank)
+            "fallback": self.cold_start,
+        }
+
+
+def _features(cands: Candidates) -> np.ndarray:
+    """[K, F] candidate features of one request."""
+    return candidate_features(cands.scores[None], cands.popularity[None])[0]
 
 
 def rank(
@@ -198,11 +235,16 @@ def rank(
                 FALLBACK_POLICY,
                 cands.unknown,
                 True,
+                [str(x) for x in cands.item_ids],
+                _features(cands),
+                cands.profile,
             )
         elif len(cands.item_ids):
             groups.setdefault((len(cands.item_ids), min(k, len(cands.item_ids))), []).append(i)
         else:
-            out[i] = Ranked([], [], [], policy.name, cands.unknown, False)
+            out[i] = Ranked(
+                [], [], [], policy.name, cands.unknown, False, [], _features(cands), cands.profile
+            )
     for (_, k), rows in groups.items():
         batch = [requests[i][0] for i in rows]
         obs = {
@@ -223,5 +265,8 @@ def rank(
                 policy.name,
                 cands.unknown,
                 False,
+                [str(x) for x in cands.item_ids],
+                obs["features"][j],
+                cands.profile,
             )
     return out  # type: ignore[return-value]

@@ -32,3 +32,25 @@ def movielens_small() -> Path:
     if not (MOVIELENS_SMALL / "ratings.csv").exists():
         pytest.skip(f"MovieLens data not found at {MOVIELENS_SMALL}")
     return MOVIELENS_SMALL
+
+
+@pytest.fixture(scope="session")
+def live_app(ray_session, tmp_path_factory):
+    """The real Serve app on 127.0.0.1, started once for every module that uses it (see tests/_serve_app.py)."""
+    from _serve_app import start_live_app
+
+    app = start_live_app(tmp_path_factory.mktemp("live-app"))
+    yield app
+    app.stop()
+
+
+@pytest.fixture
+def stopped_live_app(live_app):
+    """``live_app`` after its graceful stop: its event log is on disk. Tests using it run last."""
+    live_app.stop()
+    return live_app
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that stop the shared app run after every test that needs it live (stable otherwise)."""
+    items.sort(key=lambda item: "stopped_live_app" in getattr(item, "fixturenames", ()))

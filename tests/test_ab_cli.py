@@ -10,9 +10,8 @@ import pytest
 from _ab_cli import cli_output, run_ab_cli
 
 from rayrec.ab.metrics import UserMetrics
-from rayrec.ab.request_log import read_requests
 from rayrec.assignment import DEFAULT_SALT, assign_arm
-from rayrec.events import read_feedback, read_impressions
+from rayrec.events import read_feedback, read_impressions, read_requests
 
 SMALL_WORLD = ["--env", "num_items=1500", "--no-progress", "--users-per-task", "800"]
 

@@ -6,6 +6,7 @@ import os
 import threading
 import time
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -13,9 +14,12 @@ from rayrec.errors import DataError, RayrecError
 from rayrec.events import (
     FEEDBACK_SCHEMA,
     IMPRESSIONS_SCHEMA,
+    REQUESTS_SCHEMA,
     EventLog,
     read_feedback,
     read_impressions,
+    read_requests,
+    requests_table,
 )
 
 
@@ -30,6 +34,19 @@ def impression(request_id: str, position: int, item_id: str = "i1") -> dict:
         "position": position,
         "score": 0.5 - 0.1 * position,
         "propensity": 1.0,
+    }
+
+
+def request(request_id: str, k: int = 4, d: int = 3) -> dict:
+    return {
+        "request_id": request_id,
+        "ts": 1_700_000_000.5,
+        "user_id": "pseudo-u1",
+        "arm": "control",
+        "policy": "greedy",
+        "candidate_ids": [f"i{j}" for j in range(k)],
+        "features": np.arange(k * 3, dtype=np.float32),  # [K * F]
+        "profile": np.full(d, 0.5, dtype=np.float32),
     }
 
 
@@ -160,3 +177,68 @@ def test_closed_log_refuses_rows(tmp_path):
     log.close()
     with pytest.raises(RayrecError, match="closed"):
         log.log_feedback([{"request_id": "r", "item_id": "i", "event": "click"}])
+
+
+def test_requests_are_logged_with_their_impressions(tmp_path):
+    with EventLog(str(tmp_path), max_delay_s=60) as log:
+        assert log.log_impressions([impression("r1", 0), impression("r1", 1)], requests=[request("r1")]) == 2
+        assert log.pending_rows() == 3
+    (row,) = read_requests(str(tmp_path)).to_pylist()
+    assert row["candidate_ids"] == ["i0", "i1", "i2", "i3"]
+    assert row["features"] == list(range(12)) and row["profile"] == [0.5] * 3
+    assert row["budget"] == 1.0 and row["fallback"] is False  # the defaults
+    assert read_requests(str(tmp_path / "nothing")).schema == REQUESTS_SCHEMA
+
+
+def test_requests_table_builds_the_same_rows_from_arrays(tmp_path):
+    obs = {
+        "features": np.arange(2 * 4 * 3, dtype=np.float32).reshape(2, 4, 3),  # [B, K, F]
+        "profile": np.ones((2, 3), dtype=np.float32),  # [B, d]
+        "budget": np.array([[0.5], [1.0]], dtype=np.float32),  # [B, 1]
+    }
+    ids = np.array([[f"i{j}" for j in range(4)]] * 2)  # [B, K]
+    table = requests_table(["a", "b"], np.array([1.0, 2.0]), ["u", "v"], ["x"] * 2, ["greedy"] * 2, ids, obs)
+    with EventLog(str(tmp_path)) as log:
+        log.log_impressions([impression("a", 0), impression("b", 0)], requests=table)
+    rows = read_requests(str(tmp_path)).to_pylist()
+    assert [r["request_id"] for r in rows] == ["a", "b"]
+    assert rows[1]["features"] == list(range(12, 24)) and rows[0]["budget"] == 0.5
+    assert not any(r["fallback"] for r in rows)
+
+
+def test_bad_request_row_rejects_its_impressions_too(tmp_path):
+    bad = {k: v for k, v in request("r").items() if k != "candidate_ids"}
+    with EventLog(str(tmp_path)) as log:
+        with pytest.raises(DataError, match="'candidate_ids'"):
+            log.log_impressions([impression("r", 0)], requests=[bad])
+        assert log.pending_rows() == 0
+    assert read_impressions(str(tmp_path)).num_rows == 0 and read_requests(str(tmp_path)).num_rows == 0
+
+
+def test_a_request_is_on_disk_no_later_than_its_impressions(tmp_path):
+    """Concurrent writers and a reader: every impression a reader can see has its request row on disk."""
+    log = EventLog(str(tmp_path), max_rows=5, max_delay_s=0.005)
+    done = threading.Event()
+    orphans: list[str] = []
+
+    def writer(thread: int) -> None:
+        for i in range(40):
+            log.log_impressions([impression(f"t{thread}-{i}", 0)], requests=[request(f"t{thread}-{i}")])
+
+    def reader() -> None:
+        while not done.is_set():
+            seen = set(read_impressions(str(tmp_path)).column("request_id").to_pylist())
+            orphans.extend(seen - set(read_requests(str(tmp_path)).column("request_id").to_pylist()))
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(3)]
+    watcher = threading.Thread(target=reader)
+    watcher.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log.close()
+    done.set()
+    watcher.join()
+    assert not orphans
+    assert read_requests(str(tmp_path)).num_rows == read_impressions(str(tmp_path)).num_rows == 120

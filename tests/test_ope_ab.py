@@ -10,14 +10,19 @@ the item-position model the estimators assume).
 
 from __future__ import annotations
 
+import json
+import math
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from _ab_cli import cli_output
+from _serve_app import NUM_CANDIDATES, POLICIES
 
 from rayrec.ab.ope import LoggedSlates, estimate_all
 from rayrec.errors import DataError
+from rayrec.events import read_requests
 
 ROBUST = ("ips", "snips", "dr")
 
@@ -154,3 +159,64 @@ def test_ope_bad_event_logs_are_one_line_errors(tmp_path, capsys, setup, needle)
     assert output.startswith("error:") or "\nerror:" in output, output
     assert needle in output
     assert "Traceback" not in output
+
+
+@pytest.fixture(scope="session")
+def server_traffic(live_app):
+    """Users with a topic send two requests each to the live app over HTTP and click, with probability
+    0.6, the first item of their topic (item ``item-i`` has topic ``i % 4``); all recorded as acknowledged."""
+    import httpx
+
+    rng = np.random.default_rng(7)
+    answers = []
+    with httpx.Client(base_url=live_app.url, timeout=60) as http:
+        for user in range(48):
+            topic = user % 4
+            history = [f"item-{4 * int(j) + topic:04d}" for j in rng.choice(60, size=3, replace=False)]
+            for _ in range(2):
+                response = http.post(
+                    "/recommend", json={"user_id": f"ope-{user}", "history": history, "k": 5}
+                )
+                assert response.status_code == 200, response.text
+                answer = live_app.record(response.json())
+                answers.append(answer)
+                ids = [item["item_id"] for item in answer["items"]]
+                liked = [i for i in ids if int(i.split("-")[1]) % 4 == topic]
+                if liked and rng.random() < 0.6:
+                    body = {"request_id": answer["request_id"], "item_id": liked[0], "event": "click"}
+                    assert http.post("/feedback", json=body).status_code == 202
+                    live_app.feedback.append((answer["request_id"], liked[0], "click"))
+                    history = [*history, liked[0]]
+    return answers
+
+
+def test_served_items_carry_their_arms_propensities(server_traffic):
+    by_arm = {arm: [a for a in server_traffic if a["arm"] == arm] for arm in POLICIES}
+    assert all(by_arm.values()), {arm: len(answers) for arm, answers in by_arm.items()}
+    for arm, answers in by_arm.items():
+        expected = 1.0 / NUM_CANDIDATES if arm == "explore" else 1.0
+        assert all(item["propensity"] == pytest.approx(expected) for a in answers for item in a["items"]), arm
+
+
+def test_ope_on_the_servers_own_event_log(server_traffic, stopped_live_app, tmp_path, capsys):
+    """``rayrec ope`` straight on what the server logged: the explore arm's propensities make the
+    estimates defined; the server's requests table supplies each request's candidates."""
+    out = tmp_path / "ope.json"
+    code, output = cli_output(
+        capsys,
+        "ope", "--events", str(stopped_live_app.events), "--target", "greedy",
+        "--index", str(stopped_live_app.index), "--json", str(out),
+    )  # fmt: skip
+    assert code == 0, output
+    result = json.loads(out.read_text())
+    requests = read_requests(str(stopped_live_app.events)).to_pandas()
+    fallback = int(requests["fallback"].sum())
+    assert result["target"] == "greedy" and result["fallback_requests"] == fallback
+    assert result["n"] == len(requests) - fallback >= len(server_traffic)
+    ranked = requests[~requests["fallback"]]
+    assert result["logging_policies"] == ranked["policy"].value_counts().to_dict()
+    assert set(result["logging_policies"]) == set(POLICIES.values())
+    for name in ("ips", "snips", "dm", "dr"):
+        value, (low, high) = result["estimators"][name]["value"], result["estimators"][name]["ci95"]
+        assert all(math.isfinite(x) for x in (value, low, high)), name
+        assert 0.0 <= low <= high and value >= 0.0, (name, value, low, high)

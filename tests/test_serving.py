@@ -1,7 +1,7 @@
 """The served recommender over real HTTP: a real Ray Serve app on 127.0.0.1 built from a tiny real index.
 
-One app serves the whole module (start-up costs seconds on 2 cores); every acknowledged impression and
-feedback is recorded here and compared with the Parquet event log after a graceful stop at the end.
+The app is the session's shared ``live_app`` (tests/_serve_app.py): every acknowledged impression and
+feedback is recorded there and compared with the Parquet event log after its graceful stop.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,67 +19,18 @@ import httpx
 import numpy as np
 import pytest
 import yaml
+from _serve_app import N_ITEMS, NUM_CANDIDATES, POLICIES, WEIGHTS, build_test_index, free_port
 
 from rayrec.assignment import assign_arm
 from rayrec.errors import ArtifactError, ConfigError
-from rayrec.events import read_feedback, read_impressions
-from rayrec.features import l2_normalize, profile_vector
+from rayrec.events import read_feedback, read_impressions, read_requests
+from rayrec.features import NUM_FEATURES, profile_vector
 from rayrec.index.item_index import ItemIndex
-from rayrec.privacy import Pseudonymizer, load_or_create_key
+from rayrec.privacy import Pseudonymizer
 from serving.settings import Arm, app_config_from_args, parse_arm
 
 REPO = Path(__file__).resolve().parent.parent
-TOPICS = {
-    "space": "rocket orbit planet galaxy astronaut launch moon star",
-    "cooking": "recipe pasta garlic oven bake sauce kitchen spice",
-    "football": "goal league striker match stadium coach penalty team",
-    "music": "guitar album concert melody drummer song band tour",
-}
-N_ITEMS = 240
-ARMS = ["control=retrieval:3", "treatment=greedy:1"]
-WEIGHTS = [("control", 3.0), ("treatment", 1.0)]
-APP = "rayrec-test"
 RAYREC = [sys.executable, "-m", "rayrec"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def build_test_index(out: Path, n_items: int = N_ITEMS, seed: int = 0) -> Path:
-    """A real index directory over a synthetic catalog: four topic clusters, zipf popularity, a flat FAISS
-    index with checksums, and a tiny local BERT (built from the item texts) as its query encoder.
-
-    Item ``item-i`` belongs to topic ``i % 4``. The embeddings are drawn around topic centroids rather
-    than taken from the untrained tiny BERT, whose outputs are all alike.
-    """
-    from rayrec.encoding import TextEncoder, build_tiny_encoder
-    from rayrec.index.faiss_index import IndexSpec, build_faiss_index
-    from rayrec.index.item_index import write_index
-
-    rng = np.random.default_rng(seed)
-    names = list(TOPICS)
-    topics = np.arange(n_items) % len(names)
-    texts = [f"{names[t]} " + " ".join(rng.choice(TOPICS[names[t]].split(), size=5)) for t in topics]
-    encoder_dir = build_tiny_encoder(texts, out / "encoder")
-    dim = TextEncoder.load(str(encoder_dir)).dim
-    centroids = l2_normalize(rng.normal(size=(len(names), dim)))  # [T, d]
-    embeddings = l2_normalize(centroids[topics] + 0.3 * rng.normal(size=(n_items, dim)))  # [N, d]
-    popularity = rng.zipf(1.5, size=n_items).clip(max=10_000)
-    spec = IndexSpec(type="flat")
-    index_dir = out / "index"
-    write_index(
-        str(index_dir),
-        [f"item-{i:04d}" for i in range(n_items)],
-        embeddings,
-        popularity,
-        build_faiss_index(embeddings, spec),
-        spec,
-        str(encoder_dir),
-    )
-    return index_dir
 
 
 @pytest.mark.parametrize(
@@ -131,71 +81,39 @@ def test_config_yaml_is_a_valid_serve_config_for_this_app():
 
 
 @pytest.fixture(scope="module")
-def server(ray_session, tmp_path_factory):
-    """The app on a free loopback port; yields its URL, events dir, key and what it acknowledged."""
-    from ray import serve
-
-    from serving.app import build_app
-
-    root = tmp_path_factory.mktemp("serving")
-    index_dir = build_test_index(root)
-    events = root / "events"
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = {
-        "index": str(index_dir),
-        "arms": ",".join(ARMS),
-        "events": str(events),
-        "num_candidates": "20",
-        "max_history": "50",
-        "max_ongoing_requests": "4",
-        "max_queued_requests": "2",
-        "flush_rows": "100000",
-        "flush_seconds": "3600",  # only the graceful stop writes: that is what the last test checks
-    }
-    serve.run(build_app(args), name=APP, route_prefix="/")
-    state = {
-        "url": f"http://127.0.0.1:{port}",
-        "events": events,
-        "index": index_dir,
-        "key": load_or_create_key(str(events)),
-        "impressions": {},  # request_id → [item ids] acknowledged by a 200
-        "feedback": [],  # (request_id, item_id, event) acknowledged by a 202
-    }
-    yield state
-    serve.shutdown()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server["url"], timeout=60) as http:
+def client(live_app):
+    with httpx.Client(base_url=live_app.url, timeout=60) as http:
         yield http
 
 
-def recommend(client, server, **body) -> httpx.Response:
+def recommend(client, app, **body) -> httpx.Response:
     response = client.post("/recommend", json=body)
     if response.status_code == 200:
-        answer = response.json()
-        server["impressions"][answer["request_id"]] = [item["item_id"] for item in answer["items"]]
+        app.record(response.json())
     return response
 
 
-def test_recommend_contract(client, server):
+@pytest.mark.parametrize("arm", list(POLICIES))
+def test_recommend_contract(client, live_app, arm):
     history = ["item-0000", "item-0004", "item-0008", "not-an-item", "also-unknown"]
-    response = recommend(client, server, user_id="alice", history=history, k=7)
+    response = recommend(client, live_app, user_id=live_app.user_in(arm, "alice"), history=history, k=7)
     assert response.status_code == 200, response.text
     answer = response.json()
     assert set(answer) >= {"request_id", "arm", "items", "policy", "unknown_history", "cold_start"}
-    assert answer["arm"] in ("control", "treatment")
-    assert answer["policy"] == {"control": "retrieval", "treatment": "greedy"}[answer["arm"]]
+    assert answer["arm"] == arm and answer["policy"] == POLICIES[arm]
     assert answer["unknown_history"] == 2
     assert answer["cold_start"] is False
     ids = [item["item_id"] for item in answer["items"]]
     assert len(ids) == 7 and len(set(ids)) == 7
     assert not set(ids) & set(history), "seen items must not be recommended again"
     assert all(isinstance(item["score"], float) for item in answer["items"])
+    propensities = [item["propensity"] for item in answer["items"]]
+    if arm == "explore":  # a uniformly random slate puts any candidate at any position with 1 / K
+        assert propensities == pytest.approx([1 / NUM_CANDIDATES] * 7)
+    else:
+        assert propensities == [1.0] * 7
     # the same pipeline by hand: profile = normalised mean of the known history, exact inner-product search
-    index = ItemIndex.load(str(server["index"]))
+    index = ItemIndex.load(str(live_app.index))
     known = index.lookup(history[:3])
     scores = index.embeddings @ profile_vector(index.embeddings[known])  # [N]
     scores[known] = -np.inf
@@ -203,27 +121,29 @@ def test_recommend_contract(client, server):
     if answer["policy"] == "retrieval":
         assert ids == top[:7]
     else:
-        assert set(ids) <= set(top[:20]), "a ranker picks among the K=20 retrieved candidates"
-    assert sum(int(i.split("-")[1]) % 4 == 0 for i in ids) >= 5, "a topic-0 history retrieves topic 0"
+        assert set(ids) <= set(top[:NUM_CANDIDATES]), "a ranker picks among the K retrieved candidates"
+    if arm != "explore":
+        assert sum(int(i.split("-")[1]) % 4 == 0 for i in ids) >= 5, "a topic-0 history retrieves topic 0"
 
 
-def test_query_is_embedded_by_the_encoder(client, server):
-    response = recommend(client, server, user_id="bob", history=[], query="pasta garlic sauce recipe", k=5)
+def test_query_is_embedded_by_the_encoder(client, live_app):
+    response = recommend(client, live_app, user_id="bob", history=[], query="pasta garlic sauce recipe", k=5)
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["cold_start"] is False
     assert len(answer["items"]) == 5
 
 
-def test_cold_start_gets_popular_diverse_fallback(client, server):
-    answer = recommend(client, server, user_id="carol", history=["nope-1", "nope-2"], k=10).json()
+def test_cold_start_gets_popular_diverse_fallback(client, live_app):
+    answer = recommend(client, live_app, user_id="carol", history=["nope-1", "nope-2"], k=10).json()
     assert answer["cold_start"] is True and answer["unknown_history"] == 2
     assert answer["policy"] == "popular-diverse"
+    assert [item["propensity"] for item in answer["items"]] == [1.0] * 10
     ids = [item["item_id"] for item in answer["items"]]
     assert len(set(ids)) == 10
     topics = Counter(int(i.split("-")[1]) % 4 for i in ids)
     assert len(topics) >= 3, f"fallback should span topics, got {topics}"
-    again = recommend(client, server, user_id="dave", k=10).json()
+    again = recommend(client, live_app, user_id="dave", k=10).json()
     assert [item["item_id"] for item in again["items"]] == ids
 
 
@@ -232,8 +152,8 @@ def test_health_docs_and_openapi(client):
     assert health.status_code == 200, health.text
     body = health.json()
     assert body["ready"] is True and body["items"] == N_ITEMS
-    assert body["arms"] == {"control": 3.0, "treatment": 1.0}
-    assert body["policies"] == {"control": "retrieval", "treatment": "greedy"}
+    assert body["arms"] == dict(WEIGHTS)
+    assert body["policies"] == POLICIES
     assert body["encoder"]
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
@@ -268,14 +188,14 @@ def test_non_json_body_is_4xx(client):
     assert "JSON" in response.text
 
 
-def test_feedback_ack_404_and_422(client, server):
-    answer = recommend(client, server, user_id="erin", history=["item-0001"], k=3).json()
+def test_feedback_ack_404_and_422(client, live_app):
+    answer = recommend(client, live_app, user_id="erin", history=["item-0001"], k=3).json()
     shown = answer["items"][0]["item_id"]
     ok = client.post(
         "/feedback", json={"request_id": answer["request_id"], "item_id": shown, "event": "click"}
     )
     assert ok.status_code == 202, ok.text
-    server["feedback"].append((answer["request_id"], shown, "click"))
+    live_app.feedback.append((answer["request_id"], shown, "click"))
     skip = {
         "request_id": answer["request_id"],
         "item_id": answer["items"][1]["item_id"],
@@ -283,7 +203,7 @@ def test_feedback_ack_404_and_422(client, server):
         "value": 0,
     }
     assert client.post("/feedback", json=skip).status_code == 202
-    server["feedback"].append((skip["request_id"], skip["item_id"], "skip"))
+    live_app.feedback.append((skip["request_id"], skip["item_id"], "skip"))
 
     unknown = client.post("/feedback", json={"request_id": "f" * 32, "item_id": shown, "event": "click"})
     assert unknown.status_code == 404 and "unknown request_id" in unknown.text
@@ -299,31 +219,33 @@ def test_feedback_ack_404_and_422(client, server):
     assert missing.status_code == 422 and "request_id" in missing.text
 
 
-def test_ab_assignment_is_stable_and_near_its_weights(client, server):
-    pseudonymizer = Pseudonymizer(server["key"])
+def test_ab_assignment_is_stable_and_near_its_weights(client, live_app):
+    pseudonymizer = Pseudonymizer(live_app.key)
     users = [f"user-{i}" for i in range(300)]
     arms = {}
     for user in users:
-        response = recommend(client, server, user_id=user, history=["item-0002"], k=2)
+        response = recommend(client, live_app, user_id=user, history=["item-0002"], k=2)
         assert response.status_code == 200, response.text
         arms[user] = response.json()["arm"]
         # the server hashes the pseudonym, never the raw id, with the shared assignment function
         assert arms[user] == assign_arm(pseudonymizer.pseudonymize(user), WEIGHTS)
     for user in users[:40]:
-        assert recommend(client, server, user_id=user, history=[], k=1).json()["arm"] == arms[user]
-    share = Counter(arms.values())["control"] / len(users)
-    assert abs(share - 0.75) < 0.1, f"control share {share:.2f}, expected 0.75"
+        assert recommend(client, live_app, user_id=user, history=[], k=1).json()["arm"] == arms[user]
+    shares = Counter(arms.values())
+    for arm, weight in WEIGHTS:
+        expected = weight / sum(w for _, w in WEIGHTS)
+        share = shares[arm] / len(users)
+        assert abs(share - expected) < 0.1, f"{arm} share {share:.2f}, expected {expected:.2f}"
 
 
-def test_overload_is_a_fast_503_not_a_hang(server):
+def test_overload_is_a_fast_503_not_a_hang(live_app):
     async def burst() -> list[int]:
-        async with httpx.AsyncClient(base_url=server["url"], timeout=60) as http:
+        async with httpx.AsyncClient(base_url=live_app.url, timeout=60) as http:
             body = {"user_id": "crowd", "history": ["item-0003"], "k": 5}
             responses = await asyncio.gather(*(http.post("/recommend", json=body) for _ in range(80)))
         for response in responses:
             if response.status_code == 200:
-                answer = response.json()
-                server["impressions"][answer["request_id"]] = [item["item_id"] for item in answer["items"]]
+                live_app.record(response.json())
         return [r.status_code for r in responses]
 
     codes = Counter(asyncio.run(burst()))
@@ -332,24 +254,36 @@ def test_overload_is_a_fast_503_not_a_hang(server):
     assert codes[200] > 0, codes
 
 
-def test_graceful_stop_writes_every_acknowledged_event(server):
-    """Runs last: deleting the app stops the logger replica gracefully, which must flush its queue."""
-    from ray import serve
-
-    assert server["impressions"], "earlier tests should have produced impressions"
-    serve.delete(APP)
-    impressions = read_impressions(str(server["events"]))
+def test_graceful_stop_writes_every_acknowledged_event(stopped_live_app):
+    """Runs after every live test: deleting the app stops the logger replica gracefully, which must write
+    every request, impression and feedback it acknowledged (only the stop writes: flush_seconds=3600)."""
+    app = stopped_live_app
+    assert app.impressions, "earlier tests should have produced impressions"
+    impressions = read_impressions(str(app.events))
     logged: dict[str, list[tuple[int, str]]] = {}
     for row in impressions.to_pylist():
         logged.setdefault(row["request_id"], []).append((row["position"], row["item_id"]))
-    assert {rid: [item for _, item in sorted(rows)] for rid, rows in logged.items()} == server["impressions"]
-    raw_ids = {"alice", "bob", "carol", "erin", "user-1"}
-    assert not raw_ids & set(impressions.column("user_id").to_pylist()), "raw user ids must never be logged"
-    assert set(impressions.column("arm").to_pylist()) <= {"control", "treatment"}
-    feedback = read_feedback(str(server["events"]))
+    assert {rid: [item for _, item in sorted(rows)] for rid, rows in logged.items()} == app.impressions
+    raw = [u for u in impressions.column("user_id").to_pylist() if u.startswith(("alice-", "user-", "bob"))]
+    assert not raw, "raw user ids must never be logged"
+    assert set(impressions.column("arm").to_pylist()) <= set(POLICIES)
+    feedback = read_feedback(str(app.events))
     assert sorted(
         zip(*(feedback.column(c).to_pylist() for c in ("request_id", "item_id", "event")), strict=True)
-    ) == sorted(server["feedback"])
+    ) == sorted(app.feedback)
+    # One requests row per answer, with what the ranker chose from: the shown items are among its
+    # candidates, the features are [K, F], and cold starts are marked as the fallback's.
+    requests = read_requests(str(app.events)).to_pandas().set_index("request_id")
+    assert sorted(requests.index) == sorted(app.impressions)
+    for request_id, items in app.impressions.items():
+        row = requests.loc[request_id]
+        assert set(items) <= set(row["candidate_ids"])
+        assert len(row["features"]) == len(row["candidate_ids"]) * NUM_FEATURES
+        assert row["fallback"] == (row["policy"] == "popular-diverse")
+        if not row["fallback"]:
+            assert len(row["candidate_ids"]) == NUM_CANDIDATES and row["arm"] in POLICIES
+            assert row["policy"] == POLICIES[row["arm"]]
+    assert requests["fallback"].any() and not requests["fallback"].all()
 
 
 @pytest.mark.slow  # a second Ray instance in a subprocess: about a minute

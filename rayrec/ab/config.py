@@ -114,7 +114,7 @@ class OpeConfig(RayConfig):
     """``rayrec ope``: off-policy estimates of a target policy's value from a logged event log."""
 
     events: str
-    """Event-log directory (impressions, feedback and the requests table), e.g. an A/B run's DIR/events."""
+    """Event-log directory (requests, impressions, feedback): a server's --events or an A/B run's DIR/events."""
     target: str
     """Policy to evaluate: random, retrieval, greedy or a trained policy directory."""
     index: str | None = None

@@ -6,9 +6,11 @@ slate with the simulator's choice model, and reports clicks. So the whole servin
 arm assignment, retrieval, ranking, event logging) is what is being tested. The simulator and the
 server must share the item index, so that the simulated users can react to the items the server returns.
 
-The client writes its own event log of what it saw (impressions and click feedback). A client cannot
-know the logging policy's propensities: they are recorded as NaN, and the server's own event log, which
-has them, is the one to use for off-policy evaluation.
+The client writes its own event log of what it saw (impressions, with the propensity the server
+answered for each item, and click feedback), which agrees with the server's row for row. It has no
+requests table (the client never sees the candidates the ranker chose from): off-policy evaluation
+reads the server's event log (``rayrec ope --events <server events dir> --index <server index>``).
+A server that answers without propensities (older than that field) leaves them NaN here.
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ def _live_session(
                     "item_id": item["item_id"],
                     "position": p,
                     "score": item["score"],
-                    "propensity": float("nan"),
+                    "propensity": item.get("propensity", float("nan")),
                 }
                 for p, item in enumerate(answer["items"])
             ]

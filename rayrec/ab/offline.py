@@ -56,5 +56,6 @@ def evaluate_offline(config: OpeConfig) -> dict[str, Any]:
         },
         "users": logged.users,
         "logging_policies": logged.logging_policies,
+        "fallback_requests": logged.fallback_requests,
         "value": "expected reward (clicks) per request, item-position model",
     }

@@ -1,9 +1,12 @@
 """From an event log to :class:`rayrec.ab.ope.LoggedSlates`: the target policy replayed on logged requests.
 
 Each logged request's observation is rebuilt exactly as the ranker saw it: ``profile``, ``features`` and
-``budget`` from the requests table (:mod:`rayrec.ab.request_log`), candidate embeddings from the item
-index by ``candidate_ids``. The target policy's item-position marginals on that observation, the logging
+``budget`` from the requests table (:mod:`rayrec.events`), candidate embeddings from the item index by
+``candidate_ids``. The target policy's item-position marginals on that observation, the logging
 propensities of the impressions and the click feedback then give the estimators their inputs.
+
+Requests marked ``fallback`` (a server's cold-start list: no arm's policy ranked them, and no policy
+under test would) are left out, with their impressions and feedback, and counted.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from rayrec.ab.click_model import fit_click_model
 from rayrec.ab.ope import LoggedSlates
-from rayrec.ab.request_log import feature_tensor, list_column, read_requests
 from rayrec.errors import DataError
-from rayrec.events import read_feedback, read_impressions
+from rayrec.events import REQUESTS_DIR, read_feedback, read_impressions, read_requests
+from rayrec.features import NUM_FEATURES
 from rayrec.policy import SlatePolicy
 
 REPLAY_BATCH = 4096
@@ -52,18 +56,45 @@ class LoggedData:
     users: int
     logging_policies: dict[str, int]
     """Requests per logging policy."""
+    fallback_requests: int = 0
+    """Requests left out because the server's cold-start fallback answered them."""
+
+
+def list_column(table: pa.Table, name: str, width: int | None = None) -> np.ndarray:
+    """A list column of equal-length rows as a [n, width] array (DataError naming the column otherwise)."""
+    column = table.column(name).combine_chunks()
+    lengths = column.value_lengths().to_numpy(zero_copy_only=False)
+    if len(lengths) and (lengths.min() != lengths.max() or (width is not None and lengths[0] != width)):
+        want = f"{width}" if width is not None else "equal"
+        raise DataError(
+            f"requests table: column {name!r} needs {want} lengths per row, found {lengths.min()}..{lengths.max()}"
+        )
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    return values.reshape(len(table), int(lengths[0]) if len(lengths) else 0)
+
+
+def feature_tensor(table: pa.Table, num_candidates: int) -> np.ndarray:
+    """[n, K, F] candidate features of every request."""
+    return list_column(table, "features", num_candidates * NUM_FEATURES).reshape(
+        len(table), num_candidates, NUM_FEATURES
+    )
 
 
 def _check_propensities(impressions) -> None:
+    """DataError unless every impression has a propensity in (0, 1]."""
     prop = impressions.column("propensity").to_numpy(zero_copy_only=False).astype(np.float64)
     bad = ~(np.isfinite(prop) & (prop > 0) & (prop <= 1))
     if bad.any():
         raise DataError(
             f"event log: {int(bad.sum())} of {len(prop)} impressions have no usable propensity (NaN, <= 0 or > 1); "
             "off-policy evaluation needs the logging policy's probability of every shown item "
-            "(a --url client's log cannot know them: use the server's event log)"
+            "(log with `rayrec serve` or `rayrec ab`, whose rankers record them)"
         )
-    if (prop == 1.0).all():
+
+
+def _check_explored(impressions) -> None:
+    """DataError when the logging policies were all deterministic (nothing to weight)."""
+    if pc.all(pc.equal(impressions.column("propensity"), 1.0)).as_py():
         raise DataError(
             "event log: every propensity is 1.0, so the logging policy was deterministic and explored nothing; "
             "off-policy estimates of another policy are undefined (log with a randomised policy, e.g. random)"
@@ -78,6 +109,8 @@ class EventTables:
     impressions: pa.Table
     feedback: pa.Table
     requests: pa.Table
+    fallback_requests: int = 0
+    """Requests (with their impressions and feedback) left out: answered by a cold-start fallback."""
 
 
 def read_event_log(events_dir: str) -> EventTables:
@@ -90,7 +123,28 @@ def read_event_log(events_dir: str) -> EventTables:
     if impressions.num_rows == 0:
         raise DataError(f"{events_dir}: the event log has no impressions")
     _check_propensities(impressions)
-    return EventTables(events_dir, impressions, read_feedback(events_dir), read_requests(events_dir))
+    requests = read_requests(events_dir)
+    if requests.num_rows == 0:
+        _check_explored(impressions)  # the more basic problem of the two, when both hold
+        raise DataError(
+            f"{events_dir}: no requests table ({REQUESTS_DIR}/part-*.parquet) with the logged candidates; "
+            "off-policy evaluation needs the candidate set of each request, which `rayrec serve` and "
+            "`rayrec ab` log (an `ab --url` client's log has none: use the server's events directory)"
+        )
+    feedback = read_feedback(events_dir)
+    fallback = requests.column("fallback")
+    left_out = requests.filter(fallback).column("request_id")
+    if len(left_out):
+        requests = requests.filter(pc.invert(fallback))
+        impressions = impressions.filter(pc.invert(pc.is_in(impressions.column("request_id"), left_out)))
+        feedback = feedback.filter(pc.invert(pc.is_in(feedback.column("request_id"), left_out)))
+        if requests.num_rows == 0:
+            raise DataError(
+                f"{events_dir}: all {len(left_out)} logged requests were answered by the cold-start fallback; "
+                "no policy ranked anything to evaluate"
+            )
+    _check_explored(impressions)
+    return EventTables(events_dir, impressions, feedback, requests, len(left_out))
 
 
 def load_logged_slates(
@@ -182,4 +236,5 @@ def load_logged_slates(
         requests=n,
         users=int(users.max()) + 1,
         logging_policies={str(k): int(v) for k, v in policies.items()},
+        fallback_requests=log.fallback_requests,
     )

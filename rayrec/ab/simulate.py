@@ -5,8 +5,8 @@ in an arm. Each arm's users are cut into shards; a Ray task runs one shard in th
 (:func:`envs.make_vector_env`), where every row hosts one user for one whole session and, when the
 session ends, the next user of the shard arrives in that row. So a run scales with the cluster: more
 nodes, more shards at once. Every request is written to the event log (impressions with the policy's
-item-position propensities, click feedback) plus the requests table that off-policy evaluation replays
-(:mod:`rayrec.ab.request_log`).
+item-position propensities, click feedback) with its row of the requests table, which off-policy
+evaluation replays (:mod:`rayrec.events`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import numpy as np
 import pyarrow as pa
 
 from rayrec.ab.metrics import UserMetrics
-from rayrec.ab.request_log import requests_table, write_requests
 from rayrec.assignment import Arm, assign_arm, validate_arms
 from rayrec.errors import ConfigError
 
@@ -42,15 +41,13 @@ def assign_users(user_ids: Sequence[str], arms: Sequence[Arm], salt: str) -> np.
 
 
 class _ShardLog:
-    """Event-log writer of one shard: impressions, click feedback and the requests table."""
+    """Event-log writer of one shard: requests, impressions and click feedback."""
 
     def __init__(self, events_dir: str, arm: str, policy: str, item_ids: np.ndarray) -> None:
         from rayrec.events import EventLog
 
-        self.events_dir = events_dir
         self.arm, self.policy, self.item_ids = arm, policy, item_ids
         self.log = EventLog(events_dir, max_rows=EVENT_BATCH_ROWS, max_delay_s=60.0)
-        self.requests: list[pa.Table] = []
 
     def record(
         self,
@@ -74,8 +71,19 @@ class _ShardLog:
             chosen: [R] catalog row clicked, -1 for none.
             reward: [R] reward of each request.
         """
+        from rayrec.events import requests_table
+
         n, k = shown.shape
         now = time.time()
+        requests = requests_table(
+            request_ids,
+            np.full(n, now),
+            user_ids,
+            [self.arm] * n,
+            [self.policy] * n,
+            self.item_ids[candidates],
+            obs,
+        )
         self.log.log_impressions(
             pa.table(
                 {
@@ -89,7 +97,8 @@ class _ShardLog:
                     "score": scores.ravel().astype(np.float32),
                     "propensity": propensities.ravel().astype(np.float32),
                 }
-            )
+            ),
+            requests=requests,
         )
         clicked = np.flatnonzero(chosen >= 0)
         if len(clicked):
@@ -104,22 +113,9 @@ class _ShardLog:
                     }
                 )
             )
-        self.requests.append(
-            requests_table(
-                request_ids,
-                np.full(n, now),
-                user_ids,
-                [self.arm] * n,
-                [self.policy] * n,
-                self.item_ids[candidates],
-                obs,
-            )
-        )
 
     def close(self) -> None:
         self.log.close()
-        if self.requests:
-            write_requests(self.events_dir, pa.concat_tables(self.requests))
 
 
 def simulate_arm_users(
