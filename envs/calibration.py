@@ -28,7 +28,7 @@ from scipy.optimize import minimize_scalar
 from envs.catalog import ItemCatalog
 from envs.config import SlateEnvConfig
 from envs.factory import load_world
-from envs.users import NO_ITEM, logged_histories
+from envs.users import logged_columns, logged_histories
 from rayrec.data.stats import popularity_gini
 from rayrec.errors import DataError
 from rayrec.features import l2_normalize
@@ -67,19 +67,9 @@ def category_mix(catalog: ItemCatalog, items: np.ndarray) -> dict[str, float]:
     return {**shares, "(other)": rest} if rest > 1e-9 else shares
 
 
-def _logged_columns(catalog: ItemCatalog, interactions):
-    position = {item: i for i, item in enumerate(catalog.item_ids)}
-    items = np.asarray(interactions.column("item_id").to_numpy(zero_copy_only=False)).astype(str)
-    idx = np.fromiter((position.get(i, NO_ITEM) for i in items), dtype=np.int64, count=len(items))
-    users = np.asarray(interactions.column("user_id").to_numpy(zero_copy_only=False)).astype(str)
-    ts = np.asarray(interactions.column("timestamp").to_numpy(zero_copy_only=False), dtype=np.int64)
-    events = np.asarray(interactions.column("event").to_numpy(zero_copy_only=False)).astype(str)
-    return idx, users, ts, events
-
-
 def logged_statistics(catalog: ItemCatalog, interactions, session_gap: int = SESSION_GAP) -> Statistics:
     """Statistics of logged interactions (impressions count only toward the interaction rate)."""
-    idx, users, ts, events = _logged_columns(catalog, interactions)
+    idx, users, ts, events = logged_columns(catalog, interactions)
     impressions = events == "impression"
     engaged = ~impressions & (idx >= 0)
     if not engaged.any():

@@ -198,18 +198,25 @@ class LoggedUserSampler:
         return add_interest_noise(l2_normalize(mean), self.noise, rng), history
 
 
-def logged_histories(catalog: ItemCatalog, interactions, length: int) -> np.ndarray:
-    """[U, length] each logged user's ``length`` most recent catalog items (by timestamp), NO_ITEM padded.
-
-    Impressions and interactions with items outside the catalog are ignored; users left with no item
-    are dropped.
-    """
+def logged_columns(catalog: ItemCatalog, interactions) -> tuple[np.ndarray, ...]:
+    """An interactions table as arrays: catalog positions [n] (NO_ITEM outside the catalog), user ids [n],
+    timestamps [n] and events [n]."""
     position = {item: i for i, item in enumerate(catalog.item_ids)}
     items = np.asarray(interactions.column("item_id").to_numpy(zero_copy_only=False)).astype(str)
     idx = np.fromiter((position.get(i, NO_ITEM) for i in items), dtype=np.int64, count=len(items))
     users = np.asarray(interactions.column("user_id").to_numpy(zero_copy_only=False)).astype(str)
     ts = np.asarray(interactions.column("timestamp").to_numpy(zero_copy_only=False), dtype=np.int64)
     events = np.asarray(interactions.column("event").to_numpy(zero_copy_only=False)).astype(str)
+    return idx, users, ts, events
+
+
+def logged_histories(catalog: ItemCatalog, interactions, length: int) -> np.ndarray:
+    """[U, length] each logged user's ``length`` most recent catalog items (by timestamp), NO_ITEM padded.
+
+    Impressions and interactions with items outside the catalog are ignored; users left with no item
+    are dropped.
+    """
+    idx, users, ts, events = logged_columns(catalog, interactions)
     keep = (idx >= 0) & (events != "impression")  # an impression is not engagement
     users, ts, idx = users[keep], ts[keep], idx[keep]
     if len(idx) == 0:

@@ -18,7 +18,9 @@ def ray_session():
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        # More logical CPUs than cores: the shared Serve app holds a share while Ray Train and Ray Data
+        # tests need whole CPUs for their workers; oversubscribing 2 cores is fine, a deadlock is not.
+        ray.init(num_cpus=6, include_dashboard=False, logging_level="WARNING")
     yield ray
     from ray import serve
 

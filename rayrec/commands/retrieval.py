@@ -1,0 +1,75 @@
+"""``rayrec train-encoder``, ``rayrec build-index``, ``rayrec eval-retrieval``: the retrieval stage.
+
+rayrec train-encoder --data data/ml --out runs/encoder --workers 2 --max-steps 300
+rayrec build-index --encoder runs/encoder --data data/ml --out runs/index [--index-type hnsw]
+rayrec eval-retrieval --index runs/index --data data/ml --k 10 --json runs/index/eval.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rayrec.cli import add_command
+from rayrec.config import add_config_args, config_from_args
+from rayrec.index.build import BuildIndexConfig
+from rayrec.index.evaluate import EvalRetrievalConfig
+from trainers.encoder import EncoderTrainConfig
+
+
+def _train_encoder(args: argparse.Namespace) -> int:
+    from trainers.encoder import train_encoder
+
+    summary = train_encoder(config_from_args(EncoderTrainConfig, args))
+    best = {k: v for k, v in summary["best"].items() if not k.startswith("val/popularity")}
+    print(f"best model written to {args.out}: {json.dumps(best)}")
+    return 0
+
+
+def _build_index(args: argparse.Namespace) -> int:
+    from rayrec.index.build import build_index
+
+    build_index(config_from_args(BuildIndexConfig, args))
+    return 0
+
+
+def _eval_retrieval(args: argparse.Namespace) -> int:
+    from rayrec.index.evaluate import evaluate_retrieval
+
+    config = config_from_args(EvalRetrievalConfig, args)
+    result = evaluate_retrieval(config)
+    popularity = result["baselines"]["popularity"]
+    keys = [key for key in result if "@" in key or key == "mrr"]
+    width = max(map(len, keys))
+    print(f"{result['users']} users, {result['index']['items']} items ({result['index']['type']} index)")
+    print(f"{'metric':<{width}}  {'model':>8}  {'popularity':>10}")
+    for key in keys:
+        print(f"{key:<{width}}  {result[key]:8.4f}  {popularity[key]:10.4f}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = add_command(
+        subparsers,
+        "train-encoder",
+        _train_encoder,
+        help="fine-tune a text encoder on interactions with Ray Train",
+        description=EncoderTrainConfig.__doc__,
+    )
+    add_config_args(parser, EncoderTrainConfig)
+    parser = add_command(
+        subparsers,
+        "build-index",
+        _build_index,
+        help="embed every item with Ray Data and build a FAISS index",
+        description=BuildIndexConfig.__doc__,
+    )
+    add_config_args(parser, BuildIndexConfig)
+    parser = add_command(
+        subparsers,
+        "eval-retrieval",
+        _eval_retrieval,
+        help="Recall/NDCG/MRR of an index on the temporal split, beside the popularity baseline",
+        description=EvalRetrievalConfig.__doc__,
+    )
+    add_config_args(parser, EvalRetrievalConfig)

@@ -1,0 +1,248 @@
+"""An item index directory: embeddings Parquet + FAISS index + ``index.json``, written and loaded with checks.
+
+Layout (DESIGN.md): ``item_embeddings.parquet`` (``item_id`` string, ``embedding`` fixed-size list<float32>,
+``popularity`` int64 interaction count), ``items.faiss`` (FAISS ids are the Parquet's row numbers) and
+``index.json`` (encoder, dim, metric, type and parameters, item count, sha256 of both files).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rayrec import storage
+from rayrec.errors import ArtifactError, RayrecError
+from rayrec.index.exact import exact_search
+from rayrec.index.faiss_index import IndexSpec, apply_search_params
+
+EMBEDDINGS_FILE = "item_embeddings.parquet"
+FAISS_FILE = "items.faiss"
+META_FILE = "index.json"
+METRIC = "inner_product"
+FORMAT_VERSION = 1
+
+
+def embeddings_table(
+    item_ids: list[str] | np.ndarray, embeddings: np.ndarray, popularity: np.ndarray
+) -> pa.Table:
+    """The ``item_embeddings.parquet`` table for ``embeddings`` [N, d] float32 and ``popularity`` [N] counts."""
+    vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
+    flat = pa.array(vectors.reshape(-1), type=pa.float32())
+    return pa.table(
+        {
+            "item_id": pa.array(list(map(str, item_ids)), type=pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
+            "popularity": pa.array(np.asarray(popularity, dtype=np.int64)),
+        }
+    )
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def write_index(
+    out_dir: str,
+    item_ids: list[str] | np.ndarray,
+    embeddings: np.ndarray,
+    popularity: np.ndarray,
+    faiss_index,
+    spec: IndexSpec,
+    encoder: str,
+) -> dict[str, Any]:
+    """Write the three files of an index directory (local path or URI); returns the ``index.json`` content."""
+    import faiss
+
+    parquet = _parquet_bytes(embeddings_table(item_ids, embeddings, popularity))
+    index_bytes = faiss.serialize_index(faiss_index).tobytes()
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "encoder": encoder,
+        "dim": int(embeddings.shape[1]),
+        "metric": METRIC,
+        "index_type": spec.type,
+        "params": spec.params(),
+        "items": len(item_ids),
+        "files": {
+            EMBEDDINGS_FILE: hashlib.sha256(parquet).hexdigest(),
+            FAISS_FILE: hashlib.sha256(index_bytes).hexdigest(),
+        },
+    }
+    storage.makedirs(out_dir)
+    storage.write_bytes(storage.join(out_dir, EMBEDDINGS_FILE), parquet)
+    storage.write_bytes(storage.join(out_dir, FAISS_FILE), index_bytes)
+    storage.write_text(storage.join(out_dir, META_FILE), json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+@dataclass
+class ItemIndex:
+    """A loaded item index: ids, embeddings, popularity and the FAISS index over them."""
+
+    item_ids: np.ndarray
+    """[N] str item ids; row i is FAISS id i."""
+    embeddings: np.ndarray
+    """[N, d] float32 L2-normalised item embeddings."""
+    popularity: np.ndarray
+    """[N] int64 interaction counts from the data the index was built with."""
+    meta: dict[str, Any]
+    """The content of ``index.json``."""
+    faiss_index: Any = field(repr=False)
+    """The FAISS index (ids = rows)."""
+    _positions: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._positions = {item: row for row, item in enumerate(self.item_ids.tolist())}
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @property
+    def encoder(self) -> str:
+        """The encoder (hub name or model directory) that made the embeddings: queries must use it too."""
+        return str(self.meta["encoder"])
+
+    @property
+    def index_type(self) -> str:
+        return str(self.meta["index_type"])
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    @classmethod
+    def load(cls, uri: str, verify: bool = True) -> ItemIndex:
+        """Load an index directory; ``verify`` checks both files against the sha256 in ``index.json``."""
+        import faiss
+
+        try:
+            meta = json.loads(storage.read_text(storage.join(uri, META_FILE)))
+        except RayrecError as exc:
+            raise ArtifactError(f"index {uri}: {exc} (not an index directory?)") from None
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"index {uri}: {META_FILE} is not valid JSON ({exc})") from None
+        missing = [
+            key for key in ("encoder", "dim", "index_type", "params", "items", "files") if key not in meta
+        ]
+        if missing:
+            raise ArtifactError(f"index {uri}: {META_FILE} lacks {', '.join(missing)}")
+        blobs = {}
+        for name in (EMBEDDINGS_FILE, FAISS_FILE):
+            try:
+                blobs[name] = storage.read_bytes(storage.join(uri, name))
+            except RayrecError as exc:
+                raise ArtifactError(f"index {uri}: {exc}") from None
+            if verify:
+                expected = meta["files"].get(name)
+                actual = hashlib.sha256(blobs[name]).hexdigest()
+                if actual != expected:
+                    raise ArtifactError(
+                        f"index {uri}: {name} does not match {META_FILE} (sha256 {actual[:12]}…, expected "
+                        f"{str(expected)[:12]}…): the file was changed or belongs to another index; rebuild it"
+                    )
+        table = pq.read_table(io.BytesIO(blobs[EMBEDDINGS_FILE]))
+        column = table.column("embedding").combine_chunks()
+        if not pa.types.is_fixed_size_list(column.type):
+            raise ArtifactError(
+                f"index {uri}: {EMBEDDINGS_FILE} column 'embedding' is {column.type}, not a fixed-size list"
+            )
+        dim = column.type.list_size
+        embeddings = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+        faiss_index = faiss.deserialize_index(np.frombuffer(blobs[FAISS_FILE], dtype=np.uint8))
+        for what, value in ((EMBEDDINGS_FILE, dim), (FAISS_FILE, faiss_index.d)):
+            if value != meta["dim"]:
+                raise ArtifactError(
+                    f"index {uri}: {what} has dimension {value} but {META_FILE} says {meta['dim']}"
+                )
+        counts = {EMBEDDINGS_FILE: len(embeddings), FAISS_FILE: faiss_index.ntotal}
+        for what, value in counts.items():
+            if value != meta["items"]:
+                raise ArtifactError(
+                    f"index {uri}: {what} holds {value} items but {META_FILE} says {meta['items']}"
+                )
+        spec = IndexSpec(type=meta["index_type"], **meta["params"])
+        apply_search_params(faiss_index, spec)
+        popularity = (
+            table.column("popularity").to_numpy().astype(np.int64)
+            if "popularity" in table.column_names
+            else np.zeros(len(embeddings), dtype=np.int64)
+        )
+        item_ids = np.array(table.column("item_id").to_pylist(), dtype=object)
+        return cls(
+            item_ids=item_ids,
+            embeddings=embeddings,
+            popularity=popularity,
+            meta=meta,
+            faiss_index=faiss_index,
+        )
+
+    def check_queries(self, queries: np.ndarray) -> np.ndarray:
+        """``queries`` as contiguous float32 [B, d], or an error naming both dimensions."""
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ArtifactError(
+                f"query vectors have shape {queries.shape[1:]} but the index holds {self.dim}-d embeddings "
+                f"from encoder {self.encoder!r}"
+            )
+        return queries
+
+    def search(
+        self, queries: np.ndarray, k: int, exclude: list[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items by inner product for each of ``queries`` [B, d].
+
+        ``exclude`` gives item rows to leave out per query (seen items); it is applied exactly: the index is
+        asked for ``k`` + the longest exclusion list, and a query still short of ``k`` eligible items (an
+        approximate index can return fewer) is answered by exact masked search. Returns ``(scores [B, k]
+        float32, indices [B, k] int64)``, best first, ``-1`` / ``-inf`` where fewer than ``k`` items remain.
+        """
+        queries = self.check_queries(queries)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        n, batch = len(self), len(queries)
+        extra = max((len(e) for e in exclude), default=0) if exclude is not None else 0
+        if exclude is not None and len(exclude) != batch:
+            raise ValueError(f"exclude has {len(exclude)} entries for {batch} queries")
+        fetch = min(k + extra, n)
+        raw_scores, raw_ids = self.faiss_index.search(queries, fetch)  # [B, fetch]
+        if exclude is None:
+            scores = np.full((batch, k), -np.inf, dtype=np.float32)
+            ids = np.full((batch, k), -1, dtype=np.int64)
+            scores[:, :fetch], ids[:, :fetch] = raw_scores, raw_ids
+            ids[ids < 0] = -1
+            scores[ids < 0] = -np.inf
+            if self.index_type == "flat" or (ids >= 0).sum(axis=1).min(initial=k) >= min(k, n):
+                return scores, ids
+            exclude = [np.zeros(0, dtype=np.int64)] * batch
+        scores = np.full((batch, k), -np.inf, dtype=np.float32)
+        ids = np.full((batch, k), -1, dtype=np.int64)
+        short = []
+        for row in range(batch):
+            banned = np.unique(np.asarray(exclude[row], dtype=np.int64))
+            keep = (raw_ids[row] >= 0) & ~np.isin(raw_ids[row], banned)
+            found = raw_ids[row][keep][:k]
+            eligible = n - int(((banned >= 0) & (banned < n)).sum())
+            if len(found) < min(k, eligible):
+                short.append(row)
+                continue
+            ids[row, : len(found)] = found
+            scores[row, : len(found)] = raw_scores[row][keep][:k]
+        if short:
+            exact_scores, exact_ids = exact_search(
+                queries[short], self.embeddings, k, [exclude[r] for r in short]
+            )
+            scores[short], ids[short] = exact_scores, exact_ids
+        return scores, ids
+
+    def lookup(self, item_ids) -> np.ndarray:
+        """[n] int64 rows of ``item_ids`` in this index, ``-1`` for unknown ids."""
+        return np.array([self._positions.get(str(item), -1) for item in item_ids], dtype=np.int64)

