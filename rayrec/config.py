@@ -90,7 +90,8 @@ def add_config_args(
         help_text = docs.get(f.name, "")
         if has_default and default not in (None, [], ()):
             help_text += f" (default: {default.value if isinstance(default, enum.Enum) else default})"
-        kwargs: dict[str, Any] = {"help": help_text, "dest": f.name}
+        # argparse %-formats help strings: a docstring's "5%" must reach it as "5%%".
+        kwargs: dict[str, Any] = {"help": help_text.replace("%", "%%"), "dest": f.name}
         origin = get_origin(tp)
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
