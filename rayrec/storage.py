@@ -90,7 +90,7 @@ def write_text(uri: str | Path, text: str) -> None:
 def local_input_dir(uri: str | Path) -> Iterator[Path]:
     """A local directory with the contents of ``uri`` (the directory itself when it is local)."""
     if not is_remote(uri):
-        path = Path(local_path(uri))
+        path = Path(local_path(uri)).expanduser()
         if not path.is_dir():
             raise RayrecError(f"{uri}: no such directory")
         yield path
@@ -107,15 +107,28 @@ def local_input_dir(uri: str | Path) -> Iterator[Path]:
 def local_output_dir(uri: str | Path) -> Iterator[Path]:
     """A local directory whose contents end up at ``uri`` when the block exits without error."""
     if not is_remote(uri):
-        path = Path(local_path(uri))
+        path = Path(local_path(uri)).expanduser()
         path.mkdir(parents=True, exist_ok=True)
         yield path
         return
     tmp = Path(tempfile.mkdtemp(prefix="rayrec-out-"))
     try:
         yield tmp
-        fs, path = resolve(uri)
-        fs.create_dir(path, recursive=True)
-        pafs.copy_files(str(tmp), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        upload_dir(tmp, uri)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def upload_dir(local: str | Path, uri: str | Path) -> None:
+    """Copy the local directory ``local`` (recursively) to ``uri``, replacing files of the same name."""
+    fs, path = resolve(uri)
+    try:
+        fs.create_dir(path, recursive=True)
+        pafs.copy_files(
+            str(Path(local).absolute()),
+            path,
+            source_filesystem=pafs.LocalFileSystem(),
+            destination_filesystem=fs,
+        )
+    except OSError as exc:
+        raise RayrecError(f"cannot write {uri}: {exc}") from None

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from _ab_cli import cli_output, run_ab_cli
+from _ab_cli import cli_output
 
 from rayrec.ab.metrics import UserMetrics
 from rayrec.assignment import DEFAULT_SALT, assign_arm
+from rayrec.cli import main
 from rayrec.events import read_feedback, read_impressions, read_requests
 
 SMALL_WORLD = ["--env", "num_items=1500", "--no-progress", "--users-per-task", "800"]
@@ -31,7 +32,7 @@ def random_vs_greedy(ray_session, tmp_path_factory):
         str(out),
         *SMALL_WORLD,
     ]
-    code = run_ab_cli(argv)
+    code = main(argv)
     assert code == 0
     return out
 

@@ -12,9 +12,10 @@ import math
 
 import numpy as np
 import pytest
-from _ab_cli import cli_output, run_ab_cli
+from _ab_cli import cli_output
 from _serve_app import POLICIES
 
+from rayrec.cli import main
 from rayrec.events import read_feedback, read_impressions
 
 USERS = 60
@@ -24,7 +25,7 @@ USERS = 60
 def url_run(live_app, tmp_path_factory):
     """``rayrec ab --url`` against the live app; what it saw is recorded as acknowledged by the app."""
     out = tmp_path_factory.mktemp("ab-url") / "run"
-    code = run_ab_cli(
+    code = main(
         [
             "ab", "--url", live_app.url, "--index", str(live_app.index), "--users", str(USERS),
             "--out", str(out), "--concurrency", "4", "--no-progress", "--env", "budget=6",

@@ -12,7 +12,7 @@ import pytest
 import torch
 from _retrieval_world import write_tiny_world
 
-import rayrec.cli
+from rayrec.cli import main
 from rayrec.encoding import (
     DEFAULT_MODEL,
     TextEncoder,
@@ -33,13 +33,6 @@ def world(tmp_path_factory) -> tuple[Path, Path]:
     data = write_tiny_world(root / "data")
     model = build_tiny_encoder(item_texts(pq.read_table(data / "items.parquet")), root / "tiny")
     return data, model
-
-
-@pytest.fixture
-def cli(monkeypatch):
-    """``rayrec`` with only the retrieval commands registered (the other stages are not under test here)."""
-    monkeypatch.setattr(rayrec.cli, "COMMAND_MODULES", ("rayrec.commands.retrieval",))
-    return rayrec.cli.main
 
 
 def test_tiny_encoder_gives_the_same_vectors_in_transformers_and_sentence_transformers(world):
@@ -68,14 +61,14 @@ def test_default_model_resolves_to_the_verified_packaged_copy():
     assert (path / "model.safetensors").is_file() and (path / "config.json").is_file()
 
 
-def test_a_path_that_is_not_a_model_is_a_clear_error(tmp_path, world, cli, capsys):
+def test_a_path_that_is_not_a_model_is_a_clear_error(tmp_path, world, capsys):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(ArtifactError, match="not a model directory"):
         resolve_model(tmp_path)
     with pytest.raises(ArtifactError, match="no such directory"):
         resolve_model(tmp_path / "missing")
     data, _ = world
-    code = cli(
+    code = main(
         ["build-index", "--encoder", str(tmp_path), "--data", str(data), "--out", str(tmp_path / "ix")]
     )
     err = capsys.readouterr().err
@@ -83,7 +76,7 @@ def test_a_path_that_is_not_a_model_is_a_clear_error(tmp_path, world, cli, capsy
     assert not (tmp_path / "ix").exists()
 
 
-def test_items_without_text_are_rejected(tmp_path, world, cli, capsys):
+def test_items_without_text_are_rejected(tmp_path, world, capsys):
     with pytest.raises(DataError, match="no 'text' column"):
         item_texts(pa.table({"item_id": ["a"], "title": ["A"]}))
     with pytest.raises(
@@ -96,7 +89,7 @@ def test_items_without_text_are_rejected(tmp_path, world, cli, capsys):
     bad.mkdir()
     items = pq.read_table(data / "items.parquet").drop_columns(["text"])
     pq.write_table(items, bad / "items.parquet")
-    code = cli(["build-index", "--encoder", str(model), "--data", str(bad), "--out", str(tmp_path / "ix")])
+    code = main(["build-index", "--encoder", str(model), "--data", str(bad), "--out", str(tmp_path / "ix")])
     err = capsys.readouterr().err
     assert code == 2 and "error:" in err and "text" in err and "Traceback" not in err
 
@@ -160,7 +153,7 @@ def _train_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_train_encoder_with_two_workers_end_to_end(ray_session, world, tmp_path, cli):
+def test_train_encoder_with_two_workers_end_to_end(ray_session, world, tmp_path):
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel
 
@@ -168,7 +161,7 @@ def test_train_encoder_with_two_workers_end_to_end(ray_session, world, tmp_path,
     out = tmp_path / "encoder"
     args = _train_args(data, model, out, "--max-steps", "6", "--simcse-weight", "0.5", "--simcse-batch", "8",
                        "--augment", "--fgm-epsilon", "0.5", "--grad-accum", "2")  # fmt: skip
-    assert cli(["train-encoder", *args]) == 0
+    assert main(["train-encoder", *args]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     best = metrics["best"]
     assert best["step"] == 6 and 0.0 <= best["val/recall@10"] <= 1.0
@@ -196,8 +189,8 @@ def test_a_killed_worker_resumes_from_the_latest_checkpoint(ray_session, world, 
     assert final["train/start_step"] in (2, 4)
 
 
-def test_bad_training_config_is_a_clear_error(world, tmp_path, cli, capsys):
+def test_bad_training_config_is_a_clear_error(world, tmp_path, capsys):
     data, model = world
-    code = cli(["train-encoder", *_train_args(data, model, tmp_path / "o", "--next-item-weight", "0")])
+    code = main(["train-encoder", *_train_args(data, model, tmp_path / "o", "--next-item-weight", "0")])
     err = capsys.readouterr().err
     assert code == 2 and "all objectives are off" in err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -13,9 +12,9 @@ import envs
 from envs.calibration import fit_temperature, logged_statistics
 from envs.config import SlateEnvConfig
 from envs.factory import load_world
+from rayrec.cli import main
 from rayrec.commands import simulate as simulate_command
 from rayrec.config import load_config
-from rayrec.errors import ConfigError
 from rayrec.features import l2_normalize
 
 
@@ -76,10 +75,7 @@ def test_calibrate_command_writes_a_loadable_env_config(tmp_path):
     data = tmp_path / "data"
     write_world(WorldConfig(items=500, users=120, topics=5, seed=1), str(data))
     out = tmp_path / "calib"
-    parser = argparse.ArgumentParser()
-    simulate_command.register(parser.add_subparsers())
-    args = parser.parse_args(["calibrate", "--data", str(data), "--out", str(out), "--users", "100"])
-    assert args.func(args) == 0
+    assert main(["calibrate", "--data", str(data), "--out", str(out), "--users", "100"]) == 0
     report = json.loads((out / simulate_command.CALIBRATION_FILE).read_text())
     assert set(report) == {"logged", "simulated_before", "simulated_after", "fitted"}
     fitted = report["fitted"]
@@ -98,9 +94,7 @@ def test_calibrate_command_writes_a_loadable_env_config(tmp_path):
     assert env.observation_space.contains(obs)
 
 
-def test_simulate_command_rejects_an_unknown_policy():
-    parser = argparse.ArgumentParser()
-    simulate_command.register(parser.add_subparsers())
-    args = parser.parse_args(["simulate", "--policy", "no-such-policy", "--users", "10"])
-    with pytest.raises(ConfigError, match="unknown policy"):
-        args.func(args)
+def test_simulate_command_rejects_an_unknown_policy(capsys):
+    assert main(["simulate", "--policy", "no-such-policy", "--users", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and "unknown policy" in err and "Traceback" not in err

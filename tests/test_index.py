@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from _retrieval_world import write_tiny_world
 
-import rayrec.cli
+from rayrec.cli import main
 from rayrec.encoding import build_tiny_encoder, item_texts
 from rayrec.errors import ArtifactError, ConfigError
 from rayrec.features import l2_normalize
@@ -26,13 +26,6 @@ def clustered_vectors(n: int, dim: int, clusters: int = 20, seed: int = 0) -> np
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(clusters, dim))
     return l2_normalize(centres[rng.integers(0, clusters, n)] + 0.3 * rng.normal(size=(n, dim)))
-
-
-@pytest.fixture
-def cli(monkeypatch):
-    """``rayrec`` with only the retrieval commands registered (the other stages are not under test here)."""
-    monkeypatch.setattr(rayrec.cli, "COMMAND_MODULES", ("rayrec.commands.retrieval",))
-    return rayrec.cli.main
 
 
 def _write(tmp_path: Path, vectors: np.ndarray, index_type: str) -> Path:
@@ -135,12 +128,12 @@ def test_popularity_search_skips_seen_items():
     assert ids.tolist() == [[3, 2, 0], [1, 3, 2]]
 
 
-def test_build_index_and_eval_retrieval_through_the_cli(ray_session, tmp_path, cli, capsys):
+def test_build_index_and_eval_retrieval_through_the_cli(ray_session, tmp_path, capsys):
     data = write_tiny_world(tmp_path / "data")
     model = build_tiny_encoder(item_texts(pq.read_table(data / "items.parquet")), tmp_path / "tiny")
     index_dir = tmp_path / "index"
     build = ["build-index", "--encoder", str(model), "--data", str(data), "--out", str(index_dir)]
-    assert cli([*build, "--index-type", "hnsw", "--batch-size", "16", "--concurrency", "1"]) == 0
+    assert main([*build, "--index-type", "hnsw", "--batch-size", "16", "--concurrency", "1"]) == 0
     meta = json.loads((index_dir / META_FILE).read_text())
     assert (
         meta["index_type"] == "hnsw"
@@ -156,7 +149,7 @@ def test_build_index_and_eval_retrieval_through_the_cli(ray_session, tmp_path, c
 
     out_json = tmp_path / "eval" / "metrics.json"
     assert (
-        cli(
+        main(
             [
                 "eval-retrieval",
                 "--index",

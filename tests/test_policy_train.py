@@ -12,6 +12,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModule
 
 from envs import make_vector_env
+from rayrec.cli import build_parser, main
 from rayrec.slate_model import load_exported_policy
 from trainers import policy as trainer
 
@@ -27,7 +28,8 @@ TINY = [
 @pytest.fixture(scope="module")
 def run_dir(ray_session, tmp_path_factory):
     out = tmp_path_factory.mktemp("policy-run")
-    assert trainer.main(["--out", str(out), "--iterations", "1", *TINY]) == 0
+    # a file:// URI names the same directory: the tests below read it as a path
+    assert main(["train-policy", "--out", out.as_uri(), "--iterations", "1", *TINY]) == 0
     return out
 
 
@@ -96,13 +98,9 @@ def test_bad_arguments_are_config_errors(tmp_path, capsys):
 
 
 def test_rayrec_cli_registers_train_policy():
-    import argparse
-
     from rayrec.commands import policy as command
 
-    parser = argparse.ArgumentParser()
-    command.register(parser.add_subparsers())
-    args = parser.parse_args(
+    args = build_parser().parse_args(
         ["train-policy", "--out", "o", "--index", "i", "--data", "d", "--env-runners", "2"]
     )
     config = trainer.config_from_args(trainer.TrainPolicyConfig, args)

@@ -17,12 +17,15 @@ against the baselines: ``eval.json``, ``eval.md`` and ``learning_curve.png``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import json
 import math
+import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -49,7 +52,8 @@ class TrainPolicyConfig(RayConfig):
     """``rayrec train-policy``: PPO with a Plackett–Luce slate policy, export, held-out evaluation."""
 
     out: str
-    """Run directory (local path): checkpoints, metrics, the exported policy and the evaluation."""
+    """Run directory (local path or URI: s3://, gs://, file://): checkpoints, metrics, the exported policy and
+    the evaluation. A remote run is written locally and uploaded after every checkpoint and at the end."""
     index: str | None = None
     """Item index directory (``rayrec build-index``); default: the simulator's built-in synthetic catalog."""
     data: str | None = None
@@ -155,10 +159,6 @@ class TrainPolicyConfig(RayConfig):
             )
         if self.lr <= 0 or self.entropy_coeff < 0 or self.kl_coeff < 0 or self.clip_param <= 0:
             problems.append("lr and clip_param must be > 0, entropy_coeff and kl_coeff >= 0")
-        if storage.is_remote(self.out):
-            problems.append(
-                f"out must be a local directory (got {self.out}); copy the run to storage afterwards"
-            )
         if problems:
             raise ConfigError("TrainPolicyConfig: " + "; ".join(problems))
         from rayrec.slate_model import ScorerConfig
@@ -319,14 +319,14 @@ def run_binding(env_config: SlateEnvConfig, scorer: ScorerConfig) -> dict[str, A
     return {"env": to_plain(env_config), "scorer": dataclasses.asdict(scorer)}
 
 
-def check_run_binding(out: Path, binding: dict[str, Any], resume: bool) -> None:
+def check_run_binding(out: str, binding: dict[str, Any], resume: bool) -> None:
     """Refuse to mix runs: resuming needs the same env and network; a fresh run needs an empty slate."""
-    path = out / RUN_FILE
-    if not path.exists():
+    path = storage.join(out, RUN_FILE)
+    if not storage.exists(path):
         if resume:
             raise ArtifactError(f"--resume: {out} holds no run to resume ({RUN_FILE} is missing)")
         return
-    stored = json.loads(path.read_text())
+    stored = json.loads(storage.read_text(path))
     if not resume:
         raise ConfigError(
             f"{out} already holds a training run: pass --resume to continue it, or another --out"
@@ -341,6 +341,30 @@ def check_run_binding(out: Path, binding: dict[str, Any], resume: bool) -> None:
         raise ArtifactError(
             f"{out}: the checkpoint was trained with another configuration: " + "; ".join(diffs)
         )
+
+
+@contextlib.contextmanager
+def local_run_dir(cfg: TrainPolicyConfig) -> Iterator[Path]:
+    """The run directory to work in: ``--out`` itself, or for a URI a local copy (holding the existing run when
+    resuming) that is uploaded when the run ends."""
+    with storage.local_output_dir(cfg.out) as out:
+        if cfg.resume and storage.is_remote(cfg.out):
+            with storage.local_input_dir(cfg.out) as existing:
+                shutil.copytree(existing, out, dirs_exist_ok=True)
+        yield out.absolute()
+
+
+def upload_checkpoint(out: Path, uri: str, checkpoint: Path) -> None:
+    """Copy a remote run's progress so far to ``uri``: everything but the checkpoints already there, so that a
+    run that dies can ``--resume`` from the last one."""
+    for child in out.iterdir():
+        if child.is_file():
+            storage.write_bytes(storage.join(uri, child.name), child.read_bytes())
+        elif child.name != CHECKPOINT_DIR:
+            storage.upload_dir(child, storage.join(uri, child.name))
+    storage.upload_dir(checkpoint, storage.join(uri, CHECKPOINT_DIR, checkpoint.name))
+    latest = checkpoint.parent / LATEST_FILE
+    storage.write_bytes(storage.join(uri, CHECKPOINT_DIR, LATEST_FILE), latest.read_bytes())
 
 
 def latest_checkpoint(out: Path) -> tuple[Path, int] | None:
@@ -419,76 +443,81 @@ def train(cfg: TrainPolicyConfig) -> dict[str, Any]:
     scorer_config = ScorerConfig(
         dim=dim, hidden=cfg.hidden, attention_layers=cfg.attention_layers, attention_heads=cfg.attention_heads
     )
-    out = Path(storage.local_path(cfg.out)).expanduser().absolute()
     binding = run_binding(env_config, scorer_config)
-    check_run_binding(out, binding, cfg.resume)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out)
-    (out / RUN_FILE).write_text(json.dumps(binding, indent=2) + "\n")
+    check_run_binding(cfg.out, binding, cfg.resume)
+    with local_run_dir(cfg) as out:
+        save_config(cfg, out)
+        (out / RUN_FILE).write_text(json.dumps(binding, indent=2) + "\n")
 
-    import torch
+        import torch
 
-    torch.set_num_threads(cfg.torch_threads)
-    init_ray(cfg.address)
-    algo = build_algorithm_config(cfg, env_config).build_algo()
-    policy_dir = str(out / POLICY_DIR)
+        torch.set_num_threads(cfg.torch_threads)
+        init_ray(cfg.address)
+        algo = build_algorithm_config(cfg, env_config).build_algo()
+        policy_dir = str(out / POLICY_DIR)
 
-    def export(iteration: int, validation: float | None) -> None:
-        config = ExportConfig(
-            scorer=scorer_config,
-            slate_size=slate_size,
-            num_candidates=num_candidates,
-            name=cfg.policy_name,
-            metadata={
-                "trainer": "rllib-ppo",
-                "iteration": iteration,
-                "validation_return": validation,
-                "seed": cfg.seed,
-                "env": to_plain(env_config),
-            },
+        def export(iteration: int, validation: float | None) -> None:
+            config = ExportConfig(
+                scorer=scorer_config,
+                slate_size=slate_size,
+                num_candidates=num_candidates,
+                name=cfg.policy_name,
+                metadata={
+                    "trainer": "rllib-ppo",
+                    "iteration": iteration,
+                    "validation_return": validation,
+                    "seed": cfg.seed,
+                    "env": to_plain(env_config),
+                },
+            )
+            save_exported_policy(current_scorer(algo), config, policy_dir)
+
+        try:
+            start, best = 0, float("-inf")
+            if cfg.resume:
+                found = latest_checkpoint(out)
+                if found is None:
+                    raise ArtifactError(f"--resume: no checkpoint under {out / CHECKPOINT_DIR}")
+                algo.restore_from_path(str(found[0]))
+                start, best = found[1], exported_validation_return(policy_dir)
+                print(f"resumed from {found[0]} (iteration {start})", flush=True)
+            progress = ProgressLog(out, start)
+            started = time.perf_counter() - (progress.rows[-1]["train/wall_s"] if progress.rows else 0.0)
+            for iteration in range(start + 1, cfg.iterations + 1):
+                row = {"iteration": float(iteration), **iteration_metrics(algo.train())}
+                if cfg.validate_every and (
+                    iteration % cfg.validate_every == 0 or iteration == cfg.iterations
+                ):
+                    value = validation_return(
+                        current_scorer(algo), env_config, cfg.validate_users, cfg.eval_seed + 1
+                    )
+                    row["eval/session_return"] = value
+                    if cfg.export == "best" and value > best:
+                        best = value
+                        export(iteration, value)
+                row["train/wall_s"] = time.perf_counter() - started
+                progress.add(row)
+                print(progress_line(row, cfg.iterations), flush=True)
+                if (
+                    cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0
+                ) or iteration == cfg.iterations:
+                    checkpoint = save_checkpoint(algo, out, iteration)
+                    if storage.is_remote(cfg.out):
+                        upload_checkpoint(out, cfg.out, checkpoint)
+            progress.close()
+            if cfg.export == "last" or not math.isfinite(best):
+                export(cfg.iterations, None)
+            print(f"exported policy → {storage.join(cfg.out, POLICY_DIR)}", flush=True)
+        finally:
+            algo.stop()
+
+        summary = evaluate_policies(
+            policy_dir, env_config, cfg.baselines, cfg.eval_users, cfg.eval_seed, cfg.policy_name
         )
-        save_exported_policy(current_scorer(algo), config, policy_dir)
-
-    try:
-        start, best = 0, float("-inf")
-        if cfg.resume:
-            found = latest_checkpoint(out)
-            if found is None:
-                raise ArtifactError(f"--resume: no checkpoint under {out / CHECKPOINT_DIR}")
-            algo.restore_from_path(str(found[0]))
-            start, best = found[1], exported_validation_return(policy_dir)
-            print(f"resumed from {found[0]} (iteration {start})", flush=True)
-        progress = ProgressLog(out, start)
-        started = time.perf_counter() - (progress.rows[-1]["train/wall_s"] if progress.rows else 0.0)
-        for iteration in range(start + 1, cfg.iterations + 1):
-            row = {"iteration": float(iteration), **iteration_metrics(algo.train())}
-            if cfg.validate_every and (iteration % cfg.validate_every == 0 or iteration == cfg.iterations):
-                value = validation_return(
-                    current_scorer(algo), env_config, cfg.validate_users, cfg.eval_seed + 1
-                )
-                row["eval/session_return"] = value
-                if cfg.export == "best" and value > best:
-                    best = value
-                    export(iteration, value)
-            row["train/wall_s"] = time.perf_counter() - started
-            progress.add(row)
-            print(progress_line(row, cfg.iterations), flush=True)
-            if (
-                cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0
-            ) or iteration == cfg.iterations:
-                save_checkpoint(algo, out, iteration)
-        progress.close()
-        if cfg.export == "last" or not math.isfinite(best):
-            export(cfg.iterations, None)
-        print(f"exported policy → {policy_dir}", flush=True)
-    finally:
-        algo.stop()
-
-    summary = evaluate_policies(
-        policy_dir, env_config, cfg.baselines, cfg.eval_users, cfg.eval_seed, cfg.policy_name
-    )
-    write_evaluation(summary, out, progress.rows, command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
-    return summary
+        write_evaluation(
+            summary, out, progress.rows, command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        )
+        return summary
 
 
 def exported_validation_return(policy_dir: str) -> float:

@@ -43,7 +43,7 @@ class DemoConfig(RayConfig):
     """Items of the synthetic world (without --data)."""
     users: int = 1000
     """Users of the synthetic world (without --data)."""
-    encoder_steps: int = 60
+    encoder_steps: int = 40
     """Optimizer steps of the encoder fine-tuning."""
     encoder_workers: int = 2
     """Ray Train workers of the encoder fine-tuning."""
@@ -178,6 +178,8 @@ def stage_encoder(run: DemoRun) -> str:
     run_rayrec(
         "train-encoder", "--data", run.data, "--out", run.path("encoder"), "--model", model,
         "--workers", str(cfg.encoder_workers), "--max-steps", str(cfg.encoder_steps), "--seed", str(cfg.seed),
+        # Sized for a 2-core laptop: short histories, small batches, the lower layers frozen.
+        "--batch-size", "16", "--history", "3", "--freeze-layers", "4",
     )  # fmt: skip
     best = read_json(run.path("encoder", "metrics.json"))["best"]
     return f"{described.split(' (')[0]} fine-tuned; validation " + ", ".join(
