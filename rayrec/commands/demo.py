@@ -47,7 +47,7 @@ class DemoConfig(RayConfig):
     """Optimizer steps of the encoder fine-tuning."""
     encoder_workers: int = 2
     """Ray Train workers of the encoder fine-tuning."""
-    policy_iterations: int = 40
+    policy_iterations: int = 20
     """PPO iterations of the policy training."""
     ab_users: int = 4000
     """Simulated users of the A/B test (split between the trained policy and greedy)."""
@@ -95,6 +95,12 @@ class DemoRun:
         seconds = time.perf_counter() - start
         self.results.append(StageResult(name, seconds, summary))
         print(f"--- {name}: {summary} ({seconds:.0f} s)", flush=True)
+
+
+def format_ci(estimate: dict, sign: bool = False) -> str:
+    """``{"mean", "ci95_low", "ci95_high"}`` (the policy evaluation's format) as ``mean [lo, hi]``."""
+    fmt = "+.3f" if sign else ".3f"
+    return f"{estimate['mean']:{fmt}} [{estimate['ci95_low']:.3f}, {estimate['ci95_high']:.3f}]"
 
 
 def run_rayrec(*argv: str) -> None:
@@ -215,8 +221,8 @@ def stage_policy(run: DemoRun) -> str:
     trained = run.policy_eval["trained"]
     ret = run.policy_eval["policies"][trained]["sim/session_return"]
     greedy = run.policy_eval["comparisons"].get("greedy")
-    versus = f"; vs greedy {greedy['diff']:+.2f}" if greedy else ""
-    return f"held-out session return {ret['mean']:.2f}{versus}"
+    versus = f"; vs greedy {format_ci(greedy['diff'], sign=True)}" if greedy else ""
+    return f"held-out session return {format_ci(ret)}{versus}"
 
 
 def stage_ab(run: DemoRun) -> str:
@@ -320,10 +326,7 @@ def summary_table(run: DemoRun) -> str:
         "| --- | --- | --- | --- |",
     ]
     for name, metrics in run.policy_eval["policies"].items():
-        cells = [
-            f"{metrics[key]['mean']:.3f} [{metrics[key]['ci95'][0]:.3f}, {metrics[key]['ci95'][1]:.3f}]"
-            for key in ("sim/session_return", "sim/ctr", "sim/session_length")
-        ]
+        cells = [format_ci(metrics[key]) for key in ("sim/session_return", "sim/ctr", "sim/session_length")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     main = next(c for c in run.ab["comparisons"] if c["metric"] == "session_return")
     significant = main["p_value"] < 0.05
