@@ -11,6 +11,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -21,8 +22,8 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS: dict[str, list[str]] = {
     "synth": ["--items", "1000000"],
     "env": [],
-    "embed": [],
-    "retrieval": [],
+    "embed": ["--items", "9125"],
+    "retrieval": ["--sizes", "100000,1000000"],
     "serve": [],
     "encoder_quality": [],
 }
@@ -30,11 +31,10 @@ BENCHMARKS: dict[str, list[str]] = {
 
 
 def machine_summary() -> str:
-    import psutil  # ships with ray
-
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return (
         f"{platform.node()}: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}"
+        f"{memory / 2**30:.0f} GiB, Python {platform.python_version()}"
     )
 
 
@@ -61,7 +61,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS), help="run only these benchmarks")
     parser.add_argument("--quick", action="store_true", help="each script's small default sizes")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="where to write the results")
+    parser.add_argument(
+        "--args",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help="one benchmark's arguments instead of the full run's, e.g. --args \"retrieval=--sizes 100000\"",
+    )
     args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.args:
+        name, sep, value = item.partition("=")
+        if not sep or name not in BENCHMARKS:
+            parser.error(f"--args {item!r}: expected NAME=ARGS with NAME one of {sorted(BENCHMARKS)}")
+        overrides[name] = shlex.split(value)
 
     names = args.only or list(BENCHMARKS)
     sections = [
@@ -76,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     failed = []
     for name in names:
-        bench_args = [] if args.quick else BENCHMARKS[name]
+        bench_args = overrides.get(name, [] if args.quick else BENCHMARKS[name])
         print(f"[bench] {name} {' '.join(bench_args)}", flush=True)
         output, seconds, code = run_benchmark(name, bench_args)
         status = "" if code == 0 else f" — FAILED (exit {code})"

@@ -144,8 +144,12 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 300) -> None
 
 
 async def open_loop(url: str, rate: float, seconds: float, items: int, seed: int = 1) -> dict[str, float]:
-    """Start ``rate * seconds`` requests on a fixed schedule; latency and errors of each."""
-    import httpx
+    """Start ``rate * seconds`` requests on a fixed schedule; latency and errors of each.
+
+    aiohttp rather than httpx: the load generator shares the 2 cores with the server, and httpx's async
+    client spends several times more CPU per request, which starved the servers it was measuring.
+    """
+    import aiohttp
 
     rng = np.random.default_rng(seed)
     total = int(rate * seconds)
@@ -155,20 +159,21 @@ async def open_loop(url: str, rate: float, seconds: float, items: int, seed: int
     ]
     latencies: list[float] = []
 
-    async def one(client: httpx.AsyncClient, body: dict, start_at: float) -> None:
+    async def one(session: aiohttp.ClientSession, body: dict, start_at: float) -> None:
         await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
         try:
-            response = await client.post(f"{url}/recommend", json=body)
-        except httpx.HTTPError:
+            async with session.post(f"{url}/recommend", json=body) as response:
+                answer = await response.json() if response.status == 200 else None
+        except (aiohttp.ClientError, asyncio.TimeoutError):
             return
-        if response.status_code == 200 and len(response.json()["items"]) == K:
+        if answer is not None and len(answer["items"]) == K:
             # from the scheduled start: a stalled client or server counts, not only time on the wire
             latencies.append(time.perf_counter() - start_at)
 
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    async with httpx.AsyncClient(timeout=10, limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=64)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
         t0 = time.perf_counter() + 0.1
-        tasks = [asyncio.create_task(one(client, body, t0 + i / rate)) for i, body in enumerate(bodies)]
+        tasks = [asyncio.create_task(one(session, body, t0 + i / rate)) for i, body in enumerate(bodies)]
         await asyncio.wait(tasks, timeout=seconds + 15)
         for task in tasks:
             task.cancel()

@@ -47,7 +47,7 @@ class DemoConfig(RayConfig):
     """Optimizer steps of the encoder fine-tuning."""
     encoder_workers: int = 2
     """Ray Train workers of the encoder fine-tuning."""
-    policy_iterations: int = 20
+    policy_iterations: int = 40
     """PPO iterations of the policy training."""
     ab_users: int = 4000
     """Simulated users of the A/B test (split between the trained policy and greedy)."""
