@@ -84,18 +84,19 @@ class LocalHandle:
 
 
 def run_plain_server(index: str, events: str, port: int) -> None:
-    """The peer: the serving classes and routes in one uvicorn process, no Ray (one request at a time per step)."""
+    """The peer: the serving classes and routes in one uvicorn process, no Ray (the ingress coalesces
+    requests into batches as in Serve; the stages are called in-process)."""
     import uvicorn
 
-    from serving.api import make_api
+    from serving.api import MAX_K, make_api
     from serving.app import Recommender
-    from serving.deployments import MAX_BATCH, EventLogger, Ranker, Retriever, UserStep
+    from serving.deployments import EventLogger, Ranker, Retriever, UserStep
     from serving.settings import AppConfig
 
     config = AppConfig(index=index, arms=["a=retrieval"], events=events, encoder=None)
     user_step, retriever, ranker = (
         UserStep(None),
-        Retriever(config.num_candidates, MAX_BATCH, None),
+        Retriever(config.num_candidates, MAX_K, None),
         Ranker(None),
     )
     asyncio.run(user_step.reconfigure({"index": index}))

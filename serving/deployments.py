@@ -16,15 +16,14 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
-from ray import serve
 
 from rayrec import storage
 from rayrec.errors import ArtifactError
 from rayrec.events import EventLog
+from serving.batching import batched
 from serving.pipeline import Candidates, Ranked, Retrieval, UserState, index_version, rank, user_state
 
 INDEX_MANIFEST = "index.json"
-MAX_BATCH = 32
 
 
 def read_index_manifest(index_uri: str) -> dict[str, Any]:
@@ -33,24 +32,6 @@ def read_index_manifest(index_uri: str) -> dict[str, Any]:
         return json.loads(storage.read_text(storage.join(index_uri, INDEX_MANIFEST)))
     except Exception as exc:
         raise ArtifactError(f"{index_uri}: not an index directory ({INDEX_MANIFEST}: {exc})") from None
-
-
-def batched(method, batch_wait_s: float | None):
-    """A per-item call of the list-in, list-out ``method``, batched by a ``serve.batch`` queue.
-
-    Decorating the bound method (not the class attribute) gives every instance its own queue: with a
-    class-level ``@serve.batch`` two rankers in one process would share one queue and one policy.
-    ``batch_wait_s=None`` calls ``method`` with one item at a time (``serve.batch`` needs a replica;
-    the plain-process benchmark peer runs without one).
-    """
-    if batch_wait_s is not None:
-        return serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=batch_wait_s)(method)
-
-    async def one_at_a_time(*args):
-        (result,) = await method(*[[arg] for arg in args])
-        return result
-
-    return one_at_a_time
 
 
 def load_index(uri: str):
@@ -68,7 +49,7 @@ class QueryEncoder:
         dim: the index's embedding dimension; a different encoder output is refused at start.
     """
 
-    def __init__(self, encoder: str, dim: int, batch_wait_s: float | None = 0.005) -> None:
+    def __init__(self, encoder: str, dim: int, batch_wait_s: float | None = 0.0) -> None:
         from rayrec.encoding import TextEncoder
 
         self.name = encoder
@@ -87,7 +68,7 @@ class QueryEncoder:
 
 
 class UserStep:
-    """History (+ optional query) → :class:`serving.pipeline.UserState` from the stored item embeddings.
+    """Histories (+ optional queries) → :class:`serving.pipeline.UserState` from the stored item embeddings.
 
     ``user_config``: ``{"index": URI}``.
     """
@@ -103,9 +84,16 @@ class UserStep:
             index = await asyncio.to_thread(load_index, config["index"])
             self.index, self.version, self.uri = index, index_version(index), config["index"]
 
-    async def __call__(self, history: list[str], query: str | None = None) -> UserState:
-        vector = await self.encoder.encode.remote(query) if query is not None else None
-        return user_state(self.index, self.version, history, vector)
+    async def __call__(self, histories: list[list[str]], queries: list[str | None]) -> list[UserState]:
+        """One state per request; the requests' queries are embedded in one encoder call."""
+        asked = [i for i, query in enumerate(queries) if query is not None]
+        vectors: list[np.ndarray | None] = [None] * len(queries)
+        if asked:
+            embedded = await self.encoder.encode.remote([queries[i] for i in asked])
+            for i, vector in zip(asked, embedded, strict=True):
+                vectors[i] = vector
+        index, version = self.index, self.version  # one index for the whole batch, even mid-rollout
+        return [user_state(index, version, h, v) for h, v in zip(histories, vectors, strict=True)]
 
     def info(self) -> dict[str, Any]:
         return {"index": self.uri, "version": self.version}
@@ -117,7 +105,7 @@ class Retriever:
     ``user_config``: ``{"index": URI}``.
     """
 
-    def __init__(self, num_candidates: int, fallback_size: int, batch_wait_s: float | None = 0.002) -> None:
+    def __init__(self, num_candidates: int, fallback_size: int, batch_wait_s: float | None = 0.0) -> None:
         self.num_candidates = num_candidates
         self.fallback_size = fallback_size
         self.retrieval: Retrieval | None = None
@@ -151,7 +139,7 @@ class Ranker:
     ``envs.policies.make_policy``).
     """
 
-    def __init__(self, batch_wait_s: float | None = 0.002) -> None:
+    def __init__(self, batch_wait_s: float | None = 0.0) -> None:
         self.policy = None
         self.spec = ""
         self.rng = np.random.default_rng()
@@ -174,8 +162,8 @@ class Ranker:
 class EventLogger:
     """Owns the event log and remembers recent slates so that feedback can be checked.
 
-    One replica (the request registry lives in its memory). ``log_request`` returns once the request's
-    row and its impressions are queued for a durable write (together: one flush writes both); the
+    One replica (the request registry lives in its memory). ``log_requests`` returns once the requests'
+    rows and their impressions are queued for a durable write (together: one flush writes both); the
     replica's graceful stop (``serve shutdown``, SIGTERM of ``rayrec serve``) writes everything queued.
     """
 
@@ -185,11 +173,15 @@ class EventLogger:
         self.shown: OrderedDict[str, frozenset[str]] = OrderedDict()
         self.lock = threading.Lock()
 
-    def log_request(self, request: dict[str, Any], impressions: list[dict[str, Any]]) -> int:
-        """Queue one answered request (a :data:`rayrec.events.REQUESTS_SCHEMA` row) and its impressions."""
+    def log_requests(self, requests: list[dict[str, Any]], impressions: list[dict[str, Any]]) -> int:
+        """Queue answered requests (:data:`rayrec.events.REQUESTS_SCHEMA` rows) and their impressions."""
+        shown: dict[str, set[str]] = {row["request_id"]: set() for row in requests}
+        for row in impressions:
+            shown[row["request_id"]].add(row["item_id"])
         with self.lock:
-            count = self.log.log_impressions(impressions, requests=[request])
-            self.shown[request["request_id"]] = frozenset(row["item_id"] for row in impressions)
+            count = self.log.log_impressions(impressions, requests=requests)
+            for request_id, items in shown.items():
+                self.shown[request_id] = frozenset(items)
             while len(self.shown) > self.remembered:
                 self.shown.popitem(last=False)
         return count

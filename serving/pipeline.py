@@ -198,6 +198,25 @@ class Ranked:
     features: np.ndarray
     profile: np.ndarray
 
+    def impressions(self, request_id: str, ts: float, user_id: str, arm: str) -> list[dict]:
+        """The slate's rows of :data:`rayrec.events.IMPRESSIONS_SCHEMA`, one per position."""
+        return [
+            {
+                "request_id": request_id,
+                "ts": ts,
+                "user_id": user_id,
+                "arm": arm,
+                "policy": self.policy,
+                "item_id": item_id,
+                "position": position,
+                "score": score,
+                "propensity": propensity,
+            }
+            for position, (item_id, score, propensity) in enumerate(
+                zip(self.item_ids, self.scores, self.propensities, strict=True)
+            )
+        ]
+
     def request_row(self, request_id: str, ts: float, user_id: str, arm: str) -> dict:
         """The request's row of :data:`rayrec.events.REQUESTS_SCHEMA`."""
         return {

@@ -15,6 +15,7 @@ from typing import Any
 from rayrec import storage
 from rayrec.assignment import DEFAULT_SALT, Arm, parse_arm, validate_arms
 from rayrec.errors import ConfigError
+from serving.batching import MAX_MERGED
 
 
 @dataclass
@@ -53,8 +54,15 @@ class AppConfig:
     access_log: bool = False
     """Log a line per call in every deployment (Serve's access log); off by default, as on a small machine
     it costs a noticeable share of the CPU."""
-    batch_wait_s: float = 0.002
-    """How long the retriever and rankers wait to fill a batch."""
+    max_batch: int = 32
+    """Most requests the ingress sends through the pipeline together. Batches are never waited for:
+    a batch holds the requests that arrived while earlier batches were in flight."""
+    concurrent_batches: int = 1
+    """Batches the ingress keeps in flight at once. More lets the stages overlap on a machine with cores
+    to spare; on 2 cores one batch at a time measured best (fewer, larger batches: fewer calls)."""
+    batch_wait_s: float = 0.0
+    """How long the query encoder, retriever and rankers wait for more calls to merge into one batch
+    (0: merge only the calls already waiting)."""
 
     def __post_init__(self) -> None:
         if self.encoder in ("none", "None", ""):
@@ -68,9 +76,13 @@ class AppConfig:
             "max_ongoing_requests",
             "remembered_requests",
             "flush_rows",
+            "max_batch",
+            "concurrent_batches",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_batch > MAX_MERGED:
+            raise ConfigError(f"max_batch must be <= {MAX_MERGED}, got {self.max_batch}")
         if self.max_queued_requests < 0 or self.flush_seconds <= 0 or self.batch_wait_s < 0:
             raise ConfigError("max_queued_requests, flush_seconds and batch_wait_s must be non-negative")
 

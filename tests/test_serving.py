@@ -294,7 +294,7 @@ def test_cli_serve_stops_on_sigterm_and_flushes(tmp_path):
     port = free_port()
     env = {**os.environ, "RAY_ADDRESS": "", "RAYREC_PSEUDONYM_KEY": "k" * 32}
     command = [*RAYREC, "serve", "--index", str(index_dir), "--arm", "only=retrieval"]
-    command += ["--events", str(events), "--port", str(port), "--ingress", "proxy", "--encoder", "none"]
+    command += ["--events", str(events), "--port", str(port), "--encoder", "none"]  # default ingress: HAProxy
     command += ["--flush-seconds", "3600"]
     proc = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

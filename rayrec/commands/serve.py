@@ -1,8 +1,9 @@
 """``rayrec serve``: run the HTTP recommender (Ray Serve) until SIGINT/SIGTERM, then flush the event log.
 
-Ingress default: Ray 2.60's bundled HAProxy (``RAY_SERVE_ENABLE_HA_PROXY=1``). On 2 cores the default
-Python proxy saturates near 180 requests/s (FACTS.md), below the 200 requests/s this server is sized for;
-``benchmarks/serve.py`` measures both with the full pipeline. ``--ingress proxy`` keeps the Python proxy
+Ingress default: Ray 2.60's bundled HAProxy (``RAY_SERVE_ENABLE_HA_PROXY=1``) with throughput-optimized
+Serve (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``: gRPC between deployments, no extra event-loop threads). On
+2 cores the default Python proxy saturates near 180 requests/s (FACTS.md), below the 200 requests/s this
+server is sized for; ``benchmarks/serve.py`` measures both with the full pipeline. ``--ingress proxy`` keeps the Python proxy
 (e.g. on a cluster whose nodes lack the haproxy binary). The choice applies to a Ray started here; on an
 existing cluster it is the cluster's ``RAY_SERVE_ENABLE_HA_PROXY`` that counts.
 """
@@ -79,11 +80,13 @@ def stop_on_signals() -> None:
         signal.signal(sig, handler)
 
 
-def start_server(config: ServeConfig) -> str:
+def start_server(config: ServeConfig, stop_on_signal: bool = False) -> str:
     """Check the artifacts and the port, deploy the app on Ray Serve and return its URL.
 
     The artifacts (index manifest, every arm's policy) and the port are checked before anything is
     deployed, so a typo fails in a second with a clear message instead of a half-started server.
+    ``stop_on_signal``: from the moment Ray is up, SIGINT/SIGTERM raise :class:`StopRequested` (also
+    while the app is still deploying), so that the caller stops gracefully.
     """
     from ray import serve
 
@@ -97,8 +100,14 @@ def start_server(config: ServeConfig) -> str:
     storage.makedirs(served.events)
     print(f"config: {save_config(config, served.events)}", flush=True)
     if config.ingress == "haproxy":
-        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"  # read by the Serve controller a local Ray starts
+        # Read by the processes of a Ray started here. Throughput-optimized Serve runs user code and the
+        # handle router on the replica's own event loop and calls deployments over gRPC: on 2 cores it
+        # halves the CPU each handle call costs (benchmarks/serve.py).
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
     init_ray(config.address)
+    if stop_on_signal:
+        stop_on_signals()  # after ray.init, which installs handlers of its own
     serve.start(http_options={"host": config.host, "port": config.port})
     try:
         serve.run(app, name=APP_NAME, route_prefix="/")
@@ -109,10 +118,21 @@ def start_server(config: ServeConfig) -> str:
 
 
 def stop_server() -> None:
-    """Graceful stop: the event logger's replica writes every acknowledged event on its way out."""
+    """Graceful stop: the event logger's replica writes every acknowledged event on its way out.
+
+    The application is deleted first, which returns once its replicas have stopped (the event logger's
+    flush included); ``serve.shutdown`` alone can return while replicas are still stopping, and the
+    exiting driver then takes the local Ray, and unwritten events, with it.
+    """
+    import ray
     from ray import serve
 
-    serve.shutdown()
+    if not ray.is_initialized():  # stopped before Ray started (a bad argument, an early signal)
+        return
+    try:
+        serve.delete(APP_NAME)
+    finally:
+        serve.shutdown()
 
 
 def wait_until_stopped() -> str:
@@ -127,10 +147,12 @@ def wait_until_stopped() -> str:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(ServeConfig, args)
-    url = start_server(config)
     try:
+        url = start_server(config, stop_on_signal=True)
         print(f"serving {url} (docs at /docs); Ctrl-C or SIGTERM stops", flush=True)
         print(f"{wait_until_stopped()}: stopping, writing every acknowledged event ...", flush=True)
+    except StopRequested as stop:
+        print(f"{stop} while starting: stopping ...", flush=True)
     finally:
         stop_server()
     print(f"stopped; events under {app_config(config).with_absolute_paths().events}", flush=True)
