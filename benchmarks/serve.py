@@ -1,11 +1,13 @@
 """``/recommend`` latency under load: the Ray Serve app next to the same pipeline in one plain uvicorn process.
 
-    python -m benchmarks.serve [--items 10000] [--rate 200] [--seconds 10] [--ingress haproxy proxy]
+    python -m benchmarks.serve [--items 10000] [--rate 200] [--seconds 10] [--ingress haproxy colocated proxy]
 
 Builds a 10k-item index over clustered synthetic 384-d embeddings (MiniLM's width), then for each server
-(the plain FastAPI/uvicorn process running the very same deployment classes and routes in-process, and
-``rayrec serve`` with each ingress asked for) starts it in its own process, warms it up, and sends an
-open-loop load from this process over loopback: requests start on a fixed schedule (``--rate`` per
+(the plain FastAPI/uvicorn process running the very same classes, routes and request coalescing
+in-process, and ``rayrec serve`` in each layout asked for: every stage a deployment behind HAProxy,
+the stages colocated in the ingress behind HAProxy, every stage a deployment behind the default
+proxy) starts it in its own process, warms it up, and sends an open-loop load from this process over
+loopback: requests start on a fixed schedule (``--rate`` per
 second for ``--seconds``), each with a random 10-item history and k=10, whatever the answers' latency
 (so a slow server shows up as latency and errors, not as a politely slower client). Prints p50/p99
 latency, achieved throughput and errors, and each server's p99 as a ratio to the plain peer's.
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import os
 import signal
 import socket
@@ -64,53 +65,21 @@ def build_index(out: Path, items: int, dim: int, seed: int = 0) -> Path:
     return out
 
 
-class LocalHandle:
-    """A DeploymentHandle look-alike over an in-process object: ``handle.method.remote(*args)`` is awaitable
-    and may take other calls' results as arguments, as chained DeploymentResponses can."""
-
-    def __init__(self, target, method: str = "__call__") -> None:
-        self._target, self._method = target, method
-
-    def __getattr__(self, name: str) -> LocalHandle:
-        return LocalHandle(self._target, name)
-
-    def remote(self, *args) -> asyncio.Future:
-        async def call():
-            resolved = [await arg if isinstance(arg, asyncio.Future) else arg for arg in args]
-            result = getattr(self._target, self._method)(*resolved)
-            return await result if inspect.isawaitable(result) else result
-
-        return asyncio.ensure_future(call())
-
-
 def run_plain_server(index: str, events: str, port: int) -> None:
-    """The peer: the serving classes and routes in one uvicorn process, no Ray (the ingress coalesces
-    requests into batches as in Serve; the stages are called in-process)."""
+    """The peer: the serving ingress with its stages colocated, and the event logger, in one uvicorn
+    process without Ray (the same classes, routes and request coalescing as the Serve app)."""
     import uvicorn
 
-    from serving.api import MAX_K, make_api
+    from serving.api import make_api
     from serving.app import Recommender
-    from serving.deployments import EventLogger, Ranker, Retriever, UserStep
+    from serving.deployments import EventLogger
+    from serving.local import LocalHandle, stages_user_config
     from serving.settings import AppConfig
 
-    config = AppConfig(index=index, arms=["a=retrieval"], events=events, encoder=None)
-    user_step, retriever, ranker = (
-        UserStep(None),
-        Retriever(config.num_candidates, MAX_K, None),
-        Ranker(None),
-    )
-    asyncio.run(user_step.reconfigure({"index": index}))
-    asyncio.run(retriever.reconfigure({"index": index}))
-    asyncio.run(ranker.reconfigure({"policy": "retrieval"}))
+    config = AppConfig(index=index, arms=["a=retrieval"], events=events, encoder=None, colocate=True)
     logger = EventLogger(events, config.remembered_requests, config.flush_rows, config.flush_seconds)
-    service = Recommender(
-        LocalHandle(user_step),
-        LocalHandle(retriever),
-        {"a": LocalHandle(ranker)},
-        LocalHandle(logger),
-        None,
-        config,
-    )
+    service = Recommender(None, None, None, LocalHandle(logger), None, config)
+    asyncio.run(service.reconfigure(stages_user_config(config)))
     uvicorn.run(make_api(service), host="127.0.0.1", port=port, log_level="warning")
     logger.log.close()
 
@@ -123,7 +92,8 @@ def start_server(kind: str, index: Path, work: Path, port: int) -> subprocess.Po
         command += ["--events", str(events), "--port", str(port)]
     else:
         command = [sys.executable, "-m", "rayrec", "serve", "--index", str(index), "--arm", "a=retrieval"]
-        command += ["--events", str(events), "--port", str(port), "--encoder", "none", "--ingress", kind]
+        command += ["--events", str(events), "--port", str(port), "--encoder", "none"]
+        command += ["--ingress", "haproxy", "--colocate"] if kind == "colocated" else ["--ingress", kind]
     log = open(work / f"{kind}.log", "w")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -212,7 +182,13 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--rate", type=float, default=200.0, help="requests started per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the measured load")
-    parser.add_argument("--ingress", nargs="+", default=["haproxy", "proxy"], choices=["haproxy", "proxy"])
+    parser.add_argument(
+        "--ingress",
+        nargs="+",
+        default=["haproxy", "colocated", "proxy"],
+        choices=["haproxy", "colocated", "proxy"],
+        help="Serve layouts to measure: haproxy (every stage a deployment), colocated (--colocate), proxy",
+    )
     parser.add_argument("--quick", action="store_true", help="5 s of load, HAProxy ingress only")
     parser.add_argument("--role", choices=["plain"], help=argparse.SUPPRESS)
     parser.add_argument("--index", help=argparse.SUPPRESS)
@@ -240,6 +216,7 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     names = {"plain": "plain FastAPI/uvicorn, same pipeline", "haproxy": "Ray Serve, HAProxy ingress"}
     names["proxy"] = "Ray Serve, default proxy"
+    names["colocated"] = "Ray Serve, HAProxy, stages colocated in the ingress"
     for kind, r in results.items():
         met = "yes" if r["p99"] < TARGET_P99_MS and r["errors"] == 0 else "no"
         print(

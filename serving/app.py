@@ -10,7 +10,9 @@ Deployments, composed with DeploymentHandles::
 
 The ingress coalesces the requests that arrive while earlier ones are in flight and sends each batch
 through the stages together (one call per stage, not per request: on 2 cores the calls, not the FAISS
-search, are the cost); the user states flow from UserStep to Retriever as a chained DeploymentResponse. Rolling out a new index or policy: change the deployment's
+search, are the cost); the user states flow from UserStep to Retriever as a chained DeploymentResponse.
+With ``colocate`` the ingress holds UserStep, Retriever and the rankers itself (:mod:`serving.local`),
+which leaves one handle call per batch: the layout for small machines. Rolling out a new index or policy: change the deployment's
 ``user_config`` (``index`` / ``policy``) in ``serving/config.yaml`` and ``serve deploy`` it; the running
 replicas load the new artifact and swap it in without dropping requests (see config.yaml).
 """
@@ -42,6 +44,7 @@ from serving.api import (
 )
 from serving.batching import MAX_MERGED, Coalescer
 from serving.deployments import EventLogger, QueryEncoder, Ranker, Retriever, UserStep, read_index_manifest
+from serving.local import LocalStages, stages_user_config
 from serving.pipeline import Ranked
 from serving.settings import AppConfig, app_config_from_args
 
@@ -56,13 +59,18 @@ class Recommender:
 
     Args:
         user_step, retriever, rankers, logger, encoder: handles of the other deployments (``rankers`` by
-            arm name; ``encoder`` None when queries are off).
+            arm name; ``encoder`` None when queries are off). With ``config.colocate`` the first three
+            are None: the ingress holds those stages itself (:class:`serving.local.LocalStages`), loaded
+            by :meth:`reconfigure`.
         config: the application's :class:`serving.settings.AppConfig`.
     """
 
     def __init__(
-        self, user_step, retriever, rankers: dict[str, Any], logger, encoder, config: AppConfig
+        self, user_step, retriever, rankers: dict[str, Any] | None, logger, encoder, config: AppConfig
     ) -> None:
+        self.local = LocalStages(encoder, config) if config.colocate else None
+        if self.local is not None:
+            user_step, retriever, rankers = self.local.handles()
         self.user_step = user_step
         self.retriever = retriever
         self.rankers = rankers
@@ -80,6 +88,10 @@ class Recommender:
 
     def __serve_build_asgi_app__(self):
         return make_api(self)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Colocated stages only: ``{"index": URI, "policies": {arm: SPEC}}`` (see config.yaml)."""
+        await self.local.reconfigure(user_config)
 
     async def recommend(self, request: RecommendRequest) -> RecommendResponse:
         user = self.pseudonymizer.pseudonymize(request.user_id)
@@ -213,30 +225,34 @@ def build_app_from_config(config: AppConfig) -> serve.Application:
             .options(name="QueryEncoder", **internal)
             .bind(encoder_name, dim, config.batch_wait_s)
         )
-    index_config = {"index": config.index}
-    user_step = (
-        serve.deployment(UserStep)
-        .options(name="UserStep", user_config=index_config, **internal)
-        .bind(encoder)
-    )
-    retriever = (
-        serve.deployment(Retriever)
-        .options(name="Retriever", user_config=index_config, **internal)
-        .bind(config.num_candidates, MAX_K, config.batch_wait_s)
-    )
-    rankers = {
-        arm.name: serve.deployment(Ranker)
-        .options(name=f"Ranker-{arm.name}", user_config={"policy": arm.policy}, **internal)
-        .bind(config.batch_wait_s)
-        for arm in config.parsed_arms()
-    }
+    user_step = retriever = rankers = None
+    if not config.colocate:
+        index_config = {"index": config.index}
+        user_step = (
+            serve.deployment(UserStep)
+            .options(name="UserStep", user_config=index_config, **internal)
+            .bind(encoder)
+        )
+        retriever = (
+            serve.deployment(Retriever)
+            .options(name="Retriever", user_config=index_config, **internal)
+            .bind(config.num_candidates, MAX_K, config.batch_wait_s)
+        )
+        rankers = {
+            arm.name: serve.deployment(Ranker)
+            .options(name=f"Ranker-{arm.name}", user_config={"policy": arm.policy}, **internal)
+            .bind(config.batch_wait_s)
+            for arm in config.parsed_arms()
+        }
     logger = (
         serve.deployment(EventLogger)
         .options(name="EventLogger", num_replicas=1, graceful_shutdown_timeout_s=60, **internal)
         .bind(config.events, config.remembered_requests, config.flush_rows, config.flush_seconds)
     )
+    stages = {"user_config": stages_user_config(config)} if config.colocate else {}
     ingress = serve.deployment(serve.ingress()(Recommender)).options(
         name="Recommender",
+        **stages,
         ray_actor_options={"num_cpus": 0.1},
         logging_config=logging_config,
         max_ongoing_requests=config.max_ongoing_requests,

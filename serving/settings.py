@@ -54,6 +54,10 @@ class AppConfig:
     access_log: bool = False
     """Log a line per call in every deployment (Serve's access log); off by default, as on a small machine
     it costs a noticeable share of the CPU."""
+    colocate: bool = False
+    """Run the user-state step, retriever and rankers inside the ingress process (the encoder and the
+    event logger stay deployments): one handle call per batch instead of four. For small machines, where
+    the calls cost more than the work; a rollout then changes the ``Recommender``'s ``user_config``."""
     max_batch: int = 32
     """Most requests the ingress sends through the pipeline together. Batches are never waited for:
     a batch holds the requests that arrived while earlier batches were in flight."""

@@ -286,6 +286,47 @@ def test_graceful_stop_writes_every_acknowledged_event(stopped_live_app):
     assert requests["fallback"].any() and not requests["fallback"].all()
 
 
+def test_colocated_layout_serves_the_same_contract_and_writes_its_events(live_app, tmp_path):
+    """``colocate``: user state, retrieval and rankers in the ingress process; same answers and event log."""
+    from ray import serve
+
+    from serving.app import build_app
+
+    index_dir = build_test_index(tmp_path, n_items=80)
+    events = tmp_path / "events"
+    args = {"index": str(index_dir), "arms": "near=retrieval,far=random", "events": str(events)}
+    serve.run(
+        build_app({**args, "colocate": "true", "encoder": "none"}), name="colocated", route_prefix="/co"
+    )
+    try:
+        deployments = serve.status().applications["colocated"].deployments
+        assert set(deployments) == {"Recommender", "EventLogger"}  # no stage deployments to call
+        url = f"{live_app.url}/co"
+        with httpx.Client(timeout=30) as http:
+            health = http.get(f"{url}/healthz").json()
+            assert health["ready"] and health["items"] == 80
+            assert health["policies"] == {"near": "retrieval", "far": "random"}
+            answers = [
+                http.post(
+                    f"{url}/recommend", json={"user_id": f"co-{i}", "history": ["item-0001"], "k": 3}
+                ).json()
+                for i in range(12)
+            ]
+            assert {a["arm"] for a in answers} == {"near", "far"}
+            assert all(len(a["items"]) == 3 and not a["cold_start"] for a in answers)
+            assert all(a["policy"] == {"near": "retrieval", "far": "random"}[a["arm"]] for a in answers)
+            shown = answers[0]["items"][1]["item_id"]
+            feedback = {"request_id": answers[0]["request_id"], "item_id": shown, "event": "click"}
+            assert http.post(f"{url}/feedback", json=feedback).status_code == 202
+    finally:
+        serve.delete("colocated")
+    logged = read_impressions(str(events)).to_pylist()
+    assert sorted((r["request_id"], r["item_id"]) for r in logged) == sorted(
+        (a["request_id"], item["item_id"]) for a in answers for item in a["items"]
+    )
+    assert read_feedback(str(events)).to_pylist()[0]["item_id"] == shown
+
+
 @pytest.mark.slow  # a second Ray instance in a subprocess: about a minute
 def test_cli_serve_stops_on_sigterm_and_flushes(tmp_path):
     """``rayrec serve`` in its own process (its own Ray): answer, SIGTERM, exit 0, events on disk."""

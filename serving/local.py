@@ -1,0 +1,66 @@
+"""Stages in the ingress's own process: for small machines, and for the plain-uvicorn benchmark peer.
+
+With ``colocate`` the ingress holds the user-state step, the retriever and one ranker per arm as plain
+objects (the very classes of :mod:`serving.deployments`) behind :class:`LocalHandle`, so a batch costs
+one handle call (the event logger) instead of four; see :class:`serving.settings.AppConfig`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+from serving.api import MAX_K
+from serving.deployments import Ranker, Retriever, UserStep
+from serving.settings import AppConfig
+
+
+class LocalHandle:
+    """A DeploymentHandle look-alike over an in-process object: ``handle.method.remote(*args)`` is awaitable
+    and may take other calls' results as arguments, as chained DeploymentResponses can."""
+
+    def __init__(self, target, method: str = "__call__") -> None:
+        self._target, self._method = target, method
+
+    def __getattr__(self, name: str) -> LocalHandle:
+        return LocalHandle(self._target, name)
+
+    def remote(self, *args) -> asyncio.Future:
+        async def call():
+            resolved = [await arg if isinstance(arg, asyncio.Future) else arg for arg in args]
+            result = getattr(self._target, self._method)(*resolved)
+            return await result if inspect.isawaitable(result) else result
+
+        return asyncio.ensure_future(call())
+
+
+class LocalStages:
+    """The user-state step, retriever and per-arm rankers of one process, loaded through ``reconfigure``.
+
+    Args:
+        encoder: handle of the query encoder deployment, or None.
+        config: the application's config (candidates per request, arms).
+    """
+
+    def __init__(self, encoder, config: AppConfig) -> None:
+        self.user_step = UserStep(encoder)
+        self.retriever = Retriever(config.num_candidates, MAX_K, None)
+        self.rankers = {arm.name: Ranker(None) for arm in config.parsed_arms()}
+
+    def handles(self) -> tuple[LocalHandle, LocalHandle, dict[str, LocalHandle]]:
+        """(user step, retriever, rankers by arm) as handles for :class:`serving.app.Recommender`."""
+        rankers = {arm: LocalHandle(ranker) for arm, ranker in self.rankers.items()}
+        return LocalHandle(self.user_step), LocalHandle(self.retriever), rankers
+
+    async def reconfigure(self, user_config: dict) -> None:
+        """``{"index": URI, "policies": {arm: SPEC}}``: load what changed (as the deployments' own
+        ``reconfigure`` does: the new artifact is loaded next to the old one, then swapped in)."""
+        await self.user_step.reconfigure({"index": user_config["index"]})
+        await self.retriever.reconfigure({"index": user_config["index"]})
+        for arm, ranker in self.rankers.items():
+            await ranker.reconfigure({"policy": user_config["policies"][arm]})
+
+
+def stages_user_config(config: AppConfig) -> dict:
+    """The ``user_config`` of a colocated ingress: the index and each arm's policy."""
+    return {"index": config.index, "policies": {arm.name: arm.policy for arm in config.parsed_arms()}}
