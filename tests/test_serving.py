@@ -370,6 +370,15 @@ def test_cli_serve_stops_on_sigterm_and_flushes(tmp_path):
     assert (events / "config.yaml").exists()
 
 
+def export_tiny_policy(out: Path, dim: int, num_candidates: int = NUM_CANDIDATES) -> Path:
+    """A real exported policy (untrained tiny scorer) for ``dim``-d embeddings."""
+    from rayrec.slate_model import ExportConfig, ScorerConfig, SlateScorer, save_exported_policy
+
+    scorer = ScorerConfig(dim=dim, hidden=8, attention_layers=0)
+    config = ExportConfig(scorer=scorer, slate_size=3, num_candidates=num_candidates, name="tiny")
+    return Path(save_exported_policy(SlateScorer(scorer), config, str(out / f"policy-{dim}d")))
+
+
 def test_cli_bad_input_is_one_line_error(tmp_path):
     def rayrec_serve(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -381,7 +390,23 @@ def test_cli_bad_input_is_one_line_error(tmp_path):
     assert missing.stderr.startswith("error:") and "not an index directory" in missing.stderr
     bad_arm = rayrec_serve("--index", str(tmp_path), "--arm", "a=retrieval:-1")
     assert bad_arm.returncode == 2 and "weights must be positive" in bad_arm.stderr
-    bad_policy = rayrec_serve(
-        "--index", str(build_test_index(tmp_path, n_items=20)), "--arm", "a=no-such-policy"
-    )
+    index_dir = build_test_index(tmp_path, n_items=20)
+    bad_policy = rayrec_serve("--index", str(index_dir), "--arm", "a=no-such-policy")
     assert bad_policy.returncode == 2 and "unknown policy 'no-such-policy'" in bad_policy.stderr
+    other_index = rayrec_serve("--index", str(index_dir), "--arm", f"a={export_tiny_policy(tmp_path, dim=8)}")
+    assert other_index.returncode == 2 and "trained on 8-d embeddings" in other_index.stderr
+
+
+def test_a_policy_served_with_another_candidate_count_gets_a_warning(tmp_path, capsys):
+    from rayrec.commands.serve import check_policies
+    from serving.settings import AppConfig
+
+    policy = export_tiny_policy(tmp_path, dim=16, num_candidates=50)
+    check_policies(AppConfig(index="unused", arms=[f"a={policy}"], num_candidates=50), index_dim=16)
+    assert capsys.readouterr().err == ""
+    check_policies(
+        AppConfig(index="unused", arms=[f"a={policy}", "b=greedy"], num_candidates=20), index_dim=16
+    )
+    warning = capsys.readouterr().err
+    assert "trained on 50 candidates per request and is served 20" in warning and "arm a" in warning
+    assert "arm b" not in warning
