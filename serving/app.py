@@ -20,6 +20,7 @@ replicas load the new artifact and swap it in without dropping requests (see con
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from rayrec.assignment import assign_arm
+from rayrec.errors import ArtifactError, ConfigError
 from rayrec.privacy import Pseudonymizer, load_or_create_key
 from serving.api import (
     MAX_K,
@@ -91,6 +93,11 @@ class Recommender:
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Colocated stages only: ``{"index": URI, "policies": {arm: SPEC}}`` (see config.yaml)."""
+        if self.local is None:
+            raise ConfigError(
+                "the Recommender takes a user_config only with colocate; otherwise set the index and "
+                "policies on the UserStep, Retriever and Ranker-<arm> deployments"
+            )
         await self.local.reconfigure(user_config)
 
     async def recommend(self, request: RecommendRequest) -> RecommendResponse:
@@ -207,10 +214,38 @@ def resolve_encoder(config: AppConfig) -> tuple[str | None, int]:
     return encoder, int(manifest["dim"])
 
 
+def check_policies(config: AppConfig, index_dim: int) -> None:
+    """Load every arm's policy once, so a typo or a policy trained for another index fails while the
+    application is built, before anything is deployed; a trained policy served with another candidate
+    count K gets a warning."""
+    from envs.policies import make_policy
+    from rayrec.slate_model import ExportedPolicy
+
+    for arm in config.parsed_arms():
+        policy = make_policy(arm.policy)
+        if not isinstance(policy, ExportedPolicy):
+            continue  # a baseline: any index, any K
+        trained = policy.config
+        if trained.scorer.dim != index_dim:
+            raise ArtifactError(
+                f"arm {arm.name}: policy {arm.policy} was trained on {trained.scorer.dim}-d embeddings, "
+                f"the index holds {index_dim}-d: serve it with the index it was trained with"
+            )
+        if trained.num_candidates != config.num_candidates:
+            print(
+                f"warning: arm {arm.name}: policy {arm.policy} was trained on {trained.num_candidates} "
+                f"candidates per request and is served {config.num_candidates} "
+                f"(--num-candidates {trained.num_candidates} serves it as trained)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
 def build_app_from_config(config: AppConfig) -> serve.Application:
     """The bound application for ``config`` (``serve.run`` it, or let ``serve run``/``serve deploy`` do it)."""
     config = config.with_absolute_paths()
     encoder_name, dim = resolve_encoder(config)
+    check_policies(config, dim)
     logging_config = {"enable_access_log": config.access_log}
     internal = {
         "ray_actor_options": {"num_cpus": 0.1},

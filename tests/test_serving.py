@@ -398,7 +398,7 @@ def test_cli_bad_input_is_one_line_error(tmp_path):
 
 
 def test_a_policy_served_with_another_candidate_count_gets_a_warning(tmp_path, capsys):
-    from rayrec.commands.serve import check_policies
+    from serving.app import check_policies
     from serving.settings import AppConfig
 
     policy = export_tiny_policy(tmp_path, dim=16, num_candidates=50)

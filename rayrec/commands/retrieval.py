@@ -49,27 +49,25 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(
-        subparsers,
-        "train-encoder",
-        _train_encoder,
-        help="fine-tune a text encoder on interactions with Ray Train",
-        description=EncoderTrainConfig.__doc__,
-    )
-    add_config_args(parser, EncoderTrainConfig)
-    parser = add_command(
-        subparsers,
-        "build-index",
-        _build_index,
-        help="embed every item with Ray Data and build a FAISS index",
-        description=BuildIndexConfig.__doc__,
-    )
-    add_config_args(parser, BuildIndexConfig)
-    parser = add_command(
-        subparsers,
-        "eval-retrieval",
-        _eval_retrieval,
-        help="Recall/NDCG/MRR of an index on the temporal split, beside the popularity baseline",
-        description=EvalRetrievalConfig.__doc__,
-    )
-    add_config_args(parser, EvalRetrievalConfig)
+    for name, run, help_text, config in (
+        (
+            "train-encoder",
+            _train_encoder,
+            "fine-tune a text encoder on interactions with Ray Train",
+            EncoderTrainConfig,
+        ),
+        (
+            "build-index",
+            _build_index,
+            "embed every item with Ray Data and build a FAISS index",
+            BuildIndexConfig,
+        ),
+        (
+            "eval-retrieval",
+            _eval_retrieval,
+            "Recall/NDCG/MRR of an index on the temporal split, beside the popularity baseline",
+            EvalRetrievalConfig,
+        ),
+    ):
+        parser = add_command(subparsers, name, run, help=help_text, description=config.__doc__)
+        add_config_args(parser, config)

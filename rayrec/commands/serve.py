@@ -15,7 +15,6 @@ import dataclasses
 import os
 import signal
 import socket
-import sys
 import time
 from typing import Literal
 
@@ -56,32 +55,6 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-def check_policies(config: AppConfig, index_dim: int) -> None:
-    """Load every arm's policy once here, so a typo or a policy trained for another index fails before
-    anything is deployed; a trained policy served with another candidate count K gets a warning."""
-    from envs.policies import make_policy
-    from rayrec.slate_model import ExportedPolicy
-
-    for arm in config.parsed_arms():
-        policy = make_policy(arm.policy)
-        if not isinstance(policy, ExportedPolicy):
-            continue  # a baseline: any index, any K
-        trained = policy.config
-        if trained.scorer.dim != index_dim:
-            raise ArtifactError(
-                f"arm {arm.name}: policy {arm.policy} was trained on {trained.scorer.dim}-d embeddings, "
-                f"the index holds {index_dim}-d: serve it with the index it was trained with"
-            )
-        if trained.num_candidates != config.num_candidates:
-            print(
-                f"warning: arm {arm.name}: policy {arm.policy} was trained on {trained.num_candidates} "
-                f"candidates per request and is served {config.num_candidates} "
-                f"(--num-candidates {trained.num_candidates} serves it as trained)",
-                file=sys.stderr,
-                flush=True,
-            )
-
-
 class StopRequested(Exception):
     """SIGINT or SIGTERM asked the server to stop."""
 
@@ -111,11 +84,9 @@ def start_server(config: ServeConfig, stop_on_signal: bool = False) -> str:
 
     from rayrec.runtime import init_ray
     from serving.app import build_app_from_config
-    from serving.deployments import read_index_manifest
 
     served = app_config(config).with_absolute_paths()
-    app = build_app_from_config(served)  # reads the index manifest: a wrong --index fails here
-    check_policies(served, int(read_index_manifest(served.index)["dim"]))
+    app = build_app_from_config(served)  # checks the index manifest and every arm's policy
     check_port_free(config.host, config.port)
     storage.makedirs(served.events)
     print(f"config: {save_config(config, served.events)}", flush=True)
