@@ -17,15 +17,19 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/rayrec demo $(DEMO_ARGS)
 
+# The import contract (.importlinter, docs/architecture.md) runs first: a wrong-way import fails the tests.
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-all: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -27,7 +27,7 @@ def catalog(n: int, out: Path):
     from rayrec.data.io import read_items, write_items
 
     if (MOVIELENS / "movies.csv").exists():
-        from rayrec.data.importers import import_movielens
+        from rayrec.data.movielens import import_movielens
 
         import_movielens(str(MOVIELENS), str(out / "ml"))
         items = read_items(str(out / "ml"))

@@ -3,7 +3,7 @@
     python -m benchmarks.retrieval [--sizes 100000,1000000] [--queries 1000] [--types flat,ivf,hnsw,ivfpq]
 
 The vectors are a Gaussian mixture (``n / 100`` centres, noise of about the centres' own spread), L2
-normalised: real encoder embeddings have neighbourhoods, and FACTS.md shows that on i.i.d. random Gaussian
+normalised: real encoder embeddings have neighbourhoods, and on i.i.d. random Gaussian
 vectors ANN recall collapses (HNSW recall@10 0.29 at 100k) because no point has near neighbours, which
 measures nothing useful. Queries are fresh draws from the same mixture. The peer is ``flat`` (exact inner
 product, the default) in the same run: QPS ratios and recall@10 are against it. Batched QPS searches all

@@ -1,4 +1,9 @@
-"""Gymnasium slate simulators and the baseline policies that run in them.
+"""Gymnasium slate simulators, the rollout engine and the policies that only run in simulation.
+
+Public API: :class:`SlateEnvConfig`, :func:`make_env` / :func:`make_vector_env` (Gymnasium),
+:func:`build_simulator` (the batched core), :func:`evaluate_policy` / :func:`run_sessions` (the rollout
+engine), :func:`make_policy` (baselines, trained policies and ``oracle``), :class:`SimulatorOptions` /
+:func:`resolve_env_config` (the simulator spec of every command).
 
 Importing ``envs`` registers ``rayrec/SlateRec-v0``::
 
@@ -13,7 +18,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 
-from envs.config import SlateEnvConfig
+from envs.config import SlateEnvConfig, config_with
 
 ENV_ID = "rayrec/SlateRec-v0"
 MAX_EPISODE_STEPS = SlateEnvConfig.__dataclass_fields__["max_episode_steps"].default
@@ -32,8 +37,6 @@ def make_env(config: SlateEnvConfig | None = None, *, choice_model=None, **overr
 
     ``overrides`` are :class:`SlateEnvConfig` fields; ``choice_model`` swaps the user choice model.
     """
-    from envs.config import config_with
-
     config = config_with(config, **overrides)
     extra = {} if choice_model is None else {"choice_model": choice_model}
     return gym.make(ENV_ID, config=config, max_episode_steps=config.max_episode_steps, **extra)
@@ -57,4 +60,21 @@ def make_vector_env(
     )
 
 
-__all__ = ["ENV_ID", "SlateEnvConfig", "make_env", "make_vector_env"]
+# The rest of the public API (imported after the registration above, which they do not need).
+from envs.factory import build_simulator  # noqa: E402
+from envs.policies import make_policy  # noqa: E402
+from envs.rollout import evaluate_policy, run_sessions  # noqa: E402
+from envs.spec import SimulatorOptions, resolve_env_config  # noqa: E402
+
+__all__ = [
+    "ENV_ID",
+    "SimulatorOptions",
+    "SlateEnvConfig",
+    "build_simulator",
+    "evaluate_policy",
+    "make_env",
+    "make_policy",
+    "make_vector_env",
+    "resolve_env_config",
+    "run_sessions",
+]

@@ -27,8 +27,10 @@ from scipy.optimize import minimize_scalar
 
 from envs.catalog import ItemCatalog
 from envs.config import SlateEnvConfig
-from envs.factory import load_world
+from envs.factory import build_simulator, load_world
+from envs.rollout import StepRecord, evaluate_policy
 from envs.users import logged_columns, logged_histories
+from rayrec.baselines import RetrievalPolicy
 from rayrec.data.stats import popularity_gini
 from rayrec.errors import DataError
 from rayrec.features import l2_normalize
@@ -90,27 +92,19 @@ def logged_statistics(catalog: ItemCatalog, interactions, session_gap: int = SES
 
 def simulated_statistics(config: SlateEnvConfig, num_users: int, seed: int) -> Statistics:
     """Statistics of ``num_users`` simulated sessions under the ``retrieval`` policy (the logging proxy)."""
-    from envs import make_vector_env
-    from envs.policies import RetrievalPolicy
+    clicked_items: list[np.ndarray] = []
 
-    env = make_vector_env(config, num_users)
-    catalog = env.unwrapped.sim.catalog
-    obs, _ = env.reset(seed=seed)
-    policy = RetrievalPolicy()
-    active = np.ones(num_users, dtype=bool)
-    clicked_items, slates = [], 0
-    while active.any():
-        obs, _, terminated, truncated, info = env.step(policy.select(obs, config.slate_size).indices)
-        chosen = info["chosen_item"][active]
-        clicked_items.append(chosen[chosen >= 0])
-        slates += int(active.sum())
-        active &= ~(terminated | truncated)
+    def record(step: StepRecord) -> None:
+        clicked_items.append(step.chosen[step.chosen >= 0])
+
+    sim = build_simulator(config, batch=num_users)
+    outcomes = evaluate_policy(RetrievalPolicy(), sim, num_users, seed, observers=[record])
     clicked = np.concatenate(clicked_items)
     return Statistics(
-        interaction_rate=float(len(clicked) / (slates * config.slate_size)),
-        interactions_per_session=float(len(clicked) / num_users),
-        popularity_gini=popularity_gini(np.bincount(clicked, minlength=catalog.size)),
-        category_mix=category_mix(catalog, clicked),
+        interaction_rate=float(outcomes.values("ctr").mean()),
+        interactions_per_session=float(outcomes.clicks.mean()),
+        popularity_gini=popularity_gini(np.bincount(clicked, minlength=sim.catalog.size)),
+        category_mix=category_mix(sim.catalog, clicked),
     )
 
 

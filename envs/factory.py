@@ -27,7 +27,10 @@ from envs.users import (
     logged_histories,
 )
 from rayrec import storage
+from rayrec.data.io import read_interactions, read_items
 from rayrec.errors import ConfigError
+from rayrec.index import ItemIndex
+from rayrec.synth import SyntheticWorld, WorldConfig, read_world_config
 
 DEFAULT_DIM = 32
 """Embedding dimension of the built-in synthetic world when ``dim`` is not given."""
@@ -62,8 +65,6 @@ def _freeze(catalog: ItemCatalog) -> ItemCatalog:
 
 @functools.lru_cache(maxsize=8)
 def _synthetic_world(num_items: int, num_topics: int, dim: int, clickbait_rate: float, seed: int):
-    from rayrec.synth import SyntheticWorld, WorldConfig
-
     world = SyntheticWorld(
         WorldConfig(items=num_items, topics=num_topics, dim=dim, clickbait_rate=clickbait_rate, seed=seed)
     )
@@ -72,8 +73,6 @@ def _synthetic_world(num_items: int, num_topics: int, dim: int, clickbait_rate: 
 
 
 def _read_logs(data_dir: str):
-    from rayrec.data.io import read_interactions, read_items
-
     items_uri = storage.join(data_dir, "items.parquet")
     inter_uri = storage.join(data_dir, "interactions.parquet")
     for uri in (items_uri, inter_uri):
@@ -90,15 +89,11 @@ def _logged_world(index_dir: str | None, data_dir: str | None, history_length: i
         items, interactions = _read_logs(data_dir)
     synthetic = None
     if index_dir is not None:
-        from rayrec.index import ItemIndex
-
         index = ItemIndex.load(index_dir)
         catalog = _freeze(catalog_from_index(index, items, interactions))
         retriever = IndexRetriever(index)
     else:
         # A synthetic world's data dir: its latent catalog plus its logged users.
-        from rayrec.synth import read_world_config
-
         world_config = read_world_config(data_dir)
         synthetic, catalog, retriever = _synthetic_world(
             world_config.items,

@@ -1,108 +1,27 @@
-"""Baseline slate policies: ``random``, ``retrieval``, ``greedy`` and, in simulation only, ``oracle``.
+"""Policies that only exist in simulation, and the policy factory of the simulator.
 
-All implement :class:`rayrec.policy.SlatePolicy`, so the simulator, the A/B runner and the server call
-them the same way; :func:`make_policy` builds one from a spec string (a name or a trained policy dir).
+``oracle`` reads the users' hidden interests and the items' hidden traits, so it can run only inside the
+simulator it reads. :func:`make_policy` is :func:`rayrec.baselines.load_policy` plus these, and fits
+``greedy``'s click model to exploration clicks in the simulator it will run in.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from envs.click_model import ClickModel, fit_click_model
-from rayrec import storage
+from envs.config import SlateEnvConfig
+from envs.factory import build_simulator
+from envs.rollout import StepRecord, evaluate_policy
+from envs.simulator import SlateSimulator
+from rayrec.baselines import BASELINES, GreedyPolicy, RandomPolicy, ScoringPolicy, load_policy
+from rayrec.click_logit import fit_slate_click_model
 from rayrec.errors import ConfigError
-from rayrec.policy import Observation, Slate, SlatePolicy
+from rayrec.slate_policy import Observation, SlatePolicy
 
-BASELINES = ("random", "retrieval", "greedy", "oracle")
+SIMULATION_POLICIES = ("oracle",)
+"""Policies that read the simulator's hidden state: never served."""
 
-
-def top_k_slate(scores: np.ndarray, slate_size: int) -> Slate:
-    """Deterministic slate: the ``slate_size`` highest scores [B, K] per row, best on top.
-
-    Ties go to the lower candidate position (the better retrieval rank).
-    """
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :slate_size]  # [B, k]
-    return Slate(
-        indices=order.astype(np.int64),
-        scores=np.take_along_axis(scores, order, axis=1).astype(np.float32),
-        propensities=np.ones(order.shape, dtype=np.float32),
-    )
-
-
-def one_hot_marginals(slate: Slate, num_candidates: int) -> np.ndarray:
-    """[B, k, K] marginals of a deterministic slate: 1 where candidate j is shown at position p."""
-    batch, k = slate.indices.shape
-    out = np.zeros((batch, k, num_candidates), dtype=np.float32)
-    np.put_along_axis(out, slate.indices[:, :, None], 1.0, axis=2)
-    return out
-
-
-class ScoringPolicy:
-    """Shows the top-k candidates by a per-candidate score (subclasses define :meth:`scores`)."""
-
-    name = "scoring"
-
-    def scores(self, obs: Observation) -> np.ndarray:
-        """[B, K] score of every candidate."""
-        raise NotImplementedError
-
-    def select(self, obs: Observation, slate_size: int, rng: np.random.Generator | None = None) -> Slate:
-        return top_k_slate(self.scores(obs), slate_size)
-
-    def position_marginals(self, obs: Observation, slate_size: int) -> np.ndarray:
-        return one_hot_marginals(self.select(obs, slate_size), obs["features"].shape[1])
-
-
-class RandomPolicy:
-    """k distinct candidates uniformly at random, in random order (P(j at p) = 1/K)."""
-
-    name = "random"
-
-    def __init__(self, seed: int | None = None) -> None:
-        self.rng = np.random.default_rng(seed)
-
-    def select(self, obs: Observation, slate_size: int, rng: np.random.Generator | None = None) -> Slate:
-        rng = rng if rng is not None else self.rng
-        batch, k_all = obs["features"].shape[:2]
-        order = np.argsort(rng.random((batch, k_all)), axis=1)[:, :slate_size]
-        return Slate(
-            indices=order.astype(np.int64),
-            scores=np.zeros(order.shape, dtype=np.float32),
-            propensities=np.full(order.shape, 1.0 / k_all, dtype=np.float32),
-        )
-
-    def position_marginals(self, obs: Observation, slate_size: int) -> np.ndarray:
-        batch, k_all = obs["features"].shape[:2]
-        return np.full((batch, slate_size, k_all), 1.0 / k_all, dtype=np.float32)
-
-
-class RetrievalPolicy(ScoringPolicy):
-    """The retriever's own order: top-k by retrieval score (profile · item)."""
-
-    name = "retrieval"
-
-    def scores(self, obs: Observation) -> np.ndarray:
-        return obs["features"][..., 0]
-
-
-class GreedyPolicy(ScoringPolicy):
-    """Myopic: the k candidates with the highest immediate click probability under a :class:`ClickModel`.
-
-    Under a conditional logit with decreasing position weights, the slate that maximises the chance of
-    a click is the k most attractive items, most attractive on top, so ranking by the model's logit is
-    exactly the greedy optimum. With an env, :func:`make_policy` fits the click model to exploration
-    clicks in it; without one it uses :meth:`ClickModel.default`.
-    """
-
-    name = "greedy"
-
-    def __init__(self, click_model: ClickModel | None = None) -> None:
-        self.click_model = click_model or ClickModel.default()
-
-    def scores(self, obs: Observation) -> np.ndarray:
-        return self.click_model.candidate_logits(obs)
+POLICY_NAMES = (*BASELINES, *SIMULATION_POLICIES)
 
 
 class OraclePolicy(ScoringPolicy):
@@ -111,14 +30,14 @@ class OraclePolicy(ScoringPolicy):
     Scores each candidate by its true choice logit plus the value of its effect on satisfaction,
     ``logit + patience * Δsatisfaction / temperature`` where ``Δsatisfaction = gain * (quality - 0.5) -
     penalty * clickbait`` is what clicking it would do. So it shows what the user truly likes and
-    forgoes clickbait whose clicks would cost the rest of the session. It reads the env's *current*
-    state: pass it the observation the env just returned.
+    forgoes clickbait whose clicks would cost the rest of the session. It reads the simulator's *current*
+    state: pass it the observation the simulator just produced.
     """
 
     name = "oracle"
 
-    def __init__(self, env, patience: float = 2.0) -> None:
-        self.sim = env.unwrapped.sim
+    def __init__(self, sim: SlateSimulator, patience: float = 2.0) -> None:
+        self.sim = sim
         self.patience = patience
 
     def scores(self, obs: Observation) -> np.ndarray:
@@ -137,37 +56,45 @@ class OraclePolicy(ScoringPolicy):
         return logits + self.patience * delta / config.temperature
 
 
-def fitted_greedy(config, num_users: int = 512, seed: int = 0) -> GreedyPolicy:
-    """A greedy policy whose click model is fitted to random-slate clicks in the env ``config`` defines."""
-    from envs.evaluation import collect_random_slates
+def random_slate_log(config: SlateEnvConfig, num_users: int, seed: int):
+    """Exploration log: one session each of ``num_users`` users shown uniformly random slates.
 
-    features, embeddings, clicks = collect_random_slates(config, num_users, seed)
-    return GreedyPolicy(fit_click_model(features, embeddings, clicks))
+    Returns:
+        (features [n, k, F], embeddings [n, k, d], clicks [n] position or -1), one row per shown slate.
+    """
+    features, embeddings, clicks = [], [], []
+
+    def record(step: StepRecord) -> None:
+        rows = np.arange(len(step.users))[:, None]
+        features.append(step.obs["features"][rows, step.shown.positions])
+        embeddings.append(step.obs["candidates"][rows, step.shown.positions])
+        clicks.append(step.click_position)
+
+    sim = build_simulator(config, batch=min(num_users, 4096))
+    evaluate_policy(RandomPolicy(), sim, num_users, seed, observers=[record])
+    return np.concatenate(features), np.concatenate(embeddings), np.concatenate(clicks)
 
 
-def make_policy(spec: str, env=None) -> SlatePolicy:
-    """A policy from a spec: a baseline name, or a directory with an exported trained policy.
+def fitted_greedy(config: SlateEnvConfig, num_users: int = 512, seed: int = 0) -> GreedyPolicy:
+    """A greedy policy whose click model is fitted to random-slate clicks in the simulator ``config`` defines."""
+    return GreedyPolicy(fit_slate_click_model(*random_slate_log(config, num_users, seed)))
+
+
+def make_policy(spec: str, sim: SlateSimulator | None = None) -> SlatePolicy:
+    """A policy from a spec: a name in :data:`POLICY_NAMES` or a trained policy directory.
 
     Args:
-        spec: ``random``, ``retrieval``, ``greedy``, ``oracle`` or a path/URI to a policy directory
-            written by ``rayrec train-policy`` (loaded with :func:`rayrec.slate_model.load_exported_policy`).
-        env: the simulator the policy runs in (single or vector env). ``oracle`` needs it; ``greedy``
-            fits its click model in it when given.
+        spec: ``random``, ``retrieval``, ``greedy``, ``oracle`` or a path/URI to a policy exported by
+            ``rayrec train-policy``.
+        sim: the simulator the policy will run in. ``oracle`` needs it (it reads its hidden state);
+            ``greedy`` fits its click model in it when given.
     """
-    if spec == "random":
-        return RandomPolicy()
-    if spec == "retrieval":
-        return RetrievalPolicy()
-    if spec == "greedy":
-        return fitted_greedy(env.unwrapped.config) if env is not None else GreedyPolicy()
     if spec == "oracle":
-        if env is None:
+        if sim is None:
             raise ConfigError(
                 "policy 'oracle' reads the simulator's hidden state: it runs in simulation only"
             )
-        return OraclePolicy(env)
-    if Path(storage.local_path(spec)).is_dir() or (storage.is_remote(spec) and storage.exists(spec)):
-        from rayrec.slate_model import load_exported_policy
-
-        return load_exported_policy(spec)
-    raise ConfigError(f"unknown policy {spec!r}: use one of {BASELINES} or a trained policy directory")
+        return OraclePolicy(sim)
+    if spec == "greedy" and sim is not None:
+        return fitted_greedy(sim.config)
+    return load_policy(spec)

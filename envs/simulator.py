@@ -19,7 +19,7 @@ from envs.config import SlateEnvConfig
 from envs.response import UserResponse
 from envs.rewards import RewardFn
 from envs.users import UserSampler, UserState
-from rayrec.features import NUM_FEATURES, candidate_features
+from rayrec.features import NUM_FEATURES, build_observation
 
 INFO_KEYS = ("clicked", "click_position", "chosen_item", "satisfaction", "left")
 """Per-step info keys (arrays over the batch in the vector env, scalars in the single env)."""
@@ -63,6 +63,19 @@ def dedupe_slates(actions: np.ndarray, num_candidates: int) -> np.ndarray:
             out[:, p] = pick
         used[rows, pick] = True
     return out
+
+
+@dataclass(frozen=True)
+class UserDraw:
+    """n freshly sampled users: interest [n, d], arrival history [n, h] (catalog rows, -1 padded), satisfaction [n]."""
+
+    interest: np.ndarray
+    history: np.ndarray
+    satisfaction: np.ndarray
+
+    def take(self, rows: np.ndarray) -> UserDraw:
+        """The users at ``rows`` [m], in that order."""
+        return UserDraw(self.interest[rows], self.history[rows], self.satisfaction[rows])
 
 
 @dataclass
@@ -109,34 +122,56 @@ class SlateSimulator:
         """[B, K] catalog indices of the current candidates (retrieval order); the oracle reads these."""
         self.candidate_scores = np.zeros((batch, config.num_candidates), np.float32)
 
+    def sample_users(self, n: int, rng: np.random.Generator) -> UserDraw:
+        """Draw ``n`` new users (not placed in any row yet)."""
+        interest, history = self.sampler.sample(n, rng)
+        low, high = self.config.initial_satisfaction
+        satisfaction = rng.uniform(low, high, size=n).astype(np.float32)
+        return UserDraw(interest=interest, history=history, satisfaction=satisfaction)
+
+    def place_users(self, rows: np.ndarray, draw: UserDraw) -> None:
+        """Put the users of ``draw`` (one per row, in order) into ``rows``, replacing whoever was there."""
+        if len(rows):
+            self.users.start(
+                rows,
+                draw.interest,
+                draw.history,
+                draw.satisfaction,
+                self.config.budget,
+                self.catalog.embeddings,
+            )
+
     def start_users(self, rows: np.ndarray, rng: np.random.Generator) -> None:
         """Replace the users in ``rows`` with freshly sampled ones."""
-        if len(rows) == 0:
-            return
-        interest, history = self.sampler.sample(len(rows), rng)
-        low, high = self.config.initial_satisfaction
-        satisfaction = rng.uniform(low, high, size=len(rows)).astype(np.float32)
-        self.users.start(rows, interest, history, satisfaction, self.config.budget, self.catalog.embeddings)
+        if len(rows):
+            self.place_users(rows, self.sample_users(len(rows), rng))
 
     def refresh_candidates(self, rng: np.random.Generator) -> None:
         """Retrieve every user's K candidates (one batched search)."""
         self.candidate_items, self.candidate_scores = self.candidate_generator.generate(self.users, rng)
 
     def observation(self) -> dict[str, np.ndarray]:
-        """The batched observation of :mod:`rayrec.features` for the current candidates."""
-        return {
-            "profile": self.users.profile(),
-            "candidates": self.catalog.embeddings[self.candidate_items],  # [B, K, d]
-            "features": candidate_features(
-                np.clip(self.candidate_scores, -1.0, 1.0), self.catalog.popularity[self.candidate_items]
-            ),
-            "budget": np.clip(self.users.budget / self.config.budget, 0.0, 1.0)[:, None].astype(np.float32),
-        }
+        """The batched observation of :func:`rayrec.features.build_observation` for the current candidates."""
+        return build_observation(
+            profile=self.users.profile(),
+            candidates=self.catalog.embeddings[self.candidate_items],  # [B, K, d]
+            retrieval_scores=self.candidate_scores,
+            popularity=self.catalog.popularity[self.candidate_items],
+            session_step=self.users.steps,
+            budget=self.config.budget,
+        )
 
     def step(self, actions: np.ndarray, rng: np.random.Generator) -> StepOutcome:
         """Show slates ``actions`` [B, k] (candidate positions), let users respond, update their state."""
         slates = dedupe_slates(actions, self.config.num_candidates)
-        slate_items = np.take_along_axis(self.candidate_items, slates, axis=1)  # [B, k]
+        return self.show(np.take_along_axis(self.candidate_items, slates, axis=1), rng)
+
+    def show(self, slate_items: np.ndarray, rng: np.random.Generator) -> StepOutcome:
+        """Show slates of catalog rows ``slate_items`` [B, k] (distinct per row), let users respond.
+
+        This is the step itself; :meth:`step` maps candidate positions to items first. A live server's
+        answers come in as items, so the A/B runner against a server calls this directly.
+        """
         position = self.choice_model.choose(self.users.interest, slate_items, self.catalog, rng)  # [B]
         clicked = position != NO_CLICK
         chosen = np.where(clicked, slate_items[np.arange(len(position)), np.maximum(position, 0)], -1)

@@ -20,7 +20,8 @@ ARM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 @dataclass(frozen=True)
 class Arm:
-    """One A/B arm: a name users see in answers, a policy spec for ``envs.policies.make_policy``, a weight."""
+    """One A/B arm: a name users see in answers, a policy spec (a baseline name or a trained policy
+    directory, as :func:`rayrec.baselines.load_policy` takes), a weight."""
 
     name: str
     policy: str

@@ -17,9 +17,10 @@ from rayrec.errors import RayrecError
 
 COMMAND_MODULES = (
     "rayrec.commands.data",
-    "rayrec.commands.retrieval",
+    "rayrec.commands.encoder",
+    "rayrec.commands.index",
     "rayrec.commands.simulate",
-    "rayrec.commands.policy",
+    "rayrec.commands.train_policy",
     "rayrec.commands.ab",
     "rayrec.commands.serve",
     "rayrec.commands.submit",

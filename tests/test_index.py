@@ -18,7 +18,7 @@ from rayrec.index import INDEX_TYPES, IndexSpec, ItemIndex
 from rayrec.index.exact import exact_search, popularity_search
 from rayrec.index.faiss_index import build_faiss_index
 from rayrec.index.item_index import FAISS_FILE, META_FILE, write_index
-from rayrec.metrics import mrr, ndcg_at_k, ranking_metrics, recall_at_k, target_ranks
+from rayrec.metrics.retrieval import mrr, ndcg_at_k, ranking_metrics, recall_at_k, target_ranks
 
 
 def clustered_vectors(n: int, dim: int, clusters: int = 20, seed: int = 0) -> np.ndarray:

@@ -106,7 +106,7 @@ def test_ope_from_random_logs_lands_on_the_simulators_on_policy_value(tmp_path):
     assert truth > 1.3 * logs.session_return.mean()  # greedy is far from the logging policy
     data = load_logged_slates(
         read_event_log(events),
-        make_policy("greedy", env=env),
+        make_policy("greedy", env.unwrapped.sim),
         ItemLookup(catalog.item_ids, catalog.embeddings),
     )
     assert data.requests == 30000 and data.logging_policies == {"random": 30000}

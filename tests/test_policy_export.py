@@ -13,8 +13,8 @@ from ray.rllib.core.columns import Columns
 from envs import make_vector_env
 from rayrec import plackett_luce
 from rayrec.errors import ArtifactError, ConfigError
-from rayrec.policy import SlatePolicy
-from rayrec.slate_model import (
+from rayrec.slate_policy import SlatePolicy
+from rayrec.slate_scorer import (
     META_FILE,
     WEIGHTS_FILE,
     ExportConfig,
@@ -22,7 +22,7 @@ from rayrec.slate_model import (
     load_exported_policy,
     save_exported_policy,
 )
-from trainers.slate_module import SlateRLModule, TorchPlackettLuce
+from trainers.rllib_module import SlateRLModule, TorchPlackettLuce
 
 K, k = 8, 3
 

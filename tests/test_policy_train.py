@@ -13,8 +13,12 @@ from ray.rllib.core.rl_module.rl_module import RLModule
 
 from envs import make_vector_env
 from rayrec.cli import build_parser, main
-from rayrec.slate_model import load_exported_policy
+from rayrec.config import config_from_args
+from rayrec.slate_scorer import load_exported_policy
 from trainers import policy as trainer
+from trainers import run_dir as layout
+from trainers.policy_config import TrainPolicyConfig
+from trainers.rllib_setup import MODULE_ID
 
 TINY = [
     "--num-candidates", "10", "--slate-size", "3",
@@ -34,12 +38,12 @@ def run_dir(ray_session, tmp_path_factory):
 
 
 def test_train_writes_metrics_checkpoint_export_and_evaluation(run_dir):
-    rows = [json.loads(line) for line in (run_dir / trainer.PROGRESS_JSONL).read_text().splitlines()]
+    rows = [json.loads(line) for line in (run_dir / layout.PROGRESS_JSONL).read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [1.0]
     for key in ("sim/session_return", "sim/ctr", "sim/session_length", "train/entropy", "train/vf_loss"):
         assert np.isfinite(rows[0][key]), key
     assert rows[0]["sim/sessions"] > 0 and 0 <= rows[0]["sim/ctr"] <= 1
-    assert (run_dir / trainer.PROGRESS_CSV).read_text().startswith("iteration,")
+    assert (run_dir / layout.PROGRESS_CSV).read_text().startswith("iteration,")
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert (run_dir / "config.yaml").exists() and (run_dir / "learning_curve.png").stat().st_size > 0
 
@@ -55,23 +59,21 @@ def test_train_writes_metrics_checkpoint_export_and_evaluation(run_dir):
 
 def test_export_has_the_checkpointed_modules_scores(run_dir):
     """The RLlib module restored from the checkpoint and the RLlib-free export score alike."""
-    checkpoint = run_dir / trainer.CHECKPOINT_DIR / "iter_00001"
-    module_dir = checkpoint / "learner_group" / "learner" / "rl_module" / trainer.MODULE_ID
+    checkpoint = run_dir / layout.CHECKPOINT_DIR / "iter_00001"
+    module_dir = checkpoint / "learner_group" / "learner" / "rl_module" / MODULE_ID
     module = RLModule.from_checkpoint(str(module_dir))
-    policy = load_exported_policy(str(run_dir / trainer.POLICY_DIR))
+    policy = load_exported_policy(str(run_dir / layout.POLICY_DIR))
     env = make_vector_env(None, num_envs=5, num_candidates=10, slate_size=3)
     obs, _ = env.reset(seed=3)
     batch = {Columns.OBS: {key: torch.as_tensor(v) for key, v in obs.items()}}
     expected = module.forward_inference(batch)[Columns.ACTION_DIST_INPUTS].numpy()
     np.testing.assert_allclose(policy.scores(obs), expected, rtol=1e-5, atol=1e-6)
-    assert (
-        json.loads((run_dir / trainer.POLICY_DIR / "policy.json").read_text())["metadata"]["iteration"] == 1
-    )
+    assert json.loads((run_dir / layout.POLICY_DIR / "policy.json").read_text())["metadata"]["iteration"] == 1
 
 
 def test_resume_continues_and_refuses_another_configuration(run_dir, capsys):
     # Another network or another env shape in the same run directory: a clear error, nothing overwritten.
-    before = (run_dir / trainer.RUN_FILE).read_text()
+    before = (run_dir / layout.RUN_FILE).read_text()
     assert (
         trainer.main(["--out", str(run_dir), "--iterations", "2", "--resume", *TINY, "--hidden", "32"]) == 2
     )
@@ -81,13 +83,13 @@ def test_resume_continues_and_refuses_another_configuration(run_dir, capsys):
     assert "num_candidates" in capsys.readouterr().err
     assert trainer.main(["--out", str(run_dir), "--iterations", "2", *TINY]) == 2
     assert "--resume" in capsys.readouterr().err
-    assert (run_dir / trainer.RUN_FILE).read_text() == before
+    assert (run_dir / layout.RUN_FILE).read_text() == before
 
     assert trainer.main(["--out", str(run_dir), "--iterations", "2", "--resume", *TINY]) == 0
     assert "resumed from" in capsys.readouterr().out
-    rows = [json.loads(line) for line in (run_dir / trainer.PROGRESS_JSONL).read_text().splitlines()]
+    rows = [json.loads(line) for line in (run_dir / layout.PROGRESS_JSONL).read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [1.0, 2.0]
-    assert (run_dir / trainer.CHECKPOINT_DIR / "iter_00002").is_dir()
+    assert (run_dir / layout.CHECKPOINT_DIR / "iter_00002").is_dir()
 
 
 def test_bad_arguments_are_config_errors(tmp_path, capsys):
@@ -98,11 +100,11 @@ def test_bad_arguments_are_config_errors(tmp_path, capsys):
 
 
 def test_rayrec_cli_registers_train_policy():
-    from rayrec.commands import policy as command
+    from rayrec.commands import train_policy as command
 
     args = build_parser().parse_args(
         ["train-policy", "--out", "o", "--index", "i", "--data", "d", "--env-runners", "2"]
     )
-    config = trainer.config_from_args(trainer.TrainPolicyConfig, args)
+    config = config_from_args(TrainPolicyConfig, args)
     assert (config.out, config.index, config.data, config.env_runners) == ("o", "i", "d", 2)
     assert args.func.__module__ == command.__name__

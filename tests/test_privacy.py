@@ -9,8 +9,9 @@ import pyarrow as pa
 import pytest
 from data_samples import ML100K_USERS, leaks, write_ml100k, write_ml_latest
 
-from rayrec.data.importers import import_movielens, import_table, parse_mapping
 from rayrec.data.io import load_dataset
+from rayrec.data.mapped_import import import_table, parse_mapping
+from rayrec.data.movielens import import_movielens
 from rayrec.errors import ConfigError, DataError
 from rayrec.privacy import KEY_ENV, KEY_FILE, Pseudonymizer, load_or_create_key, scrub_array, scrub_text
 

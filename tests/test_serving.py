@@ -24,10 +24,12 @@ from _serve_app import N_ITEMS, NUM_CANDIDATES, POLICIES, WEIGHTS, build_test_in
 from rayrec.assignment import assign_arm
 from rayrec.errors import ArtifactError, ConfigError
 from rayrec.events import read_feedback, read_impressions, read_requests
-from rayrec.features import NUM_FEATURES, profile_vector
+from rayrec.features import NUM_FEATURES, budget_feature, profile_vector
 from rayrec.index.item_index import ItemIndex
 from rayrec.privacy import Pseudonymizer
-from serving.settings import Arm, app_config_from_args, parse_arm
+from serving.api import RecommendRequest
+from serving.pipeline import BASELINE_BUDGET
+from serving.settings import AppConfig, Arm, app_config_from_args, parse_arm
 
 REPO = Path(__file__).resolve().parent.parent
 RAYREC = [sys.executable, "-m", "rayrec"]
@@ -174,6 +176,8 @@ def test_health_docs_and_openapi(client):
         ({"user_id": "u", "history": "item-0001"}, "valid list"),
         ({"user_id": "u", "query": "x" * 1001}, "at most 1000 characters"),
         ({"user_id": "u", "colour": "blue"}, "Extra inputs are not permitted"),
+        ({"user_id": "u", "session_step": -1}, "greater than or equal to 0"),
+        ({"user_id": "u", "session_step": 10_001}, "less than or equal to 10000"),
     ],
 )
 def test_bad_recommend_requests_are_4xx_with_a_message(client, body, needle):
@@ -217,6 +221,24 @@ def test_feedback_ack_404_and_422(client, live_app):
     assert bad_event.status_code == 422 and "click" in bad_event.text
     missing = client.post("/feedback", json={"item_id": shown, "event": "click"})
     assert missing.status_code == 422 and "request_id" in missing.text
+
+
+@pytest.mark.parametrize("arm", ["control", "treatment"])
+def test_session_step_reaches_the_ranker_and_its_requests_row(client, live_app, arm):
+    """``session_step`` goes through every stage to the arm's ranker; the requests table records the budget
+    feature it saw (checked after the graceful stop). The baselines here score without it: same slate."""
+    user, history = live_app.user_in(arm, "steps"), ["item-0001", "item-0005"]
+    answers = {}
+    for step in (0, 3):
+        response = recommend(client, live_app, user_id=user, history=history, k=4, session_step=step)
+        assert response.status_code == 200, response.text
+        answers[step] = response.json()
+        live_app.budgets[answers[step]["request_id"]] = float(budget_feature([step], BASELINE_BUDGET)[0, 0])
+    assert answers[0]["arm"] == answers[3]["arm"] == arm
+    assert [i["item_id"] for i in answers[0]["items"]] == [i["item_id"] for i in answers[3]["items"]]
+    cold = recommend(client, live_app, user_id=user, history=[], k=2, session_step=1)
+    assert cold.status_code == 200 and cold.json()["cold_start"] is True
+    live_app.budgets[cold.json()["request_id"]] = float(budget_feature([1], BASELINE_BUDGET)[0, 0])
 
 
 def test_ab_assignment_is_stable_and_near_its_weights(client, live_app):
@@ -284,10 +306,14 @@ def test_graceful_stop_writes_every_acknowledged_event(stopped_live_app):
             assert len(row["candidate_ids"]) == NUM_CANDIDATES and row["arm"] in POLICIES
             assert row["policy"] == POLICIES[row["arm"]]
     assert requests["fallback"].any() and not requests["fallback"].all()
+    # the budget feature each ranker saw, from the request's session_step
+    assert app.budgets, "test_session_step_reaches_the_ranker_and_its_requests_row should have run"
+    for request_id, budget in app.budgets.items():
+        assert requests.loc[request_id, "budget"] == pytest.approx(budget), request_id
 
 
 def test_colocated_layout_serves_the_same_contract_and_writes_its_events(live_app, tmp_path):
-    """``colocate``: user state, retrieval and rankers in the ingress process; same answers and event log."""
+    """``colocate``: request contexts, retrieval and rankers in the ingress process; same answers and event log."""
     from ray import serve
 
     from serving.app import build_app
@@ -370,13 +396,17 @@ def test_cli_serve_stops_on_sigterm_and_flushes(tmp_path):
     assert (events / "config.yaml").exists()
 
 
-def export_tiny_policy(out: Path, dim: int, num_candidates: int = NUM_CANDIDATES) -> Path:
-    """A real exported policy (untrained tiny scorer) for ``dim``-d embeddings."""
-    from rayrec.slate_model import ExportConfig, ScorerConfig, SlateScorer, save_exported_policy
+def export_tiny_policy(
+    out: Path, dim: int, num_candidates: int = NUM_CANDIDATES, budget: float = 20.0, name: str = "tiny"
+) -> Path:
+    """A real exported policy (untrained tiny scorer) for ``dim``-d embeddings, written to ``out/name-<dim>d``."""
+    from rayrec.slate_scorer import ExportConfig, ScorerConfig, SlateScorer, save_exported_policy
 
     scorer = ScorerConfig(dim=dim, hidden=8, attention_layers=0)
-    config = ExportConfig(scorer=scorer, slate_size=3, num_candidates=num_candidates, name="tiny")
-    return Path(save_exported_policy(SlateScorer(scorer), config, str(out / f"policy-{dim}d")))
+    config = ExportConfig(
+        scorer=scorer, slate_size=3, num_candidates=num_candidates, budget=budget, name=name
+    )
+    return Path(save_exported_policy(SlateScorer(scorer), config, str(out / f"{name}-{dim}d")))
 
 
 def test_cli_bad_input_is_one_line_error(tmp_path):
@@ -395,18 +425,112 @@ def test_cli_bad_input_is_one_line_error(tmp_path):
     assert bad_policy.returncode == 2 and "unknown policy 'no-such-policy'" in bad_policy.stderr
     other_index = rayrec_serve("--index", str(index_dir), "--arm", f"a={export_tiny_policy(tmp_path, dim=8)}")
     assert other_index.returncode == 2 and "trained on 8-d embeddings" in other_index.stderr
+    policy = export_tiny_policy(tmp_path, dim=ItemIndex.load(str(index_dir)).dim, num_candidates=10)
+    other_k = rayrec_serve("--index", str(index_dir), "--arm", f"a={policy}", "--num-candidates", "15")
+    assert other_k.returncode == 2 and "Traceback" not in other_k.stderr
+    assert other_k.stderr.startswith("error:") and len(other_k.stderr.strip().splitlines()) == 1
+    assert f"arm a: policy {policy} was trained on K=10" in other_k.stderr
+    assert "--num-candidates 15" in other_k.stderr and "drop the flag" in other_k.stderr
 
 
-def test_a_policy_served_with_another_candidate_count_gets_a_warning(tmp_path, capsys):
-    from serving.app import check_policies
-    from serving.settings import AppConfig
+@pytest.fixture(scope="module")
+def small_index(tmp_path_factory) -> tuple[Path, int]:
+    """(index dir, dim): a 60-item test index for the tests that build the app without serving it."""
+    index_dir = build_test_index(tmp_path_factory.mktemp("small-index"), n_items=60)
+    return index_dir, ItemIndex.load(str(index_dir)).dim
 
-    policy = export_tiny_policy(tmp_path, dim=16, num_candidates=50)
-    check_policies(AppConfig(index="unused", arms=[f"a={policy}"], num_candidates=50), index_dim=16)
-    assert capsys.readouterr().err == ""
-    check_policies(
-        AppConfig(index="unused", arms=[f"a={policy}", "b=greedy"], num_candidates=20), index_dim=16
+
+def test_k_is_the_trained_policies_and_another_k_is_a_one_line_error(small_index, tmp_path):
+    from serving.app import check_policies, resolve_config
+
+    index_dir, dim = small_index
+    k20 = export_tiny_policy(tmp_path, dim, num_candidates=20, name="k20")
+    k30 = export_tiny_policy(tmp_path, dim, num_candidates=30, name="k30")
+
+    def served_k(*arms: str, **options) -> int:
+        config = AppConfig(index=str(index_dir), arms=list(arms), encoder=None, **options)
+        return resolve_config(config)[0].num_candidates
+
+    assert served_k(f"a={k20}", "b=greedy") == 20  # no --num-candidates: the K it was trained with
+    assert served_k(f"a={k20}", "b=greedy", num_candidates=20) == 20
+    assert served_k("a=retrieval", "b=random") == 50  # baselines only: the default K
+    assert served_k("a=retrieval", num_candidates=7) == 7
+    assert check_policies(AppConfig(index="unused", arms=[f"a={k20}", "b=greedy"]), dim) == {"a": 20}
+    with pytest.raises(ConfigError) as explicit:
+        served_k(f"a={k20}", "b=greedy", num_candidates=50)
+    message = str(explicit.value)
+    assert "\n" not in message and f"arm a: policy {k20} was trained on K=20 candidates" in message
+    assert "--num-candidates 50" in message and "drop the flag" in message and "arm b" not in message
+    with pytest.raises(ConfigError) as disagree:
+        served_k(f"a={k20}", f"b={k30}")
+    message = str(disagree.value)
+    assert "\n" not in message and f"arm a ({k20}) K=20" in message and f"arm b ({k30}) K=30" in message
+    assert app_config_from_args({"index": "i", "arms": "a=retrieval"}).num_candidates is None
+    assert (
+        app_config_from_args({"index": "i", "arms": "a=retrieval", "num_candidates": "none"}).num_candidates
+        is None
     )
-    warning = capsys.readouterr().err
-    assert "trained on 50 candidates per request and is served 20" in warning and "arm a" in warning
-    assert "arm b" not in warning
+    with pytest.raises(ConfigError, match="num_candidates must be >= 1"):
+        AppConfig(index="i", arms=["a=retrieval"], num_candidates=0)
+
+
+def test_a_policy_trained_on_other_features_is_a_one_line_error(small_index, tmp_path):
+    import json
+
+    from serving.app import resolve_config
+
+    index_dir, dim = small_index
+    policy = export_tiny_policy(tmp_path, dim)
+    meta = json.loads((policy / "policy.json").read_text())
+    meta["feature_names"] = ["retrieval_score", "popularity", "freshness"]  # same count, another feature
+    (policy / "policy.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError) as refused:
+        resolve_config(AppConfig(index=str(index_dir), arms=[f"a={policy}"], encoder=None))
+    message = str(refused.value)
+    assert "\n" not in message and "freshness" in message and "retrieval_rank" in message
+
+
+def test_a_trained_arm_sees_the_budget_feature_of_its_session_step(small_index, tmp_path, monkeypatch):
+    """A colocated ingress (the very stages of the deployments, in process) serving a trained policy whose
+    simulator had a session budget of 20: step 5 is a budget feature of 0.75, as in training."""
+    from serving.app import Recommender, resolve_config
+    from serving.deployments import EventLogger
+    from serving.local import LocalHandle, stages_user_config
+
+    monkeypatch.setenv("RAYREC_PSEUDONYM_KEY", "k" * 32)
+    index_dir, dim = small_index
+    policy = export_tiny_policy(tmp_path, dim, num_candidates=12, budget=20.0)
+    events = str(tmp_path / "events")
+    config = AppConfig(index=str(index_dir), arms=[f"t={policy}"], events=events, encoder=None, colocate=True)
+    config = resolve_config(config)[0]
+    assert config.num_candidates == 12
+    logger = EventLogger(events, config.remembered_requests, config.flush_rows, config.flush_seconds)
+    service = Recommender(None, None, None, LocalHandle(logger), None, config)
+    seen: list[np.ndarray] = []
+
+    async def scenario() -> list:
+        await service.reconfigure(stages_user_config(config))
+        trained = service.local.rankers["t"].policy
+        select = trained.select
+
+        def watched(obs, slate_size, rng=None):
+            seen.append(obs["budget"])  # [B, 1]
+            return select(obs, slate_size, rng)
+
+        monkeypatch.setattr(trained, "select", watched)
+        answers = []
+        for step, history in [(5, ["item-0001"]), (0, ["item-0002"]), (40, ["item-0003"]), (10, [])]:
+            request = RecommendRequest(user_id=f"u{step}", history=history, k=3, session_step=step)
+            answers.append((step, await service.recommend(request)))
+        return answers
+
+    try:
+        answers = asyncio.run(scenario())
+    finally:
+        logger.log.close()
+    assert [a.policy for _, a in answers] == ["tiny", "tiny", "tiny", "popular-diverse"]
+    assert [float(b[0, 0]) for b in seen] == [0.75, 1.0, 0.0]  # what the policy was shown
+    requests = read_requests(events).to_pandas().set_index("request_id")
+    logged = {step: float(requests.loc[a.request_id, "budget"]) for step, a in answers}
+    assert logged == {5: 0.75, 0: 1.0, 40: 0.0, 10: 0.5}  # the cold start: what the policy would have seen
+    assert all(len(requests.loc[a.request_id, "candidate_ids"]) == 12 for _, a in answers[:3])

@@ -23,6 +23,7 @@ from rayrec.synth import (
     behaviour,
     read_world_config,
     write_world,
+    writer,
 )
 from rayrec.synth.behaviour import CLICK, IMPRESSION, RATING, CandidateSampler, CatalogView, simulate_block
 from rayrec.synth.text import compose_item_text
@@ -283,8 +284,6 @@ def test_unwritable_destination_is_a_config_error(tmp_path):
 
 
 def test_a_failed_run_leaves_the_directory_as_it_was(tmp_path, monkeypatch, fixed_key):
-    from rayrec.synth import writer
-
     (tmp_path / "items.parquet").write_bytes(b"an older dataset")
 
     def broken(*args, **kwargs):

@@ -7,133 +7,52 @@ contrastive (in-batch negatives, logQ correction), SimCSE on item text, text aug
 and FGM adversarial training. Validation Recall@K / NDCG@K on a temporal split runs each epoch; every report
 carries a checkpoint, and a restarted worker group (``--max-failures``) or a rerun with the same ``--out``
 resumes from the latest one. The best model is written to ``--out`` in Hugging Face format with its
-tokenizer and sentence-transformers files, next to ``metrics.json`` and ``config.yaml``.
+tokenizer and sentence-transformers files, next to ``metrics.json`` and ``config.yaml`` (and ``ray.log``).
+Rank 0's progress lines are printed by the driver (:class:`ProgressRelay`), so a quiet run shows them too.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import sys
 import tempfile
+import threading
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow.parquet as pq
+import ray
+import ray.data
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.util.queue import Queue
+
 from rayrec import storage
-from rayrec.config import RayConfig, save_config
-from rayrec.encoding import DEFAULT_MODEL
+from rayrec.config import add_config_args, config_from_args, save_config
+from rayrec.encoding import TextEncoder, embed_batch, resolve_model
 from rayrec.errors import ConfigError, RayrecError
+from rayrec.index.evaluate import EvalSet, evaluate_rankings
+from rayrec.index.exact import exact_search, popularity_search
+from rayrec.runtime import init_ray
+from trainers.adversarial import FGM
+from trainers.augmentation import TextAugmenter
+from trainers.encoder_config import EncoderTrainConfig
+from trainers.encoder_data import CATALOG_FILE, VALIDATION_FILE, prepare_training_data, read_validation
+from trainers.encoder_losses import NextItemLoss, SimCSELoss
 
 METRICS_FILE = "metrics.json"
 STATE_FILE = "training_state.pt"
-
-
-@dataclass(kw_only=True)
-class EncoderTrainConfig(RayConfig):
-    """Fine-tune a text encoder on interaction logs with Ray Train."""
-
-    data: str
-    """Data directory (local path or URI) with items.parquet and interactions.parquet."""
-    out: str
-    """Output directory: the best model (HF format + tokenizer), metrics.json and config.yaml."""
-    model: str = DEFAULT_MODEL
-    """Encoder to start from: a hub name, the packaged default, or a model directory."""
-    workers: int = 2
-    """Ray Train workers (DDP processes)."""
-    gpu: bool = False
-    """One GPU per worker (bf16 autocast)."""
-    epochs: int = 1
-    """Passes over the next-item examples."""
-    max_steps: int | None = None
-    """Stop after this many optimizer steps (across epochs); validation runs at the stop."""
-    batch_size: int = 32
-    """Next-item examples per worker per micro-batch (in-batch negatives come from these)."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step."""
-    lr: float = 5e-5
-    """AdamW peak learning rate."""
-    weight_decay: float = 0.01
-    """AdamW weight decay (not applied to biases and LayerNorm weights)."""
-    warmup_ratio: float = 0.1
-    """Share of the steps spent warming the learning rate up linearly; then linear decay to zero."""
-    max_length: int = 32
-    """Tokens per item text (titles, genres and tags are short; this bounds the cost of a step)."""
-    history: int = 5
-    """Most recent items pooled into a training user's query (the cost of a step grows with it)."""
-    temperature: float = 0.05
-    """Softmax temperature of the contrastive losses."""
-    next_item_weight: float = 1.0
-    """Weight of the next-item contrastive loss (0 turns it off)."""
-    logq: bool = True
-    """Subtract log popularity from in-batch logits (sampling-bias correction)."""
-    simcse_weight: float = 0.0
-    """Weight of the SimCSE loss on item text (0 turns it off)."""
-    simcse_batch: int = 32
-    """Catalog items drawn uniformly per micro-batch for SimCSE (covers items without interactions)."""
-    augment: bool = False
-    """Word dropout / swap / mask on the SimCSE views."""
-    augment_prob: float = 0.1
-    """Per-word probability of each augmentation."""
-    fgm_epsilon: float = 0.0
-    """FGM adversarial perturbation size on word embeddings (0 turns it off; doubles the cost of a step)."""
-    freeze_layers: int = 0
-    """Freeze the embeddings and the first N transformer layers (less compute per step on small machines)."""
-    eval_k: int = 10
-    """Cut-off of the validation Recall@K / NDCG@K; the best model is chosen on Recall@K."""
-    val_users: int = 2000
-    """Validation users at most (a fixed random subset when there are more)."""
-    checkpoint_every: int = 0
-    """Also checkpoint every N optimizer steps within an epoch (0: only at validation)."""
-    log_every: int = 10
-    """Print a progress line every N optimizer steps."""
-    storage_path: str | None = None
-    """Where Ray Train keeps checkpoints (default: OUT/train_runs); a rerun with the same path and name resumes."""
-    name: str = "train-encoder"
-    """Run name under storage_path."""
-    max_failures: int = 1
-    """Worker-group restarts allowed (each resumes from the latest checkpoint)."""
-    seed: int = 0
-    """Seed of example order, sampling and initialisation."""
-    fail_at_step: int | None = None
-    """Chaos drill: the last worker exits hard at this step of a run not started from a checkpoint (recovery check)."""
-
-    def __post_init__(self) -> None:
-        positive = (
-            "workers",
-            "epochs",
-            "batch_size",
-            "grad_accum",
-            "max_length",
-            "history",
-            "eval_k",
-            "val_users",
-        )
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"--max-steps must be >= 1, got {self.max_steps}")
-        if self.lr <= 0 or self.temperature <= 0:
-            raise ConfigError("--lr and --temperature must be > 0")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
-        if min(self.next_item_weight, self.simcse_weight, self.fgm_epsilon) < 0:
-            raise ConfigError("loss weights and --fgm-epsilon must be >= 0")
-        if self.next_item_weight == 0 and self.simcse_weight == 0:
-            raise ConfigError("all objectives are off: set --next-item-weight or --simcse-weight above 0")
-        if self.simcse_weight > 0 and self.simcse_batch < 2:
-            raise ConfigError("--simcse-batch must be >= 2 (the other texts are the negatives)")
-
-    @property
-    def run_storage(self) -> str:
-        path = self.storage_path or storage.join(self.out, "train_runs")
-        return (
-            path if storage.is_remote(path) else str(Path(storage.local_path(path)).expanduser().absolute())
-        )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -145,22 +64,29 @@ class _Worker:
     """State of one training worker: model, optimizer, catalog, losses; built once per (re)start."""
 
     def __init__(self, cfg: EncoderTrainConfig, model_source: str, prepared_root: str, steps_per_epoch: int):
-        import numpy as np
-        import pyarrow.parquet as pq
-        import ray.train
-        import ray.train.torch
-        import torch
-
-        from rayrec.encoding import TextEncoder
-        from trainers.encoder_data import CATALOG_FILE, VALIDATION_FILE, read_validation
-        from trainers.encoder_losses import FGM, NextItemLoss, SimCSELoss, TextAugmenter
-
         self.cfg = cfg
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed + 1000 * self.rank)
+        self._load_catalog(prepared_root)
+        self.validation = self._load_validation(prepared_root)
+        self._load_model(model_source)
+        self._build_optimizer(steps_per_epoch)
+        self._build_objectives()
+        self.autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+        )
+        self.step, self.epoch, self.step_in_epoch = 0, 0, 0
+        self.best: dict[str, float] = {}
+        self.start_step = 0
+        self.history: list[dict[str, Any]] = []
+
+    # --- construction, one piece each ------------------------------------------------------------------
+
+    def _load_catalog(self, prepared_root: str) -> None:
+        """Item texts and each item's log sampling probability (``log_q``) from the prepared catalog."""
         fs, root = storage.resolve(prepared_root)
         catalog = pq.read_table(f"{root}/{CATALOG_FILE}", filesystem=fs)
         self.texts: list[str] = catalog.column("text").to_pylist()
@@ -169,45 +95,32 @@ class _Worker:
         self.log_q = torch.tensor(
             np.log((counts + 1) / (counts + 1).sum()), dtype=torch.float32, device=self.device
         )
-        self.validation = read_validation(f"{prepared_root}/{VALIDATION_FILE}") if self.rank == 0 else None
-        if self.validation is not None and len(self.validation) > cfg.val_users:
-            keep = np.sort(
-                np.random.default_rng(cfg.seed).choice(len(self.validation), cfg.val_users, replace=False)
-            )
-            v = self.validation
-            self.validation = type(v)(
-                histories=[v.histories[i] for i in keep],
-                seen=[v.seen[i] for i in keep],
-                targets=v.targets[keep],
-                train_counts=v.train_counts,
-            )
 
-        self.encoder = TextEncoder.load(model_source, device=str(self.device), max_length=cfg.max_length)
+    def _load_validation(self, prepared_root: str) -> EvalSet | None:
+        """The validation users (rank 0 only; at most ``val_users`` of them)."""
+        if self.rank != 0:
+            return None
+        validation = read_validation(f"{prepared_root}/{VALIDATION_FILE}")
+        return _subsample(validation, self.cfg.val_users, self.cfg.seed)
+
+    def _load_model(self, model_source: str) -> None:
+        """The encoder in training mode, frozen where asked, wrapped for DDP."""
+        self.encoder = TextEncoder.load(model_source, device=str(self.device), max_length=self.cfg.max_length)
         self._freeze(self.encoder.model)
         self.encoder.model.train()
         self.model = ray.train.torch.prepare_model(self.encoder.model)
-        decay, no_decay = [], []
-        for name, param in self.encoder.model.named_parameters():
-            if param.requires_grad:
-                (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr,
-        )
-        total = (
-            cfg.epochs * steps_per_epoch
-            if cfg.max_steps is None
-            else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
-        )
-        self.total_steps = max(total, 1)
-        warmup = int(cfg.warmup_ratio * self.total_steps)
 
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return max(0.0, (self.total_steps - step) / max(self.total_steps - warmup, 1))
-
+    def _build_optimizer(self, steps_per_epoch: int) -> None:
+        """AdamW (no decay on biases and LayerNorm) with linear warmup, then linear decay to zero."""
+        cfg = self.cfg
+        self.optimizer = torch.optim.AdamW(_parameter_groups(self.encoder.model, cfg.weight_decay), lr=cfg.lr)
+        self.total_steps = _total_steps(cfg, steps_per_epoch)
+        schedule = _warmup_then_decay(self.total_steps, int(cfg.warmup_ratio * self.total_steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+
+    def _build_objectives(self) -> None:
+        """The losses, the SimCSE views' augmenter and FGM, each only when its option asks for it."""
+        cfg = self.cfg
         self.next_item = NextItemLoss(cfg.temperature)
         self.simcse = SimCSELoss(cfg.temperature)
         mask_token = self.encoder.tokenizer.mask_token or "[MASK]"
@@ -221,13 +134,6 @@ class _Worker:
             if cfg.fgm_epsilon > 0 and embeddings.weight.requires_grad
             else None
         )
-        self.autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
-        )
-        self.step, self.epoch, self.step_in_epoch = 0, 0, 0
-        self.best: dict[str, float] = {}
-        self.start_step = 0
-        self.history: list[dict[str, Any]] = []
 
     def _freeze(self, model) -> None:
         """Freeze what gets no gradient (the BERT pooler: DDP needs every trainable parameter used) and,
@@ -247,9 +153,15 @@ class _Worker:
 
     # --- checkpoints ------------------------------------------------------------------------------------
 
-    def restore(self, checkpoint) -> None:
-        import torch
+    def resume(self) -> bool:
+        """Restore this run's latest checkpoint, if any; True when resumed. Sets ``start_step``."""
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:
+            self.restore(checkpoint)
+        self.start_step = self.step
+        return checkpoint is not None
 
+    def restore(self, checkpoint) -> None:
         with checkpoint.as_directory() as directory:
             state = torch.load(Path(directory) / STATE_FILE, map_location=self.device, weights_only=False)
         self.encoder.model.load_state_dict(state["model"])
@@ -260,9 +172,6 @@ class _Worker:
 
     def report(self, metrics: dict[str, Any]) -> None:
         """Report ``metrics`` from every worker (a barrier) with a checkpoint written by rank 0."""
-        import ray.train
-        import torch
-
         metrics = {
             **metrics,
             "train/step": self.step,
@@ -293,11 +202,6 @@ class _Worker:
 
     def _loss(self, history, target, simcse_texts):
         """The weighted objective for one micro-batch, from one forward pass over every text it needs."""
-        import numpy as np
-        import torch
-
-        from rayrec.encoding import embed_batch
-
         cfg = self.cfg
         texts: list[str] = []
         parts: dict[str, Any] = {}
@@ -339,8 +243,6 @@ class _Worker:
 
     def micro_step(self, batch: dict, sync: bool) -> dict[str, float]:
         """Forward and backward of one micro-batch; gradients are all-reduced only when ``sync``."""
-        import numpy as np
-
         cfg = self.cfg
         history = np.stack(list(batch["history"])).astype(np.int64)  # [B, H], -1 padded on the left
         target = np.asarray(batch["target"], dtype=np.int64)  # [B]
@@ -366,8 +268,6 @@ class _Worker:
         return out
 
     def optimizer_step(self) -> None:
-        import torch
-
         torch.nn.utils.clip_grad_norm_([p for p in self.encoder.model.parameters() if p.requires_grad], 1.0)
         self.optimizer.step()
         self.scheduler.step()
@@ -379,10 +279,6 @@ class _Worker:
 
     def catalog_embeddings(self):
         """[N, d] embeddings of the whole catalog: each worker encodes a slice, then all-gather."""
-        import numpy as np
-        import torch
-        import torch.distributed as dist
-
         n = len(self.texts)
         chunk = math.ceil(n / self.world)
         start, stop = self.rank * chunk, min(n, (self.rank + 1) * chunk)
@@ -403,9 +299,6 @@ class _Worker:
 
     def validate(self) -> dict[str, float]:
         """Validation metrics (rank 0; other ranks return {} after taking their share of the encoding)."""
-        from rayrec.index.evaluate import evaluate_rankings
-        from rayrec.index.exact import exact_search, popularity_search
-
         embeddings = self.catalog_embeddings()
         if self.validation is None:
             return {}
@@ -424,21 +317,68 @@ class _Worker:
             self.encoder.save(directory)
 
 
+def _subsample(validation: EvalSet, users: int, seed: int) -> EvalSet:
+    """At most ``users`` validation users: a fixed random subset (by ``seed``) when there are more."""
+    if len(validation) <= users:
+        return validation
+    keep = np.sort(np.random.default_rng(seed).choice(len(validation), users, replace=False))
+    return type(validation)(
+        histories=[validation.histories[i] for i in keep],
+        seen=[validation.seen[i] for i in keep],
+        targets=validation.targets[keep],
+        train_counts=validation.train_counts,
+    )
+
+
+def _parameter_groups(model, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups of the trainable parameters: biases and LayerNorm weights get no weight decay."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _total_steps(cfg: EncoderTrainConfig, steps_per_epoch: int) -> int:
+    """Optimizer steps of the whole run: every epoch's, or ``max_steps`` when that is fewer (at least 1)."""
+    total = (
+        cfg.epochs * steps_per_epoch
+        if cfg.max_steps is None
+        else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+    )
+    return max(total, 1)
+
+
+def _warmup_then_decay(total_steps: int, warmup: int):
+    """Learning-rate factor per step: linear warmup over ``warmup`` steps, then linear decay to zero."""
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(total_steps - warmup, 1))
+
+    return schedule
+
+
+def _say(progress: Queue | None, line: str) -> None:
+    """Send a progress line to the driver, which prints it (see :class:`ProgressRelay`); print it without one."""
+    if progress is None:
+        print(line, flush=True)
+    else:
+        progress.put(line)
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train entry point of each worker."""
-    import ray.train
-
     cfg = EncoderTrainConfig(**loop_config["config"])
+    progress: Queue | None = loop_config.get("progress")
     worker = _Worker(
         cfg, loop_config["model_source"], loop_config["prepared_root"], loop_config["steps_per_epoch"]
     )
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        worker.restore(checkpoint)
-    worker.start_step = worker.step
+    resumed = worker.resume()
     if worker.rank == 0:
-        where = f"resuming from step {worker.step}" if checkpoint is not None else "starting"
-        print(f"[train-encoder] {where}: {worker.total_steps} steps, {cfg.workers} workers", flush=True)
+        where = f"resuming from step {worker.step}" if resumed else "starting"
+        _say(progress, f"[train-encoder] {where}: {worker.total_steps} steps, {cfg.workers} workers")
     shard = ray.train.get_dataset_shard("train")
     key = f"val/recall@{cfg.eval_k}"
     started, last = time.perf_counter(), {}
@@ -462,17 +402,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 continue
             worker.optimizer_step()
             if cfg.fail_at_step == worker.step and worker.start_step == 0 and worker.rank == worker.world - 1:
-                print(
-                    f"[train-encoder] chaos drill: worker {worker.rank} exits at step {worker.step}",
-                    flush=True,
+                _say(
+                    progress, f"[train-encoder] chaos drill: worker {worker.rank} exits at step {worker.step}"
                 )
                 os._exit(1)
             if worker.rank == 0 and (worker.step % cfg.log_every == 0 or worker.step == 1):
                 rate = (worker.step - worker.start_step) / (time.perf_counter() - started)
-                print(
+                _say(
+                    progress,
                     f"[train-encoder] step {worker.step}/{worker.total_steps} loss {last['train/loss']:.4f} "
                     f"lr {worker.scheduler.get_last_lr()[0]:.2e} ({rate:.2f} steps/s)",
-                    flush=True,
                 )
             if worker.step >= worker.total_steps:
                 break
@@ -488,7 +427,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if not worker.best or metrics[key] > worker.best[key]:
                 worker.best = {"step": worker.step, **metrics}
                 worker.save_best()
-            print(f"[train-encoder] validation at step {worker.step}: {key} {metrics[key]:.4f}", flush=True)
+            _say(progress, f"[train-encoder] validation at step {worker.step}: {key} {metrics[key]:.4f}")
         worker.report(last | metrics)
 
 
@@ -497,18 +436,55 @@ def train_loop_per_worker(loop_config: dict) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
+class ProgressRelay:
+    """The workers' progress lines, printed by the driver while ``trainer.fit()`` runs.
+
+    A quiet command does not forward the workers' stdout to the driver (it stays in Ray's session logs), so the
+    workers never print their progress: they put each line on a Ray queue that the driver creates (an actor
+    with no CPU, owned by the driver, so it outlives restarts of the worker group), and a background thread of
+    the driver prints what arrives. Verbose and quiet runs show the same lines, once. Used as a context
+    manager: entering gives the queue to hand to the workers; leaving prints what is left and removes it.
+    """
+
+    def __init__(self, poll_s: float = 0.5):
+        self.poll_s = poll_s
+        self.queue = Queue(actor_options={"num_cpus": 0})
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="train-encoder-progress", daemon=True)
+
+    def __enter__(self) -> Queue:
+        self._thread.start()
+        return self.queue
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+        try:
+            self._drain()  # lines put after the thread's last look
+        except ray.exceptions.RayError:
+            pass  # Ray itself failed: that error, not this one, is the news
+        finally:
+            self.queue.shutdown(force=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self._drain()
+            except ray.exceptions.RayError:
+                return  # __exit__ tries once more
+
+    def _drain(self) -> None:
+        """Print every line queued so far, in order (this is the queue's only consumer)."""
+        count = self.queue.qsize()
+        if count:
+            for line in self.queue.get_nowait_batch(count):
+                print(line, flush=True)
+
+
 def train_encoder(cfg: EncoderTrainConfig) -> dict[str, Any]:
     """Prepare the data, run the TorchTrainer, and write metrics.json and config.yaml next to the best model."""
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from rayrec.encoding import resolve_model
-    from rayrec.runtime import init_ray
-    from trainers.encoder_data import prepare_training_data
-
     model_source = resolve_model(cfg.model)
-    init_ray(cfg.address)
+    init_ray(cfg.address, log_dir=None if storage.is_remote(cfg.out) else cfg.out, verbose=cfg.verbose)
     prepared = prepare_training_data(
         cfg.data, storage.join(cfg.run_storage, f"{cfg.name}-data"), history=cfg.history, seed=cfg.seed
     )
@@ -524,32 +500,35 @@ def train_encoder(cfg: EncoderTrainConfig) -> dict[str, Any]:
         f"{prepared.validation_users} validation users, {steps_per_epoch} steps per epoch",
         flush=True,
     )
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "config": asdict(cfg),
-            "model_source": model_source,
-            "prepared_root": prepared.root,
-            "steps_per_epoch": steps_per_epoch,
-        },
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu),
-        run_config=RunConfig(
-            name=cfg.name,
-            storage_path=cfg.run_storage,
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
-        # read before the workers start: on a small cluster they hold every CPU, and a lazy read would wait
-        # for a CPU forever; the examples are a few ints per row
-        datasets={"train": ray.data.read_parquet(prepared.examples_uri).materialize()},
-    )
+    # read before the workers start: on a small cluster they hold every CPU, and a lazy read would wait for a
+    # CPU forever; the examples are a few ints per row
+    examples = ray.data.read_parquet(prepared.examples_uri).materialize()
     started = time.perf_counter()
-    try:
-        result = trainer.fit()
-    except Exception as exc:  # Train wraps worker errors in its own exception types
-        raise RayrecError(
-            f"encoder training failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
-        ) from exc
+    with ProgressRelay() as progress:
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={
+                "config": asdict(cfg),
+                "model_source": model_source,
+                "prepared_root": prepared.root,
+                "steps_per_epoch": steps_per_epoch,
+                "progress": progress,
+            },
+            scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu),
+            run_config=RunConfig(
+                name=cfg.name,
+                storage_path=cfg.run_storage,
+                failure_config=FailureConfig(max_failures=cfg.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+            ),
+            datasets={"train": examples},
+        )
+        try:
+            result = trainer.fit()
+        except Exception as exc:  # Train wraps worker errors in its own exception types
+            raise RayrecError(
+                f"encoder training failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+            ) from exc
     metrics = result.metrics or {}
     summary = {
         "model": cfg.model,
@@ -568,10 +547,6 @@ def train_encoder(cfg: EncoderTrainConfig) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m trainers.encoder``: the same options as ``rayrec train-encoder``."""
-    import argparse
-
-    from rayrec.config import add_config_args, config_from_args
-
     parser = argparse.ArgumentParser(
         prog="python -m trainers.encoder", description=EncoderTrainConfig.__doc__
     )

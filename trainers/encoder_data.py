@@ -15,7 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rayrec import storage
+from rayrec.data.io import load_dataset
+from rayrec.data.split import temporal_split
+from rayrec.encoding import item_texts
 from rayrec.errors import DataError
+from rayrec.index.evaluate import HISTORY, EvalSet, make_eval_set, user_sequences
 
 EXAMPLES_FILE = "examples.parquet"
 VALIDATION_FILE = "validation.parquet"
@@ -74,11 +78,6 @@ def next_item_examples(sequences: list[np.ndarray], history: int) -> tuple[list[
 
 def prepare_training_data(data_dir: str, out_root: str, history: int, seed: int) -> PreparedData:
     """Read ``data_dir``, split it, and write examples, validation users and catalog under ``out_root``."""
-    from rayrec.data.io import load_dataset
-    from rayrec.data.split import temporal_split
-    from rayrec.encoding import item_texts
-    from rayrec.index.evaluate import HISTORY, make_eval_set, user_sequences
-
     dataset = load_dataset(data_dir)
     texts = item_texts(dataset.items, source=storage.join(data_dir, "items.parquet"))
     item_ids = dataset.items.column("item_id").to_pylist()
@@ -113,10 +112,8 @@ def prepare_training_data(data_dir: str, out_root: str, history: int, seed: int)
     return PreparedData(root=out_root, examples=len(targets), validation_users=len(val), items=len(item_ids))
 
 
-def read_validation(uri: str):
+def read_validation(uri: str) -> EvalSet:
     """The validation :class:`rayrec.index.evaluate.EvalSet` written by :func:`prepare_training_data`."""
-    from rayrec.index.evaluate import EvalSet
-
     fs, path = storage.resolve(uri)
     table = pq.read_table(path, filesystem=fs)
     catalog = pq.read_table(path.rsplit("/", 1)[0] + "/" + CATALOG_FILE, filesystem=fs, columns=["count"])

@@ -3,14 +3,12 @@
 - :class:`InfoNCELoss`: softmax cross-entropy over in-batch candidates with a temperature and logQ correction.
 - :class:`NextItemLoss`: a user's recent history (mean of item embeddings) → the next item.
 - :class:`SimCSELoss`: two dropout-noised (optionally augmented) views of the same item text are positives.
-- :class:`TextAugmenter`: word dropout / swap / mask for positive views.
-- :class:`FGM`: adversarial perturbation of the word embeddings along the loss gradient.
+
+The views' text noise is :class:`trainers.augmentation.TextAugmenter`; adversarial training of the word
+embeddings is :class:`trainers.adversarial.FGM`.
 """
 
 from __future__ import annotations
-
-import random
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -123,76 +121,3 @@ class SimCSELoss(nn.Module):
         """Args: view_a, view_b: [n, d] normalised embeddings of the same n texts."""
         labels = torch.arange(len(view_a), device=view_a.device)  # [n]
         return 0.5 * (self.info_nce(view_a, view_b, labels) + self.info_nce(view_b, view_a, labels))
-
-
-class TextAugmenter:
-    """Word-level noise for positive views: drop, swap adjacent, or mask words, each with its probability.
-
-    References:
-        - Wei & Zou, *EDA: Easy Data Augmentation Techniques for Boosting Performance on Text Classification
-          Tasks*, EMNLP 2019.
-    """
-
-    def __init__(
-        self,
-        word_dropout: float = 0.1,
-        swap: float = 0.1,
-        mask: float = 0.1,
-        mask_token: str = "[MASK]",
-        seed: int = 0,
-    ):
-        for name, p in (("word_dropout", word_dropout), ("swap", swap), ("mask", mask)):
-            if not 0.0 <= p < 1.0:
-                raise ValueError(f"{name} probability must be in [0, 1), got {p}")
-        self.word_dropout, self.swap, self.mask, self.mask_token = word_dropout, swap, mask, mask_token
-        self.rng = random.Random(seed)
-
-    def __call__(self, text: str) -> str:
-        words = text.split()
-        if len(words) < 2:
-            return text
-        # keep at least one word so a view never becomes empty
-        kept = [w for w in words if self.rng.random() >= self.word_dropout] or [self.rng.choice(words)]
-        for i in range(len(kept) - 1):
-            if self.rng.random() < self.swap:
-                kept[i], kept[i + 1] = kept[i + 1], kept[i]
-        return " ".join(self.mask_token if self.rng.random() < self.mask else w for w in kept)
-
-    def batch(self, texts: Sequence[str]) -> list[str]:
-        return [self(t) for t in texts]
-
-
-class FGM:
-    """Fast Gradient Method on the word-embedding matrix: after the clean backward pass, add
-    ``epsilon · g / ||g||`` to the embeddings, run the loss again and back-propagate it too, then restore.
-    The extra gradient makes the encoder robust to small changes of the input tokens.
-
-    References:
-        - Goodfellow et al., *Explaining and Harnessing Adversarial Examples*, ICLR 2015.
-        - Miyato et al., *Adversarial Training Methods for Semi-Supervised Text Classification*, ICLR 2017.
-    """
-
-    def __init__(self, embeddings: nn.Embedding, epsilon: float = 1.0):
-        if epsilon <= 0:
-            raise ValueError(f"FGM epsilon must be > 0, got {epsilon}")
-        self.weight = embeddings.weight
-        self.epsilon = epsilon
-        self._delta: torch.Tensor | None = None
-
-    def attack(self) -> bool:
-        """Perturb the embeddings along their current gradient; False when there is no gradient yet."""
-        grad = self.weight.grad
-        if grad is None:
-            return False
-        norm = grad.norm()
-        if not torch.isfinite(norm) or norm == 0:
-            return False
-        self._delta = self.epsilon * grad / norm  # [V, d]
-        self.weight.data.add_(self._delta)
-        return True
-
-    def restore(self) -> None:
-        """Undo :meth:`attack`."""
-        if self._delta is not None:
-            self.weight.data.sub_(self._delta)
-            self._delta = None

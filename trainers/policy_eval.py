@@ -11,13 +11,25 @@ import json
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 
 from envs.config import SlateEnvConfig
-from envs.evaluation import SessionStats, mean_ci, run_sessions
-from rayrec.slate_model import ExportConfig, ExportedPolicy, SlateScorer
+from envs.factory import build_simulator
+from envs.policies import make_policy
+from envs.rollout import evaluate_policy
+from rayrec.metrics.session import METRICS as SESSION_METRICS
+from rayrec.metrics.session import REPORTED, SessionOutcomes, namespaced, paired_difference
+from rayrec.slate_policy import SlatePolicy
+from rayrec.slate_scorer import ExportConfig, ExportedPolicy, SlateScorer
 
-METRICS = ("sim/session_return", "sim/ctr", "sim/session_length")
+matplotlib.use("Agg")  # headless: plots are written to files
+import matplotlib.pyplot as plt  # after choosing the backend
+
+METRICS = tuple(namespaced(name) for name in REPORTED)
+METRIC_UNITS = {namespaced(name): SESSION_METRICS[name].unit for name in REPORTED}
+ROLLOUT_SLOTS = 4096
+"""Users simulated at once (simulator rows)."""
 
 
 def validation_return(scorer: SlateScorer, env_config: SlateEnvConfig, num_users: int, seed: int) -> float:
@@ -25,21 +37,20 @@ def validation_return(scorer: SlateScorer, env_config: SlateEnvConfig, num_users
     policy = ExportedPolicy(
         scorer,
         ExportConfig(
-            scorer=scorer.config, slate_size=env_config.slate_size, num_candidates=env_config.num_candidates
+            scorer=scorer.config,
+            slate_size=env_config.slate_size,
+            num_candidates=env_config.num_candidates,
+            budget=env_config.budget,
         ),
     )
-    return float(run_sessions(policy, env_config, num_users, seed).returns.mean())
+    return float(play(policy, env_config, num_users, seed).session_return.mean())
 
 
-def _play(spec: str, env_config: SlateEnvConfig, num_users: int, seed: int) -> SessionStats:
-    from envs import make_vector_env
-    from envs.policies import make_policy
-
-    env = make_vector_env(env_config, num_users)
-    try:
-        return run_sessions(make_policy(spec, env), env_config, num_users, seed, env=env)
-    finally:
-        env.close()
+def play(spec: str | SlatePolicy, env_config: SlateEnvConfig, num_users: int, seed: int) -> SessionOutcomes:
+    """One session each of ``num_users`` users (seed ``seed``) under a policy or policy spec."""
+    sim = build_simulator(env_config, batch=min(num_users, ROLLOUT_SLOTS))
+    policy = make_policy(spec, sim) if isinstance(spec, str) else spec
+    return evaluate_policy(policy, sim, num_users, seed)
 
 
 def evaluate_policies(
@@ -50,26 +61,26 @@ def evaluate_policies(
     seed: int,
     name: str,
 ) -> dict[str, Any]:
-    """Session return, CTR and session length (95% CIs) of the trained policy and each baseline.
+    """Session metrics (95% CIs) of the trained policy and each baseline on the same held-out users.
 
     Returns:
         ``{"users", "seed", "policies": {name: {metric: {mean, ci95_low, ci95_high}}}, "comparisons":
         {baseline: {"diff": {mean, ci95_low, ci95_high}, "ratio", "significant"}}, "markdown"}`` where
         ``diff`` is the paired difference of session returns (trained minus baseline).
     """
-    stats = {name: _play(policy_dir, env_config, num_users, seed)}
+    outcomes = {name: play(policy_dir, env_config, num_users, seed)}
     for spec in baselines:
-        stats[spec] = _play(spec, env_config, num_users, seed)
-    policies = {key: {m: s.summary()[m] for m in METRICS} for key, s in stats.items()}
-    trained = stats[name].returns
+        outcomes[spec] = play(spec, env_config, num_users, seed)
+    policies = {key: o.summary(REPORTED) for key, o in outcomes.items()}
+    trained = outcomes[name]
     comparisons = {}
     for spec in baselines:
-        diff = mean_ci(trained - stats[spec].returns)
-        base = float(stats[spec].returns.mean())
+        diff = paired_difference(trained, outcomes[spec], "session_return")
+        base = float(outcomes[spec].session_return.mean())
         comparisons[spec] = {
-            "metric": "sim/session_return",
+            "metric": namespaced("session_return"),
             "diff": diff,
-            "ratio": float(trained.mean()) / base if base else float("nan"),
+            "ratio": float(trained.session_return.mean()) / base if base else float("nan"),
             "significant": bool(diff["ci95_low"] > 0 or diff["ci95_high"] < 0),
         }
     summary = {
@@ -93,15 +104,12 @@ def evaluation_markdown(summary: dict[str, Any]) -> str:
         f"Held-out evaluation: {summary['users']} simulated users, one session each (seed {summary['seed']}); "
         "mean [95% CI].",
         "",
-        "| policy | session return | CTR (clicks per slate) | session length |",
-        "| --- | --- | --- | --- |",
+        "| policy | " + " | ".join(f"{m} ({METRIC_UNITS[m]})" for m in METRICS) + " |",
+        "| --- |" + " --- |" * len(METRICS),
     ]
     for key, metrics in summary["policies"].items():
         label = f"**{key}** (trained)" if key == summary["trained"] else key
-        lines.append(
-            f"| {label} | {_fmt(metrics['sim/session_return'])} | {_fmt(metrics['sim/ctr'], 3)} | "
-            f"{_fmt(metrics['sim/session_length'])} |"
-        )
+        lines.append(f"| {label} | " + " | ".join(_fmt(metrics[m], 3) for m in METRICS) + " |")
     lines += [
         "",
         f"Paired differences of session return ({summary['trained']} minus baseline, same users):",
@@ -115,11 +123,6 @@ def evaluation_markdown(summary: dict[str, Any]) -> str:
 
 def plot_learning_curve(rows: list[dict[str, float]], summary: dict[str, Any], path: Path) -> None:
     """Training and validation session return per env step, with the baselines' held-out returns."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(10, 4.5))
     steps = np.array([r["train/env_steps"] for r in rows])
     ax.plot(

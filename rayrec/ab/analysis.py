@@ -9,18 +9,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-from scipy import stats as sps
-
 from rayrec.ab.metrics import METRICS, UserMetrics
 from rayrec.ab.sequential import msprt
 from rayrec.ab.stats import Method, compare, srm_p_value
 from rayrec.errors import ConfigError, DataError
+from rayrec.metrics.session import mean_interval
 
 
 @dataclass(frozen=True)
 class ArmSummary:
-    """One arm's users and metric means with 95%-style t intervals (level ``1 - alpha``)."""
+    """One arm's users and metric means with Student-t intervals (level ``1 - alpha``; :mod:`rayrec.metrics.session`)."""
 
     name: str
     policy: str
@@ -74,15 +72,6 @@ class AbAnalysis:
         raise KeyError((metric, treatment))
 
 
-def mean_interval(values: np.ndarray, alpha: float) -> tuple[float, float]:
-    """Student-t interval of the mean of ``values`` [n] (NaNs for n < 2)."""
-    n = len(values)
-    if n < 2:
-        return float("nan"), float("nan")
-    half = sps.t.ppf(1.0 - alpha / 2.0, n - 1) * values.std(ddof=1) / np.sqrt(n)
-    return float(values.mean() - half), float(values.mean() + half)
-
-
 def analyse(
     users: UserMetrics,
     arms: Sequence[tuple[str, str, float]],
@@ -114,18 +103,18 @@ def analyse(
     if unknown:
         raise DataError(f"users were assigned to arms that are not planned: {unknown}")
     summaries = []
+    values = {m: users.metric(m) for m in METRICS}
     for name, policy, weight in arms:
         mask = users.arm_mask(name)
+        intervals = {m: mean_interval(values[m][mask], alpha) for m in METRICS}
         summaries.append(
             ArmSummary(
                 name=name,
                 policy=policy,
                 weight=float(weight),
                 users=counts[name],
-                means={
-                    m: float(users.metric(m)[mask].mean()) if mask.any() else float("nan") for m in METRICS
-                },
-                ci95={m: mean_interval(users.metric(m)[mask], alpha) for m in METRICS},
+                means={m: intervals[m]["mean"] for m in METRICS},
+                ci95={m: (intervals[m]["ci95_low"], intervals[m]["ci95_high"]) for m in METRICS},
             )
         )
     comparisons = []
@@ -133,10 +122,9 @@ def analyse(
         pair = users.arm_mask(control) | users.arm_mask(treatment)
         is_treatment = users.arm[pair] == treatment
         for metric in METRICS:
-            values = users.metric(metric)
             est = compare(
-                values[users.arm_mask(control)],
-                values[users.arm_mask(treatment)],
+                values[metric][users.arm_mask(control)],
+                values[metric][users.arm_mask(treatment)],
                 method=method,
                 alpha=alpha,
                 resamples=resamples,
@@ -144,7 +132,7 @@ def analyse(
             )
             seq_p = None
             if sequential_tau_sd is not None:
-                seq_p = float(msprt(values[pair], is_treatment, alpha, sequential_tau_sd).p_value[-1])
+                seq_p = float(msprt(values[metric][pair], is_treatment, alpha, sequential_tau_sd).p_value[-1])
             comparisons.append(
                 Comparison(
                     metric=metric,

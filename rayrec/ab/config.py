@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from envs.spec import SimulatorOptions
 from rayrec.assignment import DEFAULT_SALT
 from rayrec.config import RayConfig
 from rayrec.errors import ConfigError
@@ -16,8 +17,12 @@ def _check_level(name: str, value: float) -> None:
 
 
 @dataclass(kw_only=True)
-class AbConfig(RayConfig):
-    """``rayrec ab``: a simulated A/B test, in-process on Ray or against a running server (``--url``)."""
+class AbConfig(SimulatorOptions):
+    """``rayrec ab``: a simulated A/B test, in-process on Ray or against a running server (``--url``).
+
+    The simulator options (``--index``, ``--data``, ``--env-config``, ...) are the same as every simulating
+    command's; with ``--url``, ``--index`` is required and must be the server's index.
+    """
 
     arm: list[str] = field(default_factory=list)
     """An arm as NAME=POLICY[:WEIGHT]; repeat for every arm (at least two). POLICY: random, retrieval,
@@ -25,10 +30,6 @@ class AbConfig(RayConfig):
     when given they must match it)."""
     out: str | None = None
     """Output directory: report.json, report.md, PNG plots, users.parquet and the event log (events/)."""
-    index: str | None = None
-    """Item index directory; default: the simulator's built-in synthetic world. Required with --url."""
-    data: str | None = None
-    """Data directory whose users start the simulated sessions (their histories)."""
     users: int = 2000
     """Simulated users in all (each lives one whole session)."""
     url: str | None = None
@@ -39,12 +40,6 @@ class AbConfig(RayConfig):
     """Seed of the simulated population and of every random choice."""
     salt: str = DEFAULT_SALT
     """Salt of the arm-assignment hash (the server's default unless it was changed)."""
-    num_candidates: int = 20
-    """K: candidates retrieved per request."""
-    slate_size: int = 5
-    """k: items shown per request."""
-    env: list[str] = field(default_factory=list)
-    """Override a simulator setting, KEY=VALUE (a field of envs.config.SlateEnvConfig, e.g. budget=30)."""
     method: Literal["auto", "welch", "bootstrap"] = "auto"
     """Test per metric: welch, bootstrap (studentized), or auto (bootstrap when a metric is skewed)."""
     alpha: float = 0.05
@@ -72,7 +67,7 @@ class AbConfig(RayConfig):
             raise ConfigError(f"--resamples must be >= 100, got {self.resamples}")
         if not self.tau_sd > 0:
             raise ConfigError(f"--tau-sd must be > 0, got {self.tau_sd}")
-        for name in ("users_per_task", "slots", "concurrency", "num_candidates", "slate_size"):
+        for name in ("users_per_task", "slots", "concurrency"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
 

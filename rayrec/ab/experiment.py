@@ -4,7 +4,7 @@ Output directory::
 
     config.yaml          the resolved AbConfig
     users.parquet        per-user metrics (the unit of analysis; `rayrec ab plan --pilot` reads it)
-    report.json          arms, comparisons, srm_p_value (DESIGN.md)
+    report.json          arms, comparisons, srm_p_value
     report.md            the same for people, with the plots
     metrics_by_arm.png   mean per arm with intervals
     cumulative_lift.png  lift as users arrive, with the always-valid confidence sequence
@@ -13,54 +13,32 @@ Output directory::
 
 from __future__ import annotations
 
-import yaml
-
+from envs.policies import POLICY_NAMES, make_policy
+from envs.spec import resolve_env_config
 from rayrec import storage
 from rayrec.ab.analysis import AbAnalysis, analyse
 from rayrec.ab.config import AbConfig
+from rayrec.ab.http_client import run_http_ab
 from rayrec.ab.plots import LIFT_PNG, METRICS_PNG, plot_cumulative_lift, plot_metrics_by_arm
 from rayrec.ab.report import write_report
 from rayrec.ab.simulate import run_simulated_ab, simulated_user_ids
 from rayrec.assignment import Arm, parse_arm
 from rayrec.config import save_config
 from rayrec.errors import ConfigError
+from rayrec.runtime import init_ray
 
 EVENTS_DIR = "events"
 SIMULATOR_FILE = "simulator.yaml"
 """The simulator's config, saved beside a simulated event log so `rayrec ope` can rebuild its catalog."""
 
 
-def env_config_for(config: AbConfig):
-    """The :class:`envs.config.SlateEnvConfig` that ``config`` describes (``--env`` overrides last)."""
-    from envs.config import config_with
-
-    overrides = {}
-    for spec in config.env:
-        key, sep, value = spec.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--env {spec!r}: expected KEY=VALUE")
-        overrides[key.strip()] = yaml.safe_load(value)
-    base = {
-        "index_dir": config.index,
-        "data_dir": config.data,
-        "num_candidates": config.num_candidates,
-        "slate_size": config.slate_size,
-    }
-    try:
-        return config_with(None, **{**base, **overrides})
-    except TypeError as exc:
-        raise ConfigError(f"--env: {exc}") from None
-
-
 def parse_arms(specs: list[str]) -> list[Arm]:
     """``NAME=POLICY[:WEIGHT]`` specs → arms, checked: two or more, known policies."""
-    from envs.policies import BASELINES, make_policy
-
     arms = [parse_arm(spec) for spec in specs]
     if len(arms) < 2:
         raise ConfigError(f"an A/B test needs at least two --arm NAME=POLICY, got {len(arms)}")
     for arm in arms:
-        if arm.policy not in BASELINES:
+        if arm.policy not in POLICY_NAMES:
             make_policy(arm.policy)  # loads a policy directory now, or says the spec is unknown
     return arms
 
@@ -77,20 +55,16 @@ def _server_arms(config: AbConfig, info) -> list[tuple[str, str, float]]:
 
 def run_experiment(config: AbConfig) -> AbAnalysis:
     """Run the experiment ``config`` describes and write everything under ``config.out``."""
-    from rayrec.runtime import init_ray
-
     if config.out is None:
         raise ConfigError("--out DIR is required")
     events_dir = storage.join(config.out, EVENTS_DIR)
     if storage.exists(storage.join(events_dir, "impressions")):
         raise ConfigError(f"{events_dir} already holds an event log; choose a new --out so runs do not mix")
-    env_config = env_config_for(config)
+    env_config = resolve_env_config(config)
     user_ids = simulated_user_ids(config.users, config.seed)
     storage.makedirs(config.out)
     save_config(config, config.out)
     if config.url:
-        from rayrec.ab.http_client import run_http_ab
-
         if config.index is None:
             raise ConfigError(
                 "--url needs --index (the server's index) so simulated users can react to its items"
@@ -108,7 +82,11 @@ def run_experiment(config: AbConfig) -> AbAnalysis:
         arms = _server_arms(config, info)
     else:
         planned = parse_arms(config.arm)
-        init_ray(config.address)
+        init_ray(
+            config.address,
+            log_dir=None if storage.is_remote(config.out) else config.out,
+            verbose=config.verbose,
+        )
         save_config(env_config, events_dir, name=SIMULATOR_FILE)
         print(
             f"ab: {config.users} simulated users, arms {', '.join(f'{a.name}={a.policy}' for a in planned)}"

@@ -2,7 +2,8 @@
 
 Each simulated user (drawn from the simulator's population) lives one session exactly as a client app
 would: it sends its history, gets a slate from whichever arm the *server* assigns it to, reacts to the
-slate with the simulator's choice model, and reports clicks. So the whole serving path (pseudonymization,
+slate through the same simulator step as in-process runs (the rollout engine of :mod:`envs.rollout`, with
+the server as its slate source), and reports clicks. So the whole serving path (pseudonymization,
 arm assignment, retrieval, ranking, event logging) is what is being tested. The simulator and the
 server must share the item index, so that the simulated users can react to the items the server returns.
 
@@ -15,17 +16,23 @@ A server that answers without propensities (older than that field) leaves them N
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import httpx
 import numpy as np
 
+from envs.config import SlateEnvConfig
+from envs.factory import build_simulator
+from envs.rollout import Shown, StepRecord, run_sessions
+from envs.simulator import SlateSimulator
 from rayrec.ab.metrics import UserMetrics
 from rayrec.ab.replay import ItemLookup
+from rayrec.ab.simulate import EventLogObserver
 from rayrec.errors import DataError, RayrecError
+from rayrec.slate_policy import Observation
 
 RETRIES = 8
 """Attempts per call while the server answers 503 (overloaded), with exponential backoff."""
@@ -43,8 +50,6 @@ class _Client:
     """One shared HTTP connection pool with retries on overload."""
 
     def __init__(self, url: str, concurrency: int, timeout_s: float) -> None:
-        import httpx
-
         self.url = url.rstrip("/")
         self.http = httpx.Client(
             base_url=self.url,
@@ -53,8 +58,6 @@ class _Client:
         )
 
     def call(self, method: str, path: str, body: dict | None = None) -> dict:
-        import httpx
-
         delay = 0.05
         for attempt in range(RETRIES):
             try:
@@ -83,84 +86,88 @@ def server_info(client: _Client) -> ServerInfo:
     return ServerInfo(arms=dict(health["arms"]), policies=dict(health.get("policies", {})))
 
 
-def _live_session(
-    client: _Client, sim, items: ItemLookup, user_id: str, rng: np.random.Generator, log
-) -> tuple[str, np.ndarray]:
-    """One user's whole session against the server; returns (arm, [4] return, clicks, impressions, length)."""
-    catalog, config = sim.catalog, sim.config
-    row = np.zeros(1, dtype=np.int64)
-    sim.start_users(row, rng)
-    arm = None
-    totals = np.zeros(4)
-    while True:
-        history = catalog.item_ids[sim.users.consumed[0, : sim.users.consumed_len[0]]].tolist()
-        answer = client.call(
-            "POST", "/recommend", {"user_id": user_id, "history": history, "k": config.slate_size}
-        )
-        if arm is not None and answer["arm"] != arm:
-            raise DataError(
-                f"server moved user {user_id} from arm {arm!r} to {answer['arm']!r} within a session"
+class ServerSource:
+    """The slate source of an A/B against a live server: each live row's user asks ``/recommend``.
+
+    A row's request carries the user's id and the history the simulator says the user has consumed; the
+    server's answer (its arm, policy, request id and items) is mapped onto catalog rows and fed into the
+    simulator's step, exactly as an in-process policy's slate is. Requests of one step go out concurrently.
+    """
+
+    def __init__(
+        self, client: _Client, user_ids: Sequence[str], items: ItemLookup, pool: ThreadPoolExecutor
+    ) -> None:
+        self.client, self.user_ids, self.items, self.pool = client, user_ids, items, pool
+        self.arms: dict[int, str] = {}
+
+    def show(
+        self, sim: SlateSimulator, obs: Observation, row_user: np.ndarray, rng: np.random.Generator
+    ) -> Shown:
+        batch, k = sim.batch, sim.config.slate_size
+        items = sim.candidate_items[:, :k].copy()  # [B, k] idle rows keep their first candidates
+        scores = np.zeros((batch, k), np.float32)
+        propensities = np.full((batch, k), np.nan, np.float32)
+        policy, arm, request_id = (np.full(batch, "", dtype=object) for _ in range(3))
+        live = np.flatnonzero(row_user >= 0)
+        answers = self.pool.map(lambda row: self._ask(sim, row, int(row_user[row])), live)
+        for row, answer in zip(live, answers, strict=True):
+            user = int(row_user[row])
+            ids = np.asarray([item["item_id"] for item in answer["items"]], dtype=object)
+            slate = self.items.rows(ids)
+            if len(ids) != k or (slate < 0).any():
+                raise DataError(
+                    f"server returned {len(ids)} items for a slate of {k}, {int((slate < 0).sum())} of them "
+                    "unknown to the simulator's catalog: run `rayrec ab --url` with the server's --index"
+                )
+            if self.arms.setdefault(user, answer["arm"]) != answer["arm"]:
+                raise DataError(
+                    f"server moved user {self.user_ids[user]} from arm {self.arms[user]!r} to "
+                    f"{answer['arm']!r} within a session"
+                )
+            items[row] = slate
+            scores[row] = [item["score"] for item in answer["items"]]
+            propensities[row] = [item.get("propensity", np.nan) for item in answer["items"]]
+            policy[row], arm[row], request_id[row] = (
+                answer.get("policy", ""),
+                answer["arm"],
+                answer["request_id"],
             )
-        arm = answer["arm"]
-        ids = [item["item_id"] for item in answer["items"]]
-        slate = items.rows(np.asarray(ids, dtype=object))[None, :]  # [1, k] catalog rows
-        if len(ids) == 0 or (slate < 0).any():
-            raise DataError(
-                f"server returned {len(ids)} items, {int((slate < 0).sum())} of them unknown to the simulator's "
-                "catalog: run `rayrec ab --url` with the server's --index"
-            )
-        position = sim.choice_model.choose(sim.users.interest[:1], slate, catalog, rng)  # [1]
-        chosen = np.where(position >= 0, slate[0, np.maximum(position, 0)], -1)  # [1]
-        reward = sim.reward_fn(chosen, catalog)  # [1]
-        left = sim.response.apply(sim.users, chosen, catalog, rng)  # [1]
-        now = time.time()
-        log.log_impressions(
-            [
-                {
-                    "request_id": answer["request_id"],
-                    "ts": now,
-                    "user_id": user_id,
-                    "arm": arm,
-                    "policy": answer.get("policy", ""),
-                    "item_id": item["item_id"],
-                    "position": p,
-                    "score": item["score"],
-                    "propensity": item.get("propensity", float("nan")),
-                }
-                for p, item in enumerate(answer["items"])
-            ]
-        )
-        if chosen[0] >= 0:
-            item_id = str(catalog.item_ids[chosen[0]])
-            client.call(
-                "POST",
-                "/feedback",
-                {
-                    "request_id": answer["request_id"],
-                    "item_id": item_id,
-                    "event": "click",
-                    "value": float(reward[0]),
-                },
-            )
-            log.log_feedback(
-                [
-                    {
-                        "request_id": answer["request_id"],
-                        "item_id": item_id,
-                        "event": "click",
-                        "value": float(reward[0]),
-                        "ts": now,
-                    }
-                ]
-            )
-        totals += [reward[0], float(chosen[0] >= 0), len(ids), 1.0]
-        if left[0] or sim.users.budget[0] <= 0 or sim.users.steps[0] >= config.max_episode_steps:
-            return arm, totals
+        return Shown(items, scores, propensities, None, policy, arm=arm, request_id=request_id)
+
+    def _ask(self, sim: SlateSimulator, row: int, user: int) -> dict:
+        history = sim.catalog.item_ids[sim.users.consumed[row, : sim.users.consumed_len[row]]].tolist()
+        body = {
+            "user_id": self.user_ids[user],
+            "history": history,
+            "k": sim.config.slate_size,
+            "session_step": int(sim.users.steps[row]),  # the server's budget feature, as in the simulator
+        }
+        return self.client.call("POST", "/recommend", body)
+
+
+class FeedbackObserver:
+    """Reports every click of a rollout to the server's ``/feedback``, as a client app would."""
+
+    def __init__(self, client: _Client, item_ids: np.ndarray, pool: ThreadPoolExecutor) -> None:
+        self.client, self.item_ids, self.pool = client, item_ids, pool
+
+    def __call__(self, step: StepRecord) -> None:
+        clicked = np.flatnonzero(step.chosen >= 0)
+        bodies = [
+            {
+                "request_id": step.shown.request_id[i],
+                "item_id": str(self.item_ids[step.chosen[i]]),
+                "event": "click",
+                "value": float(step.reward[i]),
+            }
+            for i in clicked
+        ]
+        list(self.pool.map(lambda body: self.client.call("POST", "/feedback", body), bodies))
 
 
 def run_http_ab(
     url: str,
-    env_config,
+    env_config: SlateEnvConfig,
     user_ids: Sequence[str],
     *,
     events_dir: str,
@@ -175,54 +182,28 @@ def run_http_ab(
         every user's metrics in the order of ``user_ids`` (arm = the server's answer), and the server's
         arm weights and policies.
     """
-    from tqdm import tqdm
-
-    from envs import make_vector_env
-    from rayrec.events import EventLog
-
     if concurrency < 1:
         raise RayrecError(f"concurrency must be >= 1, got {concurrency}")
     client = _Client(url, concurrency, timeout_s)
-    local = threading.local()
-
-    def simulator():
-        if not hasattr(local, "sim"):
-            local.sim = make_vector_env(env_config, num_envs=1).unwrapped.sim
-        return local.sim
-
-    catalog = simulator().catalog
-    items = ItemLookup(catalog.item_ids, catalog.embeddings)
-    n = len(user_ids)
-    arms = np.empty(n, dtype=object)
-    totals = np.zeros((n, 4))
+    sim = build_simulator(env_config, batch=min(concurrency, len(user_ids)))
+    items = ItemLookup(sim.catalog.item_ids, sim.catalog.embeddings)
     try:
         info = server_info(client)
-        with EventLog(events_dir) as log:
-            pool = ThreadPoolExecutor(concurrency)
+        with ThreadPoolExecutor(concurrency) as pool:
+            source = ServerSource(client, list(user_ids), items, pool)
+            log = EventLogObserver(events_dir, user_ids, sim.catalog.item_ids)
             try:
-                futures = {
-                    pool.submit(
-                        lambda i=i: _live_session(
-                            client, simulator(), items, user_ids[i], np.random.default_rng([seed, i]), log
-                        )
-                    ): i
-                    for i in range(n)
-                }
-                with tqdm(total=n, desc="ab --url: users", unit="user", disable=not progress) as bar:
-                    for future in as_completed(futures):
-                        i = futures[future]
-                        arms[i], totals[i] = future.result()
-                        bar.update(1)
+                outcomes = run_sessions(
+                    sim,
+                    source,
+                    len(user_ids),
+                    seed,
+                    observers=[FeedbackObserver(client, sim.catalog.item_ids, pool), log],
+                    progress="ab --url: users" if progress else None,
+                )
             finally:
-                pool.shutdown(cancel_futures=True)  # after a failure, do not start the remaining sessions
+                log.close()
     finally:
         client.close()
-    metrics = UserMetrics(
-        user_id=np.asarray(user_ids, dtype=object),
-        arm=arms,
-        session_return=totals[:, 0],
-        clicks=totals[:, 1],
-        impressions=totals[:, 2],
-        session_length=totals[:, 3],
-    )
-    return metrics, info
+    arms = np.asarray([source.arms[i] for i in range(len(user_ids))], dtype=object)
+    return UserMetrics.of(outcomes, np.asarray(user_ids, dtype=object), arms), info

@@ -1,12 +1,14 @@
 """Per-user outcome metrics of an A/B test: the user is the randomisation unit, so one row per user.
 
-Each simulated user lives one whole session: ``session_return`` (total reward), ``clicks``, ``ctr``
-(clicks / items shown, a per-user ratio so every user weighs the same) and ``session_length`` (requests).
+Each simulated user lives one whole session; its outcomes are :class:`rayrec.metrics.session.SessionOutcomes`
+(the metrics vocabulary: ``session_return``, ``clicks``, ``ctr``, ``session_length``), plus the user's id and
+arm. ``ctr`` is clicks per impression, a ratio of sums: its per-user values are the delta-method linearisation
+around the arm's own ratio (:meth:`UserMetrics.arm_values`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pyarrow as pa
@@ -14,36 +16,32 @@ import pyarrow.parquet as pq
 
 from rayrec import storage
 from rayrec.errors import DataError
+from rayrec.metrics.session import REPORTED, SessionOutcomes
 
-METRICS = ("session_return", "clicks", "ctr", "session_length")
+METRICS = REPORTED
 """Metric names, in report order."""
 
 USERS_FILE = "users.parquet"
+OUTCOME_FIELDS = tuple(f.name for f in fields(SessionOutcomes))
 
 
-@dataclass(frozen=True)
-class UserMetrics:
+@dataclass(frozen=True, kw_only=True)
+class UserMetrics(SessionOutcomes):
     """Outcomes of n users, in the order they arrived.
 
     Attributes:
         user_id: [n] str pseudonymized user ids (unique).
         arm: [n] str arm each user was assigned to.
-        session_return: [n] float64 total reward of the session.
-        clicks: [n] float64 clicks in the session.
-        impressions: [n] float64 items shown in the session.
-        session_length: [n] float64 requests (slates) in the session.
+        (and every :class:`SessionOutcomes` field, [n] each)
     """
 
     user_id: np.ndarray
     arm: np.ndarray
-    session_return: np.ndarray
-    clicks: np.ndarray
-    impressions: np.ndarray
-    session_length: np.ndarray
 
     def __post_init__(self) -> None:
-        n = len(self.user_id)
-        for name in ("arm", "session_return", "clicks", "impressions", "session_length"):
+        super().__post_init__()
+        n = len(self.session_return)
+        for name in ("user_id", "arm"):
             if np.shape(getattr(self, name)) != (n,):
                 raise ValueError(
                     f"UserMetrics.{name}: shape {np.shape(getattr(self, name))}, expected ({n},)"
@@ -51,19 +49,26 @@ class UserMetrics:
         if len(set(self.user_id.tolist())) != n:
             raise DataError("UserMetrics: user ids must be unique")
 
-    def __len__(self) -> int:
-        return len(self.user_id)
-
-    @property
-    def ctr(self) -> np.ndarray:
-        """[n] clicks per item shown (0 for a user who was shown nothing)."""
-        return np.divide(self.clicks, self.impressions, out=np.zeros(len(self)), where=self.impressions > 0)
+    @classmethod
+    def of(cls, outcomes: SessionOutcomes, user_id: np.ndarray, arm: np.ndarray) -> UserMetrics:
+        """Outcomes of users ``user_id`` [n] in ``arm`` [n]."""
+        return cls(user_id=user_id, arm=arm, **{name: getattr(outcomes, name) for name in OUTCOME_FIELDS})
 
     def metric(self, name: str) -> np.ndarray:
-        """[n] values of metric ``name`` (one of :data:`METRICS`)."""
-        if name not in METRICS:
-            raise DataError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
-        return np.asarray(getattr(self, name), dtype=np.float64)
+        """[n] per-user values of metric ``name``, each user's linearised around its own arm's ratio.
+
+        For a mean metric these are the raw values; for ``ctr`` each arm's values average to that arm's
+        clicks per impression, so comparisons of arms are delta-method comparisons of the ratios.
+        """
+        out = np.empty(len(self))
+        for arm in np.unique(self.arm.astype(str)):
+            mask = self.arm_mask(arm)
+            out[mask] = self.arm_values(name, arm)
+        return out
+
+    def arm_values(self, name: str, arm: str) -> np.ndarray:
+        """[n_arm] per-user values of ``name`` among ``arm``'s users (a ratio linearised around that arm's)."""
+        return self.take(np.flatnonzero(self.arm_mask(arm))).values(name)
 
     def arm_mask(self, arm: str) -> np.ndarray:
         """[n] bool, True for users of ``arm``."""
@@ -74,36 +79,37 @@ class UserMetrics:
             {
                 "user_id": pa.array(self.user_id.tolist(), pa.string()),
                 "arm": pa.array(self.arm.tolist(), pa.string()),
-                "session_return": pa.array(self.session_return, pa.float64()),
-                "clicks": pa.array(self.clicks, pa.float64()),
-                "impressions": pa.array(self.impressions, pa.float64()),
-                "session_length": pa.array(self.session_length, pa.float64()),
+                **{
+                    name: pa.array(np.asarray(getattr(self, name), np.float64), pa.float64())
+                    for name in OUTCOME_FIELDS
+                    if name != "left"
+                },
+                "left": pa.array(np.asarray(self.left, bool), pa.bool_()),
             }
         )
 
     @classmethod
     def from_table(cls, table: pa.Table) -> UserMetrics:
-        missing = {f.name for f in cls.__dataclass_fields__.values()} - set(table.column_names)
+        required = {"user_id", "arm", *OUTCOME_FIELDS} - {"left"}
+        missing = required - set(table.column_names)
         if missing:
             raise DataError(f"per-user metrics table lacks columns {sorted(missing)}")
+        columns = {
+            name: table.column(name).to_numpy() for name in OUTCOME_FIELDS if name in table.column_names
+        }
         return cls(
             user_id=np.asarray(table.column("user_id").to_pylist(), dtype=object),
             arm=np.asarray(table.column("arm").to_pylist(), dtype=object),
-            **{
-                name: table.column(name).to_numpy()
-                for name in ("session_return", "clicks", "impressions", "session_length")
-            },
+            **columns,
         )
 
     @classmethod
     def concat(cls, parts: list[UserMetrics]) -> UserMetrics:
-        return cls(
-            **{name: np.concatenate([getattr(p, name) for p in parts]) for name in cls.__dataclass_fields__}
-        )
+        return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)})
 
     def take(self, rows: np.ndarray) -> UserMetrics:
         """The users at ``rows`` [m] (an index array), in that order."""
-        return type(self)(**{name: getattr(self, name)[rows] for name in self.__dataclass_fields__})
+        return type(self)(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
 
     def save(self, out_dir: str) -> str:
         """Write ``users.parquet`` under ``out_dir``; returns its URI."""

@@ -4,40 +4,39 @@ from __future__ import annotations
 
 from typing import Any
 
+from envs.config import SlateEnvConfig
+from envs.factory import build_simulator
+from envs.policies import make_policy
 from rayrec import storage
 from rayrec.ab.config import OpeConfig
+from rayrec.ab.experiment import SIMULATOR_FILE
 from rayrec.ab.ope import estimate_all
 from rayrec.ab.replay import ItemLookup, LoggedData, load_logged_slates, read_event_log
+from rayrec.baselines import load_policy
 from rayrec.config import load_config
 from rayrec.errors import ConfigError, DataError
+from rayrec.index import ItemIndex
+from rayrec.slate_policy import SlatePolicy
 
 
-def target_and_items(config: OpeConfig):
+def target_and_items(config: OpeConfig) -> tuple[SlatePolicy, ItemLookup]:
     """The target policy and the item embeddings the log's candidates are looked up in.
 
-    With ``--index``, the policy is built as the server builds it (``make_policy(spec)``). Without it,
-    the log must come from a simulated A/B (``EVENTS/simulator.yaml``): the simulator is rebuilt, its
-    catalog supplies the embeddings and the policy is built as the A/B runner built it (in that env).
+    With ``--index``, the policy is built as the server builds it (:func:`rayrec.baselines.load_policy`).
+    Without it, the log must come from a simulated A/B (``EVENTS/simulator.yaml``): the simulator is
+    rebuilt, its catalog supplies the embeddings and the policy is built as the A/B runner built it (in
+    that simulator).
     """
-    from envs.policies import make_policy
-
     if config.index is not None:
-        from rayrec.index import ItemIndex
-
         index = ItemIndex.load(config.index)
-        return make_policy(config.target), ItemLookup(index.item_ids, index.embeddings)
-    from envs import make_vector_env
-    from envs.config import SlateEnvConfig
-    from rayrec.ab.experiment import SIMULATOR_FILE
-
+        return load_policy(config.target), ItemLookup(index.item_ids, index.embeddings)
     sim_file = storage.join(config.events, SIMULATOR_FILE)
     if not storage.exists(sim_file):
         raise ConfigError(
             f"{config.events} has no {SIMULATOR_FILE}: pass --index DIR, the index the log was written with"
         )
-    env = make_vector_env(load_config(SlateEnvConfig, sim_file), num_envs=1)
-    catalog = env.unwrapped.sim.catalog
-    return make_policy(config.target, env=env), ItemLookup(catalog.item_ids, catalog.embeddings)
+    sim = build_simulator(load_config(SlateEnvConfig, sim_file), batch=1)
+    return make_policy(config.target, sim), ItemLookup(sim.catalog.item_ids, sim.catalog.embeddings)
 
 
 def evaluate_offline(config: OpeConfig) -> dict[str, Any]:

@@ -7,7 +7,7 @@ positions' values and
     V(π) = E_x  Σ_p Σ_j  π(j at p | x) · E[click | x, j, p].
 
 It needs only the item-position marginals ``π(j at p | x)`` of the logging and target policies
-(:meth:`rayrec.policy.SlatePolicy.position_marginals`), not the probability of whole slates, whose
+(:meth:`rayrec.slate_policy.SlatePolicy.position_marginals`), not the probability of whole slates, whose
 number (K!/(K-k)!) makes slate-level importance weights unusable. The model is exact when clicks at
 different positions are independent; under a choice model where items compete for one click (the
 simulator's conditional logit) it is an approximation whose error shrinks as the no-click option
@@ -21,7 +21,7 @@ Estimators, for n logged requests with weights ``w_ip = π_t(a_ip at p | x_i) / 
 - DM:    (1/n) Σ_i Σ_p Σ_j π_t(j at p | x_i) q̂(x_i, j, p)
 - DR:    DM + (1/n) Σ_i Σ_p w_ip (c_ip - q̂(x_i, a_ip, p))
 
-with q̂ a click model fitted on the logs (:mod:`rayrec.ab.click_model`). The value is expected clicks per
+with q̂ a click model fitted on the logs (:mod:`rayrec.ab.reward_model`). The value is expected clicks per
 request. Intervals are percentile bootstraps that resample *users* (all of a user's requests together),
 since requests of one user are not independent.
 

@@ -18,12 +18,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rayrec.ab.click_model import fit_click_model
 from rayrec.ab.ope import LoggedSlates
+from rayrec.ab.reward_model import fit_reward_model
 from rayrec.errors import DataError
 from rayrec.events import REQUESTS_DIR, read_feedback, read_impressions, read_requests
 from rayrec.features import NUM_FEATURES
-from rayrec.policy import SlatePolicy
+from rayrec.slate_policy import SlatePolicy
 
 REPLAY_BATCH = 4096
 """Requests whose observations are rebuilt and scored by the target policy at once."""
@@ -220,7 +220,7 @@ def load_logged_slates(
                 "budget": budget[sel],
             }
             marginals[sel, :size] = target.position_marginals(obs, int(size))  # [b, size, K]
-    model = fit_click_model(features, embeddings, shown, reward, mask, ridge=ridge)
+    model = fit_reward_model(features, embeddings, shown, reward, mask, ridge=ridge)
     users = np.unique(np.asarray(requests.column("user_id").to_pylist()), return_inverse=True)[1]
     policies = pd.Series(requests.column("policy").to_pylist()).value_counts()
     return LoggedData(

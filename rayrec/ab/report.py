@@ -1,4 +1,4 @@
-"""``report.json`` and ``report.md`` of an A/B test (format in DESIGN.md: arms, comparisons, srm_p_value)."""
+"""``report.json`` and ``report.md`` of an A/B test (arms, comparisons, srm_p_value; README.md, "Command line")."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Simulated A/B tests in-process: users from the simulator's population, sharded across Ray tasks.
 
 Every user gets an id, and :func:`rayrec.assignment.assign_arm` (the server's salted hash) puts the user
-in an arm. Each arm's users are cut into shards; a Ray task runs one shard in the native vector env
-(:func:`envs.make_vector_env`), where every row hosts one user for one whole session and, when the
+in an arm. Each arm's users are cut into shards; a Ray task runs one shard through the rollout engine
+(:mod:`envs.rollout`), where every simulator row hosts one user for one whole session and, when the
 session ends, the next user of the shard arrives in that row. So a run scales with the cluster: more
 nodes, more shards at once. Every request is written to the event log (impressions with the policy's
 item-position propensities, click feedback) with its row of the requests table, which off-policy
@@ -17,10 +17,17 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
+import ray
+from tqdm import tqdm
 
+from envs.config import SlateEnvConfig
+from envs.factory import build_simulator
+from envs.policies import make_policy
+from envs.rollout import StepRecord, evaluate_policy
 from rayrec.ab.metrics import UserMetrics
 from rayrec.assignment import Arm, assign_arm, validate_arms
 from rayrec.errors import ConfigError
+from rayrec.events import EventLog, requests_table
 
 EVENT_BATCH_ROWS = 262_144
 """Impression rows per event-log part file written by a shard (fewer, larger parts than a server's)."""
@@ -40,75 +47,69 @@ def assign_users(user_ids: Sequence[str], arms: Sequence[Arm], salt: str) -> np.
     return np.asarray([assign_arm(u, weights, salt) for u in user_ids], dtype=object)
 
 
-class _ShardLog:
-    """Event-log writer of one shard: requests, impressions and click feedback."""
+class EventLogObserver:
+    """Writes every step of a rollout to an event log: requests, impressions and click feedback.
 
-    def __init__(self, events_dir: str, arm: str, policy: str, item_ids: np.ndarray) -> None:
-        from rayrec.events import EventLog
+    Request ids are ``RUN-USER-STEP`` (``RUN`` unique per observer, so runs can share a directory).
+    The arm, policy and request id come from the slate source when it says them (a live server does),
+    else from ``arm`` and the source's policy name.
+    """
 
-        self.arm, self.policy, self.item_ids = arm, policy, item_ids
+    def __init__(
+        self, events_dir: str, user_ids: Sequence[str], item_ids: np.ndarray, arm: str | None = None
+    ) -> None:
+        self.user_ids = np.asarray(user_ids, dtype=object)
+        self.item_ids, self.arm = item_ids, arm
+        self.run = uuid.uuid4().hex[:12]
         self.log = EventLog(events_dir, max_rows=EVENT_BATCH_ROWS, max_delay_s=60.0)
 
-    def record(
-        self,
-        request_ids: list[str],
-        user_ids: list[str],
-        obs: dict[str, np.ndarray],
-        candidates: np.ndarray,
-        scores: np.ndarray,
-        propensities: np.ndarray,
-        shown: np.ndarray,
-        chosen: np.ndarray,
-        reward: np.ndarray,
-    ) -> None:
-        """Log R requests.
-
-        Args:
-            obs: the observation each request was ranked on ([R, ...] per key).
-            candidates: [R, K] catalog rows of the candidates.
-            scores, propensities: [R, k] the policy's score and item-position propensity per position.
-            shown: [R, k] catalog rows shown.
-            chosen: [R] catalog row clicked, -1 for none.
-            reward: [R] reward of each request.
-        """
-        from rayrec.events import requests_table
-
-        n, k = shown.shape
+    def __call__(self, step: StepRecord) -> None:
+        n, k = step.shown.items.shape
         now = time.time()
-        requests = requests_table(
-            request_ids,
-            np.full(n, now),
-            user_ids,
-            [self.arm] * n,
-            [self.policy] * n,
-            self.item_ids[candidates],
-            obs,
+        users = self.user_ids[step.users]
+        request_ids = (
+            step.shown.request_id
+            if step.shown.request_id is not None
+            else np.asarray(
+                [f"{self.run}-{u}-{s}" for u, s in zip(users, step.session_step, strict=True)], dtype=object
+            )
         )
+        arms = step.shown.arm if step.shown.arm is not None else np.full(n, self.arm, dtype=object)
         self.log.log_impressions(
             pa.table(
                 {
-                    "request_id": np.repeat(np.asarray(request_ids, dtype=object), k),
+                    "request_id": np.repeat(request_ids, k),
                     "ts": np.full(n * k, now),
-                    "user_id": np.repeat(np.asarray(user_ids, dtype=object), k),
-                    "arm": [self.arm] * (n * k),
-                    "policy": [self.policy] * (n * k),
-                    "item_id": self.item_ids[shown].ravel(),
+                    "user_id": np.repeat(users, k),
+                    "arm": np.repeat(arms, k),
+                    "policy": np.repeat(step.shown.policy, k),
+                    "item_id": self.item_ids[step.shown.items].ravel(),
                     "position": np.tile(np.arange(k, dtype=np.int32), n),
-                    "score": scores.ravel().astype(np.float32),
-                    "propensity": propensities.ravel().astype(np.float32),
+                    "score": step.shown.scores.ravel().astype(np.float32),
+                    "propensity": step.shown.propensities.ravel().astype(np.float32),
                 }
             ),
-            requests=requests,
+            requests=None
+            if step.shown.positions is None
+            else requests_table(
+                request_ids.tolist(),
+                np.full(n, now),
+                users.tolist(),
+                arms.tolist(),
+                step.shown.policy.tolist(),
+                self.item_ids[step.candidates],
+                step.obs,
+            ),
         )
-        clicked = np.flatnonzero(chosen >= 0)
+        clicked = np.flatnonzero(step.chosen >= 0)
         if len(clicked):
             self.log.log_feedback(
                 pa.table(
                     {
-                        "request_id": np.asarray(request_ids, dtype=object)[clicked],
-                        "item_id": self.item_ids[chosen[clicked]],
+                        "request_id": request_ids[clicked],
+                        "item_id": self.item_ids[step.chosen[clicked]],
                         "event": ["click"] * len(clicked),
-                        "value": reward[clicked].astype(np.float32),
+                        "value": step.reward[clicked].astype(np.float32),
                         "ts": np.full(len(clicked), now),
                     }
                 )
@@ -119,91 +120,38 @@ class _ShardLog:
 
 
 def simulate_arm_users(
-    env_config,
+    env_config: SlateEnvConfig,
     arm: Arm,
     user_ids: list[str],
     seed: int,
     events_dir: str | None = None,
     slots: int = 512,
 ) -> UserMetrics:
-    """Run one whole session for each of ``user_ids`` against ``arm``'s policy.
+    """Run one whole session for each of ``user_ids`` against ``arm``'s policy (:mod:`envs.rollout`).
 
     Args:
-        env_config: the :class:`envs.config.SlateEnvConfig` of the simulator.
+        env_config: the simulator.
         arm: the arm all these users belong to.
         user_ids: [n] ids of the users, in arrival order.
-        seed: seeds the users drawn from the population and the policy's randomness.
+        seed: seeds the users drawn from the population, their dynamics and the policy's randomness.
         events_dir: where to write the event log (None: no log).
-        slots: users simulated at once (vector env rows).
+        slots: users simulated at once (simulator rows).
     """
-    from envs import make_vector_env
-    from envs.policies import make_policy
-
-    n = len(user_ids)
-    venv = make_vector_env(env_config, num_envs=min(slots, n))
-    policy = make_policy(arm.policy, env=venv)
-    sim = venv.unwrapped.sim
-    k = env_config.slate_size
-    rows_total = venv.num_envs
-    # Separate streams for the population and the policy: the same seed for both would correlate them.
-    env_seed, policy_seed = np.random.SeedSequence(seed).spawn(2)
-    rng = np.random.default_rng(policy_seed)
-    obs, _ = venv.reset(seed=int(env_seed.generate_state(1)[0]))
-    row_user = np.arange(rows_total)  # [B] user index hosted by each row, -1 when idle
-    next_user = rows_total
-    restarting = np.zeros(rows_total, dtype=bool)  # [B] the env starts a new user there on the next step
-    totals = {name: np.zeros(n) for name in ("session_return", "clicks", "impressions", "session_length")}
-    run = uuid.uuid4().hex[:12]  # keeps request ids unique when several runs share an events dir
-    log = _ShardLog(events_dir, arm.name, policy.name, sim.catalog.item_ids) if events_dir else None
+    sim = build_simulator(env_config, batch=min(slots, len(user_ids)))
+    policy = make_policy(arm.policy, sim)
+    log = EventLogObserver(events_dir, user_ids, sim.catalog.item_ids, arm.name) if events_dir else None
     try:
-        while (row_user >= 0).any() or (restarting.any() and next_user < n):
-            live = np.flatnonzero((row_user >= 0) & ~restarting)  # rows showing a slate to a user now
-            candidates = sim.candidate_items.copy()  # [B, K] this step's candidates (catalog rows)
-            slate = policy.select(obs, k, rng)
-            step_obs = obs
-            obs, reward, terminated, truncated, info = venv.step(slate.indices)
-            users = row_user[live]
-            totals["session_return"][users] += reward[live]
-            totals["clicks"][users] += info["clicked"][live]
-            totals["impressions"][users] += k
-            totals["session_length"][users] += 1
-            if log is not None and len(live):
-                ids = [user_ids[u] for u in users]
-                log.record(
-                    request_ids=[
-                        f"{run}-{uid}-{int(s) - 1}"
-                        for uid, s in zip(ids, totals["session_length"][users], strict=True)
-                    ],
-                    user_ids=ids,
-                    obs={key: value[live] for key, value in step_obs.items()},
-                    candidates=candidates[live],
-                    scores=slate.scores[live],
-                    propensities=slate.propensities[live],
-                    shown=info["slate_items"][live],
-                    chosen=info["chosen_item"][live],
-                    reward=reward[live],
-                )
-            # Rows restarted in this step now host the next users of the shard (or go idle).
-            for row in np.flatnonzero(restarting):
-                row_user[row] = next_user if next_user < n else -1
-                next_user += 1
-            ended = np.zeros(rows_total, dtype=bool)
-            ended[live] = terminated[live] | truncated[live]
-            row_user[ended] = -1
-            restarting = ended
+        outcomes = evaluate_policy(policy, sim, len(user_ids), seed, observers=[log] if log else [])
     finally:
         if log is not None:
             log.close()
-        venv.close()
-    return UserMetrics(
-        user_id=np.asarray(user_ids, dtype=object),
-        arm=np.full(n, arm.name, dtype=object),
-        **totals,
+    return UserMetrics.of(
+        outcomes, np.asarray(user_ids, dtype=object), np.full(len(user_ids), arm.name, dtype=object)
     )
 
 
 def run_simulated_ab(
-    env_config,
+    env_config: SlateEnvConfig,
     arms: Sequence[Arm],
     user_ids: Sequence[str],
     *,
@@ -219,9 +167,6 @@ def run_simulated_ab(
     Returns:
         every user's metrics, in the order of ``user_ids`` (their arrival order).
     """
-    import ray
-    from tqdm import tqdm
-
     if users_per_task < 1 or slots < 1:
         raise ConfigError(f"users_per_task and slots must be >= 1, got {users_per_task} and {slots}")
     assigned = assign_users(user_ids, arms, salt)

@@ -9,6 +9,8 @@ from pathlib import PurePosixPath
 
 from rayrec import storage
 from rayrec.ab.config import AbConfig, AbPlanConfig, OpeConfig
+from rayrec.ab.metrics import UserMetrics
+from rayrec.ab.plan import pilot_moments, plan_sample_size
 from rayrec.cli import add_command
 from rayrec.config import add_config_args, config_from_args, save_config, to_plain
 
@@ -18,9 +20,9 @@ def _fmt(value: float | None) -> str:
 
 
 def run_ab(args: argparse.Namespace) -> int:
-    from rayrec.ab.experiment import run_experiment
-
     config = config_from_args(AbConfig, args)
+    from rayrec.ab.experiment import run_experiment  # Ray and the simulator: heavy, keeps --help fast
+
     analysis = run_experiment(config)
     print(f"{'metric':<16}{'treatment':<12}{'lift':>10}  {'ci95':<24}{'p':>9}")
     for c in analysis.comparisons:
@@ -38,13 +40,9 @@ def _save_beside(config, json_path: str) -> None:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from rayrec.ab.plan import pilot_moments, plan_sample_size
-
     config = config_from_args(AbPlanConfig, args)
     mean, sd = config.baseline_mean, config.baseline_sd
     if config.pilot is not None:
-        from rayrec.ab.metrics import UserMetrics
-
         users = UserMetrics.load(config.pilot)
         report = json.loads(storage.read_text(storage.join(config.pilot, "report.json")))
         control = users.metric(config.metric)[users.arm_mask(report["control"])]
@@ -79,10 +77,10 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def run_ope(args: argparse.Namespace) -> int:
-    from rayrec.ab.offline import evaluate_offline
-
     config = config_from_args(OpeConfig, args)
     print(f"ope: replaying {config.target!r} on {config.events}")
+    from rayrec.ab.offline import evaluate_offline  # the simulator and FAISS: heavy, keeps --help fast
+
     result = evaluate_offline(config)
     print(f"{result['n']} requests from {result['users']} users; value = {result['value']}")
     for name, est in result["estimators"].items():

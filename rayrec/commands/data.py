@@ -13,16 +13,18 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from rayrec import storage
 from rayrec.cli import add_command
 from rayrec.config import RayConfig, add_config_args, config_from_args, save_config
+from rayrec.data.io import load_dataset
+from rayrec.data.mapped_import import import_table, parse_mapping
+from rayrec.data.movielens import import_movielens
+from rayrec.data.stats import dataset_stats, format_stats
+from rayrec.data.tables import ImportReport
 from rayrec.errors import ConfigError
-from rayrec.synth.config import WorldConfig
-
-if TYPE_CHECKING:
-    from rayrec.data.importers import ImportReport
+from rayrec.synth import WorldConfig, write_world
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -74,8 +76,6 @@ class ImportConfig(RayConfig):
     """Drop rows that do not parse or point at unknown items, and report how many, instead of failing."""
 
     def __post_init__(self) -> None:
-        from rayrec.data.importers import parse_mapping
-
         parse_mapping(self.map)  # a typo in --map fails here, before any file is read
         if self.delimiter == r"\t":  # what a shell passes for a typed tab
             self.delimiter = "\t"
@@ -98,8 +98,6 @@ def _progress(message: str) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from rayrec.synth import write_world
-
     config = config_from_args(SynthConfig, args)
     world = WorldConfig(items=config.items, users=config.users, topics=config.topics, seed=config.seed)
     write_world(world, config.out, progress=True)
@@ -121,8 +119,6 @@ def _print_report(report: ImportReport) -> None:
 
 
 def run_import_movielens(args: argparse.Namespace) -> int:
-    from rayrec.data.importers import import_movielens
-
     config = config_from_args(ImportMovieLensConfig, args)
     report = import_movielens(config.src, config.out, skip_bad_rows=config.skip_bad_rows, progress=_progress)
     save_config(config, config.out)
@@ -131,8 +127,6 @@ def run_import_movielens(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from rayrec.data.importers import import_table, parse_mapping
-
     config = config_from_args(ImportConfig, args)
     report = import_table(
         config.src,
@@ -150,9 +144,6 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    from rayrec.data.io import load_dataset
-    from rayrec.data.stats import dataset_stats, format_stats
-
     config = config_from_args(StatsConfig, args)
     stats = dataset_stats(load_dataset(config.data))
     print(format_stats(stats))

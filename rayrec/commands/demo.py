@@ -2,11 +2,13 @@
 
 data → fine-tune the encoder (Ray Train) → build the FAISS index (Ray Data) → evaluate retrieval →
 train the slate policy (RLlib PPO) → simulated A/B of the trained policy against ``greedy`` → serve
-(Ray Serve) and send a few real requests → summary table.
+(Ray Serve) and send real requests (:mod:`rayrec.commands.demo_serve`) → summary table.
 
 Every stage runs the same ``rayrec`` command a user would type, in this process and on one Ray
 instance, and the summary is read back from the files those commands wrote. A stage that fails stops
-the demo with its name and the reason.
+the demo with its name and the reason. Ray's own logs go to ``OUT/ray.log`` (``--verbose`` shows them), so
+the terminal shows each stage's name, the commands it runs and their output, what it produced and its time,
+then the summary.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,11 +23,9 @@ from pathlib import Path
 
 from rayrec import storage
 from rayrec.cli import add_command
+from rayrec.commands.demo_serve import DEMO_REQUESTS, exercise_server, request_bodies
 from rayrec.config import RayConfig, add_config_args, config_from_args, save_config
 from rayrec.errors import RayrecError
-
-DEMO_REQUESTS = 200
-"""Requests sent to the server for the latency figure (one at a time, after a warm-up)."""
 
 
 @dataclass(kw_only=True)
@@ -238,9 +237,8 @@ def stage_ab(run: DemoRun) -> str:
 
 
 def stage_serve(run: DemoRun) -> str:
-    import httpx
-
     from rayrec.commands.serve import ServeConfig, start_server, stop_server
+    from rayrec.data.io import read_interactions
 
     cfg = run.config
     serve_config = ServeConfig(
@@ -249,44 +247,12 @@ def stage_serve(run: DemoRun) -> str:
         events=run.path("serve", "events"),
         port=cfg.port,
         address=cfg.address,
+        verbose=cfg.verbose,
     )
     url = start_server(serve_config)
     run.url = url
     try:
-        from rayrec.data.io import read_interactions
-
-        interactions = read_interactions(run.data)
-        users = interactions.column("user_id").unique().to_pylist()[:DEMO_REQUESTS]
-        history = interactions.column("item_id").to_pylist()[:5]
-        latencies = []
-        with httpx.Client(base_url=url, timeout=30.0) as client:
-            client.get("/healthz").raise_for_status()
-            shown = []
-            for i, user in enumerate(users):
-                body = {"user_id": user, "history": history[: 1 + i % 5], "k": 5}
-                start = time.perf_counter()
-                answer = client.post("/recommend", json=body)
-                latencies.append(time.perf_counter() - start)
-                answer.raise_for_status()
-                if i < 3:
-                    shown.append(answer.json())
-            for answer in shown:
-                print(f"POST /recommend → arm {answer['arm']}: {[it['item_id'] for it in answer['items']]}")
-            first = shown[0]
-            client.post(
-                "/feedback",
-                json={
-                    "request_id": first["request_id"],
-                    "item_id": first["items"][0]["item_id"],
-                    "event": "click",
-                },
-            ).raise_for_status()
-        latencies.sort()
-        run.latency = {
-            "requests": len(latencies),
-            "p50_ms": 1000 * statistics.median(latencies),
-            "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
-        }
+        run.latency = exercise_server(url, request_bodies(read_interactions(run.data), DEMO_REQUESTS))
     finally:
         if not cfg.serve:
             stop_server()
@@ -362,7 +328,8 @@ def run_demo(config: DemoConfig) -> DemoRun:
     )
     storage.makedirs(out)
     save_config(config, out)
-    init_ray(config.address)
+    # Every stage runs on this one Ray; its own logs go to OUT/ray.log unless --verbose.
+    init_ray(config.address, log_dir=out, verbose=config.verbose)
     run = DemoRun(config, out)
     for number, (name, func) in enumerate(STAGES, start=1):
         run.stage(name, lambda func=func: func(run), number, len(STAGES))

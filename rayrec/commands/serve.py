@@ -2,7 +2,7 @@
 
 Ingress default: Ray 2.60's bundled HAProxy (``RAY_SERVE_ENABLE_HA_PROXY=1``) with throughput-optimized
 Serve (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``: gRPC between deployments, no extra event-loop threads). On
-2 cores the default Python proxy saturates near 180 requests/s (FACTS.md), below the 200 requests/s this
+2 cores the default Python proxy saturates near 180 requests/s (measured with benchmarks/serve.py), below the 200 requests/s this
 server is sized for; ``benchmarks/serve.py`` measures both with the full pipeline. ``--ingress proxy`` keeps the Python proxy
 (e.g. on a cluster whose nodes lack the haproxy binary). The choice applies to a Ray started here; on an
 existing cluster it is the cluster's ``RAY_SERVE_ENABLE_HA_PROXY`` that counts.
@@ -22,6 +22,7 @@ from rayrec import storage
 from rayrec.cli import add_command
 from rayrec.config import RayConfig, add_config_args, config_from_args, save_config
 from rayrec.errors import ArtifactError, ConfigError
+from rayrec.runtime import init_ray
 from serving.settings import AppConfig
 
 APP_NAME = "rayrec"
@@ -80,23 +81,29 @@ def start_server(config: ServeConfig, stop_on_signal: bool = False) -> str:
     ``stop_on_signal``: from the moment Ray is up, SIGINT/SIGTERM raise :class:`StopRequested` (also
     while the app is still deploying), so that the caller stops gracefully.
     """
+    # Heavy (Ray Serve, and serving.app imports it): here, so that `rayrec --help` stays fast.
     from ray import serve
 
-    from rayrec.runtime import init_ray
-    from serving.app import build_app_from_config
+    from serving.app import bind_app, resolve_config
 
-    served = app_config(config).with_absolute_paths()
-    app = build_app_from_config(served)  # checks the index manifest and every arm's policy
+    # checks the index manifest and every arm's policy, and settles K (the trained policies' by default)
+    served, encoder, dim = resolve_config(app_config(config))
+    app = bind_app(served, encoder, dim)
     check_port_free(config.host, config.port)
     storage.makedirs(served.events)
-    print(f"config: {save_config(config, served.events)}", flush=True)
+    recorded = dataclasses.replace(config, num_candidates=served.num_candidates)  # the K actually served
+    print(f"config: {save_config(recorded, served.events)}", flush=True)
     if config.ingress == "haproxy":
         # Read by the processes of a Ray started here. Throughput-optimized Serve runs user code and the
         # handle router on the replica's own event loop and calls deployments over gRPC: on 2 cores it
         # halves the CPU each handle call costs (benchmarks/serve.py).
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
         os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
-    init_ray(config.address)
+    init_ray(
+        config.address,
+        log_dir=None if storage.is_remote(served.events) else served.events,
+        verbose=config.verbose,
+    )
     if stop_on_signal:
         stop_on_signals()  # after ray.init, which installs handlers of its own
     serve.start(http_options={"host": config.host, "port": config.port})
@@ -115,6 +122,7 @@ def stop_server() -> None:
     flush included); ``serve.shutdown`` alone can return while replicas are still stopping, and the
     exiting driver then takes the local Ray, and unwritten events, with it.
     """
+    # Heavy: here, so that `rayrec --help` stays fast.
     import ray
     from ray import serve
 

@@ -12,19 +12,23 @@ import argparse
 import dataclasses
 import json
 
+from envs.spec import SimulatorOptions, resolve_env_config
 from rayrec import storage
 from rayrec.cli import add_command
-from rayrec.config import RayConfig, add_config_args, config_from_args, load_config, save_config
+from rayrec.config import add_config_args, config_from_args, save_config
 from rayrec.errors import ConfigError
+from rayrec.metrics.session import METRICS, REPORTED, namespaced
 
 DEFAULT_POLICIES = ["random", "retrieval", "greedy", "oracle"]
 ENV_CONFIG_FILE = "env_config.yaml"
 CALIBRATION_FILE = "calibration.json"
+ROLLOUT_SLOTS = 4096
+"""Users simulated at once (simulator rows); more users arrive as sessions end."""
 
 
 @dataclasses.dataclass(kw_only=True)
-class SimulateConfig(RayConfig):
-    """``rayrec simulate``: one session per simulated user for each policy; session return, CTR, length."""
+class SimulateConfig(SimulatorOptions):
+    """``rayrec simulate``: one session per simulated user for each policy; the session metrics with intervals."""
 
     policy: list[str] | None = None
     """Policy to run (repeatable): random, retrieval, greedy, oracle or a trained policy directory
@@ -33,18 +37,6 @@ class SimulateConfig(RayConfig):
     """Simulated users (one session each) per policy."""
     seed: int = 0
     """Seed of the users and their choices (every policy meets the same users)."""
-    index: str | None = None
-    """Item index directory (default: the built-in synthetic catalog)."""
-    data: str | None = None
-    """Data directory: starts users from its logged histories, gives item traits."""
-    env_config: str | None = None
-    """Simulator config YAML (e.g. ``env_config.yaml`` from ``rayrec calibrate``); flags override it."""
-    num_candidates: int | None = None
-    """K candidates per step (default: the env config's)."""
-    slate_size: int | None = None
-    """k items per slate (default: the env config's)."""
-    candidates: str | None = None
-    """Candidate generator: faiss or random (default: the env config's)."""
     json: str | None = None
     """Also write the results as JSON here (the resolved config goes next to it)."""
 
@@ -54,67 +46,49 @@ class SimulateConfig(RayConfig):
 
 
 @dataclasses.dataclass(kw_only=True)
-class CalibrateConfig(RayConfig):
+class CalibrateConfig(SimulatorOptions):
     """``rayrec calibrate``: fit the simulator's choice model to logs and compare simulated with logged stats."""
 
     data: str
     """Data directory with the logs (items.parquet, interactions.parquet)."""
     out: str
     """Output directory: env_config.yaml (calibrated simulator), calibration.json (report), config.yaml."""
-    index: str | None = None
-    """Item index over the same items (needed unless the data dir is a synthetic world)."""
-    env_config: str | None = None
-    """Simulator config YAML to start from (default: the built-in defaults)."""
     users: int = 500
     """Simulated users per evaluation while fitting."""
     seed: int = 0
     """Seed of the fitting's simulations and negative samples."""
 
 
-def env_config_for(base_path: str | None, **overrides):
-    """A :class:`envs.config.SlateEnvConfig` from an optional YAML plus the non-None overrides."""
-    from envs.config import SlateEnvConfig, config_with
-
-    base = load_config(SlateEnvConfig, base_path) if base_path else None
-    return config_with(base, **{k: v for k, v in overrides.items() if v is not None})
-
-
 def format_table(results: dict[str, dict]) -> str:
-    """Markdown table: per policy, mean and 95% CI of session return, CTR and session length."""
+    """Markdown table: per policy, mean and 95% CI of every reported session metric."""
+    names = [namespaced(name) for name in REPORTED]
     lines = [
-        "| policy | session return | CTR | session length |",
-        "| --- | --- | --- | --- |",
+        "| policy | " + " | ".join(f"{name} ({METRICS[name].unit})" for name in REPORTED) + " |",
+        "| --- |" + " --- |" * len(names),
     ]
-    for name, metrics in results.items():
+    for policy, metrics in results.items():
         cells = [
             f"{m['mean']:.3f} [{m['ci95_low']:.3f}, {m['ci95_high']:.3f}]"
-            for m in (metrics["sim/session_return"], metrics["sim/ctr"], metrics["sim/session_length"])
+            for m in (metrics[n] for n in names)
         ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {policy} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    from envs import make_vector_env
-    from envs.evaluation import run_sessions
+    # The simulator stack (scipy, FAISS): imported when the command runs, so that `rayrec --help` stays fast.
+    from envs.factory import build_simulator
     from envs.policies import make_policy
+    from envs.rollout import evaluate_policy
 
     config = config_from_args(SimulateConfig, args)
-    env_config = env_config_for(
-        config.env_config,
-        index_dir=config.index,
-        data_dir=config.data,
-        num_candidates=config.num_candidates,
-        slate_size=config.slate_size,
-        candidates=config.candidates,
-    )
+    env_config = resolve_env_config(config)
     results = {}
     for spec in config.policy or DEFAULT_POLICIES:
-        env = make_vector_env(env_config, config.users)
-        policy = make_policy(spec, env=env)
-        print(f"simulating {config.users} sessions with {spec} ...", flush=True)
-        stats = run_sessions(policy, env_config, config.users, seed=config.seed, env=env)
-        results[spec] = stats.summary()
+        sim = build_simulator(env_config, batch=min(config.users, ROLLOUT_SLOTS))
+        policy = make_policy(spec, sim)
+        outcomes = evaluate_policy(policy, sim, config.users, config.seed, progress=f"simulate {spec}")
+        results[spec] = outcomes.summary()
     print(format_table(results))
     if config.json:
         directory = config.json.rsplit("/", 1)[0] if "/" in config.json else "."
@@ -127,10 +101,10 @@ def run_simulate(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from envs.calibration import calibrate
+    from envs.calibration import calibrate  # scipy and the simulator: heavy, keeps `rayrec --help` fast
 
     config = config_from_args(CalibrateConfig, args)
-    base = env_config_for(config.env_config, index_dir=config.index, data_dir=config.data)
+    base = resolve_env_config(config)
     print(f"calibrating the simulator to {config.data} ...", flush=True)
     calibrated, report = calibrate(base, num_users=config.users, seed=config.seed)
     storage.makedirs(config.out)

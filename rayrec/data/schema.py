@@ -1,4 +1,4 @@
-"""Arrow schemas of the data contract (see DESIGN.md). Extra columns beyond these are kept."""
+"""Arrow schemas of the data contract (README.md describes it). Extra columns beyond these are kept."""
 
 from __future__ import annotations
 

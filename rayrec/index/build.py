@@ -10,10 +10,13 @@ import numpy as np
 
 from rayrec import storage
 from rayrec.config import RayConfig, save_config
+from rayrec.data.io import read_interactions, read_items
 from rayrec.data.schema import INTERACTIONS_FILE, ITEMS_FILE
-from rayrec.encoding import DEFAULT_MODEL
+from rayrec.encoding import DEFAULT_MODEL, check_model_dir, encoder_reference, item_texts, resolve_model
 from rayrec.errors import ConfigError, DataError
-from rayrec.index.faiss_index import IndexSpec, IndexType
+from rayrec.index.faiss_index import IndexSpec, IndexType, build_faiss_index
+from rayrec.index.item_index import write_index
+from rayrec.runtime import init_ray
 
 
 @dataclass(kw_only=True)
@@ -75,8 +78,6 @@ class BuildIndexConfig(RayConfig):
 
 def interaction_counts(data_dir: str, item_ids: list[str]) -> np.ndarray:
     """[N] int64 interactions per item from ``interactions.parquet`` (zeros when the file is absent)."""
-    from rayrec.data.io import read_interactions
-
     uri = storage.join(data_dir, INTERACTIONS_FILE)
     if not storage.exists(uri):
         return np.zeros(len(item_ids), dtype=np.int64)
@@ -88,12 +89,7 @@ def interaction_counts(data_dir: str, item_ids: list[str]) -> np.ndarray:
 
 def build_index(config: BuildIndexConfig) -> dict[str, Any]:
     """Embed, index and write ``config.out``; returns ``index.json``'s content plus timing figures."""
-    from rayrec.data.io import read_items
-    from rayrec.encoding import check_model_dir, encoder_reference, item_texts, resolve_model
-    from rayrec.index.embed import ProgressLine, embed_texts
-    from rayrec.index.faiss_index import build_faiss_index
-    from rayrec.index.item_index import write_index
-    from rayrec.runtime import init_ray
+    from rayrec.index.embed import ProgressLine, embed_texts  # heavy (Ray Data): keeps `rayrec --help` fast
 
     spec = config.spec()  # parameter errors before any work
     items_uri = storage.join(config.data, ITEMS_FILE)
@@ -110,7 +106,19 @@ def build_index(config: BuildIndexConfig) -> dict[str, Any]:
             check_model_dir(local)
     popularity = interaction_counts(config.data, item_ids)
 
-    init_ray(config.address)
+    init_ray(
+        config.address,
+        log_dir=None if storage.is_remote(config.out) else config.out,
+        verbose=config.verbose,
+    )
+    # Progress comes from this process (the driver), which reads the actors' batches back: the actors print
+    # nothing, so a quiet run (workers' output not forwarded) shows the same lines as a verbose one.
+    each = "1 GPU" if config.gpu else f"{config.cpus_per_actor:g} CPU"
+    actors = "actor" if config.concurrency == 1 else "actors"
+    print(
+        f"embedding {len(item_ids)} items with {config.concurrency} encoder {actors} ({each} each)",
+        flush=True,
+    )
     started = time.perf_counter()
     embeddings = embed_texts(
         texts,
@@ -127,6 +135,10 @@ def build_index(config: BuildIndexConfig) -> dict[str, Any]:
     started = time.perf_counter()
     faiss_index = build_faiss_index(embeddings, spec)
     index_seconds = time.perf_counter() - started
+    print(
+        f"index {spec.type} of {len(item_ids)} items ({embeddings.shape[1]}-d) built in {index_seconds:.1f}s",
+        flush=True,
+    )
     meta = write_index(
         config.out,
         item_ids,
@@ -138,8 +150,8 @@ def build_index(config: BuildIndexConfig) -> dict[str, Any]:
     )
     save_config(config, config.out)
     print(
-        f"index {spec.type} of {len(item_ids)} items ({embeddings.shape[1]}-d) written to {config.out}: "
-        f"embedding {embed_seconds:.1f}s ({len(item_ids) / embed_seconds:.0f} items/s), index {index_seconds:.1f}s",
+        f"index written to {config.out}: embedding {embed_seconds:.1f}s "
+        f"({len(item_ids) / embed_seconds:.0f} items/s), index {index_seconds:.1f}s",
         flush=True,
     )
     return {**meta, "embed_seconds": embed_seconds, "index_seconds": index_seconds}

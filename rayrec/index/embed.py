@@ -7,6 +7,10 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import pyarrow as pa
+import ray
+
+from rayrec.encoding import TextEncoder
 
 ROW_COLUMN = "row"
 TEXT_COLUMN = "text"
@@ -16,9 +20,7 @@ class EmbedBatch:
     """Ray Data actor: loads the encoder once, then turns batches of ``{row, text}`` into ``{row, embedding}``."""
 
     def __init__(self, model: str, device: str | None, threads: int, batch_size: int, max_length: int | None):
-        import torch
-
-        from rayrec.encoding import TextEncoder
+        import torch  # heavy, and only the actor runs the encoder: the driver never loads torch
 
         # Ray sizes the actor by num_cpus; torch should use exactly that many threads, not every core
         torch.set_num_threads(max(1, threads))
@@ -47,11 +49,9 @@ def embed_texts(
     """[N, d] float32 embeddings of ``texts`` in input order, computed by a pool of ``concurrency`` actors.
 
     ``model`` must be loadable on every node (a hub name, the packaged default, a shared path or a URI).
-    ``progress(done, total)`` is called as batches come back.
+    ``progress(done, total)`` is called in this process (the driver) as batches come back, so its lines show
+    even when the workers' output is not forwarded (a quiet command); the actors print nothing.
     """
-    import pyarrow as pa
-    import ray
-
     if not texts:
         raise ValueError("no texts to embed")
     n = len(texts)

@@ -16,8 +16,13 @@ import pyarrow as pa
 
 from rayrec import storage
 from rayrec.config import RayConfig, save_config
+from rayrec.data.io import load_dataset
+from rayrec.data.split import temporal_split
 from rayrec.errors import ConfigError, DataError
 from rayrec.features import l2_normalize
+from rayrec.index.exact import popularity_search
+from rayrec.index.item_index import ItemIndex
+from rayrec.metrics.retrieval import ranking_metrics
 
 RECALL_KS = (10, 50, 100)
 HISTORY = 20
@@ -117,8 +122,6 @@ def evaluate_rankings(
     search, eval_set: EvalSet, k: int, recall_ks: tuple[int, ...] = RECALL_KS
 ) -> dict[str, float]:
     """Metrics of ``search(exclude, depth) -> indices [U, depth]`` against ``eval_set``'s targets."""
-    from rayrec.metrics import ranking_metrics
-
     depth = max(*recall_ks, k)
     ranked = search(eval_set.seen, depth)
     return ranking_metrics(ranked, eval_set.targets, recall_ks=(*recall_ks, k), ndcg_k=k)
@@ -126,11 +129,6 @@ def evaluate_rankings(
 
 def evaluate_retrieval(config: EvalRetrievalConfig) -> dict:
     """Model and popularity metrics of ``config.index`` on ``config.data``; writes JSON when asked."""
-    from rayrec.data.io import load_dataset
-    from rayrec.data.split import temporal_split
-    from rayrec.index.exact import popularity_search
-    from rayrec.index.item_index import ItemIndex
-
     index = ItemIndex.load(config.index)
     dataset = load_dataset(config.data)
     missing = set(dataset.items.column("item_id").to_pylist()) - set(index.item_ids.tolist())

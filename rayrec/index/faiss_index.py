@@ -83,7 +83,7 @@ class IndexSpec:
 
 def build_faiss_index(embeddings: np.ndarray, spec: IndexSpec, seed: int = 0):
     """A FAISS inner-product index over ``embeddings`` [N, d] (row i gets id i); ``spec`` must be resolved."""
-    import faiss
+    import faiss  # heavy (FAISS): rayrec.index loads at `rayrec --help` time
 
     vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
     n, dim = vectors.shape
@@ -113,7 +113,7 @@ def build_faiss_index(embeddings: np.ndarray, spec: IndexSpec, seed: int = 0):
 
 def apply_search_params(index, spec: IndexSpec) -> None:
     """Set the query-time knobs (``nprobe``, ``efSearch``) recorded in ``spec`` on a built or loaded index."""
-    import faiss
+    import faiss  # heavy (FAISS): rayrec.index loads at `rayrec --help` time
 
     if spec.type in ("ivf", "ivfpq"):
         faiss.extract_index_ivf(index).nprobe = spec.nprobe

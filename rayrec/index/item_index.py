@@ -1,6 +1,6 @@
 """An item index directory: embeddings Parquet + FAISS index + ``index.json``, written and loaded with checks.
 
-Layout (DESIGN.md): ``item_embeddings.parquet`` (``item_id`` string, ``embedding`` fixed-size list<float32>,
+Layout: ``item_embeddings.parquet`` (``item_id`` string, ``embedding`` fixed-size list<float32>,
 ``popularity`` int64 interaction count), ``items.faiss`` (FAISS ids are the Parquet's row numbers) and
 ``index.json`` (encoder, dim, metric, type and parameters, item count, sha256 of both files).
 """
@@ -60,7 +60,7 @@ def write_index(
     encoder: str,
 ) -> dict[str, Any]:
     """Write the three files of an index directory (local path or URI); returns the ``index.json`` content."""
-    import faiss
+    import faiss  # heavy (FAISS): rayrec.index loads at `rayrec --help` time
 
     parquet = _parquet_bytes(embeddings_table(item_ids, embeddings, popularity))
     index_bytes = faiss.serialize_index(faiss_index).tobytes()
@@ -122,7 +122,7 @@ class ItemIndex:
     @classmethod
     def load(cls, uri: str, verify: bool = True) -> ItemIndex:
         """Load an index directory; ``verify`` checks both files against the sha256 in ``index.json``."""
-        import faiss
+        import faiss  # heavy (FAISS): rayrec.index loads at `rayrec --help` time
 
         try:
             meta = json.loads(storage.read_text(storage.join(uri, META_FILE)))

@@ -9,18 +9,17 @@ from __future__ import annotations
 import argparse
 
 from rayrec.cli import add_command
+from rayrec.config import add_config_args
+from trainers.policy_config import TrainPolicyConfig
 
 
 def _run(args: argparse.Namespace) -> int:
-    from trainers.policy import run_from_args
+    from trainers.policy import run_from_args  # Ray and RLlib: heavy, imported only to train
 
     return run_from_args(args)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from rayrec.config import add_config_args
-    from trainers.policy import TrainPolicyConfig
-
     parser = add_command(
         subparsers,
         "train-policy",

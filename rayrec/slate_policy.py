@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-Observation = dict[str, np.ndarray]
+from rayrec.features import Observation
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from torch import nn
 from rayrec import plackett_luce, storage
 from rayrec.errors import ArtifactError, ConfigError
 from rayrec.features import FEATURE_NAMES, NUM_FEATURES
-from rayrec.policy import Observation, Slate
+from rayrec.slate_policy import Observation, Slate
 
 EXPORT_FORMAT = "rayrec-slate-policy"
 EXPORT_VERSION = 1
@@ -135,7 +135,11 @@ class ExportConfig:
     slate_size: int
     """k the policy was trained for (the default slate size; any k <= K can be asked for)."""
     num_candidates: int
-    """K the policy was trained with (informational: the scorer works for any K)."""
+    """K the policy was trained with: the server retrieves this many candidates for it (the ``retrieval_rank``
+    feature is scaled by K - 1, so another K would show the policy features it never saw)."""
+    budget: float = 20.0
+    """The simulator's session budget at training: the scale of the ``budget`` feature
+    (:func:`rayrec.features.budget_feature`), which the server computes from the request's ``session_step``."""
     name: str = "trained"
     """Name in logs, reports and the event log's ``policy`` column."""
     feature_names: tuple[str, ...] = FEATURE_NAMES
@@ -160,7 +164,7 @@ def _obs_to_torch(obs: Observation) -> dict[str, torch.Tensor]:
 
 
 class ExportedPolicy:
-    """A trained slate policy behind :class:`rayrec.policy.SlatePolicy`, without RLlib.
+    """A trained slate policy behind :class:`rayrec.slate_policy.SlatePolicy`, without RLlib.
 
     Deterministic mode (the default, for serving and evaluation) shows the top-k scores with propensity
     1. Sampled mode draws a Plackett–Luce slate and logs each shown item's position marginal as its
@@ -245,6 +249,7 @@ def _config_to_json(config: ExportConfig) -> dict[str, Any]:
         "scorer": dataclasses.asdict(config.scorer),
         "slate_size": config.slate_size,
         "num_candidates": config.num_candidates,
+        "budget": config.budget,
         "feature_names": list(config.feature_names),
         "metadata": config.metadata,
     }
@@ -305,6 +310,7 @@ def load_exported_policy(
             scorer=ScorerConfig(**meta["scorer"]),
             slate_size=int(meta["slate_size"]),
             num_candidates=int(meta["num_candidates"]),
+            budget=float(meta.get("budget", 20.0)),  # exports before this field: the default budget
             name=str(meta.get("name", "trained")),
             feature_names=tuple(meta["feature_names"]),
             metadata=dict(meta.get("metadata") or {}),

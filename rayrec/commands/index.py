@@ -1,6 +1,5 @@
-"""``rayrec train-encoder``, ``rayrec build-index``, ``rayrec eval-retrieval``: the retrieval stage.
+"""``rayrec build-index``, ``rayrec eval-retrieval``: the item index and its retrieval quality.
 
-rayrec train-encoder --data data/ml --out runs/encoder --workers 2 --max-steps 300
 rayrec build-index --encoder runs/encoder --data data/ml --out runs/index [--index-type hnsw]
 rayrec eval-retrieval --index runs/index --data data/ml --k 10 --json runs/index/eval.json
 """
@@ -8,34 +7,19 @@ rayrec eval-retrieval --index runs/index --data data/ml --k 10 --json runs/index
 from __future__ import annotations
 
 import argparse
-import json
 
 from rayrec.cli import add_command
 from rayrec.config import add_config_args, config_from_args
-from rayrec.index.build import BuildIndexConfig
-from rayrec.index.evaluate import EvalRetrievalConfig
-from trainers.encoder import EncoderTrainConfig
-
-
-def _train_encoder(args: argparse.Namespace) -> int:
-    from trainers.encoder import train_encoder
-
-    summary = train_encoder(config_from_args(EncoderTrainConfig, args))
-    best = {k: v for k, v in summary["best"].items() if not k.startswith("val/popularity")}
-    print(f"best model written to {args.out}: {json.dumps(best)}")
-    return 0
+from rayrec.index.build import BuildIndexConfig, build_index
+from rayrec.index.evaluate import EvalRetrievalConfig, evaluate_retrieval
 
 
 def _build_index(args: argparse.Namespace) -> int:
-    from rayrec.index.build import build_index
-
     build_index(config_from_args(BuildIndexConfig, args))
     return 0
 
 
 def _eval_retrieval(args: argparse.Namespace) -> int:
-    from rayrec.index.evaluate import evaluate_retrieval
-
     config = config_from_args(EvalRetrievalConfig, args)
     result = evaluate_retrieval(config)
     popularity = result["baselines"]["popularity"]
@@ -50,12 +34,6 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     for name, run, help_text, config in (
-        (
-            "train-encoder",
-            _train_encoder,
-            "fine-tune a text encoder on interactions with Ray Train",
-            EncoderTrainConfig,
-        ),
         (
             "build-index",
             _build_index,

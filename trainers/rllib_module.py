@@ -3,7 +3,7 @@
 The action space is ``MultiDiscrete([K] * k)``: k candidate positions in display order. RLlib has no
 distribution over k *distinct* positions, so :class:`TorchPlackettLuce` provides one over the module's
 [B, K] candidate scores (the math lives in :mod:`rayrec.plackett_luce`). :class:`SlateRLModule` wraps the
-plain-torch :class:`rayrec.slate_model.SlateScorer` so that the exported policy is exactly the network PPO
+plain-torch :class:`rayrec.slate_scorer.SlateScorer` so that the exported policy is exactly the network PPO
 trained.
 """
 
@@ -20,7 +20,7 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 
 from rayrec import plackett_luce
 from rayrec.errors import ConfigError
-from rayrec.slate_model import OBS_KEYS, ScorerConfig, SlateScorer
+from rayrec.slate_scorer import OBS_KEYS, ScorerConfig, SlateScorer
 
 
 class TorchPlackettLuce(TorchDistribution):
@@ -63,7 +63,7 @@ class SlateRLModule(TorchRLModule, ValueFunctionAPI):
     """PPO's policy and value function for the slate env: scores candidates, Plackett–Luce over them.
 
     ``model_config`` keys: ``hidden``, ``attention_layers``, ``attention_heads`` (see
-    :class:`rayrec.slate_model.ScorerConfig`) and ``entropy_samples`` (prefixes per row for the entropy
+    :class:`rayrec.slate_scorer.ScorerConfig`) and ``entropy_samples`` (prefixes per row for the entropy
     and KL estimates). The observation must be the Dict of :mod:`rayrec.features`; the action space
     ``MultiDiscrete([K] * k)``.
     """

@@ -1,4 +1,4 @@
-"""A pointwise click model on observed features: what a myopic (greedy) recommender maximises.
+"""A slate click model on observed features (a conditional logit): what a myopic (greedy) recommender maximises.
 
 It sees only what a production ranker sees — the candidate's features and embedding — and is fitted by
 maximum likelihood to clicks logged under uniformly random slates, like a CTR model trained on
@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
-from rayrec.policy import Observation
+from rayrec.slate_policy import Observation
 
 
 @dataclass(frozen=True)
-class ClickModel:
+class SlateClickModel:
     """Conditional logit over a slate plus no-click, on observed candidate features.
 
     ``logit(candidate) = bias + feature_weights · features + embedding_weights · embedding``;
@@ -35,7 +35,7 @@ class ClickModel:
     position_logits: np.ndarray
 
     @classmethod
-    def default(cls) -> ClickModel:
+    def default(cls) -> SlateClickModel:
         """Before any fitting: relevance (retrieval score) dominates, popularity breaks near-ties."""
         return cls(np.array([10.0, 1.0, 0.0]), np.zeros(0), 0.0, np.zeros(0))
 
@@ -66,13 +66,13 @@ def _negative_log_likelihood(params: np.ndarray, x: np.ndarray, clicks: np.ndarr
     return nll, np.concatenate([grad_w, grad_pos])
 
 
-def fit_click_model(
+def fit_slate_click_model(
     shown_features: np.ndarray,
     shown_embeddings: np.ndarray,
     clicks: np.ndarray,
     l2: float = 1e-4,
-) -> ClickModel:
-    """Maximum-likelihood :class:`ClickModel` from logged slates.
+) -> SlateClickModel:
+    """Maximum-likelihood :class:`SlateClickModel` from logged slates.
 
     Args:
         shown_features: [n, k, F] features of the shown candidates, in display order.
@@ -87,7 +87,7 @@ def fit_click_model(
         _negative_log_likelihood, start, args=(x, clicks.astype(np.int64), l2), jac=True, method="L-BFGS-B"
     )
     params = result.x
-    return ClickModel(
+    return SlateClickModel(
         feature_weights=params[1 : 1 + f],
         embedding_weights=params[1 + f : x.shape[2]],
         bias=float(params[0]),

@@ -20,7 +20,7 @@ from rayrec.errors import DataError
 
 
 @dataclass(frozen=True)
-class ClickModel:
+class PositionRewardModel:
     """A fitted logistic click model (F features, d embedding dims, k positions).
 
     Attributes:
@@ -56,7 +56,7 @@ def _loss(beta: np.ndarray, x: np.ndarray, y: np.ndarray, ridge: float) -> tuple
     return float(loss), grad
 
 
-def fit_click_model(
+def fit_reward_model(
     features: np.ndarray,
     embeddings: np.ndarray,
     shown: np.ndarray,
@@ -64,8 +64,8 @@ def fit_click_model(
     mask: np.ndarray,
     *,
     ridge: float = 1e-4,
-) -> ClickModel:
-    """Fit :class:`ClickModel` to logged slates by L-BFGS on the penalised logistic loss.
+) -> PositionRewardModel:
+    """Fit :class:`PositionRewardModel` to logged slates by L-BFGS on the penalised logistic loss.
 
     Args:
         features: [n, K, F] candidate features per request.
@@ -91,6 +91,6 @@ def fit_click_model(
     beta[f + d :] = np.log(rate / (1.0 - rate))
     result = minimize(_loss, beta, args=(x, y, ridge), jac=True, method="L-BFGS-B", options={"maxiter": 500})
     beta = result.x
-    return ClickModel(
+    return PositionRewardModel(
         feature_weights=beta[:f], embedding_weights=beta[f : f + d], position_bias=beta[f + d :]
     )

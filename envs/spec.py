@@ -1,0 +1,67 @@
+"""The simulator spec of every command that runs the simulator: options in, one :class:`SlateEnvConfig` out.
+
+``rayrec simulate``, ``calibrate``, ``train-policy`` and ``ab`` all take :class:`SimulatorOptions` and resolve
+them here, in one order: the ``--env-config`` YAML (or the defaults), then ``--index`` / ``--data``, then the
+shape flags (``--num-candidates``, ``--slate-size``, ``--candidates``), then ``--env KEY=VALUE`` overrides,
+each checked against :class:`SlateEnvConfig`'s fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import yaml
+
+from envs.config import SlateEnvConfig, config_with
+from rayrec.config import RayConfig, load_config
+from rayrec.errors import ConfigError
+
+
+@dataclass(kw_only=True)
+class SimulatorOptions(RayConfig):
+    """The options that define the simulator a command runs (shared by every simulating command)."""
+
+    index: str | None = None
+    """Item index directory (``rayrec build-index``); default: the simulator's built-in synthetic catalog."""
+    data: str | None = None
+    """Data directory whose logged users start the simulated sessions (their histories) and give item traits."""
+    env_config: str | None = None
+    """Simulator config YAML (fields of envs.config.SlateEnvConfig, e.g. ``env_config.yaml`` from
+    ``rayrec calibrate``); the other simulator flags override it."""
+    num_candidates: int | None = None
+    """K: candidates retrieved per step (default: the env config's)."""
+    slate_size: int | None = None
+    """k: items shown per step (default: the env config's)."""
+    candidates: str | None = None
+    """Candidate generator: faiss or random (default: the env config's)."""
+    env: list[str] = field(default_factory=list)
+    """Override any simulator setting, KEY=VALUE (a field of envs.config.SlateEnvConfig, e.g. budget=30);
+    repeatable, applied last."""
+
+
+def parse_overrides(specs: list[str]) -> dict[str, object]:
+    """``["budget=30", "reward=engagement"]`` → ``{"budget": 30, "reward": "engagement"}`` (YAML values)."""
+    overrides = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--env {spec!r}: expected KEY=VALUE")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def resolve_env_config(options: SimulatorOptions) -> SlateEnvConfig:
+    """The :class:`SlateEnvConfig` that ``options`` describe (see the module docstring for the order)."""
+    base = load_config(SlateEnvConfig, options.env_config) if options.env_config else None
+    flags = {
+        "index_dir": options.index,
+        "data_dir": options.data,
+        "num_candidates": options.num_candidates,
+        "slate_size": options.slate_size,
+        "candidates": options.candidates,
+    }
+    changes = {key: value for key, value in flags.items() if value is not None}
+    try:
+        return config_with(base, **{**changes, **parse_overrides(options.env)})
+    except TypeError as exc:
+        raise ConfigError(f"--env: {exc}") from None

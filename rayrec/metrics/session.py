@@ -1,0 +1,172 @@
+"""Session metrics: what one simulated (or served) user's session produced, defined once for every report.
+
+Every command that reports sessions — ``rayrec simulate``, the evaluation of ``train-policy``, ``rayrec ab``
+in-process and against a live server — computes these metrics from :class:`SessionOutcomes` with the
+functions below and uses these names. Results measured in the simulator are namespaced ``sim/NAME``
+(:func:`namespaced`); the A/B report names them bare, as its per-user table does.
+
+| name | unit | formula (per user, one session) | aggregate over users |
+| --- | --- | --- | --- |
+| ``session_return`` | reward | sum of the step rewards | mean |
+| ``clicks`` | clicks | number of clicks | mean |
+| ``ctr`` | clicks per impression | clicks / items shown | ratio of sums (delta method) |
+| ``session_length`` | requests | slates shown before the session ended | mean |
+| ``left_rate`` | share | 1 if the user left (not the budget or the step cap) | mean |
+
+One interval method per kind of quantity:
+
+- **A mean over users** (every metric above but ``ctr``): Student-t interval of the mean of the per-user
+  values; users are independent, so this is the textbook interval.
+- **A ratio of sums** (``ctr``): the delta method, with users as the independent units. It is computed the
+  same way as a mean, on *linearised* per-user values ``R + (c_i - R m_i) / mean(m)`` whose mean is the
+  ratio ``R`` and whose standard error is the delta-method one (Deng, Knoblich & Lu, KDD 2018). So paired
+  differences and A/B comparisons of a ratio use the very same code as those of a mean.
+- **A paired difference** of two policies on the same users: the Student-t interval of the per-user
+  differences of those values.
+- **A/B lifts** between independent arms: Welch or the studentized bootstrap (:mod:`rayrec.ab.stats`) on
+  the same per-user values.
+
+References:
+    - Deng, A., Knoblich, U. & Lu, J. (2018). "Applying the Delta Method in Metric Analytics: A Practical
+      Guide with Novel Ideas." KDD.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Literal
+
+import numpy as np
+from scipy.special import stdtrit  # the t quantile; scipy.stats would slow `rayrec --help`
+
+from rayrec.errors import DataError
+
+NAMESPACE = "sim"
+"""Namespace of metrics measured in the simulator (``sim/session_return``)."""
+
+
+@dataclass(frozen=True)
+class SessionMetric:
+    """One metric's definition: what a number under this name means wherever it appears."""
+
+    name: str
+    unit: str
+    formula: str
+    kind: Literal["mean", "ratio"]
+    numerator: str
+    """The :class:`SessionOutcomes` field averaged (kind ``mean``) or summed on top of the ratio."""
+    denominator: str | None = None
+    """For a ratio: the field summed below it."""
+
+
+METRICS: dict[str, SessionMetric] = {
+    m.name: m
+    for m in (
+        SessionMetric(
+            "session_return", "reward", "sum of the step rewards of the session", "mean", "session_return"
+        ),
+        SessionMetric("clicks", "clicks", "clicks in the session", "mean", "clicks"),
+        SessionMetric(
+            "ctr", "clicks per impression", "clicks / items shown", "ratio", "clicks", "impressions"
+        ),
+        SessionMetric("session_length", "requests", "slates shown in the session", "mean", "session_length"),
+        SessionMetric("left_rate", "share of sessions", "1 if the user left early", "mean", "left"),
+    )
+}
+"""Every session metric, in report order."""
+
+REPORTED = ("session_return", "clicks", "ctr", "session_length")
+"""The metrics tables and A/B reports show (``left_rate`` is in the JSON of simulations)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionOutcomes:
+    """What each of n users' one session produced, in user order.
+
+    Attributes:
+        session_return: [n] float64 summed reward.
+        clicks: [n] float64 clicks.
+        impressions: [n] float64 items shown.
+        session_length: [n] float64 requests (slates).
+        left: [n] bool the session ended because the user left (not the budget or the step cap).
+    """
+
+    session_return: np.ndarray
+    clicks: np.ndarray
+    impressions: np.ndarray
+    session_length: np.ndarray
+    left: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        n = len(self.session_return)
+        if self.left is None:
+            object.__setattr__(self, "left", np.zeros(n, dtype=bool))
+        for f in fields(SessionOutcomes):
+            if np.shape(getattr(self, f.name)) != (n,):
+                raise ValueError(
+                    f"{type(self).__name__}.{f.name}: shape {np.shape(getattr(self, f.name))}, expected ({n},)"
+                )
+
+    def __len__(self) -> int:
+        return len(self.session_return)
+
+    def values(self, name: str) -> np.ndarray:
+        """[n] per-user values of metric ``name`` whose mean is the metric (linearised for a ratio)."""
+        metric = metric_definition(name)
+        numerator = np.asarray(getattr(self, metric.numerator), dtype=np.float64)
+        if metric.kind == "mean":
+            return numerator
+        denominator = np.asarray(getattr(self, metric.denominator), dtype=np.float64)
+        scale = denominator.mean() if len(denominator) else 0.0
+        if scale <= 0:
+            return np.zeros(len(numerator))
+        ratio = numerator.sum() / denominator.sum()
+        return ratio + (numerator - ratio * denominator) / scale
+
+    def summary(self, names: tuple[str, ...] = tuple(METRICS), namespace: str | None = NAMESPACE) -> dict:
+        """``{key: {"mean", "ci95_low", "ci95_high"}}`` for ``names`` (keys namespaced unless None)."""
+        return {namespaced(name, namespace): mean_interval(self.values(name)) for name in names}
+
+
+def metric_definition(name: str) -> SessionMetric:
+    """The definition of ``name`` (bare or namespaced); unknown names → DataError listing the known ones."""
+    bare = name.split("/", 1)[-1]
+    if bare not in METRICS:
+        raise DataError(f"unknown session metric {name!r}; known: {', '.join(METRICS)}")
+    return METRICS[bare]
+
+
+def namespaced(name: str, namespace: str | None = NAMESPACE) -> str:
+    """``sim/NAME`` (or ``NAME`` when ``namespace`` is None)."""
+    return name if namespace is None else f"{namespace}/{name}"
+
+
+def mean_interval(values: np.ndarray, alpha: float = 0.05) -> dict[str, float]:
+    """Mean of ``values`` [n] with its Student-t ``1 - alpha`` interval (NaN bounds for n < 2).
+
+    Keys are ``mean``, ``ci95_low``, ``ci95_high`` whatever ``alpha`` (the JSON contract's names).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    mean = float(values.mean()) if n else float("nan")
+    if n < 2:
+        return {"mean": mean, "ci95_low": float("nan"), "ci95_high": float("nan")}
+    half = float(stdtrit(n - 1, 1 - alpha / 2)) * float(values.std(ddof=1)) / math.sqrt(n)
+    return {"mean": mean, "ci95_low": mean - half, "ci95_high": mean + half}
+
+
+def paired_difference(
+    a: SessionOutcomes, b: SessionOutcomes, name: str, alpha: float = 0.05
+) -> dict[str, float]:
+    """``a - b`` in metric ``name`` over the same users (row i of both is one user): mean and t interval."""
+    if len(a) != len(b):
+        raise DataError(f"a paired difference needs the same users: got {len(a)} and {len(b)}")
+    return mean_interval(a.values(name) - b.values(name), alpha)
+
+
+def concat_outcomes(parts: list[SessionOutcomes]) -> SessionOutcomes:
+    """The users of ``parts`` one after another."""
+    return SessionOutcomes(
+        **{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(SessionOutcomes)}
+    )
