@@ -1,17 +1,20 @@
-"""``/recommend`` latency under load: the Ray Serve app next to the same pipeline in one plain uvicorn process.
+"""``/recommend`` under load: the highest rate each Ray Serve layout sustains at p99 <= 50 ms, beside the
+same pipeline in one plain uvicorn process, in the same run.
 
-    python -m benchmarks.serve [--items 10000] [--rate 200] [--seconds 10] [--ingress haproxy colocated proxy]
+    python -m benchmarks.serve [--items 10000] [--seconds 5] [--ingress colocated haproxy proxy] [--quick]
+    python -m benchmarks.serve --rate 200          # one fixed rate instead of the search
 
 Builds a 10k-item index over clustered synthetic 384-d embeddings (MiniLM's width), then for each server
 (the plain FastAPI/uvicorn process running the very same classes, routes and request coalescing
 in-process, and ``rayrec serve`` in each layout asked for: every stage a deployment behind HAProxy,
 the stages colocated in the ingress behind HAProxy, every stage a deployment behind the default
 proxy) starts it in its own process, warms it up, and sends an open-loop load from this process over
-loopback: requests start on a fixed schedule (``--rate`` per
-second for ``--seconds``), each with a random 10-item history and k=10, whatever the answers' latency
-(so a slow server shows up as latency and errors, not as a politely slower client). Prints p50/p99
-latency, achieved throughput and errors, and each server's p99 as a ratio to the plain peer's.
-Target: p99 < 50 ms at 200 requests/s on 2 cores with zero errors. The load generator shares the
+loopback: requests start on a fixed schedule (a rate for ``--seconds``), each with a random 10-item
+history and k=10, whatever the answers' latency (so a slow server shows up as latency and errors, not as
+a politely slower client). For each server the rate grows until the load is no longer sustained (p99
+above 50 ms, an error, or throughput below 95% of the rate), then bisects: the table gives the highest
+sustained rate, p50/p99 there, its ratio to the plain peer's, and the first rate that failed. Target:
+200 requests/s or more on 2 cores. The load generator shares the
 cores with the server; on a shared machine other work adds noise.
 """
 
@@ -70,7 +73,6 @@ def run_plain_server(index: str, events: str, port: int) -> None:
     process without Ray (the same classes, routes and request coalescing as the Serve app)."""
     import uvicorn
 
-    from serving.api import make_api
     from serving.app import Recommender
     from serving.deployments import EventLogger
     from serving.local import LocalHandle, stages_user_config
@@ -80,7 +82,8 @@ def run_plain_server(index: str, events: str, port: int) -> None:
     logger = EventLogger(events, config.remembered_requests, config.flush_rows, config.flush_seconds)
     service = Recommender(None, None, None, LocalHandle(logger), None, config)
     asyncio.run(service.reconfigure(stages_user_config(config)))
-    uvicorn.run(make_api(service), host="127.0.0.1", port=port, log_level="warning")
+    # the very same HTTP app as the Serve ingress: guard (limits, admission, deadline), routes, validation
+    uvicorn.run(service.asgi_app(), host="127.0.0.1", port=port, log_level="warning")
     logger.log.close()
 
 
@@ -160,14 +163,59 @@ async def open_loop(url: str, rate: float, seconds: float, items: int, seed: int
     }
 
 
-def measure(kind: str, index: Path, work: Path, args: argparse.Namespace) -> dict[str, float]:
+def sustained(result: dict[str, float], rate: float) -> bool:
+    """A load is sustained when every request was answered, p99 is within target and the server kept up."""
+    return result["errors"] == 0 and result["p99"] <= TARGET_P99_MS and result["throughput"] >= 0.95 * rate
+
+
+def search(url: str, args: argparse.Namespace) -> dict:
+    """The highest open-loop rate the server sustains (:func:`sustained`): rates grow by ``--step`` from
+    ``--min-rate`` until one fails (or ``--max-rate``), then ``--refine`` bisections between the last
+    sustained rate and the first failed one. Each rate is measured for ``--seconds``."""
+    tried: dict[float, dict[str, float]] = {}
+
+    def at(rate: float) -> bool:
+        rate = round(rate)
+        if rate not in tried:
+            tried[rate] = asyncio.run(open_loop(url, rate, args.seconds, args.items, seed=int(rate)))
+            time.sleep(1.0)  # let queues drain between steps
+            r = tried[rate]
+            print(
+                f"    {rate:5.0f} req/s: p50 {r['p50']:6.1f} ms, p99 {r['p99']:7.1f} ms, errors {r['errors']}",
+                flush=True,
+            )
+        return sustained(tried[rate], rate)
+
+    good, bad, rate = None, None, args.min_rate
+    while rate <= args.max_rate:
+        if not at(rate):
+            bad = round(rate)
+            break
+        good, rate = round(rate), rate * args.step
+    for _ in range(args.refine if good is not None and bad is not None else 0):
+        middle = (good + bad) / 2
+        if bad - good < 10:
+            break
+        if at(middle):
+            good = round(middle)
+        else:
+            bad = round(middle)
+    return {"best": good, "best_result": tried.get(good), "failed": bad, "failed_result": tried.get(bad)}
+
+
+def measure(kind: str, index: Path, work: Path, args: argparse.Namespace) -> dict:
+    """Start one server, warm it up, then measure it: a rate search, or one fixed ``--rate``."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = start_server(kind, index, work, port)
     try:
         wait_ready(url, proc)
         asyncio.run(open_loop(url, rate=50, seconds=2, items=args.items, seed=0))  # warm-up
-        return asyncio.run(open_loop(url, args.rate, args.seconds, args.items))
+        if args.rate is not None:
+            result = asyncio.run(open_loop(url, args.rate, args.seconds, args.items))
+            return {"fixed": result}
+        print(f"  {NAMES[kind]}:", flush=True)
+        return search(url, args)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -176,20 +224,38 @@ def measure(kind: str, index: Path, work: Path, args: argparse.Namespace) -> dic
             proc.kill()
 
 
+NAMES = {
+    "plain": "plain FastAPI/uvicorn, same pipeline",
+    "haproxy": "Ray Serve, HAProxy ingress, every stage a deployment",
+    "colocated": "Ray Serve, HAProxy, stages colocated in the ingress",
+    "proxy": "Ray Serve, default proxy, every stage a deployment",
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--rate", type=float, default=200.0, help="requests started per second")
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of the measured load")
+    parser.add_argument(
+        "--rate", type=float, default=None, help="measure this one rate instead of searching for the highest"
+    )
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of the load at each rate")
+    parser.add_argument("--min-rate", type=float, default=50.0, help="first rate of the search")
+    parser.add_argument("--max-rate", type=float, default=2000.0, help="last rate the search tries")
+    parser.add_argument("--step", type=float, default=1.5, help="factor between rates until one fails")
+    parser.add_argument(
+        "--refine", type=int, default=3, help="bisections between the last good and first bad"
+    )
     parser.add_argument(
         "--ingress",
         nargs="+",
-        default=["haproxy", "colocated", "proxy"],
+        default=["colocated", "haproxy", "proxy"],
         choices=["haproxy", "colocated", "proxy"],
         help="Serve layouts to measure: haproxy (every stage a deployment), colocated (--colocate), proxy",
     )
-    parser.add_argument("--quick", action="store_true", help="5 s of load, HAProxy ingress only")
+    parser.add_argument(
+        "--quick", action="store_true", help="3 s per rate, colocated layout only, two bisections"
+    )
     parser.add_argument("--role", choices=["plain"], help=argparse.SUPPRESS)
     parser.add_argument("--index", help=argparse.SUPPRESS)
     parser.add_argument("--events", help=argparse.SUPPRESS)
@@ -199,30 +265,50 @@ def main() -> None:
         run_plain_server(args.index, args.events, args.port)
         return
     if args.quick:
-        args.seconds, args.ingress = 5.0, ["haproxy"]
+        args.seconds, args.ingress, args.refine = 3.0, ["colocated"], 2
     with tempfile.TemporaryDirectory(prefix="rayrec-bench-serve-") as tmp:
         work = Path(tmp)
         index = build_index(work / "index", args.items, args.dim)
         results = {kind: measure(kind, index, work, args) for kind in ["plain", *args.ingress]}
-    base = results["plain"]["p99"]
-    print(
-        f"\n/recommend, {args.items:,} items, d={args.dim}, k={K}, history {HISTORY}, open loop "
-        f"{args.rate:.0f} req/s for {args.seconds:.0f} s, load from a second process on loopback "
-        f"({os.cpu_count()} cores shared with the load generator)\n"
+    setting = (
+        f"/recommend, {args.items:,} items, d={args.dim}, k={K}, history {HISTORY}, open loop, "
+        f"{args.seconds:.0f} s per rate, load from a second process on loopback ({os.cpu_count()} cores "
+        "shared with the load generator)"
     )
-    print(
-        "| server | sent | errors | throughput req/s | p50 ms | p99 ms | p99 / plain | target p99 < 50 ms, 0 errors |"
-    )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    names = {"plain": "plain FastAPI/uvicorn, same pipeline", "haproxy": "Ray Serve, HAProxy ingress"}
-    names["proxy"] = "Ray Serve, default proxy"
-    names["colocated"] = "Ray Serve, HAProxy, stages colocated in the ingress"
-    for kind, r in results.items():
-        met = "yes" if r["p99"] < TARGET_P99_MS and r["errors"] == 0 else "no"
+    if args.rate is not None:
+        print(f"\n{setting}, {args.rate:.0f} req/s\n")
         print(
-            f"| {names[kind]} | {r['sent']} | {r['errors']} | {r['throughput']:.0f} | {r['p50']:.1f} | "
-            f"{r['p99']:.1f} | {r['p99'] / base:.1f}x | {met} |"
+            "| server | sent | errors | throughput req/s | p50 ms | p99 ms | p99 / plain | p99 <= 50 ms, 0 errors |"
         )
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        base = results["plain"]["fixed"]["p99"]
+        for kind, measured in results.items():
+            r = measured["fixed"]
+            met = "yes" if sustained(r, args.rate) else "no"
+            print(
+                f"| {NAMES[kind]} | {r['sent']} | {r['errors']} | {r['throughput']:.0f} | {r['p50']:.1f} | "
+                f"{r['p99']:.1f} | {r['p99'] / base:.1f}x | {met} |"
+            )
+        return
+    print(
+        f"\n{setting}: the highest rate each server sustains with p99 <= {TARGET_P99_MS:.0f} ms and no errors\n"
+    )
+    print(
+        "| server | highest sustained req/s | p50 / p99 ms there | vs plain | first failed req/s (p99 ms, errors) |"
+    )
+    print("| --- | --- | --- | --- | --- |")
+    plain = results["plain"]["best"] or 0
+    for kind, r in results.items():
+        best = r["best_result"]
+        there = f"{best['p50']:.1f} / {best['p99']:.1f}" if best else "-"
+        failed = r["failed_result"]
+        beyond = (
+            f"{r['failed']} ({failed['p99']:.0f}, {failed['errors']})"
+            if failed
+            else f"none up to {args.max_rate:.0f}"
+        )
+        ratio = f"{(r['best'] or 0) / plain:.2f}x" if plain else "-"
+        print(f"| {NAMES[kind]} | {r['best'] or 'none'} | {there} | {ratio} | {beyond} |")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,10 @@ from typing import Any, Literal
 
 from rayrec.errors import ConfigError
 
-REWARD_NAMES = ("clicks", "engagement")
+REWARD_NAMES = ("clicks", "engagement", "return")
+USER_SPLITS = ("all", "train", "validation", "test")
+SPLIT_FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}
+"""Shares of logged users in each split (by a hash of the user's position in the logs, so stable)."""
 CANDIDATE_MODES = ("faiss", "random")
 
 
@@ -63,6 +66,10 @@ class SlateEnvConfig:
     """Session time budget in steps; each step spends one. Also the observation's budget scale."""
     initial_satisfaction: tuple[float, float] = (0.8, 1.0)
     """Range a user's starting satisfaction is drawn from uniformly (satisfaction lives in [0, 1])."""
+    user_split: Literal["all", "train", "validation", "test"] = "all"
+    """Which logged users start sessions (data mode): ``train`` (70%), ``validation`` (10%), ``test`` (20%)
+    of the users, split by a stable hash, or ``all``. Training uses train, model selection validation, and
+    every evaluation and A/B test users only. Without logs users are drawn fresh (seeds keep them apart)."""
 
     # --- choice model --------------------------------------------------------------------------------
     temperature: float = 0.1
@@ -90,9 +97,39 @@ class SlateEnvConfig:
     leave_scale: float = 0.5
     """Extra leave probability per unit of dissatisfaction: ``p = leave_base + leave_scale * (1 - s)**2``."""
 
+    # --- satiation (RecSim's interest evolution) -------------------------------------------------------
+    satiation_gain: float = 0.0
+    """How much a click adds to the user's satiation vector (``σ ← σ + gain * e_clicked``); 0 turns it off."""
+    satiation_recovery: float = 0.0
+    """Fraction of satiation that fades each step (``σ ← (1 - recovery) σ``), and per day between sessions."""
+    satiation_penalty: float = 0.0
+    """Utility lost per unit of satiation toward an item: ``u_i -= penalty * max(0, e_i · σ)``."""
+
+    # --- clickbait tolerance ------------------------------------------------------------------------
+    clickbait_fatigue: float = 0.0
+    """How clickbait's harm grows with recent clickbait: the satisfaction lost on a clickbait click is
+    ``clickbait_penalty * (1 + clickbait_fatigue * f)`` where ``f`` counts recent clickbait clicks (0: the harm
+    is constant, as in the classic world)."""
+    fatigue_recovery: float = 0.2
+    """Fraction of the clickbait count ``f`` that fades each step (and per day between sessions)."""
+
+    # --- sessions, leaving and returning (KuaiSim's retention) ----------------------------------------
+    sessions: int = 1
+    """Sessions per simulated user (an episode is the user's sessions up to this many; 1: one session)."""
+    return_bias: float = 1.0
+    """Log-odds of returning for another session at satisfaction 0.5."""
+    return_slope: float = 4.0
+    """Extra log-odds of returning per unit of end-of-session satisfaction above 0.5."""
+    return_delay: float = 3.0
+    """Mean days until a returning user comes back, at satisfaction 0 (halved at satisfaction 1); the delay
+    is ``1 + Poisson(return_delay * (1 - s / 2) - 1)`` days."""
+    satisfaction_recovery: float = 0.5
+    """Fraction of the gap to the starting satisfaction a returning user recovers between sessions."""
+
     # --- reward ------------------------------------------------------------------------------------
-    reward: Literal["clicks", "engagement"] = "clicks"
-    """``clicks``: 1 per click; ``engagement``: the clicked item's quality (quality-weighted engagement)."""
+    reward: Literal["clicks", "engagement", "return"] = "clicks"
+    """``clicks``: 1 per click; ``engagement``: the clicked item's quality (quality-weighted engagement);
+    ``return``: ``1 / days`` when the user comes back for another session ``days`` later (0 otherwise)."""
 
     # --- limits ------------------------------------------------------------------------------------
     max_episode_steps: int = 100
@@ -136,9 +173,28 @@ class SlateEnvConfig:
             problems.append(f"budget must be > 0 (got {self.budget})")
         if self.max_episode_steps < 1:
             problems.append(f"max_episode_steps must be >= 1 (got {self.max_episode_steps})")
-        for name in ("leave_base", "leave_scale", "boredom", "clickbait_penalty", "interest_noise"):
+        for name in (
+            "leave_base",
+            "leave_scale",
+            "boredom",
+            "clickbait_penalty",
+            "interest_noise",
+            "satiation_gain",
+            "satiation_penalty",
+            "clickbait_fatigue",
+            "return_slope",
+        ):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+        for name in ("satiation_recovery", "fatigue_recovery", "satisfaction_recovery"):
+            if not 0 <= getattr(self, name) <= 1:
+                problems.append(f"{name} must be in [0, 1] (got {getattr(self, name)})")
+        if self.sessions < 1:
+            problems.append(f"sessions must be >= 1 (got {self.sessions})")
+        if self.return_delay < 1:
+            problems.append(f"return_delay must be >= 1 day (got {self.return_delay})")
+        if self.user_split not in USER_SPLITS:
+            problems.append(f"user_split must be one of {USER_SPLITS} (got {self.user_split!r})")
         if problems:
             raise ConfigError("SlateEnvConfig: " + "; ".join(problems))
 

@@ -24,7 +24,8 @@ from envs.users import (
     LoggedUserSampler,
     TopicMixtureSampler,
     UserSampler,
-    logged_histories,
+    logged_user_histories,
+    split_of_users,
 )
 from rayrec import storage
 from rayrec.data.io import read_interactions, read_items
@@ -45,6 +46,7 @@ class World:
         synthetic: the :class:`rayrec.synth.SyntheticWorld` when the catalog is synthetic, else None.
         histories: [U, h] logged users' recent catalog items (see :func:`envs.users.logged_histories`),
             or None without logs.
+        history_splits: [U] the split of each logged user (:func:`envs.users.split_of_users`), or None.
         retriever: exact or index-backed nearest-neighbour search over the catalog.
         interactions: the logged interactions (pa.Table) or None; calibration compares against them.
     """
@@ -52,6 +54,7 @@ class World:
     catalog: ItemCatalog
     synthetic: object | None
     histories: np.ndarray | None
+    history_splits: np.ndarray | None
     retriever: object
     interactions: object | None
 
@@ -102,15 +105,16 @@ def _logged_world(index_dir: str | None, data_dir: str | None, history_length: i
             world_config.clickbait_rate,
             world_config.seed,
         )
-    histories = None
+    histories = history_users = None
     if interactions is not None:
-        histories = logged_histories(catalog, interactions, max(history_length, 1))
+        history_users, histories = logged_user_histories(catalog, interactions, max(history_length, 1))
         if len(histories) == 0:
             raise ConfigError(f"data_dir {data_dir}: no interaction refers to an item of the catalog")
     return World(
         catalog=catalog,
         synthetic=synthetic,
         histories=histories,
+        history_splits=None if history_users is None else split_of_users(history_users),
         retriever=retriever,
         interactions=interactions,
     )
@@ -123,7 +127,14 @@ def load_world(config: SlateEnvConfig) -> World:
         world, catalog, retriever = _synthetic_world(
             config.num_items, config.num_topics, dim, config.clickbait_rate, config.world_seed
         )
-        return World(catalog=catalog, synthetic=world, histories=None, retriever=retriever, interactions=None)
+        return World(
+            catalog=catalog,
+            synthetic=world,
+            histories=None,
+            history_splits=None,
+            retriever=retriever,
+            interactions=None,
+        )
     return _logged_world(config.index_dir, config.data_dir, config.history_length)
 
 
@@ -143,6 +154,19 @@ def check_against_world(config: SlateEnvConfig, world: World) -> None:
         )
 
 
+def users_of_split(world: World, config: SlateEnvConfig) -> np.ndarray:
+    """[U', h] the logged histories of ``config.user_split``'s users (all of them for ``all``)."""
+    if config.user_split == "all":
+        return world.histories
+    chosen = world.histories[world.history_splits == config.user_split]
+    if len(chosen) == 0:
+        raise ConfigError(
+            f"user_split={config.user_split!r}: none of the {len(world.histories)} logged users falls in it; "
+            "use user_split=all or more users"
+        )
+    return chosen
+
+
 def build_simulator(
     config: SlateEnvConfig, batch: int, choice_model: ChoiceModel | None = None
 ) -> SlateSimulator:
@@ -153,7 +177,7 @@ def build_simulator(
     choice = choice_model if choice_model is not None else ConditionalLogitChoice.from_config(config)
     sampler: UserSampler
     if world.histories is not None:
-        sampler = LoggedUserSampler(catalog, world.histories, config.interest_noise)
+        sampler = LoggedUserSampler(catalog, users_of_split(world, config), config.interest_noise)
     else:
         history = ChoiceHistory(catalog, choice, config.history_length, config.history_pool)
         if world.synthetic is not None:

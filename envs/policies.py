@@ -1,7 +1,9 @@
 """Policies that only exist in simulation, and the policy factory of the simulator.
 
-``oracle`` reads the users' hidden interests and the items' hidden traits, so it can run only inside the
-simulator it reads. :func:`make_policy` is :func:`rayrec.baselines.load_policy` plus these, and fits
+``oracle``, ``myopic-true`` and ``planner`` read the users' hidden state and the items' hidden traits, so
+they run only inside the simulator they read: ``myopic-true`` ranks by the true immediate click
+probability, ``oracle`` is the classic patient per-item rule, and ``planner`` plans with the true model
+(the upper bound every "% of optimum" figure refers to). :func:`make_policy` is :func:`rayrec.baselines.load_policy` plus these, and fits
 ``greedy``'s click model to exploration clicks in the simulator it will run in.
 """
 
@@ -11,6 +13,8 @@ import numpy as np
 
 from envs.config import SlateEnvConfig
 from envs.factory import build_simulator
+from envs.item_rules import ItemRule, ItemTerms
+from envs.planner import PlannerPolicy
 from envs.rollout import StepRecord, evaluate_policy
 from envs.simulator import SlateSimulator
 from rayrec.baselines import BASELINES, GreedyPolicy, RandomPolicy, ScoringPolicy, load_policy
@@ -18,42 +22,41 @@ from rayrec.click_logit import fit_slate_click_model
 from rayrec.errors import ConfigError
 from rayrec.slate_policy import Observation, SlatePolicy
 
-SIMULATION_POLICIES = ("oracle",)
+SIMULATION_POLICIES = ("oracle", "myopic-true", "planner")
 """Policies that read the simulator's hidden state: never served."""
 
 POLICY_NAMES = (*BASELINES, *SIMULATION_POLICIES)
 
 
-class OraclePolicy(ScoringPolicy):
-    """Simulation-only upper bound: reads the users' hidden interests and the items' hidden traits.
+class ItemRulePolicy(ScoringPolicy):
+    """Simulation-only: an :class:`ItemRule` applied to the hidden state of the simulator it reads.
 
-    Scores each candidate by its true choice logit plus the value of its effect on satisfaction,
-    ``logit + patience * Δsatisfaction / temperature`` where ``Δsatisfaction = gain * (quality - 0.5) -
-    penalty * clickbait`` is what clicking it would do. So it shows what the user truly likes and
-    forgoes clickbait whose clicks would cost the rest of the session. It reads the simulator's *current*
-    state: pass it the observation the simulator just produced.
+    ``myopic-true`` is patience 0 (the true immediate click probability); ``oracle`` is patience 2 — it shows
+    what the user truly likes and forgoes clickbait whose clicks would cost the rest of the session. It
+    reads the simulator's *current* state: pass it the observation the simulator just produced.
     """
 
-    name = "oracle"
-
-    def __init__(self, sim: SlateSimulator, patience: float = 2.0) -> None:
-        self.sim = sim
-        self.patience = patience
+    def __init__(self, sim: SlateSimulator, rule: ItemRule, name: str | None = None) -> None:
+        self.sim, self.rule = sim, rule
+        self.name = name or rule.name
 
     def scores(self, obs: Observation) -> np.ndarray:
-        sim = self.sim
-        if obs["features"].shape[:2] != sim.candidate_items.shape:
-            raise ConfigError(
-                f"oracle: observation batch {obs['features'].shape[:2]} is not its env's "
-                f"{sim.candidate_items.shape}; the oracle only ranks its own env's current candidates"
-            )
-        config, catalog, items = sim.config, sim.catalog, sim.candidate_items
-        logits = sim.choice_model.item_logits(sim.users.interest, items, catalog)  # [B, K]
-        delta = (
-            config.satisfaction_gain * (catalog.quality[items] - 0.5)
-            - config.clickbait_penalty * catalog.clickbait[items]
+        check_own_simulator(self.name, self.sim, obs)
+        return self.rule.scores(ItemTerms.of(self.sim))
+
+
+def check_own_simulator(name: str, sim: SlateSimulator, obs: Observation) -> None:
+    """A privileged policy only ranks its own simulator's current candidates."""
+    if obs["features"].shape[:2] != sim.candidate_items.shape:
+        raise ConfigError(
+            f"{name}: observation batch {obs['features'].shape[:2]} is not its simulator's "
+            f"{sim.candidate_items.shape}; it only ranks its own simulator's current candidates"
         )
-        return logits + self.patience * delta / config.temperature
+
+
+def OraclePolicy(sim: SlateSimulator, patience: float = 2.0) -> ItemRulePolicy:
+    """The classic ``oracle``: true logits plus ``patience`` times the classic satisfaction value."""
+    return ItemRulePolicy(sim, ItemRule(patience), name="oracle")
 
 
 def random_slate_log(config: SlateEnvConfig, num_users: int, seed: int):
@@ -84,17 +87,21 @@ def make_policy(spec: str, sim: SlateSimulator | None = None) -> SlatePolicy:
     """A policy from a spec: a name in :data:`POLICY_NAMES` or a trained policy directory.
 
     Args:
-        spec: ``random``, ``retrieval``, ``greedy``, ``oracle`` or a path/URI to a policy exported by
-            ``rayrec train-policy``.
-        sim: the simulator the policy will run in. ``oracle`` needs it (it reads its hidden state);
-            ``greedy`` fits its click model in it when given.
+        spec: ``random``, ``retrieval``, ``greedy``, ``oracle``, ``myopic-true``, ``planner`` or a path/URI
+            to a policy exported by ``rayrec train-policy``.
+        sim: the simulator the policy will run in. The simulation-only policies need it (they read its
+            hidden state); ``greedy`` fits its click model in it when given.
     """
-    if spec == "oracle":
+    if spec in SIMULATION_POLICIES:
         if sim is None:
             raise ConfigError(
-                "policy 'oracle' reads the simulator's hidden state: it runs in simulation only"
+                f"policy {spec!r} reads the simulator's hidden state: it runs in simulation only"
             )
-        return OraclePolicy(sim)
+        if spec == "oracle":
+            return OraclePolicy(sim)
+        if spec == "myopic-true":
+            return ItemRulePolicy(sim, ItemRule(0.0), name="myopic-true")
+        return PlannerPolicy(sim)
     if spec == "greedy" and sim is not None:
         return fitted_greedy(sim.config)
     return load_policy(spec)

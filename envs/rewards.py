@@ -3,27 +3,54 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from envs.catalog import ItemCatalog
 from rayrec.errors import ConfigError
 
-RewardFn = Callable[[np.ndarray, ItemCatalog], np.ndarray]
-"""``reward(chosen_items [B] int (-1 no click), catalog) -> [B] float32``."""
+
+@dataclass(frozen=True)
+class StepEvents:
+    """What happened to B users in one step, as rewards read it.
+
+    Attributes:
+        chosen_items: [B] int64 catalog index clicked, -1 for no click.
+        returned: [B] bool the session ended and the user will come back for another.
+        return_days: [B] float32 days until that next session (0 where none).
+    """
+
+    chosen_items: np.ndarray
+    returned: np.ndarray
+    return_days: np.ndarray
 
 
-def click_reward(chosen_items: np.ndarray, catalog: ItemCatalog) -> np.ndarray:
-    """1 for a click, 0 otherwise: the session return is the number of clicks."""
-    return (chosen_items >= 0).astype(np.float32)
+RewardFn = Callable[[StepEvents, ItemCatalog], np.ndarray]
+"""``reward(events, catalog) -> [B] float32``: a pure function of one step's events."""
 
 
-def engagement_reward(chosen_items: np.ndarray, catalog: ItemCatalog) -> np.ndarray:
+def click_reward(events: StepEvents, catalog: ItemCatalog) -> np.ndarray:
+    """1 for a click, 0 otherwise: the return is the number of clicks."""
+    return (events.chosen_items >= 0).astype(np.float32)
+
+
+def engagement_reward(events: StepEvents, catalog: ItemCatalog) -> np.ndarray:
     """The clicked item's quality in [0, 1] (0 without a click): quality-weighted engagement."""
-    return np.where(chosen_items >= 0, catalog.quality[np.maximum(chosen_items, 0)], 0.0).astype(np.float32)
+    chosen = events.chosen_items
+    return np.where(chosen >= 0, catalog.quality[np.maximum(chosen, 0)], 0.0).astype(np.float32)
 
 
-REWARDS: dict[str, RewardFn] = {"clicks": click_reward, "engagement": engagement_reward}
+def return_reward(events: StepEvents, catalog: ItemCatalog) -> np.ndarray:
+    """``1 / days`` when the session ended and the user comes back ``days`` later, else 0 (retention)."""
+    return np.where(events.returned, 1.0 / np.maximum(events.return_days, 1.0), 0.0).astype(np.float32)
+
+
+REWARDS: dict[str, RewardFn] = {
+    "clicks": click_reward,
+    "engagement": engagement_reward,
+    "return": return_reward,
+}
 
 
 def reward_function(name: str) -> RewardFn:

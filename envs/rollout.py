@@ -181,6 +181,7 @@ def run_sessions(
         name: np.zeros(num_users) for name in ("session_return", "clicks", "impressions", "session_length")
     }
     left = np.zeros(num_users, dtype=bool)
+    sessions = np.zeros(num_users)
     with tqdm(total=num_users, desc=progress, unit="user", disable=progress is None) as bar:
         while (row_user >= 0).any():
             live = row_user >= 0
@@ -189,7 +190,7 @@ def run_sessions(
             step_of_session = sim.users.steps.copy()
             shown = source.show(sim, obs, row_user, source_rng)
             outcome = sim.show(shown.items, dynamics)
-            truncated = sim.users.steps >= max_steps
+            truncated = sim.users.total_steps >= max_steps
             done = live & (outcome.terminated | truncated)
             rows = np.flatnonzero(live)
             users = row_user[rows]
@@ -198,6 +199,7 @@ def run_sessions(
             totals["impressions"][users] += (shown.items[rows] >= 0).sum(axis=1)
             totals["session_length"][users] += 1
             left[users] |= outcome.info["left"][rows]
+            sessions[users] = sim.users.session[rows]
             if observers:
                 record = StepRecord(
                     users=users,
@@ -221,7 +223,7 @@ def run_sessions(
                 row_user[ended[: len(arriving)]] = arriving
                 sim.place_users(ended[: len(arriving)], stream.draw(arriving))
             sim.refresh_candidates(dynamics)
-    return SessionOutcomes(left=left, **totals)
+    return SessionOutcomes(left=left, sessions=sessions, **totals)
 
 
 def _take_rows(shown: Shown, rows: np.ndarray) -> Shown:

@@ -17,11 +17,19 @@ from envs.catalog import ItemCatalog
 from envs.choice import NO_CLICK, ChoiceModel
 from envs.config import SlateEnvConfig
 from envs.response import UserResponse
-from envs.rewards import RewardFn
+from envs.rewards import RewardFn, StepEvents
 from envs.users import UserSampler, UserState
 from rayrec.features import NUM_FEATURES, build_observation
 
-INFO_KEYS = ("clicked", "click_position", "chosen_item", "satisfaction", "left")
+INFO_KEYS = (
+    "clicked",
+    "click_position",
+    "chosen_item",
+    "satisfaction",
+    "left",
+    "session_ended",
+    "return_days",
+)
 """Per-step info keys (arrays over the batch in the vector env, scalars in the single env)."""
 
 
@@ -84,7 +92,7 @@ class StepOutcome:
 
     Attributes:
         reward: [B] float32.
-        terminated: [B] bool: the user left, or spent the session budget.
+        terminated: [B] bool: the user's episode is over (the session ended and the user will not return).
         slate_items: [B, k] int64 catalog indices actually shown (after de-duplication).
         info: :data:`INFO_KEYS` → [B] arrays.
     """
@@ -172,17 +180,24 @@ class SlateSimulator:
         This is the step itself; :meth:`step` maps candidate positions to items first. A live server's
         answers come in as items, so the A/B runner against a server calls this directly.
         """
-        position = self.choice_model.choose(self.users.interest, slate_items, self.catalog, rng)  # [B]
+        users = self.users
+        position = self.choice_model.choose(
+            users.interest, slate_items, self.catalog, rng, satiation=users.satiation
+        )
         clicked = position != NO_CLICK
         chosen = np.where(clicked, slate_items[np.arange(len(position)), np.maximum(position, 0)], -1)
-        reward = self.reward_fn(chosen, self.catalog)
-        left = self.response.apply(self.users, chosen, self.catalog, rng)
-        terminated = left | (self.users.budget <= 0)
+        left = self.response.apply(users, chosen, self.catalog, rng)
+        session_ended = left | (users.budget <= 0)
+        returned, days = self.response.end_sessions(users, session_ended, rng)
+        reward = self.reward_fn(StepEvents(chosen, returned, days), self.catalog)
+        terminated = session_ended & ~returned
         info = {
             "clicked": clicked,
             "click_position": position,
             "chosen_item": chosen,
-            "satisfaction": self.users.satisfaction.copy(),
+            "satisfaction": users.satisfaction.copy(),
             "left": left,
+            "session_ended": session_ended,
+            "return_days": days,
         }
         return StepOutcome(reward=reward, terminated=terminated, slate_items=slate_items, info=info)

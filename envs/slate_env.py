@@ -29,6 +29,22 @@ class SlateRecEnv(gym.Env):
     session's clicks: that gap is what reinforcement learning is for. Clickbait is observable: item
     embeddings carry it (a direction in the synthetic catalog; the text with a real encoder).
 
+    Further dynamics, each off by default and switched on by a preset (``envs.presets``):
+
+    - **Satiation** (RecSim's interest evolution): each click adds the item's embedding to a hidden
+      satiation vector that fades every step (``satiation_gain``, ``satiation_recovery``); an item's utility
+      falls with its alignment to it (``satiation_penalty``), so what was just consumed appeals less for a
+      while and variety pays later.
+    - **Clickbait tolerance**: the satisfaction a clickbait click costs grows with the user's recent
+      clickbait (``clickbait_fatigue``, fading by ``fatigue_recovery``): an occasional one is tolerated, a run
+      of them is not.
+    - **Leaving and returning** (KuaiSim's retention): a user has up to ``sessions`` sessions; when one ends
+      the user comes back with a probability, and after a delay in days, that depend on the satisfaction it
+      ended with (``return_bias``, ``return_slope``, ``return_delay``), and recovers part of the lost
+      satisfaction meanwhile.
+    - **Objectives** (``reward``): clicks, engagement (the clicked item's hidden quality), or return
+      (``1 / days`` until the next session).
+
     ## Action Space
 
     ``MultiDiscrete([K] * k)``: the candidate positions shown, in display order (position 0 on top).
@@ -61,14 +77,17 @@ class SlateRecEnv(gym.Env):
 
     ## Episode End
 
-    Terminated when the user leaves (probability ``leave_base + leave_scale * (1 - satisfaction)**2``
-    after each step) or has spent the budget (one unit per step). Truncated at ``max_episode_steps``
-    (registered; by the ``TimeLimit`` wrapper of ``gymnasium.make``).
+    A session ends when the user leaves (probability ``leave_base + leave_scale * (1 - satisfaction)**2``
+    after each step) or has spent the budget (one unit per step). The episode — the user's sessions — is
+    terminated when a session ends and the user does not come back (always, with ``sessions=1``).
+    Truncated at ``max_episode_steps`` steps over all sessions (registered; by the ``TimeLimit`` wrapper
+    of ``gymnasium.make``).
 
     ## Info
 
     ``clicked`` (bool), ``click_position`` (slate position or -1), ``chosen_item`` (catalog index or
-    -1), ``satisfaction`` (after the step), ``left`` (bool), and ``slate_items`` (catalog indices shown).
+    -1), ``satisfaction`` (after the step), ``left`` (bool), ``session_ended`` (bool), ``return_days``
+    (days until the next session, 0 when none), and ``slate_items`` (catalog indices shown).
     :attr:`item_ids` maps catalog indices to item ids.
 
     ## Arguments
@@ -79,7 +98,16 @@ class SlateRecEnv(gym.Env):
     ```
 
     Every field of :class:`envs.config.SlateEnvConfig` is a keyword argument; ``config=`` passes a whole
-    config (keywords then override it). ``choice_model=`` swaps the user choice model (tests).
+    config (keywords then override it), e.g. ``config=envs.presets.preset("satiation")``. ``choice_model=``
+    swaps the user choice model (tests).
+
+    ## References
+
+    - Ie, E. et al. (2019). "RecSim: A Configurable Simulation Platform for Recommender Systems."
+      arXiv:1909.04847 (user state, choice model, interest evolution).
+    - Zhao, K. et al. (2023). "KuaiSim: A Comprehensive Simulator for Recommender Systems." NeurIPS Datasets
+      and Benchmarks (leave and return, retention).
+    - McFadden, D. (1973). "Conditional logit analysis of qualitative choice behavior."
     """
 
     metadata: ClassVar[dict] = {"render_modes": []}

@@ -1,9 +1,10 @@
 """The simulator spec of every command that runs the simulator: options in, one :class:`SlateEnvConfig` out.
 
 ``rayrec simulate``, ``calibrate``, ``train-policy`` and ``ab`` all take :class:`SimulatorOptions` and resolve
-them here, in one order: the ``--env-config`` YAML (or the defaults), then ``--index`` / ``--data``, then the
-shape flags (``--num-candidates``, ``--slate-size``, ``--candidates``), then ``--env KEY=VALUE`` overrides,
-each checked against :class:`SlateEnvConfig`'s fields.
+them here, in one order: the ``--preset`` world (:mod:`envs.presets`), then the ``--env-config`` YAML (its
+fields replace the preset's), then ``--index`` / ``--data``, then the shape flags (``--num-candidates``,
+``--slate-size``, ``--candidates``), then ``--env KEY=VALUE`` overrides, each checked against
+:class:`SlateEnvConfig`'s fields.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from dataclasses import dataclass, field
 import yaml
 
 from envs.config import SlateEnvConfig, config_with
-from rayrec.config import RayConfig, load_config
+from envs.presets import DEFAULT_PRESET, preset
+from rayrec import storage
+from rayrec.config import RayConfig
 from rayrec.errors import ConfigError
 
 
@@ -21,6 +24,8 @@ from rayrec.errors import ConfigError
 class SimulatorOptions(RayConfig):
     """The options that define the simulator a command runs (shared by every simulating command)."""
 
+    preset: str = DEFAULT_PRESET
+    """Simulator world (``rayrec simulate --list-presets``); --env-config and the other flags change it."""
     index: str | None = None
     """Item index directory (``rayrec build-index``); default: the simulator's built-in synthetic catalog."""
     data: str | None = None
@@ -50,9 +55,30 @@ def parse_overrides(specs: list[str]) -> dict[str, object]:
     return overrides
 
 
-def resolve_env_config(options: SimulatorOptions) -> SlateEnvConfig:
-    """The :class:`SlateEnvConfig` that ``options`` describe (see the module docstring for the order)."""
-    base = load_config(SlateEnvConfig, options.env_config) if options.env_config else None
+def read_yaml_fields(path: str) -> dict[str, object]:
+    """The fields of a simulator YAML (all of them, as ``save_config`` writes, or only some)."""
+    try:
+        fields = yaml.safe_load(storage.read_text(path)) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(fields, dict):
+        raise ConfigError(f"{path}: expected a mapping of SlateEnvConfig fields")
+    fields.pop("command", None)  # save_config records the command line beside the fields
+    if "initial_satisfaction" in fields:
+        fields["initial_satisfaction"] = tuple(fields["initial_satisfaction"])
+    return fields
+
+
+def resolve_env_config(options: SimulatorOptions, user_split: str | None = None) -> SlateEnvConfig:
+    """The :class:`SlateEnvConfig` that ``options`` describe (see the module docstring for the order).
+
+    Args:
+        user_split: the logged users this run may meet (``train`` to train, ``validation`` to select,
+            ``test`` to evaluate and A/B-test); ``--env user_split=...`` still overrides it.
+    """
+    base = preset(options.preset)
+    if options.env_config:
+        base = config_with(base, **read_yaml_fields(options.env_config))
     flags = {
         "index_dir": options.index,
         "data_dir": options.data,
@@ -61,7 +87,16 @@ def resolve_env_config(options: SimulatorOptions) -> SlateEnvConfig:
         "candidates": options.candidates,
     }
     changes = {key: value for key, value in flags.items() if value is not None}
+    if user_split is not None:
+        changes["user_split"] = user_split
     try:
         return config_with(base, **{**changes, **parse_overrides(options.env)})
     except TypeError as exc:
         raise ConfigError(f"--env: {exc}") from None
+
+
+def users_used(config: SlateEnvConfig) -> str:
+    """Which users a run meets, in words for reports: fresh synthetic users, or a split of the logged ones."""
+    if config.data_dir is None:
+        return "synthetic users drawn fresh by seed"
+    return f"logged users of {config.data_dir}, split {config.user_split!r}"

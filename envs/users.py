@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from envs.catalog import ItemCatalog
+from envs.config import SPLIT_FRACTIONS
 from rayrec.features import l2_normalize
 
 NO_ITEM = -1
@@ -23,6 +25,11 @@ class UserState:
         satisfaction: [B] float32 in [0, 1], hidden.
         budget: [B] float32 remaining session time (steps).
         steps: [B] int64 steps taken this session.
+        total_steps: [B] int64 steps taken in all of the user's sessions (the episode's truncation counts these).
+        session: [B] int64 the user's current session, 1-based.
+        satiation: [B, d] float32 hidden satiation vector: recent consumption, fading (RecSim's interest
+            evolution); an item's utility falls with its alignment to it.
+        fatigue: [B] float32 hidden count of recent clickbait clicks, fading: clickbait's harm grows with it.
         profile_sum: [B, d] float32 sum of the embeddings of the items the user engaged with (history and
             clicks this session): the observed profile is its normalised mean.
         profile_count: [B] int64 number of those items.
@@ -35,6 +42,10 @@ class UserState:
     satisfaction: np.ndarray
     budget: np.ndarray
     steps: np.ndarray
+    total_steps: np.ndarray
+    session: np.ndarray
+    satiation: np.ndarray
+    fatigue: np.ndarray
     profile_sum: np.ndarray
     profile_count: np.ndarray
     consumed: np.ndarray
@@ -47,11 +58,19 @@ class UserState:
             satisfaction=np.zeros(batch, np.float32),
             budget=np.zeros(batch, np.float32),
             steps=np.zeros(batch, np.int64),
+            total_steps=np.zeros(batch, np.int64),
+            session=np.zeros(batch, np.int64),
+            satiation=np.zeros((batch, dim), np.float32),
+            fatigue=np.zeros(batch, np.float32),
             profile_sum=np.zeros((batch, dim), np.float32),
             profile_count=np.zeros(batch, np.int64),
             consumed=np.full((batch, max(capacity, 1)), NO_ITEM, np.int64),
             consumed_len=np.zeros(batch, np.int64),
         )
+
+    def take(self, rows: np.ndarray) -> UserState:
+        """A copy holding the users at ``rows`` [n] (repeats allowed), e.g. to simulate their futures."""
+        return UserState(**{name: np.array(value[rows]) for name, value in vars(self).items()})
 
     def profile(self) -> np.ndarray:
         """[B, d] observed profile: normalised mean of engaged items' embeddings (zeros without any)."""
@@ -84,6 +103,10 @@ class UserState:
         self.satisfaction[rows] = satisfaction
         self.budget[rows] = budget
         self.steps[rows] = 0
+        self.total_steps[rows] = 0
+        self.session[rows] = 1
+        self.satiation[rows] = 0.0
+        self.fatigue[rows] = 0.0
         h = history.shape[1]
         if h > self.consumed.shape[1]:
             extra = np.full((len(self.consumed), h - self.consumed.shape[1]), NO_ITEM, np.int64)
@@ -216,12 +239,17 @@ def logged_histories(catalog: ItemCatalog, interactions, length: int) -> np.ndar
     Impressions and interactions with items outside the catalog are ignored; users left with no item
     are dropped.
     """
+    return logged_user_histories(catalog, interactions, length)[1]
+
+
+def logged_user_histories(catalog: ItemCatalog, interactions, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(user ids [U], histories [U, length]) as :func:`logged_histories` builds them, users in id order."""
     idx, users, ts, events = logged_columns(catalog, interactions)
     keep = (idx >= 0) & (events != "impression")  # an impression is not engagement
     users, ts, idx = users[keep], ts[keep], idx[keep]
     if len(idx) == 0:
-        return np.full((0, max(length, 1)), NO_ITEM, np.int64)
-    _, user_code = np.unique(users, return_inverse=True)
+        return np.empty(0, dtype=object), np.full((0, max(length, 1)), NO_ITEM, np.int64)
+    user_ids, user_code = np.unique(users, return_inverse=True)
     order = np.lexsort((np.arange(len(ts)), ts, user_code))  # by user, then time, then row order
     user_code, idx = user_code[order], idx[order]
     starts = np.flatnonzero(np.r_[True, user_code[1:] != user_code[:-1]])
@@ -231,4 +259,17 @@ def logged_histories(catalog: ItemCatalog, interactions, length: int) -> np.ndar
     for row, (lo, hi) in enumerate(zip(starts, ends, strict=True)):
         recent = idx[max(lo, hi - width) : hi]
         out[row, : len(recent)] = recent
-    return out
+    return user_ids, out
+
+
+def split_of_users(user_ids: np.ndarray) -> np.ndarray:
+    """[U] the split (``train``, ``validation``, ``test``) of each user id, by a stable hash of the id.
+
+    The hash is SHA-256 of the (pseudonymized) id, so a user stays in its split across runs, machines and
+    catalog versions; the shares are :data:`envs.config.SPLIT_FRACTIONS`.
+    """
+    unit = np.array(
+        [int.from_bytes(hashlib.sha256(str(u).encode()).digest()[:8], "big") / 2.0**64 for u in user_ids]
+    )
+    train, validation = SPLIT_FRACTIONS["train"], SPLIT_FRACTIONS["validation"]
+    return np.where(unit < train, "train", np.where(unit < train + validation, "validation", "test"))

@@ -73,7 +73,7 @@ class SlateRecVectorEnv(VectorEnv):
         actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs, -1)
         outcome = self.sim.step(actions, self.np_random)
         terminated = outcome.terminated
-        truncated = (self.sim.users.steps >= self.config.max_episode_steps) & ~terminated
+        truncated = (self.sim.users.total_steps >= self.config.max_episode_steps) & ~terminated
         reward = outcome.reward
         restarted = np.flatnonzero(self._done)
         if len(restarted):

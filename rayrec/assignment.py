@@ -1,7 +1,10 @@
-"""A/B arm assignment by a salted hash of the pseudonymized user id.
+"""A/B arm assignment by a salted hash of the user id.
 
 The server and the simulated A/B runner call the same function, so a user lands in the same arm in
-simulation, in production, across requests and across restarts.
+simulation, in production, across requests and across restarts. The server hashes the user id as the
+client sent it (not its pseudonym), with the experiment's salt: rotating the pseudonymization key or
+moving the event log leaves every user in their arm, and only a new salt re-randomises users. The arm
+reveals nothing usable about the id (one of a few values).
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ logged in the same call as the request's impressions (``log_impressions(rows, re
 written in the same flush, so a log never holds a request's impressions without its request row.
 
 Writers only ever add new part files with unique names, so several writers (server replicas, A/B runs)
-can share a directory and readers never see a half-written file: a part is written under a hidden
-temporary name and renamed into place once complete.
+can share a directory and readers never see a half-written file: a local part is written under a
+hidden temporary name, fsynced, renamed into place, and its directory fsynced; an object store
+publishes a part atomically when its upload completes.
 
 Usage::
 
@@ -28,18 +29,32 @@ Usage::
 
 A ``log_*`` call returns once its rows are queued in memory; they are written in batches by a
 background thread (every ``max_rows`` rows or ``max_delay_s`` seconds, whichever comes first), and
-:meth:`EventLog.flush` / :meth:`EventLog.close` write everything queued before they return. A failed
-write keeps its rows queued and raises from the next ``log_*``/``flush``/``close`` call, so nothing that
-was acknowledged is silently dropped.
+:meth:`EventLog.flush` / :meth:`EventLog.close` write everything queued before they return.
+:meth:`EventLog.log_durably` is the group commit a server acknowledges on: its future completes once
+the rows are on disk (every row queued meanwhile goes in the same write), or fails, and then the rows
+were not kept. A failed write keeps the other rows queued; with ``on_write_error="raise"`` (batch
+writers) it raises from the next call, with ``"keep"`` (the server) the log keeps taking rows up to
+``max_pending_rows``, counts what it had to drop, and retries.
+
+Readers skip a part file they cannot read (and say so in the log): one corrupt file never hides the
+rest; :func:`quarantine_corrupt_parts` moves such files aside. :func:`compact` merges small part files
+into one, crash-safely: a ``.compact-*.json`` intent names the merged part and its sources, readers that
+see the merged part ignore the sources, and :func:`recover` finishes or rolls back what a crash
+interrupted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+import os
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any
+from concurrent.futures import Future
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -53,6 +68,13 @@ REQUESTS_DIR = "requests"
 IMPRESSIONS_DIR = "impressions"
 FEEDBACK_DIR = "feedback"
 
+VERSION_FIELDS = [
+    pa.field("key_id", pa.string()),
+    pa.field("index_version", pa.string()),
+    pa.field("policy_version", pa.string()),
+]
+"""Columns that say which pseudonymization key and which index and policy artifacts produced a row."""
+
 REQUESTS_SCHEMA = pa.schema(
     [
         pa.field("request_id", pa.string(), nullable=False),
@@ -65,13 +87,17 @@ REQUESTS_SCHEMA = pa.schema(
         pa.field("profile", pa.list_(pa.float32()), nullable=False),
         pa.field("budget", pa.float32(), nullable=False),
         pa.field("fallback", pa.bool_(), nullable=False),
+        *VERSION_FIELDS,
     ]
 )
 """One row per answered request: ``candidate_ids`` [K] in retrieval order, ``features`` [K * F]
 row-major in :data:`rayrec.features.FEATURE_NAMES` order, ``profile`` [d], ``budget`` the observation's
 budget (1.0 where unknown, as in serving), ``fallback`` True when no arm's policy chose the slate (the
-server's cold-start list; ``policy`` then names the fallback). Candidate embeddings are not logged: they
-are the index's, looked up by ``candidate_ids``."""
+server's cold-start list or, when the arm's ranker failed, the retrieval-order fallback; ``policy`` then
+names the fallback). Candidate embeddings are not logged: they are the index's, looked up by
+``candidate_ids``. The last three columns (null in logs written before them, and in simulated runs)
+say which pseudonymization key made ``user_id`` (:func:`rayrec.privacy.key_id`) and which index and
+policy artifacts (content hashes) answered."""
 
 IMPRESSIONS_SCHEMA = pa.schema(
     [
@@ -84,10 +110,12 @@ IMPRESSIONS_SCHEMA = pa.schema(
         pa.field("position", pa.int32(), nullable=False),
         pa.field("score", pa.float32(), nullable=False),
         pa.field("propensity", pa.float32(), nullable=False),
+        *VERSION_FIELDS,
     ]
 )
 """One row per shown item: ``ts`` unix seconds, ``user_id`` pseudonymized, ``position`` 0-based,
-``propensity`` the probability that ``policy`` shows this item at this position (1.0 if deterministic)."""
+``propensity`` the probability that ``policy`` shows this item at this position (1.0 if deterministic);
+``key_id``, ``index_version``, ``policy_version`` as in :data:`REQUESTS_SCHEMA`."""
 
 FEEDBACK_SCHEMA = pa.schema(
     [
@@ -96,13 +124,28 @@ FEEDBACK_SCHEMA = pa.schema(
         pa.field("event", pa.string(), nullable=False),
         pa.field("value", pa.float32(), nullable=False),
         pa.field("ts", pa.float64(), nullable=False),
+        pa.field("arm", pa.string()),
+        *VERSION_FIELDS,
     ]
 )
 """One row per reaction to an impression (``event`` e.g. ``click``, ``skip``); ``value`` defaults to 1.0
-and ``ts`` (unix seconds) to the time of logging when a row leaves them out."""
+and ``ts`` (unix seconds) to the time of logging when a row leaves them out; the server adds the arm,
+key id and versions of the request the feedback is about."""
 
 FEEDBACK_EVENTS = ("click", "skip", "view", "purchase", "rating", "dismiss")
 """Feedback events the HTTP API accepts (the log itself takes any non-empty string)."""
+
+FEEDBACK_VALUE_RANGES: dict[str, tuple[float, float, bool]] = {
+    "click": (0.0, 1.0, False),
+    "skip": (0.0, 1.0, False),
+    "view": (0.0, 1.0, False),
+    "dismiss": (0.0, 1.0, False),
+    "rating": (0.0, 10.0, True),
+    "purchase": (0.0, 1_000_000.0, True),
+}
+"""event → (lowest value, highest value, whether ``value`` is required) the HTTP API accepts. A click's
+value is its reward weight (1.0, or an engagement weight in [0, 1]); a rating is on a 0-10 scale; a
+purchase's value is its amount. Without bounds one client could outweigh every other in training and OPE."""
 
 Rows = Iterable[Mapping[str, Any]] | pa.Table
 
@@ -149,6 +192,7 @@ def requests_table(
             rows(obs["profile"]),
             pa.array(np.asarray(obs["budget"], np.float32).reshape(batch)),
             pa.array(np.zeros(batch, dtype=bool)),
+            *(pa.nulls(batch, pa.string()) for _ in VERSION_FIELDS),
         ],
         schema=REQUESTS_SCHEMA,
     )
@@ -168,7 +212,13 @@ def _to_table(rows: Rows, schema: pa.Schema, defaults: Mapping[str, Any]) -> pa.
     arrays = []
     for field in schema:
         values = columns.get(field.name)
+        if field.nullable and values is None:
+            arrays.append(pa.nulls(n, field.type))
+            continue
         if values is None or (not isinstance(values, pa.ChunkedArray) and all(v is None for v in values)):
+            if field.nullable:
+                arrays.append(pa.nulls(n, field.type))
+                continue
             if field.name not in defaults:
                 raise DataError(f"event rows: column {field.name!r} is missing")
             values = [defaults[field.name]] * n
@@ -178,7 +228,7 @@ def _to_table(rows: Rows, schema: pa.Schema, defaults: Mapping[str, Any]) -> pa.
             array = pa.array(values, type=field.type) if isinstance(values, list) else values.cast(field.type)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
             raise DataError(f"event rows: column {field.name!r}: {exc}") from None
-        if array.null_count:
+        if array.null_count and not field.nullable:
             first = array.is_null().to_pylist().index(True)
             raise DataError(
                 f"event rows: column {field.name!r} is missing or null in {array.null_count} row(s), "
@@ -188,74 +238,137 @@ def _to_table(rows: Rows, schema: pa.Schema, defaults: Mapping[str, Any]) -> pa.
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+PART_PREFIX = "part-"
+PART_SUFFIX = ".parquet"
+INTENT_PREFIX = ".compact-"
+QUARANTINE_DIR = "quarantine"
+STALE_TMP_S = 3600.0
+"""A hidden temporary part older than this was left by a writer that crashed mid-write: removed by
+:func:`recover` (younger ones may belong to a live writer sharing the directory)."""
+
+log = logging.getLogger(__name__)
+
+
+def _part_name() -> str:
+    return f"{PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:12]}{PART_SUFFIX}"
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_part(fs: pafs.FileSystem, directory: str, table: pa.Table, name: str | None = None) -> str:
+    """Write ``table`` as one part file under ``directory``, durably; returns its path.
+
+    Local: written to a hidden temporary file, fsynced, renamed into place, the directory fsynced, so the
+    part survives a crash or power loss once this returns, and no reader ever sees half of it. Object
+    stores: one upload, published atomically when it completes.
+    """
+    final = f"{directory}/{name or _part_name()}"
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = f"{directory}/.{os.path.basename(final)}.tmp"
+        with open(tmp, "wb") as handle:
+            pq.write_table(table, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(directory)
+    else:
+        pq.write_table(table, final, filesystem=fs)
+    return final
+
+
 class _PartWriter:
-    """Buffers the tables of one kind of event and writes them as Parquet part files under one directory."""
+    """Buffers the tables of one kind of event and writes them as Parquet part files under one directory.
+
+    Each queued table may carry a future (a durable write that someone waits for): it completes when the
+    write that holds its table succeeds, or fails with the write's error (and its rows are then dropped,
+    since the waiter was told they were not written).
+    """
 
     def __init__(self, directory: str) -> None:
         self.fs, self.path = storage.resolve(directory)
         self.fs.create_dir(self.path, recursive=True)
-        self.pending: list[pa.Table] = []
+        self.pending: list[tuple[pa.Table, Future | None]] = []
         self.pending_rows = 0
         self.oldest: float | None = None
 
-    def add(self, table: pa.Table) -> None:
-        if table.num_rows:
-            self.pending.append(table)
+    def add(self, table: pa.Table, future: Future | None = None) -> None:
+        if table.num_rows or future is not None:
+            self.pending.append((table, future))
             self.pending_rows += table.num_rows
             self.oldest = self.oldest or time.monotonic()
 
-    def take(self) -> list[pa.Table]:
-        tables, self.pending, self.pending_rows, self.oldest = self.pending, [], 0, None
-        return tables
+    def take(self) -> list[tuple[pa.Table, Future | None]]:
+        taken, self.pending, self.pending_rows, self.oldest = self.pending, [], 0, None
+        return taken
 
-    def restore(self, tables: list[pa.Table]) -> None:
-        """Put back tables whose write failed, ahead of anything queued since."""
-        self.pending[:0] = tables
-        self.pending_rows += sum(t.num_rows for t in tables)
+    def restore(self, taken: list[tuple[pa.Table, Future | None]]) -> None:
+        """Put back the rows of a failed write that nobody waits for, ahead of anything queued since."""
+        kept = [(table, None) for table, future in taken if future is None]
+        self.pending[:0] = kept
+        self.pending_rows += sum(t.num_rows for t, _ in kept)
         self.oldest = time.monotonic()
 
-    def write(self, tables: list[pa.Table]) -> None:
-        table = pa.concat_tables(tables)
-        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.parquet"
-        final = f"{self.path}/{name}"
-        if isinstance(self.fs, pafs.LocalFileSystem):
-            # Write-then-rename: readers never list a half-written part, and a crash leaves no torn file.
-            tmp = f"{self.path}/.{name}.tmp"
-            pq.write_table(table, tmp, filesystem=self.fs)
-            self.fs.move(tmp, final)
-        else:
-            pq.write_table(table, final, filesystem=self.fs)  # object stores publish a part atomically
+    def write(self, taken: list[tuple[pa.Table, Future | None]]) -> None:
+        tables = [table for table, _ in taken if table.num_rows]
+        if tables:
+            write_part(self.fs, self.path, pa.concat_tables(tables))
 
 
 class EventLog:
-    """Appends impression and feedback rows to Parquet part files under ``directory`` in batches.
+    """Appends request, impression and feedback rows to Parquet part files under ``directory`` in batches.
 
     Args:
         directory: events directory (local path or URI); created if missing.
         max_rows: write a part once this many rows of one kind are queued.
         max_delay_s: write a part once its oldest queued row has waited this long.
+        on_write_error: ``raise``: a failed write raises from the next ``log_*``/``flush`` call (batch
+            writers, which must stop); ``keep``: keep taking rows, retry, and drop (counting them) only
+            what exceeds ``max_pending_rows`` (a server, which must keep answering).
+        max_pending_rows: with ``keep``, the most rows held while writes fail.
 
     Thread-safe. ``log_*`` acknowledge by returning: from then on the rows are queued for a write that
-    :meth:`flush`, :meth:`close` or the background thread performs.
+    :meth:`flush`, :meth:`close` or the background thread performs; :meth:`log_durably` acknowledges
+    once they are written.
     """
 
-    def __init__(self, directory: str, *, max_rows: int = 2048, max_delay_s: float = 1.0) -> None:
-        if max_rows < 1 or not max_delay_s > 0:
+    def __init__(
+        self,
+        directory: str,
+        *,
+        max_rows: int = 2048,
+        max_delay_s: float = 1.0,
+        on_write_error: Literal["raise", "keep"] = "raise",
+        max_pending_rows: int = 1_000_000,
+    ) -> None:
+        if max_rows < 1 or not max_delay_s > 0 or max_pending_rows < 1:
             raise ValueError(
-                f"EventLog: max_rows ({max_rows}) and max_delay_s ({max_delay_s}) must be positive"
+                f"EventLog: max_rows ({max_rows}), max_delay_s ({max_delay_s}) and max_pending_rows "
+                f"({max_pending_rows}) must be positive"
             )
         self.directory = str(directory)
         self.max_rows = max_rows
         self.max_delay_s = max_delay_s
+        self.on_write_error = on_write_error
+        self.max_pending_rows = max_pending_rows
         self._parts = {
             REQUESTS_DIR: _PartWriter(storage.join(self.directory, REQUESTS_DIR)),
             IMPRESSIONS_DIR: _PartWriter(storage.join(self.directory, IMPRESSIONS_DIR)),
             FEEDBACK_DIR: _PartWriter(storage.join(self.directory, FEEDBACK_DIR)),
         }
-        self._lock = threading.Lock()  # guards the buffers
+        self._lock = threading.Lock()  # guards the buffers and counters
         self._write_lock = threading.Lock()  # one writer at a time keeps part order = log order
         self._wake = threading.Event()
+        self._urgent = False  # someone waits on a durable write: write at once
         self._error: BaseException | None = None
+        self.dropped: dict[str, int] = dict.fromkeys(self._parts, 0)
+        self.write_failures = 0
+        self.writes = 0
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="rayrec-event-log", daemon=True)
         self._thread.start()
@@ -279,24 +392,52 @@ class EventLog:
         self._add({FEEDBACK_DIR: table})
         return table.num_rows
 
+    def log_durably(self, feedback: Rows) -> Future:
+        """Queue feedback rows for an immediate write: the returned future completes (with the row count)
+        once they are on disk, together with everything queued before them, or fails with the write's
+        error, and then these rows were not written (the caller must not acknowledge them).
+
+        Calls made while a write is under way share the next write (group commit).
+        """
+        table = _to_table(feedback, FEEDBACK_SCHEMA, {"value": 1.0, "ts": time.time()})
+        future: Future = Future()
+        if self._closed:
+            future.set_exception(RayrecError(f"event log {self.directory} is closed"))
+            return future
+        with self._lock:
+            self._parts[FEEDBACK_DIR].add(table, future)
+            self._urgent = True
+        self._wake.set()
+        return future
+
     def flush(self) -> None:
-        """Write every queued row; raises if a write fails (the rows stay queued)."""
+        """Write every queued row; raises if a write fails (rows nobody waits for stay queued)."""
         with self._write_lock:
             with self._lock:  # one snapshot of every kind: a request and its impressions leave together
                 taken = [(part, part.take()) for part in self._parts.values()]
+                self._urgent = False
             for i, (part, tables) in enumerate(taken):
                 if not tables:
                     continue
                 try:
                     part.write(tables)
                 except Exception as exc:
+                    error = RayrecError(f"event log {self.directory}: write failed: {exc}")
                     with self._lock:
+                        self.write_failures += 1
                         for unwritten, rest in taken[i:]:
-                            if rest:
-                                unwritten.restore(rest)
+                            unwritten.restore(rest)
+                            for _, future in rest:
+                                if future is not None:
+                                    future.set_exception(error)
                         self._error = exc
-                    raise RayrecError(f"event log {self.directory}: write failed: {exc}") from exc
-            self._error = None
+                    raise error from exc
+                for _, future in tables:
+                    if future is not None:
+                        future.set_result(sum(t.num_rows for t, f in tables if f is future))
+            with self._lock:
+                self._error = None
+                self.writes += 1
 
     def close(self) -> None:
         """Stop the background writer and write everything queued. Idempotent."""
@@ -312,6 +453,19 @@ class EventLog:
         with self._lock:
             return sum(part.pending_rows for part in self._parts.values())
 
+    def status(self) -> dict[str, Any]:
+        """Pending rows, rows dropped while writes failed, failed and done writes, the last error (if the
+        last write failed)."""
+        with self._lock:
+            return {
+                "pending": sum(part.pending_rows for part in self._parts.values()),
+                "dropped": dict(self.dropped),
+                "write_failures": self.write_failures,
+                "writes": self.writes,
+                "failing": self._error is not None,
+                "last_error": type(self._error).__name__ if self._error is not None else None,
+            }
+
     def __enter__(self) -> EventLog:
         return self
 
@@ -322,8 +476,14 @@ class EventLog:
         if self._closed:
             raise RayrecError(f"event log {self.directory} is closed")
         with self._lock:
-            if self._error is not None:
+            if self._error is not None and self.on_write_error == "raise":
                 raise RayrecError(f"event log {self.directory}: earlier write failed: {self._error}")
+            pending = sum(part.pending_rows for part in self._parts.values())
+            incoming = sum(table.num_rows for table in tables.values())
+            if pending + incoming > self.max_pending_rows:  # only while writes fail: keep the oldest
+                for kind, table in tables.items():
+                    self.dropped[kind] += table.num_rows
+                return
             for kind, table in tables.items():
                 self._parts[kind].add(table)
             full = any(self._parts[kind].pending_rows >= self.max_rows for kind in tables)
@@ -333,7 +493,7 @@ class EventLog:
     def _due(self) -> bool:
         now = time.monotonic()
         with self._lock:
-            return any(
+            return self._urgent or any(
                 part.pending_rows >= self.max_rows
                 or (part.oldest is not None and now - part.oldest >= self.max_delay_s)
                 for part in self._parts.values()
@@ -347,29 +507,64 @@ class EventLog:
                 continue
             try:
                 self.flush()
-            except RayrecError:
-                time.sleep(self.max_delay_s)  # the error is kept and surfaced to the callers; retry later
+            except RayrecError as exc:
+                log.warning("%s; retrying", exc)
+                time.sleep(min(self.max_delay_s, 1.0))  # the error is kept and surfaced to the callers
 
 
-def _read(directory: str | Any, kind: str, schema: pa.Schema) -> pa.Table:
-    fs, path = storage.resolve(storage.join(str(directory), kind))
+# ---- reading, quarantine, compaction --------------------------------------------------------------------
+
+
+def _kind_dir(directory: str, kind: str) -> tuple[pafs.FileSystem, str]:
+    return storage.resolve(storage.join(str(directory), kind))
+
+
+def _list_parts(fs: pafs.FileSystem, path: str) -> list[str]:
+    """The part files a reader should read, in write order: without the sources of a finished compaction."""
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return schema.empty_table()
+        return []
     infos = fs.get_file_info(pafs.FileSelector(path))
-    files = sorted(
-        info.path
+    names = {
+        info.base_name
         for info in infos
         if info.type == pafs.FileType.File
-        and info.base_name.startswith("part-")
-        and info.base_name.endswith(".parquet")
-    )
-    if not files:
-        return schema.empty_table()
+        and info.base_name.startswith(PART_PREFIX)
+        and info.base_name.endswith(PART_SUFFIX)
+    }
+    for info in infos:
+        if info.type == pafs.FileType.File and info.base_name.startswith(INTENT_PREFIX):
+            intent = _read_intent(fs, info.path)
+            if intent is not None and intent["merged"] in names:
+                names -= set(intent["sources"])
+    return [f"{path}/{name}" for name in sorted(names)]
+
+
+def _read_intent(fs: pafs.FileSystem, path: str) -> dict | None:
     try:
-        tables = [pq.read_table(file, filesystem=fs, schema=schema) for file in files]
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"event log {directory}/{kind}: unreadable part file: {exc}") from None
-    return pa.concat_tables(tables)
+        with fs.open_input_stream(path) as stream:
+            intent = json.loads(stream.read())
+        return intent if isinstance(intent, dict) and {"merged", "sources"} <= set(intent) else None
+    except (OSError, ValueError):
+        return None  # vanished (finished meanwhile) or half-written (never committed)
+
+
+def _read(directory: str | Any, kind: str, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+    fs, path = _kind_dir(directory, kind)
+    for _attempt in range(5):
+        files = _list_parts(fs, path)
+        tables, vanished = [], False
+        for file in files:
+            try:
+                tables.append(pq.read_table(file, filesystem=fs, schema=schema, columns=columns))
+            except FileNotFoundError:
+                vanished = True  # compacted away since the listing: list again
+                break
+            except (pa.ArrowInvalid, OSError) as exc:
+                log.warning("event log %s/%s: skipping unreadable part %s (%s)", directory, kind, file, exc)
+        if not vanished:
+            target = schema if columns is None else pa.schema([schema.field(c) for c in columns])
+            return pa.concat_tables(tables) if tables else target.empty_table()
+    raise DataError(f"event log {directory}/{kind}: part files kept changing while being read")
 
 
 def read_impressions(directory: str) -> pa.Table:
@@ -385,3 +580,171 @@ def read_feedback(directory: str) -> pa.Table:
 def read_requests(directory: str) -> pa.Table:
     """All request rows under ``directory`` in write order (:data:`REQUESTS_SCHEMA`; empty if none)."""
     return _read(directory, REQUESTS_DIR, REQUESTS_SCHEMA)
+
+
+SCHEMAS = {REQUESTS_DIR: REQUESTS_SCHEMA, IMPRESSIONS_DIR: IMPRESSIONS_SCHEMA, FEEDBACK_DIR: FEEDBACK_SCHEMA}
+
+
+def quarantine_corrupt_parts(directory: str) -> list[str]:
+    """Move every part file whose Parquet footer cannot be read to ``DIR/quarantine/<kind>/``; returns
+    their new paths. Readers skip such files anyway; this keeps them for inspection and out of the way."""
+    moved = []
+    for kind in SCHEMAS:
+        fs, path = _kind_dir(directory, kind)
+        for file in _list_parts(fs, path):
+            try:
+                pq.read_metadata(file, filesystem=fs)
+            except FileNotFoundError:
+                continue
+            except (pa.ArrowInvalid, OSError):
+                target_dir = storage.resolve(storage.join(str(directory), QUARANTINE_DIR, kind))[1]
+                fs.create_dir(target_dir, recursive=True)
+                target = f"{target_dir}/{os.path.basename(file)}"
+                fs.move(file, target)
+                log.warning("event log %s: quarantined unreadable part %s", directory, target)
+                moved.append(target)
+    return moved
+
+
+def compact(directory: str, *, min_parts: int = 16, small_bytes: int = 8 << 20) -> dict[str, int]:
+    """Merge each kind's small part files (under ``small_bytes``) into one part, when there are at least
+    ``min_parts`` of them; returns kind → number of parts merged. Rows and their order are kept.
+
+    Crash-safe and safe for concurrent readers and writers: writers only add new parts (never touched
+    here); the merged part is written durably next to a ``.compact-*.json`` intent naming it and its
+    sources before the sources are deleted, readers that list the merged part skip the sources, and
+    :func:`recover` finishes an interrupted compaction (or drops its intent if the merged part never
+    appeared). Unreadable parts are quarantined, not merged.
+    """
+    merged = {}
+    for kind, schema in SCHEMAS.items():
+        fs, path = _kind_dir(directory, kind)
+        files = _list_parts(fs, path)
+        sizes = {info.path: info.size for info in fs.get_file_info(files)} if files else {}
+        small = [f for f in files if sizes.get(f, 0) < small_bytes]
+        if len(small) < min_parts:
+            continue
+        tables, sources = [], []
+        for file in small:
+            try:
+                tables.append(pq.read_table(file, filesystem=fs, schema=schema))
+                sources.append(file)
+            except FileNotFoundError:
+                continue
+            except (pa.ArrowInvalid, OSError):
+                continue  # quarantine_corrupt_parts moves it
+        if len(sources) < 2:
+            continue
+        first = os.path.basename(sources[0])[len(PART_PREFIX) :].split("-")[0]
+        name = (
+            f"{PART_PREFIX}{first}-c{uuid.uuid4().hex[:11]}{PART_SUFFIX}"  # sorts where its first source did
+        )
+        intent_path = f"{path}/{INTENT_PREFIX}{uuid.uuid4().hex}.json"
+        intent = {"merged": name, "sources": [os.path.basename(f) for f in sources]}
+        local = isinstance(fs, pafs.LocalFileSystem)
+        if local:  # the merged part in place (hidden), then the intent, then it appears
+            tmp = f"{path}/.{name}.tmp"
+            with open(tmp, "wb") as handle:
+                pq.write_table(pa.concat_tables(tables), handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            _write_small_file(fs, intent_path, json.dumps(intent).encode())
+            os.replace(tmp, f"{path}/{name}")
+            _fsync_dir(path)
+        else:
+            _write_small_file(fs, intent_path, json.dumps(intent).encode())
+            write_part(fs, path, pa.concat_tables(tables), name)
+        _finish_compaction(fs, path, intent_path, intent)
+        merged[kind] = len(sources)
+    return merged
+
+
+def _write_small_file(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = f"{path}.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(os.path.dirname(path))
+    else:
+        with fs.open_output_stream(path) as stream:
+            stream.write(data)
+
+
+def _finish_compaction(fs: pafs.FileSystem, path: str, intent_path: str, intent: dict) -> None:
+    for source in intent["sources"]:
+        with contextlib.suppress(FileNotFoundError):
+            fs.delete_file(f"{path}/{source}")
+    if isinstance(fs, pafs.LocalFileSystem):
+        _fsync_dir(path)
+    fs.delete_file(intent_path)
+
+
+def recover(directory: str) -> dict[str, int]:
+    """Finish what a crash interrupted: compactions (delete the sources of a merged part that exists,
+    else the intent) and temporary parts older than :data:`STALE_TMP_S`; returns counts of each."""
+    done = {"compactions": 0, "temporary": 0}
+    for kind in SCHEMAS:
+        fs, path = _kind_dir(directory, kind)
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            continue
+        infos = fs.get_file_info(pafs.FileSelector(path))
+        names = {info.base_name for info in infos}
+        for info in infos:
+            if info.base_name.startswith(INTENT_PREFIX) and info.base_name.endswith(".json"):
+                intent = _read_intent(fs, info.path)
+                if intent is not None and intent["merged"] in names:
+                    _finish_compaction(fs, path, info.path, intent)
+                else:
+                    fs.delete_file(info.path)
+                done["compactions"] += 1
+            elif info.base_name.startswith(".") and info.base_name.endswith(".tmp"):
+                age = time.time() - info.mtime.timestamp() if info.mtime else 0.0
+                if age > STALE_TMP_S:
+                    fs.delete_file(info.path)
+                    done["temporary"] += 1
+    return done
+
+
+def recent_slates(directory: str, limit: int) -> tuple[dict[str, dict[str, Any]], set[tuple[str, str, str]]]:
+    """What a restarted server must remember of the last ``limit`` requests it answered, from the log.
+
+    Returns:
+        request id → {"items": set of shown item ids, "arm", "key_id", "index_version", "policy_version"},
+        oldest first; and the (request id, item id, event) of the feedback already logged on them.
+    """
+    fs, path = _kind_dir(directory, IMPRESSIONS_DIR)
+    columns = ["request_id", "item_id", "arm", "key_id", "index_version", "policy_version"]
+    slates: dict[str, dict[str, Any]] = {}
+    for file in reversed(_list_parts(fs, path)):
+        try:
+            table = pq.read_table(file, filesystem=fs, schema=IMPRESSIONS_SCHEMA, columns=columns)
+        except (pa.ArrowInvalid, OSError):
+            continue
+        rows = table.to_pydict()
+        newer: dict[str, dict[str, Any]] = {}
+        for i, request_id in enumerate(rows["request_id"]):
+            slate = newer.get(request_id)
+            if slate is None:
+                if request_id in slates:
+                    continue
+                slate = newer[request_id] = {
+                    "items": set(),
+                    **{c: rows[c][i] for c in ("arm", "key_id", "index_version", "policy_version")},
+                }
+            slate["items"].add(rows["item_id"][i])
+        slates = {**newer, **slates}  # this (older) part's requests go first
+        if len(slates) >= limit:
+            break
+    slates = dict(list(slates.items())[-limit:])
+    feedback = _read(directory, FEEDBACK_DIR, FEEDBACK_SCHEMA, columns=["request_id", "item_id", "event"])
+    seen = {
+        (r, i, e)
+        for r, i, e in zip(
+            *(feedback.column(c).to_pylist() for c in ("request_id", "item_id", "event")), strict=True
+        )
+        if r in slates
+    }
+    return slates, seen

@@ -7,7 +7,9 @@ from the candidates not shown yet, with probability proportional to ``exp(s_j)``
 
 Everything here is built on :func:`conditional_log_probs` — the [.., k, K] table of each position's
 categorical distribution given the slate's prefix — so that the log-probability, the entropy and KL
-estimates and the position marginals share one (tested) definition.
+estimates and the Monte Carlo position marginals share one (tested) definition. Exact position marginals
+(slates of up to 10) come from the exponential-race form of the same model
+(:func:`exact_position_marginals`), tested against enumeration.
 
 References:
     - Plackett, R. L. (1975). The Analysis of Permutations. Applied Statistics 24(2).
@@ -16,6 +18,8 @@ References:
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.distributions import Distribution, constraints
@@ -111,18 +115,124 @@ def kl_estimate(
     return per_position.sum(dim=-1).mean(dim=0)  # [...]
 
 
+EXACT_MARGINALS_MAX_SLATE = 10
+"""Slates of up to this many positions get exact position marginals (:func:`exact_position_marginals`)."""
+
+_QUADRATURE_STEP = 0.25
+"""Trapezoid step in log-time: the integrands are smooth and decay at both ends, so the rule converges
+geometrically; 0.25 keeps the error below 1e-10 per entry (tested against enumeration)."""
+_LEFT_NATS = 18.0
+"""The grid starts where ``t * sum(weights) = e^-18``: below it, positions >= 1 hold < 1e-15 of the mass."""
+_RIGHT_ARRIVALS = 40.0
+"""The grid ends where the (k+1)-th heaviest candidate has arrived with probability 1 - e^-40."""
+_SPREAD_NATS = 700.0
+"""Logits further than this below a row's maximum are raised to it (exp would underflow to 0)."""
+_CELLS = 1 << 23
+"""float64 cells (64 MiB) of the suffix table held at once: rows are processed in chunks of this size."""
+
+
+def exact_position_marginals(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Exact PL position marginals ``P(candidate j at position p)``, [..., K] → [..., k, K] float64.
+
+    PL sampling is an exponential race: candidate i arrives at ``T_i ~ Exp(w_i)``, ``w_i = exp(s_i)``, and
+    the slate lists the first k arrivals in order (this is the Gumbel-top-k trick: ``-log T_i`` is a
+    Gumbel perturbation of ``s_i``). So j is at position p exactly when j arrives at some t and exactly p
+    of the others have arrived before::
+
+        P(j at p) = integral_0^inf  w_j e^{-w_j t}  PB_{-j}(p; t)  dt,
+
+    where ``PB_{-j}(p; t)`` is the Poisson-binomial probability that exactly p of the other candidates,
+    each arrived with probability ``1 - e^{-w_i t}``, have arrived. For every t the probabilities of 0..k-1
+    arrivals among all-but-j come from prefix and suffix products of the candidates' generating
+    polynomials ``(e^{-w_i t} + (1 - e^{-w_i t}) z)`` truncated at degree k-1 (sums of non-negative terms:
+    no cancellation). The integral is a trapezoid rule in ``y = log t``, where each candidate's arrival
+    density is a Gumbel density of unit scale — smooth and decaying at both ends, so the rule converges
+    geometrically; the grid runs from where nothing has arrived to where the k+1 heaviest have. Position 0
+    is the closed form ``w_j / sum(w)``.
+
+    Cost: O(G K k^2) per row, with G ≈ 4 × (22 + ln K + the spread in nats of the k+1 largest logits)
+    grid points: about 0.4 ms per row for K = 20, k = 5 and 3.5 ms for K = 100, k = 10 on one core, less
+    than the 256-sample Monte Carlo estimate costs. Accuracy: better than 1e-9 per entry.
+
+    References:
+        - Luce, R. D. (1959). Individual Choice Behavior; Yellott, J. I. (1977). "The relationship
+          between Luce's choice axiom, Thurstone's theory of comparative judgment, and the double
+          exponential distribution." J. Math. Psychology 15 (the exponential race).
+        - Trefethen, L. N. & Weideman, J. A. C. (2014). "The exponentially convergent trapezoidal rule."
+          SIAM Review 56(3).
+    """
+    if not 1 <= k <= logits.shape[-1]:
+        raise ValueError(f"slate size {k} must be in 1..{logits.shape[-1]} (the candidate count)")
+    batch_shape, num = logits.shape[:-1], logits.shape[-1]
+    flat = logits.detach().reshape(-1, num).double()  # [B, K]
+    shifted = flat - flat.max(dim=-1, keepdim=True).values
+    weights = shifted.clamp(min=-_SPREAD_NATS).exp()  # [B, K], max 1
+    total = weights.sum(dim=-1)  # [B]
+    out = torch.empty(len(flat), k, num, dtype=torch.float64)
+    out[:, 0] = weights / total[:, None]
+    if k > 1 and len(flat):
+        stop = weights.topk(min(k + 1, num), dim=-1).values[:, -1]  # [B] (k+1)-th heaviest
+        start = -total.log() - _LEFT_NATS  # [B] first grid point (log-time)
+        points = torch.ceil((math.log(_RIGHT_ARRIVALS) - stop.log() - start) / _QUADRATURE_STEP).long() + 1
+        order = torch.argsort(points, descending=True)
+        first = 0
+        while first < len(order):
+            size = max(1, _CELLS // (int(points[order[first]]) * num * k))
+            rows = order[first : first + size]
+            out[rows, 1:] = _later_positions(weights[rows], start[rows], int(points[rows[0]]), k)
+            first += size
+    return out.reshape(*batch_shape, k, num)
+
+
+def _later_positions(weights: torch.Tensor, start: torch.Tensor, points: int, k: int) -> torch.Tensor:
+    """Positions 1..k-1 of :func:`exact_position_marginals` for B rows: [B, K] weights → [B, k - 1, K].
+
+    Args:
+        start: [B] first grid point of each row in log-time; every row uses ``points`` points.
+    """
+    batch, num = weights.shape
+    step = _QUADRATURE_STEP
+    time = (start[:, None] + step * torch.arange(points, dtype=torch.float64)).exp()  # [B, G]
+    rate = (weights.T[:, :, None] * time[None]).reshape(num, -1)  # [K, N = B G]: w_i t
+    waiting = torch.exp(-rate)  # [K, N] candidate i not arrived by t
+    arrived = -torch.expm1(-rate)  # [K, N]
+    # suffix[i, m]: P(exactly m of the candidates after i have arrived), m < k.
+    suffix = torch.zeros(num, k, rate.shape[1], dtype=torch.float64)
+    suffix[-1, 0] = 1.0
+    for i in range(num - 2, -1, -1):
+        torch.mul(suffix[i + 1], waiting[i + 1], out=suffix[i])
+        suffix[i, 1:] += suffix[i + 1, :-1] * arrived[i + 1]
+    prefix = torch.zeros(k, rate.shape[1], dtype=torch.float64)  # candidates before j
+    prefix[0] = 1.0
+    density = rate * waiting  # [K, N] w_j t e^{-w_j t}: the arrival density in log-time
+    out = torch.empty(batch, k - 1, num, dtype=torch.float64)
+    for j in range(num):
+        others = torch.zeros(k - 1, rate.shape[1], dtype=torch.float64)  # m = 1..k-1 arrivals but j
+        for a in range(k):
+            low = max(1, a)
+            others[low - 1 :] += prefix[a] * suffix[j, low - a : k - a]
+        out[:, :, j] = step * (others * density[j]).reshape(k - 1, batch, points).sum(dim=-1).T
+        grown = prefix * waiting[j]
+        grown[1:] += prefix[:-1] * arrived[j]
+        prefix = grown
+    return out
+
+
 def position_marginals(
     logits: torch.Tensor, k: int, num_samples: int = 256, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Probability that candidate j is shown at position p, [..., K] → [..., k, K] (rows sum to 1).
+    """Probability that candidate j is shown at position p, [..., K] → [..., k, K] in ``logits``' dtype.
 
-    Exact for position 0. Later positions are a Rao–Blackwellised Monte Carlo estimate with
-    ``num_samples`` prefixes drawn from the model: the average over drawn prefixes of the exact conditional
-    distribution at that position. It is unbiased, every row sums to exactly 1, and — unlike counting
-    sampled slates — it is strictly positive for every candidate that can appear, so an item-position
-    propensity logged from it is never zero.
+    For slates of up to :data:`EXACT_MARGINALS_MAX_SLATE` positions the marginals are exact
+    (:func:`exact_position_marginals`), so the propensities logged from them and the importance weights
+    divided by them carry no sampling error. Longer slates get a Rao–Blackwellised Monte Carlo estimate
+    with ``num_samples`` prefixes drawn from the model (``generator``): the average over drawn prefixes of
+    the exact conditional distribution at that position — unbiased, rows summing to exactly 1, strictly
+    positive for every candidate that can appear, exact at position 0.
     """
     with torch.no_grad():
+        if k <= EXACT_MARGINALS_MAX_SLATE:
+            return exact_position_marginals(logits, k).to(logits.dtype)
         slates = gumbel_top_k(logits.unsqueeze(0).expand(num_samples, *logits.shape), k, generator)
         return conditional_log_probs(logits.unsqueeze(0), slates).exp().mean(dim=0)  # [..., k, K]
 

@@ -3,17 +3,22 @@
 User ids become keyed HMAC-SHA256 pseudonyms. Without the key nobody can recompute a pseudonym from
 a guessed raw id (plain hashing of small integer ids is reversed by enumeration in a blink); with the
 same key the same user gets the same pseudonym on every import, so datasets and event logs join up.
-The key comes from ``RAYREC_PSEUDONYM_KEY`` or from a key file created beside the data with 0600
-permissions. Keep that file out of anything you share: whoever holds it can test guesses.
+An import takes the key from ``RAYREC_PSEUDONYM_KEY`` or from a key file created beside the data with
+0600 permissions (:func:`load_or_create_key`). The server keeps its key apart from its data and events
+(:func:`load_key`: the environment, a key file such as a mounted Kubernetes Secret, or the user's
+config directory), and writes the key's public id (:func:`key_id`) on every event row. Keep key files
+out of anything you share: whoever holds a key can test guesses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 import secrets
 import stat
+import tempfile
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -45,37 +50,115 @@ groups, or a national trunk prefix. The pattern is valid for both Python ``re`` 
 
 
 def load_or_create_key(data_dir: str) -> bytes:
-    """The pseudonymization key: ``RAYREC_PSEUDONYM_KEY``, else ``data_dir/pseudonym.key``.
-
-    A missing key file is created with 256 random bits and 0600 permissions, and reused by every
-    later import into ``data_dir`` so pseudonyms stay stable. A key file that others can read is
-    refused, as ssh refuses such private keys.
+    """The pseudonymization key of a dataset import: ``RAYREC_PSEUDONYM_KEY``, else
+    ``data_dir/pseudonym.key`` (created on first use, atomically, 0600; reused by later imports into
+    ``data_dir`` so that pseudonyms stay stable). A key file that others can read is refused, as ssh
+    refuses such private keys. The server keeps its key apart from its data: :func:`load_key`.
     """
     env = os.environ.get(KEY_ENV)
     if env is not None:
         return _checked(env.strip(), KEY_ENV)
     path = storage.join(data_dir, KEY_FILE)
-    if storage.exists(path):
-        if not storage.is_remote(path):
-            mode = stat.S_IMODE(os.stat(storage.local_path(path)).st_mode)
-            if mode & 0o077:
-                raise ConfigError(
-                    f"{path}: the pseudonymization key is readable by others (mode {mode:o}); "
-                    f"run `chmod 600 {path}`"
-                )
-        return _checked(storage.read_text(path).strip(), path)
-    key = secrets.token_hex(32)
+    if storage.is_remote(path) and not storage.exists(path):
+        storage.write_text(path, secrets.token_hex(32) + "\n")  # access comes from the bucket's policy
+    return _key_from_file(path, create=True)
+
+
+KEY_FILE_ENV = "RAYREC_PSEUDONYM_KEY_FILE"
+"""A path to the key file (e.g. a mounted Kubernetes Secret), when the key is not in ``RAYREC_PSEUDONYM_KEY``."""
+
+
+def default_key_path() -> str:
+    """``$XDG_CONFIG_HOME/rayrec/pseudonym.key`` (``~/.config/rayrec/pseudonym.key``): this user's key,
+    apart from every data and events directory."""
+    config_home = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(config_home, "rayrec", KEY_FILE)
+
+
+def resolve_key_source(path: str | None = None) -> str:
+    """Where the key comes from: ``env:RAYREC_PSEUDONYM_KEY``, else the key file ``path``, else
+    ``RAYREC_PSEUDONYM_KEY_FILE``, else :func:`default_key_path` (an absolute path)."""
+    if os.environ.get(KEY_ENV) is not None:
+        return f"env:{KEY_ENV}"
+    chosen = path or os.environ.get(KEY_FILE_ENV) or default_key_path()
+    return chosen if storage.is_remote(chosen) else os.path.abspath(os.path.expanduser(chosen))
+
+
+def load_key(source: str, create: bool = False) -> bytes:
+    """The key of a source from :func:`resolve_key_source`.
+
+    Args:
+        create: make a local key file that does not exist yet (atomically: of processes racing to create
+            it, all end up with the one that won). Servers create it once, where the application is
+            built, and their replicas load it with ``create=False``, so that two replicas can never
+            hold different keys: a replica that cannot see the file fails instead.
+
+    Raises:
+        ConfigError: no key there (and not created), a key readable by others, a key too short, or a
+            remote key file that does not exist (keys are never created in object stores: use a
+            Secret or ``RAYREC_PSEUDONYM_KEY``).
+    """
+    if source.startswith("env:"):
+        value = os.environ.get(source[4:])
+        if value is None:
+            raise ConfigError(f"{source[4:]} is not set in this process's environment")
+        return _checked(value.strip(), source[4:])
+    return _key_from_file(source, create=create)
+
+
+def _key_from_file(path: str, create: bool) -> bytes:
     if storage.is_remote(path):
-        storage.write_text(path, key + "\n")  # permissions on object stores come from the bucket's policy
-    else:
-        local = storage.local_path(path)
-        os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
-        # O_EXCL: two imports racing into one directory must not each write their own key
-        fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        if not storage.exists(path):
+            raise ConfigError(
+                f"{path}: no pseudonymization key there; keys are not created in object stores: put one "
+                f"there yourself, or use {KEY_ENV} (a Kubernetes Secret)"
+            )
+        return _checked(storage.read_text(path).strip(), path)
+    local = storage.local_path(path)
+    if not os.path.exists(local):
+        if not create:
+            raise ConfigError(
+                f"{path}: no pseudonymization key file; create it where the application is built, mount "
+                f"the same Secret on every node, or set {KEY_ENV}"
+            )
+        _create_key_file(local)
+    mode = stat.S_IMODE(os.stat(local).st_mode)
+    if mode & 0o077:
+        raise ConfigError(
+            f"{path}: the pseudonymization key is readable by others (mode {mode:o}); run `chmod 600 {path}`"
+        )
+    with open(local) as handle:
+        return _checked(handle.read().strip(), path)
+
+
+def _create_key_file(path: str) -> None:
+    """A new random key at ``path``, created atomically: written whole to a private temporary file and
+    hard-linked into place, which fails if another process got there first (then its key stands). No
+    reader ever sees a partial key, and two creators never end up with different keys."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{KEY_FILE}.", dir=directory)
+    try:
         with os.fdopen(fd, "w") as handle:
-            handle.write(key + "\n")
-        os.chmod(local, 0o600)  # the umask cannot loosen it, but a pre-set ACL default could
-    return key.encode()
+            handle.write(secrets.token_hex(32) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o600)  # mkstemp makes it 0600; a default ACL could loosen it
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        os.unlink(tmp)
+
+
+def key_id(key: bytes) -> str:
+    """A short public name of a key (logged on every event row): tells which key made a pseudonym, and
+    reveals nothing of the key (a hash of it with a fixed label)."""
+    return "k" + hashlib.sha256(b"rayrec-pseudonym-key-id:" + key).hexdigest()[:11]
 
 
 def _checked(key: str, origin: str) -> bytes:

@@ -2,7 +2,8 @@
 
 Deployments, composed with DeploymentHandles::
 
-    HTTP ─► Recommender (FastAPI ingress: validation, pseudonymization, A/B assignment)
+    HTTP ─► Recommender (request guard: keys, limits, admission, deadline; FastAPI: validation;
+              │           pseudonymization, A/B assignment)
               ├─► UserStep ──(query)──► QueryEncoder          history → request context (profile)
               ├─► Retriever                                   FAISS, batched; cold-start fallback
               ├─► Ranker-<arm> (one per arm)                   the arm's SlatePolicy, batched
@@ -14,8 +15,12 @@ search, are the cost); the request contexts flow from UserStep to Retriever as a
 With ``colocate`` the ingress holds UserStep, Retriever and the rankers itself (:mod:`serving.local`),
 which leaves one handle call per batch: the layout for small machines. Rolling out a new index or policy:
 change the deployment's ``user_config`` (``index`` / ``policy``) in ``serving/config.yaml`` and ``serve
-deploy`` it; the running replicas load the new artifact and swap it in without dropping requests (see
-config.yaml).
+deploy`` it; the running replicas load the new artifact and swap it in without dropping requests, or
+refuse a bad one and keep serving the old (see config.yaml).
+
+What the server promises under abuse, overload and failure (limits, API keys, deadlines, isolated arms,
+durable feedback, safe rollouts, metrics) is in docs/operations.md; :mod:`serving.guard` and
+:mod:`serving.api` hold the HTTP side of it.
 
 K (candidates per request) is the trained arms' policies' K unless ``num_candidates`` is given
 (:meth:`serving.settings.AppConfig.with_num_candidates`); each ranker shows its policy the
@@ -26,44 +31,65 @@ scale the policy was trained with.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import ipaddress
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.config import BackpressureConfig
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from rayrec.assignment import assign_arm
 from rayrec.baselines import load_policy
 from rayrec.errors import ArtifactError, ConfigError
-from rayrec.privacy import Pseudonymizer, load_or_create_key
+from rayrec.privacy import Pseudonymizer, key_id, load_key, resolve_key_source
 from serving.api import (
     MAX_K,
-    FeedbackRequest,
+    REQUEST_STATE,
+    DeadlineExceeded,
     Health,
     ItemNotShown,
+    NotReady,
     Overloaded,
     RecommendedItem,
     RecommendRequest,
     RecommendResponse,
     UnknownRequest,
+    log,
     make_api,
 )
+from serving.auth import KeyRing
 from serving.batching import Coalescer
 from serving.deployments import EventLogger, QueryEncoder, Ranker, Retriever, UserStep, read_index_manifest
+from serving.haproxy import install_error_page
 from serving.local import LocalStages, stages_user_config
-from serving.pipeline import Ranked, trained_config
+from serving.metrics import IngressMetrics
+from serving.pipeline import Candidates, Ranked, failover, trained_config
 from serving.settings import MAX_MERGED, AppConfig, app_config_from_args
 
 INTERNAL_MAX_ONGOING = MAX_MERGED
 """Concurrent calls an internal deployment takes: as many as a merged batch holds items, so merges can
 fill; the ingress bounds the load."""
 HEALTH_TIMEOUT_S = 5.0
+INGRESS_HEADROOM = 1024
+"""Requests Serve lets into the ingress beyond what its guard admits and queues: the guard refuses them
+itself, in microseconds, with a 503 that carries Retry-After and the API's error body (Serve's own
+refusal, past this, is a bare text 503); health checks and docs pass meanwhile."""
 
 
 class Recommender:
     """The ingress: turns an HTTP request into one pass through the pipeline and logs what was shown.
+
+    Failures stay as small as they can: a stage that is unavailable or late fails its batch with a 503 or
+    504 (never a hang: every call has the per-request deadline); a ranker that fails or is late affects
+    only its own arm, whose requests get the candidates in retrieval order (``fallback`` in the answer,
+    counted per arm); an event log that cannot take the rows does not fail ``/recommend`` (the rows are
+    counted as unlogged), while ``/feedback`` answers 503 until it can write again.
 
     Args:
         user_step, retriever, rankers, logger, encoder: handles of the other deployments (``rankers`` by
@@ -71,12 +97,20 @@ class Recommender:
             are None: the ingress holds those stages itself (:class:`serving.local.LocalStages`), loaded
             by :meth:`reconfigure`.
         config: the application's :class:`serving.settings.AppConfig`.
+        dim: the application's embedding dimension (colocated stages refuse artifacts of another).
     """
 
     def __init__(
-        self, user_step, retriever, rankers: dict[str, Any] | None, logger, encoder, config: AppConfig
+        self,
+        user_step,
+        retriever,
+        rankers: dict[str, Any] | None,
+        logger,
+        encoder,
+        config: AppConfig,
+        dim: int | None = None,
     ) -> None:
-        self.local = LocalStages(encoder, config) if config.colocate else None
+        self.local = LocalStages(encoder, config, dim) if config.colocate else None
         if self.local is not None:
             user_step, retriever, rankers = self.local.handles()
         self.user_step = user_step
@@ -84,18 +118,44 @@ class Recommender:
         self.rankers = rankers
         self.logger = logger
         self.encoder = encoder
+        self.config = config
         self.arms = [(arm.name, arm.weight) for arm in config.parsed_arms()]
         self.salt = config.salt
         self.max_history = config.max_history
         self.supports_query = encoder is not None
+        self.deadline_s = config.request_timeout_s
+        self.metrics = IngressMetrics()
+        self.keys = KeyRing(config.api_keys) if config.api_keys else None
+        install_error_page()  # HAProxy's own errors become the API's 503 (serving/haproxy.py)
         # Raw user ids exist only inside this method call; everything downstream sees the pseudonym.
-        self.pseudonymizer = Pseudonymizer(load_or_create_key(config.key_dir or config.events))
+        # the key lives apart from the data; it was created (if need be) where the app was built
+        key = load_key(config.pseudonym_key or resolve_key_source(None), create=False)
+        self.pseudonymizer = Pseudonymizer(key)
+        self.key_id = key_id(key)
         # Requests that arrive while batches are in flight go through the pipeline together: one call per
         # stage for the lot, instead of five calls per request (see serving/batching.py).
         self.pipeline = Coalescer(self._recommend_batch, config.max_batch, config.concurrent_batches)
 
+    def asgi_app(self, echo_request_id: bool = True):
+        """The HTTP app: :func:`serving.api.make_api` behind the request guard with this config's limits."""
+        config = self.config
+        return make_api(
+            self,
+            auth_enabled=self.keys is not None,
+            echo_request_id=echo_request_id,
+            guard_options={
+                "keys": self.keys,
+                "local_only": self.keys is None,
+                "max_ongoing": config.max_ongoing_requests,
+                "max_queued": config.max_queued_requests,
+                "request_timeout_s": config.request_timeout_s,
+                "max_body_bytes": config.max_body_bytes,
+                "on_response": self.metrics.on_response,
+            },
+        )
+
     def __serve_build_asgi_app__(self):
-        return make_api(self)
+        return self.asgi_app(echo_request_id=False)  # Serve's own middleware echoes X-Request-ID
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Colocated stages only: ``{"index": URI, "policies": {arm: SPEC}}`` (see config.yaml)."""
@@ -108,10 +168,45 @@ class Recommender:
 
     async def recommend(self, request: RecommendRequest) -> RecommendResponse:
         user = self.pseudonymizer.pseudonymize(request.user_id)
+        # the arm hashes the raw id with the experiment's salt, not the pseudonym: a new pseudonymization
+        # key (a rotation) or a new events directory leaves every user in their arm
+        arm = assign_arm(request.user_id, self.arms, self.salt)
+        state = REQUEST_STATE.get()
+        if state is not None:
+            state["arm"] = arm  # for the per-arm metrics of this answer
+        pending = _Pending(request, user, arm)
         try:
-            return await self.pipeline(_Pending(request, user, assign_arm(user, self.arms, self.salt)))
-        except (BackPressureError, DeploymentUnavailableError) as exc:
-            raise Overloaded(type(exc).__name__) from None
+            return await self.pipeline(pending)
+        except asyncio.CancelledError:
+            pending.gone = True  # past its deadline, or the client left: its slate is never shown
+            raise
+
+    async def _stage(self, response, what: str):
+        """A stage's answer within the deadline: 504 when late (the call is cancelled), 503 when the stage
+        is unavailable or shedding load."""
+        try:
+            return await asyncio.wait_for(_awaited(response), self.deadline_s)
+        except TimeoutError:
+            _cancel(response)
+            raise DeadlineExceeded(self.deadline_s) from None
+        except UNAVAILABLE as exc:
+            raise Overloaded(f"{what} unavailable ({type(exc).__name__}); retry later") from None
+
+    async def _rank_arm(self, arm: str, requests: list[tuple[Candidates, int]]) -> list[Ranked]:
+        """The arm's slates; if its ranker fails or is late, the retrieval-order fallback (counted)."""
+        call = self.rankers[arm].rank.remote([c for c, _ in requests], [k for _, k in requests])
+        try:
+            return await asyncio.wait_for(_awaited(call), self.deadline_s)
+        except TimeoutError:
+            _cancel(call)
+            reason = "timeout"
+        except Exception as exc:  # a broken artifact, a dead replica, an error: this arm only
+            log.warning(
+                "ranker of arm %s failed (%s): serving the retrieval-order fallback", arm, type(exc).__name__
+            )
+            reason = "error"
+        self.metrics.fallback(arm, reason, len(requests))
+        return failover(requests)
 
     async def _recommend_batch(self, batch: list[_Pending]) -> list[RecommendResponse]:
         """One pass through the pipeline for the requests that waited together: a call per stage."""
@@ -120,15 +215,17 @@ class Recommender:
             [p.request.query for p in batch],
             [p.request.session_step for p in batch],
         )
-        candidates = await self.retriever.retrieve.remote(contexts)
+        try:
+            candidates = await self._stage(self.retriever.retrieve.remote(contexts), "retrieval")
+        except BaseException:
+            _cancel(contexts)  # abandoned with the batch
+            raise
         by_arm: dict[str, list[int]] = {}
         for i, pending in enumerate(batch):
             by_arm.setdefault(pending.arm, []).append(i)
         slates = await asyncio.gather(
             *(
-                self.rankers[arm].rank.remote(
-                    [candidates[i] for i in rows], [batch[i].request.k for i in rows]
-                )
+                self._rank_arm(arm, [(candidates[i], batch[i].request.k) for i in rows])
                 for arm, rows in by_arm.items()
             )
         )
@@ -138,17 +235,16 @@ class Recommender:
                 ranked[i] = slate
         now = time.time()
         request_ids = [uuid.uuid4().hex for _ in batch]
-        await self.logger.log_requests.remote(
-            [
-                r.request_row(rid, now, p.user, p.arm)
-                for p, r, rid in zip(batch, ranked, request_ids, strict=True)
-            ],
-            [
-                row
-                for p, r, rid in zip(batch, ranked, request_ids, strict=True)
-                for row in r.impressions(rid, now, p.user, p.arm)
-            ],
-        )
+        answered = [(p, r, rid) for p, r, rid in zip(batch, ranked, request_ids, strict=True) if not p.gone]
+        requests = [
+            {**r.request_row(rid, now, p.user, p.arm), "key_id": self.key_id} for p, r, rid in answered
+        ]
+        impressions = [
+            {**row, "key_id": self.key_id}
+            for p, r, rid in answered
+            for row in r.impressions(rid, now, p.user, p.arm)
+        ]
+        await self._log_requests(requests, impressions)
         return [
             RecommendResponse(
                 request_id=rid,
@@ -160,25 +256,43 @@ class Recommender:
                 policy=r.policy,
                 unknown_history=r.unknown,
                 cold_start=r.cold_start,
+                fallback=r.fallback,
+                index_version=r.index_version,
+                policy_version=r.policy_version,
             )
             for p, r, rid in zip(batch, ranked, request_ids, strict=True)
         ]
 
-    async def feedback(self, request: FeedbackRequest) -> None:
-        row = {**request.model_dump(), "ts": time.time()}
+    async def _log_requests(self, requests: list[dict], impressions: list[dict]) -> None:
+        """Hand the answers' rows to the event logger; if it cannot take them (restarting, overloaded, late)
+        the answers still go out and the rows are counted as unlogged (their feedback will be a 404)."""
+        call = self.logger.log_requests.remote(requests, impressions)
         try:
-            status = await self.logger.log_feedback.remote(row)
-        except (BackPressureError, DeploymentUnavailableError) as exc:
-            raise Overloaded(type(exc).__name__) from None
-        if status == "unknown-request":
-            raise UnknownRequest(
-                f"unknown request_id {request.request_id!r}: not answered by this server, or older than "
-                "the requests it remembers"
-            )
-        if status == "not-shown":
-            raise ItemNotShown(f"item {request.item_id!r} was not shown in request {request.request_id!r}")
+            await asyncio.wait_for(_awaited(call), self.deadline_s)
+            return
+        except TimeoutError:
+            _cancel(call)
+            reason = "timeout"
+        except Exception as exc:
+            reason = type(exc).__name__
+        log.warning("event logger did not take %d answered requests (%s)", len(requests), reason)
+        self.metrics.not_logged("requests", len(requests))
+        self.metrics.not_logged("impressions", len(impressions))
 
-    async def health(self) -> Health:
+    async def feedback(self, request) -> str:
+        """``accepted`` or ``duplicate`` once the row is durably written; :class:`serving.api.ApiError` else."""
+        row = {**request.model_dump(), "ts": time.time()}
+        status = await self._stage(self.logger.log_feedback.remote(row), "event log")
+        if status == "unknown-request":
+            raise UnknownRequest(request.request_id)
+        if status == "not-shown":
+            raise ItemNotShown(request.request_id, request.item_id)
+        if status == "unavailable":
+            raise Overloaded("the event log cannot write right now; nothing was recorded, retry later", 5)
+        return status
+
+    async def health(self, admin: bool) -> Health:
+        """Ready when every part answers; the details only for ``admin`` (:class:`serving.api.NotReady` else)."""
         parts = {"user_step": self.user_step, "retriever": self.retriever, "logger": self.logger}
         parts.update({f"ranker {arm}": handle for arm, handle in self.rankers.items()})
         if self.encoder is not None:
@@ -190,31 +304,60 @@ class Recommender:
         )
         infos = {n: r for n, r in zip(names, results, strict=True) if not isinstance(r, BaseException)}
         problems = [
-            f"{n}: {type(r).__name__}: {r}" for n, r in zip(names, results, strict=True) if n not in infos
+            f"{n}: unavailable ({type(r).__name__})"
+            for n, r in zip(names, results, strict=True)
+            if n not in infos
         ]
-        retriever = infos.get("retriever", {})
+        if problems:
+            raise NotReady(problems, admin)
+        if not admin:
+            return Health(ready=True)
+        retriever = infos["retriever"]
         return Health(
-            ready=not problems,
-            items=retriever.get("items", 0),
-            index=retriever.get("index", ""),
+            ready=True,
+            items=retriever["items"],
+            index=retriever["index"],
+            index_version=retriever["version"],
             encoder=infos.get("encoder", {}).get("encoder"),
             arms=dict(self.arms),
-            policies={arm: infos.get(f"ranker {arm}", {}).get("policy", "?") for arm in self.rankers},
-            problems=problems,
+            policies={arm: infos[f"ranker {arm}"]["policy"] for arm in self.rankers},
+            policy_versions={arm: infos[f"ranker {arm}"].get("version", "") for arm in self.rankers},
+            events=infos["logger"],
+            counters=dict(self.metrics.counts),
+            problems=[info["rollout_error"] for info in infos.values() if info.get("rollout_error")]
+            + (
+                [f"API keys: {self.keys.reload_error}"]
+                if self.keys is not None and self.keys.reload_error
+                else []
+            ),
         )
 
 
-@dataclass(frozen=True)
+UNAVAILABLE = (BackPressureError, DeploymentUnavailableError, RayActorError, ActorUnavailableError)
+"""What a handle call raises while its deployment is restarting or shedding load: a 503, retry later."""
+
+
+@dataclass
 class _Pending:
-    """A validated request waiting for its batch: the pseudonymized user and its arm."""
+    """A validated request waiting for its batch: the pseudonymized user and its arm; ``gone`` once its
+    caller stopped waiting (a deadline, a disconnect), so that a slate nobody saw is not logged."""
 
     request: RecommendRequest
     user: str
     arm: str
+    gone: bool = False
 
 
 async def _awaited(response):
     return await response
+
+
+def _cancel(response) -> None:
+    """Cancel a handle call (a DeploymentResponse, or an in-process future) that is no longer wanted."""
+    cancel = getattr(response, "cancel", None)
+    if cancel is not None:
+        with contextlib.suppress(Exception):
+            cancel()
 
 
 def resolve_encoder(config: AppConfig) -> tuple[str | None, int]:
@@ -260,17 +403,58 @@ def resolve_config(config: AppConfig) -> tuple[AppConfig, str | None, int]:
     """
     config = config.with_absolute_paths()
     encoder_name, dim = resolve_encoder(config)
+    # The pseudonymization key is settled here, once: created if missing (atomically), so that every
+    # replica reads the same one (a replica that cannot find it fails rather than make its own).
+    key_source = resolve_key_source(config.pseudonym_key)
+    load_key(key_source, create=True)
+    config = dataclasses.replace(config, pseudonym_key=key_source)
     return config.with_num_candidates(check_policies(config, dim)), encoder_name, dim
 
 
 def build_app_from_config(config: AppConfig) -> serve.Application:
-    """The bound application for ``config`` (``serve.run`` it, or let ``serve run``/``serve deploy`` do it)."""
+    """The bound application for ``config`` (``serve.run`` it, or let ``serve run``/``serve deploy`` do it).
+
+    Raises:
+        ConfigError: the running Serve listens on a non-loopback address and ``config`` has no API keys.
+    """
+    check_exposure(config, serve_http_host())
     return bind_app(*resolve_config(config))
+
+
+def serve_http_host() -> str | None:
+    """The host the running Serve instance's HTTP ingress binds, or None when no Serve is running here
+    (``serve run`` builds the application before it starts Serve)."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    try:
+        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        return ray.get(controller.get_http_config.remote(), timeout=30).host
+    except Exception:  # no controller yet, or an API that moved: the CLI's own check still applies
+        return None
+
+
+def check_exposure(config: AppConfig, host: str | None) -> None:
+    """An application reachable from the network needs API keys."""
+    if host is None or config.api_keys:
+        return
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(
+            f"Serve listens on {host}: set the application's api_keys to a key file "
+            "(`rayrec api-key add FILE --id NAME --scopes recommend,feedback`)"
+        )
 
 
 def bind_app(config: AppConfig, encoder_name: str | None, dim: int) -> serve.Application:
     """The bound application for a config settled by :func:`resolve_config` (and its encoder and dim)."""
-    logging_config = {"enable_access_log": config.access_log}
+    logging_config = {"enable_access_log": config.access_log, "encoding": config.log_encoding}
     internal = {
         "ray_actor_options": {"num_cpus": 0.1},
         "logging_config": logging_config,
@@ -290,17 +474,17 @@ def bind_app(config: AppConfig, encoder_name: str | None, dim: int) -> serve.App
         user_step = (
             serve.deployment(UserStep)
             .options(name="UserStep", user_config=index_config, **internal)
-            .bind(encoder)
+            .bind(encoder, dim, config.index)
         )
         retriever = (
             serve.deployment(Retriever)
             .options(name="Retriever", user_config=index_config, **internal)
-            .bind(config.num_candidates, MAX_K, config.batch_wait_s)
+            .bind(config.num_candidates, MAX_K, config.batch_wait_s, dim, config.index)
         )
         rankers = {
             arm.name: serve.deployment(Ranker)
             .options(name=f"Ranker-{arm.name}", user_config={"policy": arm.policy}, **internal)
-            .bind(config.num_candidates, config.batch_wait_s)
+            .bind(config.num_candidates, config.batch_wait_s, dim, arm.policy)
             for arm in config.parsed_arms()
         }
     logger = (
@@ -309,15 +493,19 @@ def bind_app(config: AppConfig, encoder_name: str | None, dim: int) -> serve.App
         .bind(config.events, config.remembered_requests, config.flush_rows, config.flush_seconds)
     )
     stages = {"user_config": stages_user_config(config)} if config.colocate else {}
+    # The ingress's request guard admits max_ongoing_requests and queues max_queued_requests (answering
+    # the rest 503 with Retry-After and the API's error body); Serve's own limits sit above it, as a
+    # backstop that also answers 503 with Retry-After.
     ingress = serve.deployment(serve.ingress()(Recommender)).options(
         name="Recommender",
         **stages,
         ray_actor_options={"num_cpus": 0.1},
         logging_config=logging_config,
-        max_ongoing_requests=config.max_ongoing_requests,
-        max_queued_requests=config.max_queued_requests,
+        max_ongoing_requests=config.max_ongoing_requests + config.max_queued_requests + INGRESS_HEADROOM,
+        max_queued_requests=INGRESS_HEADROOM,
+        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1),
     )
-    return ingress.bind(user_step, retriever, rankers, logger, encoder, config)
+    return ingress.bind(user_step, retriever, rankers, logger, encoder, config, dim)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

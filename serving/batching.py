@@ -58,6 +58,8 @@ class Coalescer(Generic[T, R]):
         return await future
 
     def _start_batches(self) -> None:
+        # callers that went away while waiting (a deadline, a disconnect) are not sent through the pipeline
+        self.waiting = [(item, future) for item, future in self.waiting if not future.done()]
         while self.waiting and len(self.in_flight) < self.max_concurrent:
             batch, self.waiting = self.waiting[: self.max_batch], self.waiting[self.max_batch :]
             task = asyncio.ensure_future(self._run(batch))

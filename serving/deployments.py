@@ -10,19 +10,23 @@ by the retriever (see :class:`serving.pipeline.Retrieval`).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import logging
+import threading
 from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
 from rayrec import storage
-from rayrec.baselines import load_policy
+from rayrec.baselines import BASELINES, load_policy
 from rayrec.encoding import TextEncoder
 from rayrec.errors import ArtifactError
-from rayrec.events import EventLog
+from rayrec.events import EventLog, compact, quarantine_corrupt_parts, recent_slates, recover
 from rayrec.index import ItemIndex
 from serving.batching import batched
+from serving.metrics import EventMetrics, rollout_refused_counter
 from serving.pipeline import (
     Candidates,
     Ranked,
@@ -35,6 +39,19 @@ from serving.pipeline import (
 )
 
 INDEX_MANIFEST = "index.json"
+log = logging.getLogger("ray.serve")
+
+
+class _Shown:
+    """What the event logger remembers of an answered request: its slate, its arm and versions, and the
+    feedback logged on it ((item, event) → None once written, or the future of its write under way)."""
+
+    __slots__ = ("feedback", "items", "versions")
+
+    def __init__(self, items: frozenset[str], versions: dict[str, Any]) -> None:
+        self.items = items
+        self.versions = versions
+        self.feedback: dict[tuple[str, str], asyncio.Future | None] = {}
 
 
 def read_index_manifest(index_uri: str) -> dict[str, Any]:
@@ -50,6 +67,17 @@ def load_index(uri: str):
     return ItemIndex.load(uri, verify=True)
 
 
+def load_index_of_dim(uri: str, dim: int | None):
+    """:func:`load_index`, refusing an index of another embedding dimension than the application's."""
+    index = load_index(uri)
+    if dim is not None and index.dim != dim:
+        raise ArtifactError(
+            f"index {uri} holds {index.dim}-d embeddings, this application serves {dim}-d (its policies "
+            "and query encoder): deploy it in an application built for it"
+        )
+    return index
+
+
 def check_candidate_count(policy, spec: str, num_candidates: int) -> None:
     """A trained policy is served the K it was trained with: the ``retrieval_rank`` feature is scaled by
     K - 1, so another K shows it features it never saw (a rollout to such a policy is refused)."""
@@ -59,6 +87,42 @@ def check_candidate_count(policy, spec: str, num_candidates: int) -> None:
             f"policy {spec} was trained on K={trained.num_candidates} candidates per request, this "
             f"application serves K={num_candidates}: deploy it in an application built for its K"
         )
+
+
+class _SafeRollout:
+    """How a stage takes a new artifact (an index or a policy) from ``reconfigure``: it is loaded and
+    checked next to the one serving, and swapped in only if that succeeds. A bad artifact (corrupt,
+    tampered, of another dimension or K) is refused: the stage keeps serving the artifact it has, says so
+    in ``info()["rollout_error"]`` and the ``rayrec_rollout_refused_total`` metric, and does not raise
+    (under Ray Serve a raising ``reconfigure`` stops the replica, and its replacements get the same bad
+    config). A fresh replica given a bad config serves the application's own artifact (from its build
+    arguments) instead; only when that fails too does it fail to start.
+    """
+
+    stage = "stage"
+
+    def _init_rollout(self, initial: str | None) -> None:
+        self.initial = initial
+        self.rollout_error: str | None = None
+        self.refused = rollout_refused_counter()
+
+    async def _roll_out(self, spec: str, load, serving: bool):
+        """The loaded artifact of ``spec``; None when it is refused and the current one stays."""
+        try:
+            return await asyncio.to_thread(load, spec)
+        except Exception as exc:
+            message = f"{self.stage}: refused {spec}: {type(exc).__name__}: {exc}"
+            self.refused.inc(1, tags={"stage": self.stage})
+            if serving:
+                log.error("%s; the current artifact keeps serving", message)
+                self.rollout_error = message
+                return None
+            if self.initial is None or self.initial == spec:
+                raise
+            log.error("%s; serving the application's own %s instead", message, self.initial)
+            loaded = await asyncio.to_thread(load, self.initial)
+            self.rollout_error = message
+            return loaded
 
 
 class QueryEncoder:
@@ -85,23 +149,40 @@ class QueryEncoder:
         return {"encoder": self.name, "dim": self.encoder.dim}
 
 
-class UserStep:
+class UserStep(_SafeRollout):
     """Histories (+ optional queries, session steps) → :class:`serving.pipeline.RequestContext` from the
     stored item embeddings.
 
-    ``user_config``: ``{"index": URI}``.
+    ``user_config``: ``{"index": URI}`` (a rollout: see :class:`_SafeRollout`).
+
+    Args:
+        encoder: handle of the query encoder, or None.
+        dim: the application's embedding dimension (its policies' and encoder's): an index of another
+            is refused.
+        initial: the application's own index, served if a fresh replica's ``user_config`` is bad.
     """
 
-    def __init__(self, encoder=None) -> None:
+    stage = "UserStep"
+
+    def __init__(self, encoder=None, dim: int | None = None, initial: str | None = None) -> None:
         self.encoder = encoder
+        self.dim = dim
         self.index = None
         self.version = ""
         self.uri = ""
+        self._init_rollout(initial)
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
-        if config["index"] != self.uri:
-            index = await asyncio.to_thread(load_index, config["index"])
-            self.index, self.version, self.uri = index, index_version(index), config["index"]
+        if config["index"] == self.uri:
+            return
+        loaded = await self._roll_out(config["index"], self._load, serving=self.index is not None)
+        if loaded is not None:
+            index, uri = loaded
+            self.rollout_error = None if uri == config["index"] else self.rollout_error
+            self.index, self.version, self.uri = index, index_version(index), uri
+
+    def _load(self, uri: str):
+        return load_index_of_dim(uri, self.dim), uri
 
     async def __call__(
         self, histories: list[list[str]], queries: list[str | None], session_steps: list[int]
@@ -120,27 +201,46 @@ class UserStep:
         ]
 
     def info(self) -> dict[str, Any]:
-        return {"index": self.uri, "version": self.version}
+        return {"index": self.uri, "version": self.version, "rollout_error": self.rollout_error}
 
 
-class Retriever:
+class Retriever(_SafeRollout):
     """FAISS retrieval of K candidates per request context, batched; popular-diverse fallback for cold starts.
 
-    ``user_config``: ``{"index": URI}``.
+    ``user_config``: ``{"index": URI}`` (a rollout: see :class:`_SafeRollout`; ``dim`` and ``initial``
+    as for :class:`UserStep`).
     """
 
-    def __init__(self, num_candidates: int, fallback_size: int, batch_wait_s: float | None = 0.0) -> None:
+    stage = "Retriever"
+
+    def __init__(
+        self,
+        num_candidates: int,
+        fallback_size: int,
+        batch_wait_s: float | None = 0.0,
+        dim: int | None = None,
+        initial: str | None = None,
+    ) -> None:
         self.num_candidates = num_candidates
         self.fallback_size = fallback_size
+        self.dim = dim
         self.retrieval: Retrieval | None = None
         self.uri = ""
         self.retrieve = batched(self._retrieve, batch_wait_s)
+        self._init_rollout(initial)
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
-        if config["index"] != self.uri:
-            index = await asyncio.to_thread(load_index, config["index"])
-            self.retrieval = Retrieval(index, self.num_candidates, self.fallback_size)
-            self.uri = config["index"]
+        if config["index"] == self.uri:
+            return
+        loaded = await self._roll_out(config["index"], self._load, serving=self.retrieval is not None)
+        if loaded is not None:
+            retrieval, uri = loaded
+            self.rollout_error = None if uri == config["index"] else self.rollout_error
+            self.retrieval, self.uri = retrieval, uri
+
+    def _load(self, uri: str):
+        index = load_index_of_dim(uri, self.dim)
+        return Retrieval(index, self.num_candidates, self.fallback_size), uri
 
     async def _retrieve(self, contexts: list[RequestContext]) -> list[Candidates]:
         return self.retrieval.retrieve(contexts)
@@ -153,79 +253,207 @@ class Retriever:
             "items": len(index.item_ids),
             "dim": index.dim,
             "encoder": index.encoder,
+            "rollout_error": self.rollout_error,
         }
 
 
-class Ranker:
+class Ranker(_SafeRollout):
     """One A/B arm's slate policy over retrieved candidates, batched.
 
     ``user_config``: ``{"policy": SPEC}`` (a baseline name or an exported policy directory, for
-    :func:`rayrec.baselines.load_policy`).
+    :func:`rayrec.baselines.load_policy`; a rollout: see :class:`_SafeRollout`, with ``dim`` and
+    ``initial`` as for :class:`UserStep`).
 
     Args:
         num_candidates: K the retriever serves; a trained policy trained on another K is refused.
     """
 
-    def __init__(self, num_candidates: int, batch_wait_s: float | None = 0.0) -> None:
+    stage = "Ranker"
+
+    def __init__(
+        self,
+        num_candidates: int,
+        batch_wait_s: float | None = 0.0,
+        dim: int | None = None,
+        initial: str | None = None,
+    ) -> None:
         self.num_candidates = num_candidates
+        self.dim = dim
         self.policy = None
         self.spec = ""
+        self.version = ""
         self.rng = np.random.default_rng()
         self.rank = batched(self._rank, batch_wait_s)
+        self._init_rollout(initial)
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
-        if config["policy"] != self.spec:
-            policy = await asyncio.to_thread(load_policy, config["policy"])
-            check_candidate_count(policy, config["policy"], self.num_candidates)
-            self.policy, self.spec = policy, config["policy"]
+        if config["policy"] == self.spec:
+            return
+        loaded = await self._roll_out(config["policy"], self._load, serving=self.policy is not None)
+        if loaded is not None:
+            policy, version, spec = loaded
+            self.rollout_error = None if spec == config["policy"] else self.rollout_error
+            self.policy, self.spec, self.version = policy, spec, version
+
+    def _load(self, spec: str):
+        policy = load_policy(spec)
+        check_candidate_count(policy, spec, self.num_candidates)
+        trained = trained_config(policy)
+        if trained is not None and self.dim is not None and trained.scorer.dim != self.dim:
+            raise ArtifactError(
+                f"policy {spec} was trained on {trained.scorer.dim}-d embeddings, this application serves "
+                f"{self.dim}-d"
+            )
+        return policy, policy_version(spec), spec
 
     async def _rank(self, candidates: list[Candidates], ks: list[int]) -> list[Ranked]:
-        return rank(self.policy, list(zip(candidates, ks, strict=True)), rng=self.rng)
+        return rank(
+            self.policy, list(zip(candidates, ks, strict=True)), rng=self.rng, policy_version=self.version
+        )
 
     def info(self) -> dict[str, Any]:
-        return {"policy": self.policy.name, "spec": self.spec}
+        return {
+            "policy": self.policy.name,
+            "spec": self.spec,
+            "version": self.version,
+            "rollout_error": self.rollout_error,
+        }
+
+
+def policy_version(spec: str) -> str:
+    """Content hash of a policy: of an exported policy's ``policy.json`` (which holds its weights'
+    sha256, checked at load), or ``baseline-NAME`` for a baseline (code, no artifact)."""
+    if spec in BASELINES:
+        return f"baseline-{spec}"
+    meta = storage.read_text(storage.join(spec, "policy.json"))
+    return hashlib.sha256(meta.encode()).hexdigest()[:16]
 
 
 class EventLogger:
     """Owns the event log and remembers recent slates so that feedback can be checked.
 
-    One replica (the request registry lives in its memory). ``log_requests`` returns once the requests'
-    rows and their impressions are queued for a durable write (together: one flush writes both); the
-    replica's graceful stop (``serve shutdown``, SIGTERM of ``rayrec serve``) writes everything queued.
-    The calls are coroutines, so Serve runs them on the replica's event loop rather than through a
-    thread pool: they only queue rows (a background thread writes the Parquet parts), and the thread
-    hop would cost more than the work.
+    One replica (the request registry lives in its memory, and is rebuilt from the log when the replica
+    starts, so that a restart forgets nothing that was written). ``log_requests`` returns once the
+    requests' rows and their impressions are queued (written within ``flush_seconds``, or with the next
+    feedback); it never fails for a write error: the server keeps answering, the rows stay queued (up to
+    the log's bound, then they are counted as dropped). ``log_feedback`` returns ``accepted`` only once
+    the row is on disk (a group commit: concurrent feedback shares one write and fsync), and
+    ``unavailable`` when it could not be written, so that the ingress answers 503 and the client
+    retries. The replica's graceful stop writes everything queued. The calls are coroutines, so Serve
+    runs them on the replica's event loop rather than through a thread pool.
+
+    On start the replica also finishes what a crash interrupted (:func:`rayrec.events.recover`),
+    quarantines unreadable parts, and then compacts small part files every ``compact_every_s``.
     """
 
-    def __init__(self, events: str, remembered: int, flush_rows: int, flush_seconds: float) -> None:
-        self.log = EventLog(events, max_rows=flush_rows, max_delay_s=flush_seconds)
+    def __init__(
+        self,
+        events: str,
+        remembered: int,
+        flush_rows: int,
+        flush_seconds: float,
+        compact_every_s: float = 300.0,
+    ) -> None:
+        recover(events)
+        quarantine_corrupt_parts(events)
+        self.log = EventLog(events, max_rows=flush_rows, max_delay_s=flush_seconds, on_write_error="keep")
         self.remembered = remembered
-        self.shown: OrderedDict[str, frozenset[str]] = OrderedDict()
+        self.metrics = EventMetrics()
+        self.shown: OrderedDict[str, _Shown] = OrderedDict()
+        slates, seen = recent_slates(events, remembered)
+        for request_id, slate in slates.items():
+            self.shown[request_id] = _Shown(frozenset(slate["items"]), _versions(slate))
+        for request_id, item_id, event in seen:
+            self.shown[request_id].feedback[(item_id, event)] = None
+        self.compactions = 0
+        self._stop = threading.Event()
+        self._compactor = threading.Thread(
+            target=self._compact_loop, args=(compact_every_s,), name="rayrec-event-compaction", daemon=True
+        )
+        self._compactor.start()
 
     async def log_requests(self, requests: list[dict[str, Any]], impressions: list[dict[str, Any]]) -> int:
         """Queue answered requests (:data:`rayrec.events.REQUESTS_SCHEMA` rows) and their impressions."""
         shown: dict[str, set[str]] = {row["request_id"]: set() for row in requests}
+        arms: dict[str, int] = {}
         for row in impressions:
             shown[row["request_id"]].add(row["item_id"])
+            arms[row["arm"]] = arms.get(row["arm"], 0) + 1
         count = self.log.log_impressions(impressions, requests=requests)
-        for request_id, items in shown.items():
-            self.shown[request_id] = frozenset(items)
+        for row in requests:
+            self.shown[row["request_id"]] = _Shown(frozenset(shown[row["request_id"]]), _versions(row))
         while len(self.shown) > self.remembered:
             self.shown.popitem(last=False)
+        for arm, n in arms.items():
+            self.metrics.impressions.inc(n, tags={"arm": arm})
+        self.metrics.backlog.set(self.log.pending_rows())
         return count
 
     async def log_feedback(self, row: dict[str, Any]) -> str:
-        """``accepted`` (queued), ``unknown-request`` or ``not-shown``."""
+        """``accepted`` (on disk), ``duplicate`` (this request, item and event were written before: nothing
+        new is written, so a client may retry safely), ``unknown-request``, ``not-shown``, or
+        ``unavailable`` (the write failed: nothing was kept, the client should retry later)."""
         shown = self.shown.get(row["request_id"])
+        status = await self._feedback(shown, row)
+        arm = shown.versions.get("arm") if shown is not None else None
+        self.metrics.feedback.inc(1, tags={"arm": arm or "", "event": row["event"], "status": status})
+        return status
+
+    async def _feedback(self, shown: _Shown | None, row: dict[str, Any]) -> str:
         if shown is None:
             return "unknown-request"
-        if row["item_id"] not in shown:
+        if row["item_id"] not in shown.items:
             return "not-shown"
-        self.log.log_feedback([row])
-        return "accepted"
+        key = (row["item_id"], row["event"])
+        if key in shown.feedback:
+            first = shown.feedback[key]
+            if first is None:
+                return "duplicate"
+            # the same feedback is being written right now: its outcome is this one's
+            return "duplicate" if await _succeeded(first) else "unavailable"
+        future = asyncio.wrap_future(self.log.log_durably([{**row, **shown.versions}]))
+        shown.feedback[key] = future
+        if await _succeeded(future):
+            shown.feedback[key] = None
+            return "accepted"
+        del shown.feedback[key]
+        self.metrics.write_failures.inc(1)
+        self.metrics.unlogged.inc(1, tags={"kind": "feedback"})
+        return "unavailable"
 
     def info(self) -> dict[str, Any]:
-        return {"events": self.log.directory, "pending": self.log.pending_rows()}
+        status = self.log.status()
+        self.metrics.backlog.set(status["pending"])
+        return {
+            "events": self.log.directory,
+            "remembered_requests": len(self.shown),
+            "compactions": self.compactions,
+            **status,
+        }
+
+    def _compact_loop(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            try:
+                self.compactions += sum(compact(self.log.directory).values()) > 0
+            except Exception as exc:  # compaction is housekeeping: never fatal
+                log.warning("event log compaction failed: %s", exc)
 
     def __del__(self) -> None:
-        self.log.close()
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
+        if hasattr(self, "log"):
+            self.log.close()
+
+
+async def _succeeded(future) -> bool:
+    try:
+        await asyncio.shield(future)
+    except Exception:
+        return False
+    return True
+
+
+def _versions(row: dict[str, Any]) -> dict[str, Any]:
+    """What a feedback row inherits from its request: the arm, the key id, the index and policy versions."""
+    return {k: row.get(k) for k in ("arm", "key_id", "index_version", "policy_version")}

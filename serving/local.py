@@ -39,16 +39,19 @@ class LocalStages:
 
     Args:
         encoder: handle of the query encoder deployment, or None.
+        dim: the application's embedding dimension (an index or policy of another is refused), or None.
         config: the application's config (candidates per request, arms); K is settled by
             :func:`serving.app.resolve_config` (unset, as in a config built by hand: the baselines'
             default, and the rankers refuse a trained policy of another K).
     """
 
-    def __init__(self, encoder, config: AppConfig) -> None:
+    def __init__(self, encoder, config: AppConfig, dim: int | None = None) -> None:
         num_candidates = DEFAULT_NUM_CANDIDATES if config.num_candidates is None else config.num_candidates
-        self.user_step = UserStep(encoder)
-        self.retriever = Retriever(num_candidates, MAX_K, None)
-        self.rankers = {arm.name: Ranker(num_candidates, None) for arm in config.parsed_arms()}
+        self.user_step = UserStep(encoder, dim, initial=config.index)
+        self.retriever = Retriever(num_candidates, MAX_K, None, dim, initial=config.index)
+        self.rankers = {
+            arm.name: Ranker(num_candidates, None, dim, initial=arm.policy) for arm in config.parsed_arms()
+        }
 
     def handles(self) -> tuple[LocalHandle, LocalHandle, dict[str, LocalHandle]]:
         """(user step, retriever, rankers by arm) as handles for :class:`serving.app.Recommender`."""
@@ -57,7 +60,8 @@ class LocalStages:
 
     async def reconfigure(self, user_config: dict) -> None:
         """``{"index": URI, "policies": {arm: SPEC}}``: load what changed (as the deployments' own
-        ``reconfigure`` does: the new artifact is loaded next to the old one, then swapped in)."""
+        ``reconfigure`` does: the new artifact is loaded next to the old one, then swapped in, and a bad
+        one is refused while the old one keeps serving)."""
         await self.user_step.reconfigure({"index": user_config["index"]})
         await self.retriever.reconfigure({"index": user_config["index"]})
         for arm, ranker in self.rankers.items():

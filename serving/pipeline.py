@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 FALLBACK_POLICY = "popular-diverse"
 """The ``policy`` of cold-start answers (and of their impressions in the event log)."""
+FAILOVER_POLICY = "retrieval-fallback"
+"""The ``policy`` of answers whose arm's ranker failed or timed out: the candidates in retrieval order."""
 BASELINE_BUDGET = 1.0
 """Scale of the ``budget`` feature for a baseline policy, which ignores the feature (a trained policy's is
 the session budget it was trained with)."""
@@ -130,6 +132,7 @@ class Candidates:
         unknown: history ids that were not in the catalog.
         cold_start: True when the candidates are the popular-diverse fallback, in display order.
         session_step: requests already answered in this user's session.
+        index_version: :func:`index_version` of the index they were retrieved from.
     """
 
     item_ids: np.ndarray
@@ -140,6 +143,7 @@ class Candidates:
     unknown: int
     cold_start: bool
     session_step: int = 0
+    index_version: str = ""
 
 
 class Retrieval:
@@ -202,6 +206,7 @@ class Retrieval:
             unknown=context.unknown,
             cold_start=cold_start,
             session_step=context.session_step,
+            index_version=self.version,
         )
 
 
@@ -220,9 +225,11 @@ class Ranked:
         profile: [d] float32 the user's profile.
         budget: the observation's ``budget`` feature (:func:`rayrec.features.budget_feature` of the
             request's session step on the arm's policy's scale).
+        fallback: True when the arm's ranker failed and the candidates are shown in retrieval order.
+        index_version, policy_version: content hashes of the index and policy artifact that answered.
 
-    The last four are the request's row of the event log's requests table (what off-policy
-    evaluation replays another policy on).
+    ``candidate_ids``, ``features``, ``profile`` and ``budget`` are the request's row of the event log's
+    requests table (what off-policy evaluation replays another policy on).
     """
 
     item_ids: list[str]
@@ -235,6 +242,12 @@ class Ranked:
     features: np.ndarray
     profile: np.ndarray
     budget: float
+    fallback: bool = False
+    index_version: str = ""
+    policy_version: str = ""
+
+    def versions(self) -> dict[str, str]:
+        return {"index_version": self.index_version, "policy_version": self.policy_version}
 
     def impressions(self, request_id: str, ts: float, user_id: str, arm: str) -> list[dict]:
         """The slate's rows of :data:`rayrec.events.IMPRESSIONS_SCHEMA`, one per position."""
@@ -249,6 +262,7 @@ class Ranked:
                 "position": position,
                 "score": score,
                 "propensity": propensity,
+                **self.versions(),
             }
             for position, (item_id, score, propensity) in enumerate(
                 zip(self.item_ids, self.scores, self.propensities, strict=True)
@@ -267,7 +281,8 @@ class Ranked:
             "features": self.features.ravel(),  # [K * F]
             "profile": self.profile,
             "budget": self.budget,
-            "fallback": self.cold_start,
+            "fallback": self.cold_start or self.fallback,
+            **self.versions(),
         }
 
 
@@ -285,12 +300,19 @@ def observe(batch: list[Candidates], budget: float) -> dict[str, np.ndarray]:
 
 
 def rank(
-    policy: SlatePolicy, requests: list[tuple[Candidates, int]], rng: np.random.Generator | None = None
+    policy: SlatePolicy,
+    requests: list[tuple[Candidates, int]],
+    rng: np.random.Generator | None = None,
+    policy_version: str = "",
 ) -> list[Ranked]:
     """Slates for (candidates, k) requests; rows with the same (K, k) share one ``policy.select`` call.
 
     Cold starts (the popular-diverse fallback) and empty candidate lists are not shown to the policy;
     their requests-table rows still hold the observation it would have seen.
+
+    Raises:
+        ArtifactError: the policy chose an invalid slate (an index out of range, a repeated candidate,
+            a non-finite score or propensity): a broken artifact must not reach users.
     """
     scale = budget_scale(policy)
     out: list[Ranked | None] = [None] * len(requests)
@@ -312,11 +334,14 @@ def rank(
             obs["features"][0],
             cands.profile,
             float(obs["budget"][0, 0]),
+            index_version=cands.index_version,
+            policy_version="" if cands.cold_start else policy_version,
         )
-    for (_, k), rows in groups.items():
+    for (num_candidates, k), rows in groups.items():
         batch = [requests[i][0] for i in rows]
         obs = observe(batch, scale)
         slate = policy.select(obs, k, rng=rng)
+        check_slate(slate, len(rows), num_candidates, k, policy.name)
         for j, i in enumerate(rows):
             cands = batch[j]
             out[i] = Ranked(
@@ -330,5 +355,52 @@ def rank(
                 obs["features"][j],
                 cands.profile,
                 float(obs["budget"][j, 0]),
+                index_version=cands.index_version,
+                policy_version=policy_version,
             )
     return out  # type: ignore[return-value]
+
+
+def check_slate(slate, rows: int, num_candidates: int, k: int, name: str) -> None:
+    """A policy's slate for ``rows`` requests of K candidates and slate size k must be a valid choice."""
+    indices = np.asarray(slate.indices)
+    problem = None
+    if indices.shape != (rows, k):
+        problem = f"slate shape {indices.shape}, expected {(rows, k)}"
+    elif ((indices < 0) | (indices >= num_candidates)).any():
+        problem = "a candidate index out of range"
+    elif k > 1 and (np.diff(np.sort(indices, axis=1), axis=1) == 0).any():
+        problem = "a candidate shown twice in one slate"
+    elif not (np.isfinite(slate.scores).all() and np.isfinite(slate.propensities).all()):
+        problem = "non-finite scores or propensities"
+    if problem is not None:
+        from rayrec.errors import ArtifactError
+
+        raise ArtifactError(f"policy {name} chose an invalid slate: {problem}")
+
+
+def failover(requests: list[tuple[Candidates, int]], policy_version: str = "") -> list[Ranked]:
+    """Slates for an arm whose ranker failed: each request's first k candidates in retrieval order
+    (propensity 1.0, ``policy`` :data:`FAILOVER_POLICY`, ``fallback`` True; cold starts keep their list)."""
+    out = []
+    for cands, k in requests:
+        obs = observe([cands], BASELINE_BUDGET)
+        n = min(k, len(cands.item_ids))
+        out.append(
+            Ranked(
+                [str(x) for x in cands.item_ids[:n]],
+                [float(x) for x in (cands.popularity if cands.cold_start else cands.scores)[:n]],
+                [1.0] * n,
+                FALLBACK_POLICY if cands.cold_start else FAILOVER_POLICY,
+                cands.unknown,
+                cands.cold_start,
+                [str(x) for x in cands.item_ids],
+                obs["features"][0],
+                cands.profile,
+                float(obs["budget"][0, 0]),
+                fallback=not cands.cold_start,
+                index_version=cands.index_version,
+                policy_version=policy_version,
+            )
+        )
+    return out

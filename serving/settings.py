@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rayrec import storage
 from rayrec.assignment import DEFAULT_SALT, Arm, parse_arm, validate_arms
@@ -39,9 +39,15 @@ class AppConfig:
     encoder: str | None = "index"
     """Encoder for the optional text ``query``: ``index`` (the index's own encoder), a model name or
     directory, or None (requests with a query are refused)."""
-    key_dir: str | None = None
-    """Directory whose pseudonymization key file is used (created 0600 if missing); default the events
-    directory. ``RAYREC_PSEUDONYM_KEY`` overrides the file."""
+    api_keys: str | None = None
+    """API key file (hashes and scopes; ``rayrec api-key add``). Without one the server answers only
+    clients on its own host; with one every call but ``/healthz`` and the docs needs
+    ``Authorization: Bearer KEY``. Required to listen on a non-loopback address."""
+    pseudonym_key: str | None = None
+    """Key file of the user-id pseudonyms (keep it apart from the data: a mounted Secret, say); default
+    ``RAYREC_PSEUDONYM_KEY`` (the key itself), else ``RAYREC_PSEUDONYM_KEY_FILE``, else
+    ``~/.config/rayrec/pseudonym.key``. A missing local file is created (0600, atomically) where the
+    application is built; replicas only read it. Never the events directory."""
     salt: str = DEFAULT_SALT
     """Salt of the arm-assignment hash; change it to re-randomise users for a new experiment."""
     num_candidates: int | None = None
@@ -52,12 +58,22 @@ class AppConfig:
     """Requests the ingress works on at once; past this they queue."""
     max_queued_requests: int = 128
     """Requests allowed to wait for the ingress; past this the answer is an immediate 503."""
+    request_timeout_s: float = 10.0
+    """The per-request deadline: a request (its wait for a turn included) with no answer by then is
+    answered 504 and its work cancelled; every call between deployments has the same bound, so a hung
+    stage cannot fill the queues. A client may ask for less with ``X-Deadline-Seconds``."""
+    max_body_bytes: int = 64 * 1024
+    """Largest request body; a larger one is answered 413 without being read. 64 KiB holds a full
+    ``max_history`` of ids up to ~100 characters."""
     remembered_requests: int = 200_000
     """Recent request ids kept for ``/feedback``; feedback on older ones is a 404."""
     flush_rows: int = 2048
     """Event rows per Parquet part file (a part is also written every ``flush_seconds``)."""
     flush_seconds: float = 1.0
     """Longest time an acknowledged event waits in memory before it is written."""
+    log_encoding: Literal["JSON", "TEXT"] = "JSON"
+    """Replica log lines: JSON (one object per line, with the request id, which is the client's
+    ``X-Request-ID`` when it sent one; what log collectors parse) or TEXT."""
     access_log: bool = False
     """Log a line per call in every deployment (Serve's access log); off by default, as on a small machine
     it costs a noticeable share of the CPU."""
@@ -90,6 +106,7 @@ class AppConfig:
             "flush_rows",
             "max_batch",
             "concurrent_batches",
+            "max_body_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -97,6 +114,10 @@ class AppConfig:
             raise ConfigError(f"max_batch must be <= {MAX_MERGED}, got {self.max_batch}")
         if self.max_queued_requests < 0 or self.flush_seconds <= 0 or self.batch_wait_s < 0:
             raise ConfigError("max_queued_requests, flush_seconds and batch_wait_s must be non-negative")
+        if self.log_encoding not in ("JSON", "TEXT"):
+            raise ConfigError(f"log_encoding must be JSON or TEXT, got {self.log_encoding!r}")
+        if not self.request_timeout_s > 0:
+            raise ConfigError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
 
     def parsed_arms(self) -> list[Arm]:
         return [parse_arm(spec) for spec in self.arms]
@@ -118,7 +139,7 @@ class AppConfig:
             index=absolute(self.index),
             arms=arms,
             events=absolute(self.events),
-            key_dir=absolute(self.key_dir),
+            api_keys=absolute(self.api_keys),
             encoder=absolute(self.encoder, must_exist=True),
         )
 
@@ -168,7 +189,11 @@ def app_config_from_args(args: dict[str, Any]) -> AppConfig:
             raise ConfigError(f"serving arg {name!r} is required")
     hints = {f.name: f.type for f in dataclasses.fields(AppConfig)}
     for name, value in list(values.items()):
-        if not isinstance(value, str) or hints[name] in ("str", "str | None", "list[str]"):
+        if (
+            not isinstance(value, str)
+            or hints[name] in ("str", "str | None", "list[str]")
+            or hints[name].startswith("Literal")
+        ):
             continue
         try:
             if hints[name].endswith(" | None") and value in ("", "none", "None", "null"):

@@ -36,6 +36,7 @@ RAY_CLUSTER_SPEC_FIELDS = {
     "suspend",
     "gcsFaultToleranceOptions",
     "managedBy",
+    "authOptions",
 }
 HEAD_GROUP_FIELDS = {"serviceType", "headService", "enableIngress", "rayStartParams", "template"}
 WORKER_GROUP_FIELDS = {
@@ -158,6 +159,11 @@ def check_runtime_env(runtime_env: dict, where: str) -> None:
     RuntimeEnv(**runtime_env)  # Ray's own validation of every field
     working_dir = runtime_env["working_dir"]
     assert re.match(r"(https|s3|gs)://.+\.zip$", working_dir), f"{where}: working_dir must be a remote zip"
+    # pinned code: the zip of one commit (or a versioned object), never a branch that moves under a job
+    assert "refs/heads" not in working_dir and not re.search(r"/(main|master)\.zip$", working_dir), where
+    assert re.search(r"/archive/[0-9a-f]{40}\.zip$", working_dir) or not working_dir.startswith(
+        "https://github.com"
+    ), f"{where}: a GitHub archive must name a full commit SHA"
     assert runtime_env["pip"] == project_requirements(), f"{where}: pip list out of step with pyproject.toml"
 
 
@@ -361,3 +367,76 @@ def test_readme_commands_exist_with_the_options_they_use():
     }
     for words in commands:
         check_rayrec_command(words)
+
+
+def pod_templates() -> list[tuple[str, dict]]:
+    """(where, pod spec) of every head and worker group of every cluster spec."""
+    templates = []
+    for where, spec in cluster_specs():
+        templates.append((f"{where}/head", spec["headGroupSpec"]["template"]["spec"]))
+        templates += [(f"{where}/{g['groupName']}", g["template"]["spec"]) for g in spec["workerGroupSpecs"]]
+    return templates
+
+
+def test_every_cluster_has_token_auth_and_a_cluster_internal_dashboard():
+    for where, spec in cluster_specs():
+        assert spec.get("authOptions", {}).get("mode") == "token", f"{where}: Ray token auth is off"
+        assert spec["headGroupSpec"].get("serviceType") == "ClusterIP", (
+            f"{where}: the dashboard must stay in-cluster"
+        )
+    for _, doc in documents():
+        assert "LoadBalancer" not in str(doc) and "NodePort" not in str(doc)
+
+
+def test_every_pod_runs_non_root_without_privileges():
+    for where, pod in pod_templates():
+        context = pod.get("securityContext", {})
+        assert context.get("runAsNonRoot") is True and context.get("runAsUser", 0) != 0, where
+        assert context.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+        for container in pod["containers"]:
+            own = container.get("securityContext", {})
+            assert own.get("allowPrivilegeEscalation") is False, f"{where}/{container['name']}"
+            assert own.get("capabilities", {}).get("drop") == ["ALL"], f"{where}/{container['name']}"
+            assert not own.get("privileged", False) and own.get("runAsUser", 1000) != 0
+
+
+def test_the_rayservice_probes_drains_keeps_its_secrets_apart_and_autoscales():
+    from serving.settings import app_config_from_args
+
+    [(_, service)] = by_kind("RayService")
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    [app] = config["applications"]
+    app_config = app_config_from_args(app["args"])
+    assert config["http_options"]["host"] == "0.0.0.0" and app_config.api_keys, "exposed without API keys"
+    assert app_config.pseudonym_key is None, (
+        "the key comes from the Secret (RAYREC_PSEUDONYM_KEY), not a path"
+    )
+    assert app_config.events.startswith("s3://") and "key" not in app_config.events
+    serve_pods = [(w, p) for w, p in pod_templates() if w.startswith("rayservice")]
+    assert len(serve_pods) >= 2
+    for where, pod in serve_pods:
+        assert pod.get("terminationGracePeriodSeconds", 30) >= 60, where
+        secret_volumes = {
+            v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v
+        }
+        for container in pod["containers"]:
+            probe = container["readinessProbe"]["httpGet"]
+            assert (probe["path"], probe["port"]) == ("/healthz", 8000), where
+            assert container["lifecycle"]["preStop"]["exec"]["command"], f"{where}: no pre-stop drain"
+            env = {e["name"]: e for e in container.get("env", [])}
+            assert "secretKeyRef" in env["RAYREC_PSEUDONYM_KEY"]["valueFrom"], where
+            mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+            key_dir = str(Path(app_config.api_keys).parent)
+            assert mounts[key_dir]["readOnly"] and mounts[key_dir]["name"] in secret_volumes, where
+    deployments = {d["name"]: d for d in app["deployments"]}
+    stages = {"Recommender", "UserStep", "Retriever", *(f"Ranker-{a.name}" for a in app_config.parsed_arms())}
+    for name in stages:
+        scaling = deployments[name]["autoscaling_config"]
+        assert 1 <= scaling["min_replicas"] < scaling["max_replicas"], name
+    assert deployments["EventLogger"] == {"name": "EventLogger", "num_replicas": 1}, "one registry owner"
+
+
+def test_the_image_runs_as_a_non_root_user():
+    text = (REPO_ROOT / "cluster" / "Dockerfile").read_text()
+    users = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
+    assert users and users[-1] not in ("root", "0"), "the image must end on a non-root USER"

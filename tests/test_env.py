@@ -87,10 +87,10 @@ class ScriptedChoice:
     def __init__(self, position: int) -> None:
         self.position = position
 
-    def item_logits(self, interest, items, catalog):
+    def item_logits(self, interest, items, catalog, satiation=None):
         return np.zeros(items.shape)
 
-    def choose(self, interest, slate, catalog, rng):
+    def choose(self, interest, slate, catalog, rng, satiation=None):
         return np.full(len(slate), self.position, dtype=np.int64)
 
 

@@ -1,11 +1,13 @@
 """Off-policy evaluation: known answers on an exact item-position world, and against the simulator.
 
-The simulator test logs a uniformly random policy, replays a target policy on the logged requests, and
-checks that the estimate's interval holds the target's on-policy value measured in the simulator. Two
-settings make that a fair known-answer test: one-step sessions (the state distribution cannot depend
-on the policy, so logged and on-policy requests come from the same population) and a no-click utility
-high enough that clicks are rare (the regime where the simulator's competing-choice logit is close to
-the item-position model the estimators assume).
+The exact world logs requests under a mixture of a uniformly random and a deterministic logging policy,
+with slates of two sizes, where clicks at different positions are independent (the item-position model
+holds), so IPS, SNIPS and DR must cover the truth, while the weighting ``rayrec ope`` used before the
+multi-logger mixture (each request's own logged propensity) and a per-position SNIPS that ignores the
+slate sizes must not. The simulator test logs random and greedy arms, replays a target policy on the
+logged requests and checks that the estimates' intervals hold the target's on-policy value measured in
+the simulator, in one-step sessions with rare clicks (where the simulator's competing-choice logit is
+close to the item-position model) for every estimator, per request and per user.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ import json
 import math
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from _ab_cli import cli_output
 from _serve_app import NUM_CANDIDATES, POLICIES
@@ -27,138 +27,128 @@ from rayrec.events import read_requests
 ROBUST = ("ips", "snips", "dr")
 
 
-def exact_ipm_world(n=20000, big_k=10, k=3, seed=0):
-    """Contexts with per-candidate attractiveness; clicks independent per position (the IPM holds exactly).
+def exact_ipm_world(n=20000, big_k=10, seed=0, clip=None):
+    """One request per user, slates of 2 or 3 positions, logged half by a uniformly random and half by a
+    deterministic policy; clicks independent per position (the IPM holds exactly).
 
-    Returns the logged slates of a uniformly random logging policy, the true click probabilities
-    [n, k, K] and a deterministic target's marginals [n, k, K].
+    Returns (LoggedSlates with the true click model, the truth, the logged own-arm propensities [n, 3]).
     """
     rng = np.random.default_rng(seed)
+    k = 3
     attract = rng.beta(1.0, 6.0, size=(n, big_k))  # [n, K]
-    decay = np.array([1.0, 0.7, 0.5])[:k]
-    truth = attract[:, None, :] * decay[None, :, None]  # [n, k, K] P(click | j at p)
-    shown = np.argsort(rng.random((n, big_k)), axis=1)[:, :k]  # uniform random slates
-    p_shown = np.take_along_axis(truth, shown[..., None], axis=2)[..., 0]  # [n, k]
-    clicks = (rng.random((n, k)) < p_shown).astype(float)
-    noisy = attract + rng.normal(0, 0.05, size=attract.shape)
-    top = np.argsort(-noisy, axis=1)[:, :k]  # target: top-k by a noisy score
-    target = np.zeros((n, k, big_k))
-    np.put_along_axis(target, top[..., None], 1.0, axis=2)
-    value = (target * truth).sum(axis=(1, 2)).mean()
-    users = np.arange(n) // 2  # two requests per user: the bootstrap resamples users
-    return users, shown, clicks, truth, target, value
+    truth = attract[:, None, :] * np.array([1.0, 0.7, 0.5])[None, :, None]  # [n, k, K] P(click | j at p)
+    mask = np.arange(k) < rng.choice([2, 3], size=n)[:, None]  # [n, k] variable slate sizes
 
+    def top(noise):  # [n, k, K] one-hot marginals of a deterministic top-k by a noisy score
+        order = np.argsort(-(attract + rng.normal(0, noise, size=attract.shape)), axis=1)[:, :k]
+        out = np.zeros((n, k, big_k))
+        np.put_along_axis(out, order[..., None], 1.0, axis=2)
+        return out
 
-def logged(users, shown, clicks, target, predicted):
-    n, k = shown.shape
-    return LoggedSlates(
-        user_index=users,
-        shown=shown,
-        mask=np.ones((n, k), bool),
-        logging_propensity=np.full((n, k), 1.0 / target.shape[-1]),
-        clicks=clicks,
-        target_marginals=target,
-        predicted_clicks=predicted,
+    logger, target = top(0.08), top(0.05)  # two different deterministic rankings
+    random_arm = rng.random(n) < 0.5
+    uniform = np.argsort(rng.random((n, big_k)), axis=1)[:, :k]
+    shown = np.where(random_arm[:, None], uniform, logger.argmax(axis=2))  # [n, k]
+    behaviour = 0.5 / big_k + 0.5 * logger  # the mixture of the two arms
+    at = lambda table: np.take_along_axis(table, shown[..., None], axis=2)[..., 0]  # noqa: E731
+    clicks = (rng.random((n, k)) < at(truth)).astype(float) * mask
+    value = (target * truth).sum(-1)[mask].sum() / n
+    excess = None
+    if clip is not None:
+        excess = (np.maximum(target - clip * behaviour, 0.0).sum(-1) * mask).sum(-1)
+    slates = LoggedSlates(
+        user_index=np.arange(n),
+        mask=mask,
+        reward=clicks,
+        target_propensity=np.where(mask, at(target), 1.0),
+        logging_propensity=np.where(mask, at(behaviour), 1.0),
+        direct=((target * truth).sum(-1) * mask).sum(-1),
+        predicted=at(truth) * mask,
+        unsupported=np.zeros(n),
+        clip=clip,
+        clip_excess=excess,
     )
+    own_arm = np.where(random_arm[:, None], np.full((n, k), 1.0 / big_k), 1.0)
+    return slates, value, own_arm
 
 
-def test_estimators_cover_the_true_value_when_the_item_position_model_holds():
-    users, shown, clicks, truth, target, value = exact_ipm_world()
-    logging_value = clicks.sum(1).mean()
-    assert value > 1.5 * logging_value  # the target really differs from the logging policy
-    exact = estimate_all(logged(users, shown, clicks, target, truth), resamples=500)
+def covers(estimate, value):
+    return estimate.ci_low <= value <= estimate.ci_high
+
+
+def test_mixed_logger_estimators_cover_the_truth_when_the_item_position_model_holds():
+    slates, value, own_arm = exact_ipm_world()
+    logging_value = slates.reward.sum(1).mean()
+    assert value > 1.3 * logging_value  # the target really differs from the logging policies
+    exact = estimate_all(slates, resamples=500)
     for name in (*ROBUST, "dm"):
-        assert exact[name].ci_low <= value <= exact[name].ci_high, (name, exact[name], value)
+        assert covers(exact[name], value), (name, exact[name], value)
+    # Each request's own logged propensity: the deterministic arm's requests count only where the target
+    # agrees with it, so the estimate is biased low.
+    old = estimate_all(LoggedSlates(**{**slates.__dict__, "logging_propensity": own_arm}), resamples=500)
+    assert old["ips"].ci_high < value
+    # SNIPS normalised per position without the share of requests that have that position over-counts
+    # the third position, which only half the requests show.
+    w = slates.weights()
+    per_position = (w * slates.reward).sum(0) / w.sum(0)
+    assert per_position.sum() > exact["snips"].ci_high
     # A wrong reward model: DM is off, DR's importance-weighted correction is not.
-    wrong = estimate_all(logged(users, shown, clicks, target, np.full_like(truth, 0.05)), resamples=500)
-    assert not wrong["dm"].ci_low <= value <= wrong["dm"].ci_high
-    assert wrong["dr"].ci_low <= value <= wrong["dr"].ci_high
-    # A good reward model makes DR tighter than IPS.
+    wrong = estimate_all(
+        LoggedSlates(
+            **{**slates.__dict__, "direct": 0.05 * slates.mask.sum(1), "predicted": np.full(w.shape, 0.05)}
+        ),
+        resamples=500,
+    )
+    assert not covers(wrong["dm"], value) and covers(wrong["dr"], value)
     assert exact["dr"].ci_high - exact["dr"].ci_low < exact["ips"].ci_high - exact["ips"].ci_low
 
 
+def test_clipped_estimators_carry_their_bias_bound():
+    slates, value, _ = exact_ipm_world(n=8000, seed=1, clip=4.0)
+    estimates = estimate_all(slates, resamples=300)
+    bound = slates.clip_bias_bound()
+    assert bound > 0 and estimates["ips_clip"].bias_bound == bound
+    assert estimates["ips_clip"].value < estimates["ips"].value  # clipping lowers IPS ...
+    assert estimates["ips"].value - estimates["ips_clip"].value <= bound  # ... by no more than the bound
+    for name in ("ips_clip", "dr_clip"):
+        assert covers(estimates[name], value), (name, estimates[name], value)
+    assert slates.diagnostics().max_weight == pytest.approx(1.0 / (0.5 / 10))
+
+
 def test_logged_slates_validate_propensities():
-    users, shown, clicks, truth, target, _ = exact_ipm_world(n=100)
-    bad = logged(users, shown, clicks, target, truth)
+    slates, _, _ = exact_ipm_world(n=100)
     with pytest.raises(DataError, match="outside"):
-        LoggedSlates(**{**bad.__dict__, "logging_propensity": np.zeros_like(bad.logging_propensity)})
+        LoggedSlates(**{**slates.__dict__, "logging_propensity": np.zeros_like(slates.logging_propensity)})
+    with pytest.raises(ValueError, match="clip"):
+        LoggedSlates(**{**slates.__dict__, "clip": 2.0})
 
 
-def test_ope_from_random_logs_lands_on_the_simulators_on_policy_value(tmp_path):
-    from envs import make_vector_env
+def test_ope_from_mixed_logs_lands_on_the_simulators_on_policy_value():
     from envs.config import SlateEnvConfig
+    from envs.factory import build_simulator
     from envs.policies import make_policy
-    from rayrec.ab.replay import ItemLookup, load_logged_slates, read_event_log
-    from rayrec.ab.simulate import simulate_arm_users, simulated_user_ids
-    from serving.settings import Arm
+    from envs.rollout import evaluate_policy
+    from rayrec.ab.logged import LoggedRequests, RequestRecorder
+    from rayrec.ab.off_policy import evaluate_logged
 
     config = SlateEnvConfig(max_episode_steps=1, no_click_utility=1.4, num_items=2000)
-    events = str(tmp_path / "events")
-    logs = simulate_arm_users(
-        config, Arm("log", "random"), simulated_user_ids(30000, 0), 0, events, slots=4096
-    )
-    env = make_vector_env(config, num_envs=1)
-    catalog = env.unwrapped.sim.catalog
-    on_policy = simulate_arm_users(
-        config, Arm("t", "greedy"), simulated_user_ids(60000, 1), 1, None, slots=4096
-    )
-    truth = on_policy.session_return.mean()
-    assert truth > 1.3 * logs.session_return.mean()  # greedy is far from the logging policy
-    data = load_logged_slates(
-        read_event_log(events),
-        make_policy("greedy", env.unwrapped.sim),
-        ItemLookup(catalog.item_ids, catalog.embeddings),
-    )
-    assert data.requests == 30000 and data.logging_policies == {"random": 30000}
-    estimates = estimate_all(data.slates, resamples=300)
+    sim = build_simulator(config, batch=4096)
+    loggers = {name: make_policy(name, sim) for name in ("random", "greedy")}
+    parts = []
+    for seed, policy in enumerate(loggers.values()):
+        recorder = RequestRecorder()
+        evaluate_policy(policy, sim, 8000, seed, observers=[recorder])
+        parts.append(recorder.requests(sim.catalog.embeddings))
+    target = make_policy("retrieval", sim)
+    truth = evaluate_policy(target, sim, 40000, 7).session_return.mean()
+    result = evaluate_logged(LoggedRequests.concat(parts), target, loggers, resamples=300)
+    assert result.requests == 16000 and result.logger_shares == {"greedy": 0.5, "random": 0.5}
+    assert result.diagnostics.unsupported_mass == 0.0  # the random arm supports everything at step 0
     for name in ROBUST:
-        assert estimates[name].ci_low <= truth <= estimates[name].ci_high, (name, estimates[name], truth)
-
-
-def _impressions(path, with_propensity=True, propensity=0.05):
-    columns = {
-        "request_id": ["r1", "r1"],
-        "ts": [1.0, 1.0],
-        "user_id": ["u", "u"],
-        "arm": ["a", "a"],
-        "policy": ["random", "random"],
-        "item_id": ["i1", "i2"],
-        "position": pa.array([0, 1], pa.int32()),
-        "score": pa.array([0.0, 0.0], pa.float32()),
-    }
-    if with_propensity:
-        columns["propensity"] = pa.array([propensity, propensity], pa.float32())
-    (path / "impressions").mkdir(parents=True)
-    pq.write_table(pa.table(columns), path / "impressions" / "part-0001.parquet")
-
-
-@pytest.mark.parametrize(
-    ("setup", "needle"),
-    [
-        ("missing", "no such event-log directory"),
-        ("no_propensity_column", "propensity"),
-        ("nan_propensity", "no usable propensity"),
-        ("deterministic", "deterministic"),
-        ("no_requests", "no requests table"),
-    ],
-)
-def test_ope_bad_event_logs_are_one_line_errors(tmp_path, capsys, setup, needle):
-    events = tmp_path / "events"
-    if setup == "no_propensity_column":
-        _impressions(events, with_propensity=False)
-    elif setup == "nan_propensity":
-        _impressions(events, propensity=float("nan"))
-    elif setup == "deterministic":
-        _impressions(events, propensity=1.0)
-    elif setup == "no_requests":
-        _impressions(events)
-    code, output = cli_output(
-        capsys, "ope", "--events", str(events), "--target", "retrieval", "--index", str(tmp_path / "idx")
-    )
-    assert code == 2
-    assert output.startswith("error:") or "\nerror:" in output, output
-    assert needle in output
-    assert "Traceback" not in output
+        assert covers(result.estimators[name], truth), (name, result.estimators[name], truth)
+    # Per user, weights are whole-slate weights: no logged slate is the target's (deterministic, one of
+    # 20!/15! orderings), and the diagnostics say so.
+    assert result.session_diagnostics.ess == 0.0 and result.session_diagnostics.mean_weight == 0.0
 
 
 @pytest.fixture(scope="session")
@@ -199,8 +189,8 @@ def test_served_items_carry_their_arms_propensities(server_traffic):
 
 
 def test_ope_on_the_servers_own_event_log(server_traffic, stopped_live_app, tmp_path, capsys):
-    """``rayrec ope`` straight on what the server logged: the explore arm's propensities make the
-    estimates defined; the server's requests table supplies each request's candidates."""
+    """``rayrec ope`` straight on what the server logged: every request re-scored by every arm's policy
+    (rebuilt by name), the server's requests table supplying each request's candidates."""
     out = tmp_path / "ope.json"
     code, output = cli_output(
         capsys,
@@ -212,11 +202,19 @@ def test_ope_on_the_servers_own_event_log(server_traffic, stopped_live_app, tmp_
     requests = read_requests(str(stopped_live_app.events)).to_pandas()
     fallback = int(requests["fallback"].sum())
     assert result["target"] == "greedy" and result["fallback_requests"] == fallback
+    assert result["dropped_users"] == 0  # every logged slate reproduced by its arm's policy
     assert result["n"] == len(requests) - fallback >= len(server_traffic)
     ranked = requests[~requests["fallback"]]
     assert result["logging_policies"] == ranked["policy"].value_counts().to_dict()
-    assert set(result["logging_policies"]) == set(POLICIES.values())
-    for name in ("ips", "snips", "dm", "dr"):
-        value, (low, high) = result["estimators"][name]["value"], result["estimators"][name]["ci95"]
-        assert all(math.isfinite(x) for x in (value, low, high)), name
-        assert 0.0 <= low <= high and value >= 0.0, (name, value, low, high)
+    assert set(result["logging_policies"]) == set(POLICIES.values()) == set(result["logger_shares"])
+    # The explore arm supports every first request; a deterministic arm's second requests (the posterior
+    # then names the arm) support only that arm's slates.
+    assert 0.0 <= result["diagnostics"]["unsupported_mass"] < 1.0
+    for block in ("estimators", "session_estimators"):
+        for name, est in result[block].items():
+            value, (low, high) = est["value"], est["ci95"]
+            assert all(math.isfinite(x) for x in (value, low, high)), name
+            assert 0.0 <= low <= high and value >= 0.0, (name, value, low, high)
+    assert set(result["estimators"]) == {"ips", "snips", "dm", "dr"}
+    assert set(result["session_estimators"]) == {"fqe", "pdis", "sdr"}
+    assert 0 < result["session_diagnostics"]["ess"] <= result["users"]

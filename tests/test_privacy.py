@@ -13,7 +13,18 @@ from rayrec.data.io import load_dataset
 from rayrec.data.mapped_import import import_table, parse_mapping
 from rayrec.data.movielens import import_movielens
 from rayrec.errors import ConfigError, DataError
-from rayrec.privacy import KEY_ENV, KEY_FILE, Pseudonymizer, load_or_create_key, scrub_array, scrub_text
+from rayrec.privacy import (
+    KEY_ENV,
+    KEY_FILE,
+    KEY_FILE_ENV,
+    Pseudonymizer,
+    key_id,
+    load_key,
+    load_or_create_key,
+    resolve_key_source,
+    scrub_array,
+    scrub_text,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -129,3 +140,49 @@ def test_scrub_text(text, expected):
 
 def test_scrub_array_keeps_nulls():
     assert scrub_array(pa.array(["a@b.io x", None])).to_pylist() == ["x", None]
+
+
+def _race_for_key(args) -> bytes:
+    path, barrier = args
+    barrier.wait()  # every process tries to create the key at the same moment
+    return load_key(path, create=True)
+
+
+def test_a_server_key_is_created_atomically_even_by_racing_processes(tmp_path):
+    import multiprocessing
+
+    path = str(tmp_path / "secrets" / KEY_FILE)
+    context = multiprocessing.get_context("fork")
+    with context.Manager() as manager:
+        barrier = manager.Barrier(8)
+        with context.Pool(8) as pool:
+            keys = pool.map(_race_for_key, [(path, barrier)] * 8)
+    assert len(set(keys)) == 1 and len(keys[0]) == 64, "racing creators must agree on one key"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert os.listdir(tmp_path / "secrets") == [KEY_FILE]  # no temporary file left behind
+    assert load_key(path) == keys[0]
+
+
+def test_where_a_server_key_comes_from(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv(KEY_FILE_ENV, raising=False)
+    assert resolve_key_source() == str(tmp_path / "config" / "rayrec" / KEY_FILE)  # never a data directory
+    with pytest.raises(ConfigError, match="no pseudonymization key file"):
+        load_key(resolve_key_source())  # a replica never makes its own key
+    made = load_key(resolve_key_source(), create=True)
+    secret = tmp_path / "mounted-secret"
+    secret.write_text("a-key-from-a-kubernetes-secret\n")
+    secret.chmod(0o600)
+    monkeypatch.setenv(KEY_FILE_ENV, str(secret))
+    assert load_key(resolve_key_source()) == b"a-key-from-a-kubernetes-secret"
+    assert resolve_key_source(str(tmp_path / "explicit.key")) == str(tmp_path / "explicit.key")
+    monkeypatch.setenv(KEY_ENV, "the-key-itself-from-the-environment")
+    assert resolve_key_source(str(secret)) == f"env:{KEY_ENV}"
+    assert load_key(resolve_key_source()) == b"the-key-itself-from-the-environment"
+    assert made != b"the-key-itself-from-the-environment"
+
+
+def test_key_ids_name_keys_without_revealing_them():
+    first, second = b"k" * 32, b"j" * 32
+    assert key_id(first) == key_id(first) != key_id(second)
+    assert len(key_id(first)) == 12 and "kkkk" not in key_id(first)

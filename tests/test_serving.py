@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,9 +27,9 @@ from rayrec.errors import ArtifactError, ConfigError
 from rayrec.events import read_feedback, read_impressions, read_requests
 from rayrec.features import NUM_FEATURES, budget_feature, profile_vector
 from rayrec.index.item_index import ItemIndex
-from rayrec.privacy import Pseudonymizer
+from rayrec.privacy import key_id
 from serving.api import RecommendRequest
-from serving.pipeline import BASELINE_BUDGET
+from serving.pipeline import BASELINE_BUDGET, index_version
 from serving.settings import AppConfig, Arm, app_config_from_args, parse_arm
 
 REPO = Path(__file__).resolve().parent.parent
@@ -171,8 +172,9 @@ def test_health_docs_and_openapi(client):
         ({"history": []}, "user_id"),
         ({"user_id": ""}, "at least 1 character"),
         ({"user_id": "u" * 300}, "at most 256 characters"),
-        ({"user_id": "u", "history": [f"item-{i:04d}" for i in range(51)]}, "at most 50 are accepted"),
-        ({"user_id": "u", "history": ["item-0001", ""]}, "history item ids must have 1..256 characters"),
+        ({"user_id": "u", "history": [f"item-{i:04d}" for i in range(51)]}, "at most 50 items"),
+        ({"user_id": "u", "history": ["item-0001", ""]}, "at least 1 character"),
+        ({"user_id": "u", "history": ["item\n0001"]}, "should match pattern"),
         ({"user_id": "u", "history": "item-0001"}, "valid list"),
         ({"user_id": "u", "query": "x" * 1001}, "at most 1000 characters"),
         ({"user_id": "u", "colour": "blue"}, "Extra inputs are not permitted"),
@@ -183,13 +185,15 @@ def test_health_docs_and_openapi(client):
 def test_bad_recommend_requests_are_4xx_with_a_message(client, body, needle):
     response = client.post("/recommend", json=body)
     assert response.status_code == 422, response.text
-    assert needle in response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request" and isinstance(error["details"], list)
+    assert needle in error["message"] or any(needle in d["message"] for d in error["details"])
 
 
-def test_non_json_body_is_4xx(client):
+def test_non_json_body_is_400(client):
     response = client.post("/recommend", content=b"{not json", headers={"content-type": "application/json"})
-    assert response.status_code == 422
-    assert "JSON" in response.text
+    assert response.status_code == 400
+    assert "not JSON" in response.json()["error"]["message"]
 
 
 def test_feedback_ack_404_and_422(client, live_app):
@@ -242,15 +246,15 @@ def test_session_step_reaches_the_ranker_and_its_requests_row(client, live_app, 
 
 
 def test_ab_assignment_is_stable_and_near_its_weights(client, live_app):
-    pseudonymizer = Pseudonymizer(live_app.key)
     users = [f"user-{i}" for i in range(300)]
     arms = {}
     for user in users:
         response = recommend(client, live_app, user_id=user, history=["item-0002"], k=2)
         assert response.status_code == 200, response.text
         arms[user] = response.json()["arm"]
-        # the server hashes the pseudonym, never the raw id, with the shared assignment function
-        assert arms[user] == assign_arm(pseudonymizer.pseudonymize(user), WEIGHTS)
+        # the arm is the shared assignment function of the raw id and the salt: not of the pseudonym,
+        # so that rotating the pseudonymization key or moving the events leaves users in their arms
+        assert arms[user] == assign_arm(user, WEIGHTS)
     for user in users[:40]:
         assert recommend(client, live_app, user_id=user, history=[], k=1).json()["arm"] == arms[user]
     shares = Counter(arms.values())
@@ -268,12 +272,17 @@ def test_overload_is_a_fast_503_not_a_hang(live_app):
         for response in responses:
             if response.status_code == 200:
                 live_app.record(response.json())
-        return [r.status_code for r in responses]
+        return responses
 
-    codes = Counter(asyncio.run(burst()))
+    responses = asyncio.run(burst())
+    codes = Counter(r.status_code for r in responses)
     assert set(codes) <= {200, 503}, codes
     assert codes[503] > 0, f"max_ongoing_requests=4, max_queued_requests=2 and 80 at once: {codes}"
     assert codes[200] > 0, codes
+    for shed in (r for r in responses if r.status_code == 503):
+        assert int(shed.headers["retry-after"]) >= 1
+        error = shed.json()["error"]
+        assert error["code"] == "unavailable" and "overloaded" in error["message"]
 
 
 def test_graceful_stop_writes_every_acknowledged_event(stopped_live_app):
@@ -288,6 +297,13 @@ def test_graceful_stop_writes_every_acknowledged_event(stopped_live_app):
     assert {rid: [item for _, item in sorted(rows)] for rid, rows in logged.items()} == app.impressions
     raw = [u for u in impressions.column("user_id").to_pylist() if u.startswith(("alice-", "user-", "bob"))]
     assert not raw, "raw user ids must never be logged"
+    # the pseudonymization key lives apart from the events, and every row names it by its public id
+    assert not list(app.events.rglob("*.key"))
+    assert set(impressions.column("key_id").to_pylist()) == {key_id(app.key)}
+    assert set(read_requests(str(app.events)).column("key_id").to_pylist()) == {key_id(app.key)}
+    assert set(impressions.column("index_version").to_pylist()) == {
+        index_version(ItemIndex.load(str(app.index)))
+    }
     assert set(impressions.column("arm").to_pylist()) <= set(POLICIES)
     feedback = read_feedback(str(app.events))
     assert sorted(
@@ -381,6 +397,21 @@ def test_cli_serve_stops_on_sigterm_and_flushes(tmp_path):
         answer = httpx.post(
             f"{url}/recommend", json={"user_id": "zoe", "history": ["item-0001"], "k": 4}
         ).json()
+        # through the real HAProxy: an oversized body is refused unread, and HAProxy's own errors (no
+        # ingress replica to take a request) use the API's 503 page, not Ray's bare 500
+        huge = httpx.post(f"{url}/recommend", json={"user_id": "x" * 10_000_000}, timeout=120)
+        assert huge.status_code == 413 and len(huge.content) < 400
+        from ray.serve._private.constants import RAY_SERVE_HAPROXY_CONFIG_FILE_LOC
+
+        configs = [
+            cfg
+            for cfg in Path(RAY_SERVE_HAPROXY_CONFIG_FILE_LOC).parent.glob("*/haproxy.cfg")
+            if f":{port}\n" in cfg.read_text()
+        ]
+        assert configs, "no HAProxy configuration for this server's port"
+        pages = re.findall(r"errorfile 503 (\S+)", configs[0].read_text())
+        assert pages and Path(pages[0]).read_bytes().startswith(b"HTTP/1.1 503")
+        assert b"Retry-After:" in Path(pages[0]).read_bytes()
         query = httpx.post(f"{url}/recommend", json={"user_id": "zoe", "query": "rocket"})
         assert query.status_code == 422 and "no query encoder" in query.text
         proc.send_signal(signal.SIGTERM)
@@ -418,6 +449,8 @@ def test_cli_bad_input_is_one_line_error(tmp_path):
     missing = rayrec_serve("--index", str(tmp_path / "missing"), "--arm", "a=retrieval")
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert missing.stderr.startswith("error:") and "not an index directory" in missing.stderr
+    exposed = rayrec_serve("--index", str(tmp_path), "--arm", "a=retrieval", "--host", "0.0.0.0")
+    assert exposed.returncode == 2 and exposed.stderr.startswith("error:") and "--api-keys" in exposed.stderr
     bad_arm = rayrec_serve("--index", str(tmp_path), "--arm", "a=retrieval:-1")
     assert bad_arm.returncode == 2 and "weights must be positive" in bad_arm.stderr
     index_dir = build_test_index(tmp_path, n_items=20)

@@ -53,7 +53,7 @@ from trainers.run_dir import (
 
 def train(cfg: TrainPolicyConfig) -> dict[str, Any]:
     """Train, checkpoint, export and evaluate; returns the evaluation summary (also in ``eval.json``)."""
-    env_config = resolve_env_config(cfg)
+    env_config = resolve_env_config(cfg, user_split="train")  # validation and evaluation meet other users
     dim, num_candidates, slate_size = probe_env(env_config)
     scorer_config = ScorerConfig(
         dim=dim, hidden=cfg.hidden, attention_layers=cfg.attention_layers, attention_heads=cfg.attention_heads
@@ -102,7 +102,10 @@ def train(cfg: TrainPolicyConfig) -> dict[str, Any]:
                     iteration % cfg.validate_every == 0 or iteration == cfg.iterations
                 ):
                     value = validation_return(
-                        current_scorer(algo), env_config, cfg.validate_users, cfg.eval_seed + 1
+                        current_scorer(algo),
+                        env_config.replace(user_split="validation"),
+                        cfg.validate_users,
+                        cfg.eval_seed + 1,
                     )
                     row["eval/session_return"] = value
                     if cfg.export == "best" and value > best:
@@ -125,7 +128,12 @@ def train(cfg: TrainPolicyConfig) -> dict[str, Any]:
             algo.stop()
 
         summary = evaluate_policies(
-            policy_dir, env_config, cfg.baselines, cfg.eval_users, cfg.eval_seed, cfg.policy_name
+            policy_dir,
+            env_config.replace(user_split="test"),
+            cfg.baselines,
+            cfg.eval_users,
+            cfg.eval_seed,
+            cfg.policy_name,
         )
         write_evaluation(
             summary, out, progress.rows, command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]])

@@ -18,6 +18,7 @@ from envs.config import SlateEnvConfig
 from envs.factory import build_simulator
 from envs.policies import make_policy
 from envs.rollout import evaluate_policy
+from envs.spec import users_used
 from rayrec.metrics.session import METRICS as SESSION_METRICS
 from rayrec.metrics.session import REPORTED, SessionOutcomes, namespaced, paired_difference
 from rayrec.slate_policy import SlatePolicy
@@ -85,6 +86,7 @@ def evaluate_policies(
         }
     summary = {
         "users": num_users,
+        "user_split": users_used(env_config),
         "seed": seed,
         "trained": name,
         "policies": policies,
@@ -101,8 +103,8 @@ def _fmt(ci: dict[str, float], digits: int = 2) -> str:
 def evaluation_markdown(summary: dict[str, Any]) -> str:
     """The evaluation as a Markdown table plus the paired comparisons."""
     lines = [
-        f"Held-out evaluation: {summary['users']} simulated users, one session each (seed {summary['seed']}); "
-        "mean [95% CI].",
+        f"Held-out evaluation: {summary['users']} simulated users ({summary['user_split']}, seed "
+        f"{summary['seed']}), one episode each; mean [95% CI].",
         "",
         "| policy | " + " | ".join(f"{m} ({METRIC_UNITS[m]})" for m in METRICS) + " |",
         "| --- |" + " --- |" * len(METRICS),

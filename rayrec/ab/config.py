@@ -56,6 +56,9 @@ class AbConfig(SimulatorOptions):
     """Users simulated at once within a task (vector env rows)."""
     concurrency: int = 8
     """Simulated users calling the server at once (--url)."""
+    api_key: str | None = None
+    """Bearer key (scopes recommend and feedback) for a server started with --api-keys (--url); else the
+    RAYREC_API_KEY environment variable."""
     progress: bool = True
     """Show progress bars."""
 
@@ -106,7 +109,12 @@ class AbPlanConfig(RayConfig):
 
 @dataclass(kw_only=True)
 class OpeConfig(RayConfig):
-    """``rayrec ope``: off-policy estimates of a target policy's value from a logged event log."""
+    """``rayrec ope``: off-policy estimates of a target policy's value from a logged event log.
+
+    Every logged request is re-scored by every logging policy (the log's ``policy`` names, built like the
+    target), so a log that mixes a randomised arm with deterministic ones is weighted by the mixture.
+    Item-level estimators value a request; session-level ones a user's whole logged episode.
+    """
 
     events: str
     """Event-log directory (requests, impressions, feedback): a server's --events or an A/B run's DIR/events."""
@@ -115,6 +123,12 @@ class OpeConfig(RayConfig):
     index: str | None = None
     """Item index the log was written with (candidate embeddings); default: the simulator recorded in
     EVENTS/simulator.yaml by `rayrec ab`."""
+    logger: list[str] = field(default_factory=list)
+    """How to rebuild a logging policy the log names, as NAME=POLICY (repeat per policy); a logged name
+    without one is built as a policy of that name (random, retrieval, greedy)."""
+    clip: float | None = None
+    """Also report IPS and DR with importance weights clipped at this value, with the bound on the bias
+    that clipping causes (their intervals are widened by it)."""
     json: str | None = None
     """Write the estimates as JSON to this file."""
     alpha: float = 0.05
@@ -122,9 +136,11 @@ class OpeConfig(RayConfig):
     resamples: int = 1000
     """Bootstrap resamples (users are resampled)."""
     seed: int = 0
-    """Seed of the bootstrap."""
+    """Seed of the bootstrap and of the slates drawn from a randomised target."""
 
     def __post_init__(self) -> None:
         _check_level("alpha", self.alpha)
         if self.resamples < 100:
             raise ConfigError(f"--resamples must be >= 100, got {self.resamples}")
+        if self.clip is not None and not self.clip > 0:
+            raise ConfigError(f"--clip must be > 0, got {self.clip}")

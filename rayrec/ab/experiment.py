@@ -13,8 +13,10 @@ Output directory::
 
 from __future__ import annotations
 
+import os
+
 from envs.policies import POLICY_NAMES, make_policy
-from envs.spec import resolve_env_config
+from envs.spec import resolve_env_config, users_used
 from rayrec import storage
 from rayrec.ab.analysis import AbAnalysis, analyse
 from rayrec.ab.config import AbConfig
@@ -60,7 +62,7 @@ def run_experiment(config: AbConfig) -> AbAnalysis:
     events_dir = storage.join(config.out, EVENTS_DIR)
     if storage.exists(storage.join(events_dir, "impressions")):
         raise ConfigError(f"{events_dir} already holds an event log; choose a new --out so runs do not mix")
-    env_config = resolve_env_config(config)
+    env_config = resolve_env_config(config, user_split="test")  # A/B tests meet held-out users only
     user_ids = simulated_user_ids(config.users, config.seed)
     storage.makedirs(config.out)
     save_config(config, config.out)
@@ -78,6 +80,7 @@ def run_experiment(config: AbConfig) -> AbAnalysis:
             seed=config.seed,
             concurrency=config.concurrency,
             progress=config.progress,
+            api_key=config.api_key or os.environ.get("RAYREC_API_KEY"),
         )
         arms = _server_arms(config, info)
     else:
@@ -120,6 +123,12 @@ def run_experiment(config: AbConfig) -> AbAnalysis:
         analysis,
         config.out,
         plots=[METRICS_PNG, LIFT_PNG],
-        extra={"mode": "url" if config.url else "simulated", "total_users": len(users), "seed": config.seed},
+        extra={
+            "mode": "url" if config.url else "simulated",
+            "total_users": len(users),
+            "seed": config.seed,
+            "preset": config.preset,
+            "users_from": users_used(env_config),
+        },
     )
     return analysis

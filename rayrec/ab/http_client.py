@@ -49,12 +49,13 @@ class ServerInfo:
 class _Client:
     """One shared HTTP connection pool with retries on overload."""
 
-    def __init__(self, url: str, concurrency: int, timeout_s: float) -> None:
+    def __init__(self, url: str, concurrency: int, timeout_s: float, api_key: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.http = httpx.Client(
             base_url=self.url,
             timeout=timeout_s,
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
         )
 
     def call(self, method: str, path: str, body: dict | None = None) -> dict:
@@ -175,6 +176,7 @@ def run_http_ab(
     concurrency: int = 8,
     timeout_s: float = 30.0,
     progress: bool = True,
+    api_key: str | None = None,
 ) -> tuple[UserMetrics, ServerInfo]:
     """Run one session per user against the server at ``url`` with ``concurrency`` users at once.
 
@@ -184,7 +186,7 @@ def run_http_ab(
     """
     if concurrency < 1:
         raise RayrecError(f"concurrency must be >= 1, got {concurrency}")
-    client = _Client(url, concurrency, timeout_s)
+    client = _Client(url, concurrency, timeout_s, api_key)
     sim = build_simulator(env_config, batch=min(concurrency, len(user_ids)))
     items = ItemLookup(sim.catalog.item_ids, sim.catalog.embeddings)
     try:

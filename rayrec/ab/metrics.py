@@ -90,7 +90,7 @@ class UserMetrics(SessionOutcomes):
 
     @classmethod
     def from_table(cls, table: pa.Table) -> UserMetrics:
-        required = {"user_id", "arm", *OUTCOME_FIELDS} - {"left"}
+        required = {"user_id", "arm", *OUTCOME_FIELDS} - {"left", "sessions"}  # older tables lack these
         missing = required - set(table.column_names)
         if missing:
             raise DataError(f"per-user metrics table lacks columns {sorted(missing)}")

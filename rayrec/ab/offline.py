@@ -1,17 +1,18 @@
-"""``rayrec ope`` end to end: the item source and target policy for a log, the estimates, the JSON."""
+"""``rayrec ope`` end to end: the log, the item source, the target and logging policies, the estimates, the JSON."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from envs.config import SlateEnvConfig
 from envs.factory import build_simulator
-from envs.policies import make_policy
+from envs.policies import SIMULATION_POLICIES, make_policy
 from rayrec import storage
 from rayrec.ab.config import OpeConfig
 from rayrec.ab.experiment import SIMULATOR_FILE
-from rayrec.ab.ope import estimate_all
-from rayrec.ab.replay import ItemLookup, LoggedData, load_logged_slates, read_event_log
+from rayrec.ab.off_policy import evaluate_logged
+from rayrec.ab.replay import ItemLookup, logged_requests, read_event_log
 from rayrec.baselines import load_policy
 from rayrec.config import load_config
 from rayrec.errors import ConfigError, DataError
@@ -19,42 +20,82 @@ from rayrec.index import ItemIndex
 from rayrec.slate_policy import SlatePolicy
 
 
-def target_and_items(config: OpeConfig) -> tuple[SlatePolicy, ItemLookup]:
-    """The target policy and the item embeddings the log's candidates are looked up in.
+def policy_source(config: OpeConfig) -> tuple[Callable[[str], SlatePolicy], ItemLookup]:
+    """How to build a policy from a spec for this log, and the item embeddings its candidates are looked up in.
 
-    With ``--index``, the policy is built as the server builds it (:func:`rayrec.baselines.load_policy`).
+    With ``--index``, policies are built as the server builds them (:func:`rayrec.baselines.load_policy`).
     Without it, the log must come from a simulated A/B (``EVENTS/simulator.yaml``): the simulator is
-    rebuilt, its catalog supplies the embeddings and the policy is built as the A/B runner built it (in
-    that simulator).
+    rebuilt, its catalog supplies the embeddings and policies are built as the A/B runner built them (in
+    that simulator). Policies that read the simulator's hidden state cannot be replayed on a log.
     """
+
+    def replayable(spec: str) -> str:
+        if spec in SIMULATION_POLICIES:
+            raise ConfigError(
+                f"policy {spec!r} reads the simulator's hidden state, which a log does not hold: it cannot "
+                "be replayed on logged requests"
+            )
+        return spec
+
     if config.index is not None:
         index = ItemIndex.load(config.index)
-        return load_policy(config.target), ItemLookup(index.item_ids, index.embeddings)
+        return lambda spec: load_policy(replayable(spec)), ItemLookup(index.item_ids, index.embeddings)
     sim_file = storage.join(config.events, SIMULATOR_FILE)
     if not storage.exists(sim_file):
         raise ConfigError(
             f"{config.events} has no {SIMULATOR_FILE}: pass --index DIR, the index the log was written with"
         )
     sim = build_simulator(load_config(SlateEnvConfig, sim_file), batch=1)
-    return make_policy(config.target, sim), ItemLookup(sim.catalog.item_ids, sim.catalog.embeddings)
+    return lambda spec: make_policy(replayable(spec), sim), ItemLookup(
+        sim.catalog.item_ids, sim.catalog.embeddings
+    )
+
+
+def logger_specs(config: OpeConfig) -> dict[str, str]:
+    """``--logger NAME=POLICY`` as {logged policy name: spec}."""
+    specs = {}
+    for item in config.logger:
+        name, sep, spec = item.partition("=")
+        if not (sep and name and spec):
+            raise ConfigError(f"--logger {item!r}: expected NAME=POLICY (a logged policy name and its spec)")
+        specs[name] = spec
+    return specs
 
 
 def evaluate_offline(config: OpeConfig) -> dict[str, Any]:
     """Estimate the target's value on the logged requests; the ``ope --json`` document."""
     if not storage.exists(config.events):
         raise DataError(f"{config.events}: no such event-log directory")
-    log = read_event_log(config.events)  # checked before the policy and index are loaded
-    target, items = target_and_items(config)
-    logged: LoggedData = load_logged_slates(log, target, items)
-    estimates = estimate_all(logged.slates, alpha=config.alpha, resamples=config.resamples, seed=config.seed)
-    return {
-        "target": config.target,
-        "n": logged.requests,
-        "estimators": {
-            name: {"value": e.value, "ci95": [e.ci_low, e.ci_high]} for name, e in estimates.items()
-        },
-        "users": logged.users,
-        "logging_policies": logged.logging_policies,
-        "fallback_requests": logged.fallback_requests,
-        "value": "expected reward (clicks) per request, item-position model",
-    }
+    log = read_event_log(config.events)  # checked before the policies and index are loaded
+    build, items = policy_source(config)
+    requests = logged_requests(log, items)
+    specs = logger_specs(config)
+    built: dict[str, SlatePolicy] = {}
+
+    def policy(spec: str) -> SlatePolicy:
+        if spec not in built:
+            built[spec] = build(spec)
+        return built[spec]
+
+    target = policy(config.target)
+    loggers = {}
+    for name in requests.logger_names:
+        try:
+            loggers[name] = policy(specs.get(name, name))
+        except ConfigError as exc:
+            if name in specs:
+                raise
+            raise ConfigError(
+                f"{config.events}: the log's policy {name!r} cannot be rebuilt by its name ({exc}); say what "
+                f"it was with --logger {name}=POLICY"
+            ) from None
+    result = evaluate_logged(
+        requests,
+        target,
+        loggers,
+        alpha=config.alpha,
+        resamples=config.resamples,
+        seed=config.seed,
+        clip=config.clip,
+    )
+    return result.to_json() | {"target": config.target, "fallback_requests": log.fallback_requests}

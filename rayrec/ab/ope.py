@@ -1,36 +1,44 @@
-"""Off-policy estimators for slate policies under the item-position model: IPS, SNIPS, DM and DR.
+"""Item-level off-policy estimators of a slate policy's reward per request: IPS, SNIPS, DM, DR (and clipped).
 
-Assumption (item-position model, IPM): the click on the item shown at position p depends only on the
-context, that item and p — not on the other items of the slate — so a slate's value is the sum of its
-positions' values and
+Target quantity: the target policy's expected reward per request on the logged requests,
 
-    V(π) = E_x  Σ_p Σ_j  π(j at p | x) · E[click | x, j, p].
+    V(π) = (1/n) Σ_i E_{s ~ π(x_i)} [ Σ_{p < k_i} reward at position p ],
 
-It needs only the item-position marginals ``π(j at p | x)`` of the logging and target policies
-(:meth:`rayrec.slate_policy.SlatePolicy.position_marginals`), not the probability of whole slates, whose
-number (K!/(K-k)!) makes slate-level importance weights unusable. The model is exact when clicks at
-different positions are independent; under a choice model where items compete for one click (the
-simulator's conditional logit) it is an approximation whose error shrinks as the no-click option
-dominates (rare clicks), and grows when the target shows many more attractive items together than the
-logging policy did.
+where request i shows ``k_i`` positions (slate sizes may vary: the size is part of the request). Every
+estimator below estimates this same V; for one-step sessions it is the target's on-policy value.
 
-Estimators, for n logged requests with weights ``w_ip = π_t(a_ip at p | x_i) / π_0(a_ip at p | x_i)``:
+Weights are item-position weights ``w_ip = π(a_ip at p | x_i) / μ(a_ip at p | h_i)`` with μ the logging
+process's probability of showing the logged item there — the mixture of every logging policy, weighted by
+the probability that the user's arm was each of them (:mod:`rayrec.ab.support`). They need only the
+item-position marginals of the policies, never the probability of whole slates, whose number
+(K!/(K-k)!) makes slate-level weights unusable. The price is the item-position model (IPM): IPS and SNIPS
+are unbiased when the reward at position p depends only on the context, the item and p. Clicks that
+compete (a user picks at most one item of the slate, as in the simulator's choice model) break it, the
+more so the more often users click; the direct method uses a slate click model that has that competition
+(:mod:`rayrec.ab.reward_model`), and the doubly robust estimator adds its item-position-weighted residuals,
+so DR is unbiased when the click model is right, and when the IPM holds for it and for the clicks.
 
-- IPS:   (1/n) Σ_i Σ_p w_ip c_ip
-- SNIPS: Σ_p (Σ_i w_ip c_ip) / (Σ_i w_ip)                 (self-normalised per position)
-- DM:    (1/n) Σ_i Σ_p Σ_j π_t(j at p | x_i) q̂(x_i, j, p)
-- DR:    DM + (1/n) Σ_i Σ_p w_ip (c_ip - q̂(x_i, a_ip, p))
+Estimators, with ``n_p`` the number of requests that have a position p:
 
-with q̂ a click model fitted on the logs (:mod:`rayrec.ab.reward_model`). The value is expected clicks per
-request. Intervals are percentile bootstraps that resample *users* (all of a user's requests together),
-since requests of one user are not independent.
+- IPS:   (1/n) Σ_i Σ_p w_ip r_ip
+- SNIPS: Σ_p (n_p / n) (Σ_i w_ip r_ip) / (Σ_i w_ip)      (self-normalised per position: E[w_ip] = 1)
+- DM:    (1/n) Σ_i E_{s ~ π(x_i)} Σ_p r̂(x_i, s, p)
+- DR:    DM + (1/n) Σ_i Σ_p w_ip (r_ip - r̂(x_i, s_i, p))
+- with ``clip`` M: IPS and DR with weights ``min(w, M)``. Clipping biases IPS down by at most
+  ``R (1/n) Σ_i Σ_p Σ_j (π(j at p | x_i) - M μ(j at p | h_i))_+`` (R the largest reward of an item), computed
+  exactly from the marginals; DR by at most that much either way. Their intervals are widened by it.
+
+Intervals are percentile bootstraps that resample *users* (all of a user's requests together).
 
 References:
     - Li, S., Abbasi-Yadkori, Y., Kveton, B., Muthukrishnan, S., Vinay, V. & Wen, Z. (2018). "Offline
-      Evaluation of Ranking Policies with Click Models." KDD.
+      Evaluation of Ranking Policies with Click Models." KDD (item-position IPS).
     - Swaminathan, A., Krishnamurthy, A., Agarwal, A., Dudík, M., Langford, J., Jose, D. & Zitouni, I.
       (2017). "Off-policy evaluation for slate recommendation." NeurIPS.
+    - Swaminathan, A. & Joachims, T. (2015). "The Self-Normalized Estimator for Counterfactual Learning."
+      NeurIPS (SNIPS).
     - Dudík, M., Langford, J. & Li, L. (2011). "Doubly Robust Policy Evaluation and Learning." ICML.
+    - Ionides, E. L. (2008). "Truncated Importance Sampling." J. Comput. Graph. Stat. (clipping).
 """
 
 from __future__ import annotations
@@ -40,107 +48,143 @@ from dataclasses import dataclass
 import numpy as np
 
 from rayrec.ab.stats import resample_counts
+from rayrec.ab.support import WeightDiagnostics
 from rayrec.errors import DataError
 
 ESTIMATORS = ("ips", "snips", "dm", "dr")
+CLIPPED = ("ips_clip", "dr_clip")
+"""Reported when a clipping threshold is set."""
 
 
 @dataclass(frozen=True)
 class LoggedSlates:
-    """Logged requests and the target policy's view of them (n requests, k positions, K candidates).
+    """Logged requests and the target policy's view of them (n requests, up to k positions).
 
     Attributes:
-        user_index: [n] int64 user of each request (0..U-1), the bootstrap's resampling unit.
-        shown: [n, k] int64 candidate index shown at each position.
-        mask: [n, k] bool, False for positions beyond a request's slate size.
-        logging_propensity: [n, k] float64 π_0(shown at p | x) as logged, in (0, 1] where ``mask``.
-        clicks: [n, k] float64 reward of each shown item (1.0 for a click).
-        target_marginals: [n, k, K] float64 π_t(j at p | x) of the target policy.
-        predicted_clicks: [n, k, K] float64 click model's q̂(x, j, p).
+        user_index: [n] int64 user of each request, the bootstrap's resampling unit.
+        mask: [n, k] bool, True for the positions each request showed.
+        reward: [n, k] float64 reward of each shown item.
+        target_propensity: [n, k] float64 π(shown item at p | x) of the target.
+        logging_propensity: [n, k] float64 μ(shown item at p | h) of the logging process, in (0, 1]
+            where ``mask``.
+        direct: [n] float64 the reward model's expected reward of the target's slate on each request.
+        predicted: [n, k] float64 the reward model's expected reward at each position of the logged slate.
+        unsupported: [n] float64 the target's item-position mass on (item, position) pairs the logging
+            process shows with less than 1/n of the target's probability on that request (weight above n,
+            so a log of n requests is unlikely to hold them; probability 0 included),
+            ``Σ_p Σ_j π(j at p) 1[π(j at p) > n μ(j at p)]``.
+        clip: weight threshold M of the clipped estimators (None: none).
+        clip_excess: [n] float64 ``Σ_p Σ_j (π(j at p) - M μ(j at p))_+`` (None without ``clip``).
     """
 
     user_index: np.ndarray
-    shown: np.ndarray
     mask: np.ndarray
+    reward: np.ndarray
+    target_propensity: np.ndarray
     logging_propensity: np.ndarray
-    clicks: np.ndarray
-    target_marginals: np.ndarray
-    predicted_clicks: np.ndarray
+    direct: np.ndarray
+    predicted: np.ndarray
+    unsupported: np.ndarray
+    clip: float | None = None
+    clip_excess: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        n, k = self.shown.shape
+        n, k = self.mask.shape
         if n == 0:
             raise DataError("no logged requests to evaluate")
-        for name in ("mask", "logging_propensity", "clicks"):
+        for name in ("reward", "target_propensity", "logging_propensity", "predicted"):
             if getattr(self, name).shape != (n, k):
                 raise ValueError(f"LoggedSlates.{name}: shape {getattr(self, name).shape}, expected {(n, k)}")
-        if self.user_index.shape != (n,):
-            raise ValueError(f"LoggedSlates.user_index: shape {self.user_index.shape}, expected ({n},)")
-        big_k = self.target_marginals.shape[-1]
-        for name in ("target_marginals", "predicted_clicks"):
-            if getattr(self, name).shape != (n, k, big_k):
-                raise ValueError(
-                    f"LoggedSlates.{name}: shape {getattr(self, name).shape}, expected {(n, k, big_k)}"
-                )
+        for name in ("user_index", "direct", "unsupported"):
+            if getattr(self, name).shape != (n,):
+                raise ValueError(f"LoggedSlates.{name}: shape {getattr(self, name).shape}, expected ({n},)")
+        if (self.clip is None) != (self.clip_excess is None):
+            raise ValueError("LoggedSlates: clip and clip_excess come together")
+        if self.clip is not None and not (self.clip > 0 and self.clip_excess.shape == (n,)):
+            raise ValueError(f"LoggedSlates: clip {self.clip} must be > 0 with clip_excess of shape ({n},)")
         prop = self.logging_propensity[self.mask]
         bad = ~((prop > 0) & (prop <= 1))
         if bad.any():
             raise DataError(
-                f"{int(bad.sum())} logged propensities are outside (0, 1] (e.g. {prop[bad][:3].tolist()}); "
-                "importance weights need the logging policy's probability of each shown item"
+                f"{int(bad.sum())} logging propensities are outside (0, 1] (e.g. {prop[bad][:3].tolist()}); "
+                "importance weights need the logging process's probability of each shown item"
             )
 
     def weights(self) -> np.ndarray:
-        """[n, k] importance weights π_t/π_0 of the shown items (0 at masked positions)."""
-        target = np.take_along_axis(self.target_marginals, self.shown[..., None], axis=2)[..., 0]  # [n, k]
-        return np.where(self.mask, target / np.where(self.mask, self.logging_propensity, 1.0), 0.0)
+        """[n, k] importance weights π/μ of the shown items (0 at masked positions)."""
+        return np.where(
+            self.mask, self.target_propensity / np.where(self.mask, self.logging_propensity, 1.0), 0.0
+        )
+
+    @property
+    def reward_bound(self) -> float:
+        """R: the largest reward one item can earn, taken as max(1, largest logged reward)."""
+        return max(1.0, float(self.reward[self.mask].max()))
+
+    def clip_bias_bound(self) -> float:
+        """Bound on the bias clipping causes (module docstring), in reward per request."""
+        return 0.0 if self.clip_excess is None else self.reward_bound * float(self.clip_excess.mean())
+
+    def diagnostics(self) -> WeightDiagnostics:
+        """Support diagnostics of the weights of every shown item."""
+        unsupported = float(self.unsupported.sum() / self.mask.sum())
+        return WeightDiagnostics.of(self.weights()[self.mask], unsupported)
 
 
 @dataclass(frozen=True)
 class OpeEstimate:
-    """One estimator's value (expected clicks per request) and its bootstrap interval."""
+    """One estimator's value and its (1 - alpha) interval; ``bias_bound`` is the clipping bias bound."""
 
     value: float
     ci_low: float
     ci_high: float
+    bias_bound: float = 0.0
+
+    def to_json(self) -> dict:
+        out = {"value": self.value, "ci95": [self.ci_low, self.ci_high]}
+        return out | ({"bias_bound": self.bias_bound} if self.bias_bound else {})
 
 
 def per_request_terms(logged: LoggedSlates) -> dict[str, np.ndarray]:
     """The per-request quantities every estimator is a ratio of sums of.
 
     Returns:
-        ``ips`` [n], ``dm`` [n], ``dr`` [n], ``snips_num`` [n, k], ``snips_den`` [n, k].
+        ``ips``, ``dm``, ``dr`` (and ``ips_clip``, ``dr_clip``) [n]; ``snips_num``, ``snips_den``,
+        ``positions`` [n, k].
     """
     w = logged.weights()  # [n, k]
-    clicks = np.where(logged.mask, logged.clicks, 0.0)
-    direct = (logged.target_marginals * logged.predicted_clicks).sum(-1)  # [n, k] E_target[q̂] per position
-    direct = np.where(logged.mask, direct, 0.0)
-    q_shown = np.take_along_axis(logged.predicted_clicks, logged.shown[..., None], axis=2)[..., 0]  # [n, k]
-    return {
-        "ips": (w * clicks).sum(1),
-        "dm": direct.sum(1),
-        "dr": direct.sum(1) + (w * (clicks - np.where(logged.mask, q_shown, 0.0))).sum(1),
-        "snips_num": w * clicks,
+    reward = np.where(logged.mask, logged.reward, 0.0)
+    residual = reward - np.where(logged.mask, logged.predicted, 0.0)  # [n, k]
+    terms = {
+        "ips": (w * reward).sum(1),
+        "dm": logged.direct,
+        "dr": logged.direct + (w * residual).sum(1),
+        "snips_num": w * reward,
         "snips_den": w,
+        "positions": logged.mask.astype(np.float64),
     }
+    if logged.clip is not None:
+        clipped = np.minimum(w, logged.clip)
+        terms |= {
+            "ips_clip": (clipped * reward).sum(1),
+            "dr_clip": logged.direct + (clipped * residual).sum(1),
+        }
+    return terms
 
 
 def _estimates(sums: dict[str, np.ndarray], requests: np.ndarray) -> dict[str, np.ndarray]:
-    """Estimator values from (possibly resampled) sums over requests: each value [...]."""
+    """Estimator values from (possibly resampled) sums over requests [..., (k)]: each value [...]."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        snips = np.where(sums["snips_den"] > 0, sums["snips_num"] / sums["snips_den"], 0.0).sum(-1)
-        return {
-            "ips": sums["ips"] / requests,
-            "snips": snips,
-            "dm": sums["dm"] / requests,
-            "dr": sums["dr"] / requests,
-        }
+        mean = np.where(sums["snips_den"] > 0, sums["snips_num"] / sums["snips_den"], 0.0)  # [..., k]
+        out = {"snips": (mean * sums["positions"]).sum(-1) / requests}
+    names = [name for name in (*ESTIMATORS, *CLIPPED) if name in sums]
+    return out | {name: sums[name] / requests for name in names}
 
 
 def estimate_all(
     logged: LoggedSlates, *, alpha: float = 0.05, resamples: int = 1000, seed: int = 0
 ) -> dict[str, OpeEstimate]:
-    """IPS, SNIPS, DM and DR with user-level percentile-bootstrap intervals.
+    """IPS, SNIPS, DM and DR (and the clipped ones) with user-level percentile-bootstrap intervals.
 
     Per-user sums of each term are formed once; a bootstrap resample is then a matrix product of
     resampling counts [b, U] with those sums [U, m], for all estimators at once.
@@ -158,13 +202,23 @@ def estimate_all(
     user_requests = np.bincount(users, minlength=n_users).astype(np.float64)  # [U]
     point = _estimates({k: v.sum(0) for k, v in user_sums.items()}, user_requests.sum())
     rng = np.random.default_rng(seed)
-    draws: dict[str, list[np.ndarray]] = {name: [] for name in ESTIMATORS}
+    draws: dict[str, list[np.ndarray]] = {name: [] for name in point}
     for counts in resample_counts(n_users, resamples, rng):  # [b, U]
         resampled = {name: np.tensordot(counts, v, axes=(1, 0)) for name, v in user_sums.items()}  # [b, ...]
         for name, values in _estimates(resampled, counts @ user_requests).items():
             draws[name].append(values)
+    bound = logged.clip_bias_bound()
     out = {}
-    for name in ESTIMATORS:
+    for name in (*ESTIMATORS, *CLIPPED):
+        if name not in point:
+            continue
         lo, hi = np.quantile(np.concatenate(draws[name]), [alpha / 2.0, 1.0 - alpha / 2.0])
-        out[name] = OpeEstimate(value=float(point[name]), ci_low=float(lo), ci_high=float(hi))
+        if name in CLIPPED:  # clipping lowers IPS, and moves DR either way, by at most `bound`
+            lo, hi = lo - (bound if name == "dr_clip" else 0.0), hi + bound
+        out[name] = OpeEstimate(
+            value=float(point[name]),
+            ci_low=float(lo),
+            ci_high=float(hi),
+            bias_bound=bound if name in CLIPPED else 0.0,
+        )
     return out

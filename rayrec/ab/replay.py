@@ -1,12 +1,17 @@
-"""From an event log to :class:`rayrec.ab.ope.LoggedSlates`: the target policy replayed on logged requests.
+"""From an event log to :class:`rayrec.ab.logged.LoggedRequests`: every ranked request as its ranker saw it.
 
 Each logged request's observation is rebuilt exactly as the ranker saw it: ``profile``, ``features`` and
 ``budget`` from the requests table (:mod:`rayrec.events`), candidate embeddings from the item index by
-``candidate_ids``. The target policy's item-position marginals on that observation, the logging
-propensities of the impressions and the click feedback then give the estimators their inputs.
+``candidate_ids``. Its impressions give the slate and the logged propensities, its click feedback the
+rewards; a user's requests are put in time order (``ts``, then decreasing ``budget``).
 
 Requests marked ``fallback`` (a server's cold-start list: no arm's policy ranked them, and no policy
 under test would) are left out, with their impressions and feedback, and counted.
+
+Every problem with the log is one :class:`rayrec.errors.DataError` line naming the table (or part file)
+and what is missing: an empty log, part files that are not rayrec's (columns missing), a truncated log
+(impressions whose request rows are missing, requests without impressions, gaps in a slate's positions),
+or requests that do not fit the index (candidates it does not hold, profiles of another dimension).
 """
 
 from __future__ import annotations
@@ -18,15 +23,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rayrec.ab.ope import LoggedSlates
-from rayrec.ab.reward_model import fit_reward_model
+from rayrec import storage
+from rayrec.ab.logged import LoggedRequests
 from rayrec.errors import DataError
-from rayrec.events import REQUESTS_DIR, read_feedback, read_impressions, read_requests
+from rayrec.events import (
+    FEEDBACK_DIR,
+    IMPRESSIONS_DIR,
+    REQUESTS_DIR,
+    read_feedback,
+    read_impressions,
+    read_requests,
+)
 from rayrec.features import NUM_FEATURES
-from rayrec.slate_policy import SlatePolicy
-
-REPLAY_BATCH = 4096
-"""Requests whose observations are rebuilt and scored by the target policy at once."""
 
 
 @dataclass(frozen=True)
@@ -47,57 +55,49 @@ class ItemLookup:
         return position.get_indexer(np.asarray(item_ids).astype(str)).astype(np.int64)
 
 
-@dataclass(frozen=True)
-class LoggedData:
-    """What :func:`load_logged_slates` returns: the estimator inputs and a summary of the log."""
-
-    slates: LoggedSlates
-    requests: int
-    users: int
-    logging_policies: dict[str, int]
-    """Requests per logging policy."""
-    fallback_requests: int = 0
-    """Requests left out because the server's cold-start fallback answered them."""
-
-
-def list_column(table: pa.Table, name: str, width: int | None = None) -> np.ndarray:
-    """A list column of equal-length rows as a [n, width] array (DataError naming the column otherwise)."""
+def list_column(table: pa.Table, name: str, where: str, width: int | None = None) -> np.ndarray:
+    """A list column of equal-length rows as a [n, width] array (DataError naming ``where`` otherwise)."""
     column = table.column(name).combine_chunks()
     lengths = column.value_lengths().to_numpy(zero_copy_only=False)
     if len(lengths) and (lengths.min() != lengths.max() or (width is not None and lengths[0] != width)):
         want = f"{width}" if width is not None else "equal"
         raise DataError(
-            f"requests table: column {name!r} needs {want} lengths per row, found {lengths.min()}..{lengths.max()}"
+            f"{where}: column {name!r} needs {want} values per row, found {lengths.min()}..{lengths.max()}"
         )
     values = column.flatten().to_numpy(zero_copy_only=False)
     return values.reshape(len(table), int(lengths[0]) if len(lengths) else 0)
 
 
-def feature_tensor(table: pa.Table, num_candidates: int) -> np.ndarray:
-    """[n, K, F] candidate features of every request."""
-    return list_column(table, "features", num_candidates * NUM_FEATURES).reshape(
-        len(table), num_candidates, NUM_FEATURES
-    )
+def _check_complete(table: pa.Table, where: str) -> None:
+    """DataError when rows lack required columns (part files another program wrote read back as nulls)."""
+    missing = [
+        field.name for field in table.schema if not field.nullable and table.column(field.name).null_count
+    ]
+    if missing:
+        raise DataError(
+            f"{where}: {table.column(missing[0]).null_count} of {table.num_rows} rows lack {missing}: "
+            "part files that were not written by rayrec's event log (a foreign or damaged log)"
+        )
 
 
-def _check_propensities(impressions) -> None:
+def _check_propensities(impressions: pa.Table, where: str) -> None:
     """DataError unless every impression has a propensity in (0, 1]."""
     prop = impressions.column("propensity").to_numpy(zero_copy_only=False).astype(np.float64)
     bad = ~(np.isfinite(prop) & (prop > 0) & (prop <= 1))
     if bad.any():
         raise DataError(
-            f"event log: {int(bad.sum())} of {len(prop)} impressions have no usable propensity (NaN, <= 0 or > 1); "
+            f"{where}: {int(bad.sum())} of {len(prop)} impressions have no usable propensity (NaN, <= 0 or > 1); "
             "off-policy evaluation needs the logging policy's probability of every shown item "
             "(log with `rayrec serve` or `rayrec ab`, whose rankers record them)"
         )
 
 
-def _check_explored(impressions) -> None:
+def _check_explored(impressions: pa.Table, where: str) -> None:
     """DataError when the logging policies were all deterministic (nothing to weight)."""
     if pc.all(pc.equal(impressions.column("propensity"), 1.0)).as_py():
         raise DataError(
-            "event log: every propensity is 1.0, so the logging policy was deterministic and explored nothing; "
-            "off-policy estimates of another policy are undefined (log with a randomised policy, e.g. random)"
+            f"{where}: every propensity is 1.0, so the logging policies were deterministic and explored "
+            "nothing; off-policy estimates of another policy are undefined (add a randomised arm, e.g. random)"
         )
 
 
@@ -117,21 +117,25 @@ def read_event_log(events_dir: str) -> EventTables:
     """Read the log under ``events_dir`` and check that it can support off-policy estimates.
 
     Raises:
-        DataError: no impressions, unusable propensities, or no requests table.
+        DataError: no impressions, foreign part files, unusable propensities, no requests table.
     """
+    where = {kind: storage.join(events_dir, kind) for kind in (IMPRESSIONS_DIR, REQUESTS_DIR, FEEDBACK_DIR)}
     impressions = read_impressions(events_dir)
     if impressions.num_rows == 0:
-        raise DataError(f"{events_dir}: the event log has no impressions")
-    _check_propensities(impressions)
+        raise DataError(f"{where[IMPRESSIONS_DIR]}: no impressions (an empty event log)")
+    _check_complete(impressions, where[IMPRESSIONS_DIR])
+    _check_propensities(impressions, where[IMPRESSIONS_DIR])
     requests = read_requests(events_dir)
     if requests.num_rows == 0:
-        _check_explored(impressions)  # the more basic problem of the two, when both hold
+        _check_explored(impressions, where[IMPRESSIONS_DIR])  # the more basic problem of the two
         raise DataError(
-            f"{events_dir}: no requests table ({REQUESTS_DIR}/part-*.parquet) with the logged candidates; "
+            f"{where[REQUESTS_DIR]}: no requests table (part-*.parquet) with the logged candidates; "
             "off-policy evaluation needs the candidate set of each request, which `rayrec serve` and "
             "`rayrec ab` log (an `ab --url` client's log has none: use the server's events directory)"
         )
+    _check_complete(requests, where[REQUESTS_DIR])
     feedback = read_feedback(events_dir)
+    _check_complete(feedback, where[FEEDBACK_DIR])
     fallback = requests.column("fallback")
     left_out = requests.filter(fallback).column("request_id")
     if len(left_out):
@@ -140,101 +144,121 @@ def read_event_log(events_dir: str) -> EventTables:
         feedback = feedback.filter(pc.invert(pc.is_in(feedback.column("request_id"), left_out)))
         if requests.num_rows == 0:
             raise DataError(
-                f"{events_dir}: all {len(left_out)} logged requests were answered by the cold-start fallback; "
-                "no policy ranked anything to evaluate"
+                f"{where[REQUESTS_DIR]}: all {len(left_out)} logged requests were answered by the cold-start "
+                "fallback; no policy ranked anything to evaluate"
             )
-    _check_explored(impressions)
+    _check_explored(impressions, where[IMPRESSIONS_DIR])
     return EventTables(events_dir, impressions, feedback, requests, len(left_out))
 
 
-def load_logged_slates(
-    log: EventTables, target: SlatePolicy, items: ItemLookup, *, ridge: float = 1e-4
-) -> LoggedData:
-    """Replay ``target`` on the requests of ``log``.
+def _examples(values) -> str:
+    return ", ".join(map(str, list(values)[:3]))
+
+
+def logged_requests(log: EventTables, items: ItemLookup) -> LoggedRequests:
+    """The ranked requests of ``log`` with their candidates looked up in ``items``.
 
     Raises:
-        DataError: impressions without a request row or not among its candidates, or candidates that
-            are not in ``items``.
+        DataError: a truncated or inconsistent log, or requests that do not fit ``items`` (module docstring).
     """
-    events_dir, impressions, requests = log.directory, log.impressions, log.requests
-    candidate_ids = list_column(requests, "candidate_ids")  # [n, K]
-    n, big_k = candidate_ids.shape
-    features = feature_tensor(requests, big_k)  # [n, K, F]
-    profile = list_column(requests, "profile").astype(np.float32)  # [n, d]
-    budget = requests.column("budget").to_numpy().astype(np.float32)[:, None]  # [n, 1]
+    where_requests = storage.join(log.directory, REQUESTS_DIR)
+    where_impressions = storage.join(log.directory, IMPRESSIONS_DIR)
+    requests = log.requests.sort_by([("user_id", "ascending"), ("ts", "ascending"), ("budget", "descending")])
     request_ids = np.asarray(requests.column("request_id").to_pylist(), dtype=object)
+    n = len(request_ids)
     if len(set(request_ids.tolist())) != n:
-        raise DataError(f"{events_dir}: the requests table repeats request ids")
+        raise DataError(f"{where_requests}: request ids repeat (the log holds some requests twice)")
+    candidate_ids = list_column(requests, "candidate_ids", where_requests)  # [n, K]
+    big_k = candidate_ids.shape[1]
+    features = list_column(requests, "features", where_requests, big_k * NUM_FEATURES).reshape(
+        n, big_k, NUM_FEATURES
+    )
+    profile = list_column(requests, "profile", where_requests).astype(np.float32)  # [n, d]
+    dim = items.embeddings.shape[1]
+    if profile.shape[1] != dim:
+        raise DataError(
+            f"{where_requests}: profiles have {profile.shape[1]} dims but the item embeddings {dim}: "
+            "pass the index the log was written with"
+        )
+    rows = items.rows(candidate_ids.ravel()).reshape(n, big_k)  # [n, K]
+    if (rows < 0).any():
+        missing = candidate_ids[rows < 0]
+        raise DataError(
+            f"{where_requests}: {len(missing)} logged candidates are not in the item index (e.g. "
+            f"{_examples(missing)}); pass the index the log was written with"
+        )
 
     # Impression → (request row, candidate index) through the request's own candidate list.
+    imp = log.impressions.select(["request_id", "item_id", "position", "propensity"]).to_pandas()
+    row_of = pd.Series(np.arange(n), index=pd.Index(request_ids))
+    imp["row"] = row_of.reindex(imp["request_id"].to_numpy()).to_numpy()
+    lost = imp["row"].isna()
+    if lost.any():
+        raise DataError(
+            f"{where_requests}: {int(lost.sum())} impressions belong to requests the table does not hold "
+            f"(e.g. {_examples(imp.loc[lost, 'request_id'].unique())}): a truncated log (part files missing, "
+            "or unreadable and skipped)"
+        )
+    imp["row"] = imp["row"].astype(np.int64)
     cand = pd.DataFrame(
         {
-            "request_id": np.repeat(request_ids, big_k),
+            "row": np.repeat(np.arange(n), big_k),
             "item_id": candidate_ids.ravel(),
             "candidate": np.tile(np.arange(big_k), n),
         }
     )
-    cand["row"] = np.repeat(np.arange(n), big_k)
-    imp = impressions.select(["request_id", "item_id", "position", "propensity"]).to_pandas()
-    merged = imp.merge(cand, on=["request_id", "item_id"], how="left")
-    orphans = int(merged["row"].isna().sum())
-    if orphans:
+    merged = imp.merge(cand, on=["row", "item_id"], how="left")
+    if merged["candidate"].isna().any():
+        bad = merged.loc[merged["candidate"].isna(), "request_id"].unique()
         raise DataError(
-            f"{events_dir}: {orphans} impressions have no matching request row or are not among its candidates"
+            f"{where_impressions}: impressions of {len(bad)} requests show items that are not among the "
+            f"request's candidates (e.g. {_examples(bad)}): the log mixes two runs"
+        )
+    row, position = merged["row"].to_numpy(np.int64), merged["position"].to_numpy(np.int64)
+    slate_size = np.bincount(row, minlength=n)
+    unshown = np.flatnonzero(slate_size == 0)
+    if len(unshown):
+        raise DataError(
+            f"{where_impressions}: {len(unshown)} requests have no impressions (e.g. "
+            f"{_examples(request_ids[unshown])}): a truncated log (part files missing, or unreadable and skipped)"
+        )
+    valid = (position >= 0) & (position < slate_size[row])
+    seen = np.zeros((n, int(slate_size.max())), dtype=np.int64)
+    np.add.at(seen, (row[valid], position[valid]), 1)
+    width = seen.shape[1]
+    broken = (seen != (np.arange(width) < slate_size[:, None])).any(axis=1)
+    if not valid.all() or broken.any():
+        bad = np.union1d(merged.loc[~valid, "request_id"].unique(), request_ids[broken])
+        raise DataError(
+            f"{where_impressions}: the positions of {len(bad)} requests are not 0..k-1 once each (e.g. "
+            f"{_examples(bad)}): a damaged log"
         )
     fb = log.feedback.to_pandas()
     clicks = fb[fb["event"] == "click"].groupby(["request_id", "item_id"], as_index=False)["value"].sum()
-    merged = merged.merge(clicks, on=["request_id", "item_id"], how="left")
+    value = merged.merge(clicks, on=["request_id", "item_id"], how="left")["value"].fillna(0.0)
 
-    rows = merged["row"].to_numpy(np.int64)
-    position = merged["position"].to_numpy(np.int64)
-    slate_size = np.zeros(n, np.int64)
-    np.maximum.at(slate_size, rows, position + 1)
-    k_max = int(slate_size.max())
-    shown = np.zeros((n, k_max), np.int64)
-    mask = np.zeros((n, k_max), bool)
-    propensity = np.ones((n, k_max))
-    reward = np.zeros((n, k_max))
-    shown[rows, position] = merged["candidate"].to_numpy(np.int64)
-    mask[rows, position] = True
-    propensity[rows, position] = merged["propensity"].to_numpy(np.float64)
-    reward[rows, position] = merged["value"].fillna(0.0).to_numpy(np.float64)
-
-    cand_rows = items.rows(candidate_ids.ravel()).reshape(n, big_k)  # [n, K]
-    if (cand_rows < 0).any():
-        missing = candidate_ids[cand_rows < 0]
-        raise DataError(
-            f"{events_dir}: {len(missing)} logged candidates are not in the item index (e.g. {missing[:3].tolist()}); "
-            "pass the index the log was written with"
-        )
-    embeddings = items.embeddings[cand_rows]  # [n, K, d]
-    marginals = np.zeros((n, k_max, big_k), np.float32)  # [n, k, K]
-    for size in np.unique(slate_size):
-        group = np.flatnonzero(slate_size == size)
-        for start in range(0, len(group), REPLAY_BATCH):
-            sel = group[start : start + REPLAY_BATCH]
-            obs = {
-                "profile": profile[sel],
-                "candidates": embeddings[sel],
-                "features": features[sel],
-                "budget": budget[sel],
-            }
-            marginals[sel, :size] = target.position_marginals(obs, int(size))  # [b, size, K]
-    model = fit_reward_model(features, embeddings, shown, reward, mask, ridge=ridge)
+    shown = np.zeros((n, width), np.int64)
+    propensity = np.ones((n, width))
+    reward = np.zeros((n, width))
+    shown[row, position] = merged["candidate"].to_numpy(np.int64)
+    propensity[row, position] = merged["propensity"].to_numpy(np.float64)
+    reward[row, position] = value.to_numpy(np.float64)
     users = np.unique(np.asarray(requests.column("user_id").to_pylist()), return_inverse=True)[1]
-    policies = pd.Series(requests.column("policy").to_pylist()).value_counts()
-    return LoggedData(
-        slates=LoggedSlates(
-            user_index=users.astype(np.int64),
-            shown=shown,
-            mask=mask,
-            logging_propensity=propensity,
-            clicks=reward,
-            target_marginals=marginals.astype(np.float64),
-            predicted_clicks=model.predict(features, embeddings),
-        ),
-        requests=n,
-        users=int(users.max()) + 1,
-        logging_policies={str(k): int(v) for k, v in policies.items()},
-        fallback_requests=log.fallback_requests,
+    names, logger = np.unique(
+        np.asarray(requests.column("policy").to_pylist(), dtype=str), return_inverse=True
+    )
+    return LoggedRequests(
+        user=users.astype(np.int64),
+        logger=logger.astype(np.int64),
+        logger_names=tuple(names.tolist()),
+        candidates=rows,
+        item_embeddings=np.asarray(items.embeddings, dtype=np.float32),
+        features=features.astype(np.float32),
+        profile=profile,
+        budget=requests.column("budget").to_numpy().astype(np.float32)[:, None],
+        shown=shown,
+        mask=np.arange(width) < slate_size[:, None],
+        propensity=propensity,
+        reward=reward,
+        source=str(log.directory),
     )

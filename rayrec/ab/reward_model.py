@@ -1,12 +1,26 @@
-"""The reward model of the direct-method and doubly robust estimators: a logistic click model.
+"""The reward model of the direct-method, doubly robust and fitted-Q estimators: a slate click model.
 
-``P(click | candidate j at position p) = sigmoid(features_j · w + embedding_j · v + b_p)``: the
-candidate's observed features (:data:`rayrec.features.FEATURE_NAMES`), its embedding (item traits
-that attract clicks, clickbait among them, are directions in the embedding space) and one intercept per
-slate position, which captures position bias the way the item-position model says it acts (a
-per-position factor on the odds). It sees only what the logs hold, so it is misspecified for any
-simulator with hidden user state; the doubly robust estimator's importance-weighted correction is what
-removes that bias.
+A conditional logit over the shown slate plus a no-click option, on what the logs hold::
+
+    P(click on the item at position p | slate) = exp(z_p) / (1 + sum_q exp(z_q)),
+    z_p = bias + features · w + basis(embedding) · v + position_logit[p]
+
+with the candidate's observed features (:data:`rayrec.features.FEATURE_NAMES`), its embedding projected
+on the leading principal directions of the logged items' embeddings (item traits that attract clicks,
+clickbait among them, are directions in the embedding space) and one logit per slate position. Items of a
+slate compete for the click, as they do for users (and in the simulator's choice model): under strong
+competition the value of a slate is not the sum of its items' values, which is what the item-position
+estimators assume, and a model of this form is what lets the doubly robust estimator stay close to the
+truth there. A request with several clicks counts each as one choice (a pseudo-likelihood). The expected
+reward of a position is its click probability times the mean logged reward of a click.
+
+It sees only what the logs hold, so it is misspecified for any simulator with hidden user state; the
+doubly robust estimators' importance-weighted corrections are what remove that bias.
+
+References:
+    - McFadden, D. (1973). "Conditional logit analysis of qualitative choice behavior."
+    - Ie, E. et al. (2019). "SlateQ: A Tractable Decomposition for Reinforcement Learning with
+      Recommendation Sets." IJCAI (the slate's choice model with a no-click option).
 """
 
 from __future__ import annotations
@@ -18,79 +32,125 @@ from scipy.optimize import minimize
 
 from rayrec.errors import DataError
 
+BASIS_DIMS = 16
+"""Principal directions of the item embeddings the click and value models see."""
+
 
 @dataclass(frozen=True)
-class PositionRewardModel:
-    """A fitted logistic click model (F features, d embedding dims, k positions).
+class EmbeddingBasis:
+    """The leading principal directions of logged item embeddings (d dims → r).
 
     Attributes:
-        feature_weights: [F].
-        embedding_weights: [d].
-        position_bias: [k] intercept per slate position.
+        mean: [d] mean embedding.
+        components: [d, r] orthonormal directions, largest variance first.
     """
 
-    feature_weights: np.ndarray
-    embedding_weights: np.ndarray
-    position_bias: np.ndarray
+    mean: np.ndarray
+    components: np.ndarray
 
-    def predict(self, features: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
-        """Click probability of every candidate at every position.
+    @classmethod
+    def fit(cls, embeddings: np.ndarray, dims: int = BASIS_DIMS) -> EmbeddingBasis:
+        """From embeddings [m, d] (the shown items'); ``r = min(dims, d, m)``."""
+        mean = embeddings.mean(axis=0)
+        _, _, vt = np.linalg.svd(embeddings - mean, full_matrices=False)
+        return cls(mean=mean.astype(np.float64), components=vt[:dims].T.astype(np.float64))
+
+    def project(self, embeddings: np.ndarray) -> np.ndarray:
+        """[..., d] → [..., r]."""
+        return (embeddings - self.mean) @ self.components
+
+
+@dataclass(frozen=True)
+class SlateRewardModel:
+    """A fitted slate click model (module docstring): F features, r basis dims, k positions.
+
+    Attributes:
+        bias: item logit offset against no-click.
+        feature_weights: [F].
+        basis_weights: [r] weights of the projected embedding.
+        position_logits: [k] additive logit per position (position 0 is 0).
+        click_value: mean logged reward of a click (1.0 for click logs).
+    """
+
+    bias: float
+    feature_weights: np.ndarray
+    basis_weights: np.ndarray
+    position_logits: np.ndarray
+    click_value: float
+
+    def candidate_logits(self, features: np.ndarray, projected: np.ndarray) -> np.ndarray:
+        """[b, K] position-free logits of candidates with features [b, K, F] and projected embeddings [b, K, r]."""
+        return self.bias + features @ self.feature_weights + projected @ self.basis_weights
+
+    def click_probabilities(self, logits: np.ndarray, slates: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """[b, k] probability of a click at each position of slates [b, k] (0 where ``mask`` is False).
 
         Args:
-            features: [n, K, F] candidate features.
-            embeddings: [n, K, d] candidate embeddings.
-
-        Returns:
-            [n, k, K].
+            logits: [b, K] :meth:`candidate_logits`.
+            slates: [b, k] candidate indices; mask: [b, k] bool positions shown.
         """
-        logits = features @ self.feature_weights + embeddings @ self.embedding_weights  # [n, K]
-        return 1.0 / (1.0 + np.exp(-(logits[:, None, :] + self.position_bias[None, :, None])))  # [n, k, K]
+        k = slates.shape[1]
+        z = np.take_along_axis(logits, slates, axis=1) + self.position_logits[:k]  # [b, k]
+        z = np.where(mask, z, -np.inf)
+        top = np.maximum(z.max(axis=1, keepdims=True), 0.0)  # the no-click option's logit is 0
+        weight = np.exp(z - top)  # [b, k]
+        return weight / (np.exp(-top) + weight.sum(axis=1, keepdims=True))
 
 
-def _loss(beta: np.ndarray, x: np.ndarray, y: np.ndarray, ridge: float) -> tuple[float, np.ndarray]:
-    """Mean logistic loss with an L2 penalty and its gradient; x: [m, P], y: [m]."""
-    z = x @ beta  # [m]
-    # log(1 + e^z) - y z, computed stably.
-    loss = np.mean(np.logaddexp(0.0, z) - y * z) + 0.5 * ridge * beta @ beta
-    grad = x.T @ (1.0 / (1.0 + np.exp(-z)) - y) / len(y) + ridge * beta
-    return float(loss), grad
+def _negative_log_likelihood(
+    params: np.ndarray, x: np.ndarray, mask: np.ndarray, clicks: np.ndarray, l2: float
+) -> tuple[float, np.ndarray]:
+    """Mean pseudo-NLL and gradient. x: [n, k, P], mask/clicks: [n, k] bool (a click is one choice)."""
+    n, _, p = x.shape
+    w, positions = params[:p], np.concatenate([[0.0], params[p:]])  # [P], [k]
+    z = np.where(mask, x @ w + positions, -np.inf)  # [n, k]
+    top = np.maximum(z.max(axis=1, keepdims=True), 0.0)
+    weight = np.exp(z - top)
+    norm = np.exp(-top[:, 0]) + weight.sum(axis=1)  # [n]
+    prob = weight / norm[:, None]  # [n, k]
+    log_norm = np.log(norm) + top[:, 0]  # [n]
+    choices = clicks.sum(axis=1) + (~clicks.any(axis=1))  # [n] choice events per request
+    loglik = np.where(clicks, z, 0.0).sum() - (choices * log_norm).sum()
+    resid = choices[:, None] * prob - clicks  # [n, k] d NLL / d z (times n)
+    grad_w = np.einsum("nk,nkp->p", resid, x) / n + 2 * l2 * np.r_[0.0, w[1:]]
+    grad_positions = resid.sum(axis=0)[1:] / n
+    return -loglik / n + l2 * (w[1:] @ w[1:]), np.concatenate([grad_w, grad_positions])
 
 
 def fit_reward_model(
     features: np.ndarray,
-    embeddings: np.ndarray,
-    shown: np.ndarray,
-    clicks: np.ndarray,
+    projected: np.ndarray,
+    reward: np.ndarray,
     mask: np.ndarray,
     *,
-    ridge: float = 1e-4,
-) -> PositionRewardModel:
-    """Fit :class:`PositionRewardModel` to logged slates by L-BFGS on the penalised logistic loss.
+    l2: float = 1e-4,
+) -> SlateRewardModel:
+    """Maximum (pseudo-)likelihood :class:`SlateRewardModel` from logged slates (n requests, k positions).
 
     Args:
-        features: [n, K, F] candidate features per request.
-        embeddings: [n, K, d] candidate embeddings per request.
-        shown: [n, k] candidate index shown at each position.
-        clicks: [n, k] 1.0 where the shown item was clicked (rewards above 1 count as a click).
+        features: [n, k, F] features of the shown items, in display order.
+        projected: [n, k, r] their embeddings projected on an :class:`EmbeddingBasis`.
+        reward: [n, k] logged reward of each shown item; a positive reward is a click.
         mask: [n, k] bool, False for positions a shorter slate did not have.
-        ridge: L2 penalty (keeps the fit finite when a position never or always gets clicks).
+        l2: ridge penalty on the weights (not the bias).
     """
-    n, k = shown.shape
-    f, d = features.shape[-1], embeddings.shape[-1]
-    rows = np.broadcast_to(np.arange(n)[:, None], (n, k))[mask]
-    cols = shown[mask]
-    x_pos = np.eye(k)[np.broadcast_to(np.arange(k), (n, k))[mask]]  # [m, k] position one-hot
-    x = np.concatenate([features[rows, cols], embeddings[rows, cols], x_pos], axis=1).astype(
-        np.float64
-    )  # [m, P]
-    y = np.minimum(clicks[mask], 1.0).astype(np.float64)  # [m]
-    if len(y) == 0:
+    n, k, f = features.shape
+    if not mask.any():
         raise DataError("no logged impressions to fit the click model on")
-    beta = np.zeros(f + d + k)
-    rate = np.clip(y.mean(), 1e-4, 1 - 1e-4)
-    beta[f + d :] = np.log(rate / (1.0 - rate))
-    result = minimize(_loss, beta, args=(x, y, ridge), jac=True, method="L-BFGS-B", options={"maxiter": 500})
-    beta = result.x
-    return PositionRewardModel(
-        feature_weights=beta[:f], embedding_weights=beta[f : f + d], position_bias=beta[f + d :]
+    clicks = mask & (reward > 0)
+    x = np.concatenate([np.ones((n, k, 1)), features, projected], axis=2)  # [n, k, P] bias, features, basis
+    result = minimize(
+        _negative_log_likelihood,
+        np.zeros(x.shape[2] + k - 1),
+        args=(x, mask, clicks, l2),
+        jac=True,
+        method="L-BFGS-B",
+    )
+    params, p = result.x, x.shape[2]
+    return SlateRewardModel(
+        bias=float(params[0]),
+        feature_weights=params[1 : 1 + f],
+        basis_weights=params[1 + f : p],
+        position_logits=np.concatenate([[0.0], params[p:]]),
+        click_value=float(reward[clicks].mean()) if clicks.any() else 1.0,
     )

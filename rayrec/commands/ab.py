@@ -76,15 +76,36 @@ def run_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_estimates(title: str, estimates: dict, diagnostics: dict) -> None:
+    print(title)
+    for name, est in estimates.items():
+        bound = f"  (clipping bias <= {est['bias_bound']:.4g})" if "bias_bound" in est else ""
+        print(f"  {name:<9}{est['value']:.4f}  ci95 [{est['ci95'][0]:.4f}, {est['ci95'][1]:.4f}]{bound}")
+    unsupported = diagnostics["unsupported_mass"]
+    print(
+        "  support: "
+        + (f"unsupported target mass {unsupported:.3g}, " if unsupported is not None else "")
+        + f"effective sample size {diagnostics['ess']:.4g} ({diagnostics['ess_share']:.2%}), "
+        f"largest weight {diagnostics['max_weight']:.4g}, mean weight {diagnostics['mean_weight']:.4g}"
+    )
+
+
 def run_ope(args: argparse.Namespace) -> int:
     config = config_from_args(OpeConfig, args)
     print(f"ope: replaying {config.target!r} on {config.events}")
     from rayrec.ab.offline import evaluate_offline  # the simulator and FAISS: heavy, keeps --help fast
 
     result = evaluate_offline(config)
-    print(f"{result['n']} requests from {result['users']} users; value = {result['value']}")
-    for name, est in result["estimators"].items():
-        print(f"  {name:<6}{est['value']:.4f}  ci95 [{est['ci95'][0]:.4f}, {est['ci95'][1]:.4f}]")
+    shares = ", ".join(f"{name} {share:.0%}" for name, share in result["logger_shares"].items())
+    print(f"{result['n']} requests from {result['users']} users; logging policies: {shares}")
+    if result["dropped_users"]:
+        print(
+            f"{result['dropped_users']} users left out: a logged slate their own policy could not reproduce"
+        )
+    _print_estimates(f"per request: {result['value']}", result["estimators"], result["diagnostics"])
+    _print_estimates(
+        f"per user: {result['session_value']}", result["session_estimators"], result["session_diagnostics"]
+    )
     if config.json:
         storage.write_text(config.json, json.dumps(result, indent=2) + "\n")
         _save_beside(config, config.json)
@@ -111,6 +132,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         subparsers,
         "ope",
         run_ope,
-        help="off-policy estimates (IPS, SNIPS, DM, DR) of a policy's value from an event log",
+        help="off-policy estimates of a policy's value from an event log: per request (IPS, SNIPS, DM, DR) "
+        "and per user (FQE, PDIS, sequential DR)",
     )
     add_config_args(ope, OpeConfig)

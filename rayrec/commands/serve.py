@@ -6,15 +6,20 @@ Serve (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``: gRPC between deployments, no extra 
 server is sized for; ``benchmarks/serve.py`` measures both with the full pipeline. ``--ingress proxy`` keeps the Python proxy
 (e.g. on a cluster whose nodes lack the haproxy binary). The choice applies to a Ray started here; on an
 existing cluster it is the cluster's ``RAY_SERVE_ENABLE_HA_PROXY`` that counts.
+
+A host other than a loopback address needs ``--api-keys FILE``; ``rayrec api-key add|list|revoke`` (also
+registered here) manages that file (docs/operations.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 import signal
 import socket
+import sys
 import time
 from typing import Literal
 
@@ -33,7 +38,8 @@ class ServeConfig(AppConfig, RayConfig):
     """``rayrec serve``: the serving application's settings plus where to listen."""
 
     host: str = "127.0.0.1"
-    """Address to listen on; 0.0.0.0 exposes the server to the network."""
+    """Address to listen on; another than a loopback address (e.g. 0.0.0.0) exposes the server to the
+    network and needs --api-keys."""
     port: int = 8000
     """HTTP port."""
     ingress: Literal["haproxy", "proxy"] = "haproxy"
@@ -43,6 +49,24 @@ class ServeConfig(AppConfig, RayConfig):
 
 def app_config(config: ServeConfig) -> AppConfig:
     return AppConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(AppConfig)})
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(config: ServeConfig) -> None:
+    """A server reachable from the network needs API keys."""
+    if not is_loopback(config.host) and not config.api_keys:
+        raise ConfigError(
+            f"--host {config.host} exposes the server to the network: give it --api-keys FILE "
+            "(make keys with `rayrec api-key add FILE --id NAME --scopes recommend,feedback`)"
+        )
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -86,6 +110,7 @@ def start_server(config: ServeConfig, stop_on_signal: bool = False) -> str:
 
     from serving.app import bind_app, resolve_config
 
+    check_exposure(config)
     # checks the index manifest and every arm's policy, and settles K (the trained policies' by default)
     served, encoder, dim = resolve_config(app_config(config))
     app = bind_app(served, encoder, dim)
@@ -158,6 +183,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_api_key(args: argparse.Namespace) -> int:
+    """``rayrec api-key add|list|revoke FILE``."""
+    from serving.auth import add_key, list_keys, parse_scopes, revoke_key
+
+    if args.action == "add":
+        if not args.id or not args.scopes:
+            raise ConfigError("api-key add needs --id NAME and --scopes SCOPE[,SCOPE]")
+        key = add_key(args.file, args.id, parse_scopes(args.scopes))
+        print(f"added API key {args.id!r} to {args.file}; the key (shown only now):", file=sys.stderr)
+        print(key, flush=True)
+    elif args.action == "revoke":
+        if not args.id:
+            raise ConfigError("api-key revoke needs --id NAME")
+        revoke_key(args.file, args.id)
+        print(f"revoked {args.id!r}; servers using {args.file} refuse it within seconds", flush=True)
+    else:
+        for entry in list_keys(args.file):
+            print(f"{entry['id']}\t{','.join(entry['scopes'])}\t{entry.get('created', '')}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(
         subparsers,
@@ -166,3 +212,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="serve slate recommendations over HTTP with A/B arms and an event log (Ray Serve)",
     )
     add_config_args(parser, ServeConfig, flags={"arms": "--arm"})
+    keys = add_command(
+        subparsers,
+        "api-key",
+        run_api_key,
+        help="add, list or revoke API keys in a key file for `rayrec serve --api-keys FILE`",
+        description="Keys are stored as SHA-256 hashes with scopes (recommend, feedback, admin); a new "
+        "key is printed once, on stdout. Servers re-read the file within seconds of a change.",
+    )
+    keys.add_argument("action", choices=["add", "list", "revoke"], help="what to do")
+    keys.add_argument("file", help="the key file (created 0600 by add)")
+    keys.add_argument("--id", help="the key's name (add, revoke)")
+    keys.add_argument("--scopes", help="comma-separated scopes for add: recommend, feedback, admin")

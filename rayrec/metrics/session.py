@@ -11,7 +11,11 @@ functions below and uses these names. Results measured in the simulator are name
 | ``clicks`` | clicks | number of clicks | mean |
 | ``ctr`` | clicks per impression | clicks / items shown | ratio of sums (delta method) |
 | ``session_length`` | requests | slates shown before the session ended | mean |
-| ``left_rate`` | share | 1 if the user left (not the budget or the step cap) | mean |
+| ``left_rate`` | share | 1 if the user left a session early (not the budget or the step cap) | mean |
+| ``sessions`` | sessions | sessions the user had (1 unless the world has returning users) | mean |
+
+A user's *episode* is all of their sessions: where users return for further sessions, ``session_return``,
+``clicks`` and ``session_length`` add up over the episode (the names keep the one-session case's words).
 
 One interval method per kind of quantity:
 
@@ -71,7 +75,8 @@ METRICS: dict[str, SessionMetric] = {
             "ctr", "clicks per impression", "clicks / items shown", "ratio", "clicks", "impressions"
         ),
         SessionMetric("session_length", "requests", "slates shown in the session", "mean", "session_length"),
-        SessionMetric("left_rate", "share of sessions", "1 if the user left early", "mean", "left"),
+        SessionMetric("left_rate", "share of users", "1 if the user left a session early", "mean", "left"),
+        SessionMetric("sessions", "sessions", "sessions in the user's episode", "mean", "sessions"),
     )
 }
 """Every session metric, in report order."""
@@ -89,7 +94,8 @@ class SessionOutcomes:
         clicks: [n] float64 clicks.
         impressions: [n] float64 items shown.
         session_length: [n] float64 requests (slates).
-        left: [n] bool the session ended because the user left (not the budget or the step cap).
+        left: [n] bool a session ended because the user left (not the budget or the step cap).
+        sessions: [n] float64 sessions in the user's episode (all ones without returning users).
     """
 
     session_return: np.ndarray
@@ -97,11 +103,14 @@ class SessionOutcomes:
     impressions: np.ndarray
     session_length: np.ndarray
     left: np.ndarray = field(default=None)  # type: ignore[assignment]
+    sessions: np.ndarray = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         n = len(self.session_return)
         if self.left is None:
             object.__setattr__(self, "left", np.zeros(n, dtype=bool))
+        if self.sessions is None:
+            object.__setattr__(self, "sessions", np.ones(n))
         for f in fields(SessionOutcomes):
             if np.shape(getattr(self, f.name)) != (n,):
                 raise ValueError(

@@ -1,0 +1,83 @@
+"""Every preset's policy table: does planning pay there? (``python -m benchmarks.presets``)
+
+For each preset (:mod:`envs.presets`), every baseline, the simulation-only references (``myopic-true``,
+``oracle``, the fixed per-item rules of :data:`envs.item_rules.FIXED_RULES`) and the ``planner`` meet the
+same held-out users (one seed: user ``i`` starts the same way under every policy). The table gives each
+policy's mean return with its 95% interval and its share of the planner's; the last line says whether the
+preset needs planning: the best fixed per-item rule at or below 85% of the planner.
+
+    python -m benchmarks.presets --users 1000 --preset default --preset classic
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from envs import build_simulator, evaluate_policy, make_policy
+from envs.item_rules import FIXED_RULES
+from envs.policies import ItemRulePolicy
+from envs.presets import PRESETS, preset
+from rayrec.metrics.session import SessionOutcomes, mean_interval, paired_difference
+
+POLICIES = ("random", "retrieval", "greedy", "myopic-true", "oracle")
+NEEDS_PLANNING = 0.85
+"""A preset needs planning when its best fixed per-item rule reaches at most this share of the planner."""
+
+
+def run_preset(name: str, users: int, seed: int) -> dict[str, SessionOutcomes]:
+    """Outcomes of every policy, every fixed rule and the planner on ``users`` users of preset ``name``."""
+    config = preset(name)
+    outcomes = {}
+    for spec in (*POLICIES, "planner"):
+        sim = build_simulator(config, batch=users)
+        outcomes[spec] = evaluate_policy(make_policy(spec, sim), sim, users, seed)
+    for rule in FIXED_RULES:
+        sim = build_simulator(config, batch=users)
+        outcomes[rule.name] = evaluate_policy(ItemRulePolicy(sim, rule), sim, users, seed)
+    return outcomes
+
+
+def table(name: str, outcomes: dict[str, SessionOutcomes]) -> str:
+    """Markdown: return [95% CI], share of planner, paired difference to the planner, ctr, sessions."""
+    planner = outcomes["planner"]
+    top = float(planner.session_return.mean())
+    lines = [
+        f"### {name}: {PRESETS[name].description}",
+        "",
+        "| policy | return [95% CI] | % of planner | minus planner (paired) | ctr | sessions |",
+        "| --- | --- | ---: | --- | ---: | ---: |",
+    ]
+    ordered = sorted(outcomes.items(), key=lambda kv: -kv[1].session_return.mean())
+    for policy, outcome in ordered:
+        ret = mean_interval(outcome.session_return)
+        diff = paired_difference(outcome, planner, "session_return")
+        lines.append(
+            f"| {policy} | {ret['mean']:.2f} [{ret['ci95_low']:.2f}, {ret['ci95_high']:.2f}] | "
+            f"{ret['mean'] / top:.1%} | {diff['mean']:+.2f} [{diff['ci95_low']:+.2f}, {diff['ci95_high']:+.2f}] | "
+            f"{outcome.values('ctr').mean():.3f} | {outcome.sessions.mean():.2f} |"
+        )
+    best_rule = max((r.name for r in FIXED_RULES), key=lambda r: outcomes[r].session_return.mean())
+    share = outcomes[best_rule].session_return.mean() / top
+    verdict = "needs planning" if share <= NEEDS_PLANNING else "does not need planning"
+    lines += ["", f"Best fixed per-item rule: {best_rule}, {share:.1%} of the planner: the preset {verdict}."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=1_000_003)
+    parser.add_argument("--preset", action="append", help="preset to run (repeatable; default: all)")
+    args = parser.parse_args()
+    for name in args.preset or list(PRESETS):
+        started = time.perf_counter()
+        outcomes = run_preset(name, args.users, args.seed)
+        print(table(name, outcomes))
+        print(
+            f"\n({args.users} users, seed {args.seed}, {time.perf_counter() - started:.0f} s)\n", flush=True
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""``planner``: model-predictive control with rollouts on copies of the hidden state (simulation only).
+
+Every ``replan_every`` steps of a session, for every user, each base policy of a library is evaluated by
+``rollouts`` simulated continuations of ``horizon`` steps, started from a copy of the user's current hidden state and run with the
+true model (choices, satiation, fatigue, satisfaction, leaving and returning); the slate of the base policy
+with the best return is shown. This is the parallel-rollout algorithm: it does at least as well as the best
+base policy in every state, up to the rollouts' noise and horizon, and better where the best policy depends
+on the state. To keep the rollouts' noise from costing more than switching gains, a user leaves the rule
+that is best over all users only where another rule's advantage is clear (:meth:`PlannerPolicy.choose`). Copies of one user share their random numbers (common random numbers), so two base
+policies that would show the same slates are scored the same, and the comparison is between policies, not
+between lucky draws. The library is the fixed per-item rules (:data:`envs.item_rules.FIXED_RULES`) plus
+their state-aware versions (clickbait harm read from the user's fatigue).
+
+References:
+    - Chang, H. S., Givan, R. & Chong, E. K. P. (2004). "Parallel rollout for online solution of partially
+      observable Markov decision processes." Discrete Event Dynamic Systems 14.
+    - Bertsekas, D. P. (2019). "Reinforcement Learning and Optimal Control", ch. 2 (rollout, MPC).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from envs.factory import build_simulator
+from envs.item_rules import FIXED_RULES, ItemRule, ItemTerms
+from envs.simulator import SlateSimulator
+from rayrec.baselines import ScoringPolicy
+from rayrec.errors import ConfigError
+from rayrec.slate_policy import Observation
+
+LIBRARY = (
+    *FIXED_RULES,
+    *(ItemRule(p, ban, state_aware=True) for p in (1.0, 2.0, 4.0) for ban in (False, True)),
+)
+"""The base policies the planner chooses among, state by state: every fixed per-item rule (so it is at least
+as good as the best of them) and patient rules that read the user's clickbait fatigue."""
+
+
+class CommonRandomNumbers:
+    """A random source for N copies in G groups: copies of one group draw the same numbers.
+
+    Implements the few ``numpy.random.Generator`` methods the simulator's step uses. A draw whose leading
+    size is N is made once per group and repeated to its copies; any other draw is independent.
+    """
+
+    def __init__(self, group: np.ndarray, rng: np.random.Generator) -> None:
+        self.group, self.rng = group, rng
+        self.groups = int(group.max()) + 1
+
+    def _shared(self, size) -> bool:
+        shape = (size,) if np.isscalar(size) else tuple(size or ())
+        return len(shape) >= 1 and shape[0] == len(self.group)
+
+    def random(self, size=None) -> np.ndarray:
+        if not self._shared(size):
+            return self.rng.random(size)
+        shape = (size,) if np.isscalar(size) else tuple(size)
+        return self.rng.random((self.groups, *shape[1:]))[self.group]
+
+    def uniform(self, low=0.0, high=1.0, size=None) -> np.ndarray:
+        return low + (high - low) * self.random(size)
+
+    def poisson(self, lam) -> np.ndarray:
+        lam = np.asarray(lam, dtype=np.float64)
+        if not self._shared(lam.shape):
+            return self.rng.poisson(lam)
+        # Inversion from one shared uniform per group: small means, so a short running sum is exact enough.
+        u = self.random(lam.shape)
+        count = np.zeros(lam.shape)
+        term = np.exp(-lam)
+        cdf = term.copy()
+        for n in range(1, 64):
+            below = u > cdf
+            if not below.any():
+                break
+            count += below
+            term = term * lam / n
+            cdf += term
+        return count
+
+    def integers(self, low, high=None, size=None):
+        return self.rng.integers(low, high, size=size)
+
+
+class PlannerPolicy(ScoringPolicy):
+    """Simulation-only upper bound: parallel rollouts of :data:`LIBRARY` on copies of each user (module doc)."""
+
+    name = "planner"
+
+    def __init__(
+        self,
+        sim: SlateSimulator,
+        horizon: int = 20,
+        rollouts: int = 6,
+        replan_every: int = 3,
+        confidence: float = 2.0,
+        library: tuple[ItemRule, ...] = LIBRARY,
+        seed: int = 0,
+    ) -> None:
+        if min(horizon, rollouts, replan_every) < 1:
+            raise ConfigError(
+                f"planner: horizon, rollouts and replan_every must be >= 1 (got {horizon}, {rollouts}, {replan_every})"
+            )
+        self.sim, self.horizon, self.rollouts, self.library = sim, horizon, rollouts, library
+        self.replan_every, self.confidence = replan_every, confidence
+        self.rng = np.random.default_rng(seed)
+        self._copies: SlateSimulator | None = None
+        self._plan = np.zeros(sim.batch, dtype=np.int64)  # [B] the library rule each user follows
+
+    def scores(self, obs: Observation) -> np.ndarray:
+        sim = self.sim
+        if obs["features"].shape[:2] != sim.candidate_items.shape:
+            raise ConfigError("planner: it only ranks its own simulator's current candidates")
+        # A user's plan is made at the start of its session and remade every `replan_every` steps after.
+        replan = sim.users.steps % self.replan_every == 0
+        if replan.any():
+            self._plan[replan] = self.best_rules()[replan]
+        best = self._plan
+        terms = ItemTerms.of(sim)
+        out = np.empty(sim.candidate_items.shape, dtype=np.float64)
+        for index in np.unique(best):
+            rows = best == index
+            out[rows] = self.library[index].scores(terms)[rows]
+        return out
+
+    def best_rules(self) -> np.ndarray:
+        """[B] index into the library of the base policy with the best simulated return for each user."""
+        sim = self.sim
+        batch, m, r, k = sim.batch, len(self.library), self.rollouts, sim.config.slate_size
+        copies = self._scratch(batch * m * r)
+        source = np.repeat(np.arange(batch), m * r)  # [N] the user each copy continues
+        rule = np.tile(np.repeat(np.arange(m), r), batch)  # [N] the base policy each copy follows
+        group = np.repeat(np.arange(batch * r).reshape(batch, 1, r), m, axis=1).ravel()  # [N] (user, rollout)
+        random = CommonRandomNumbers(group, self.rng)
+        copies.users = sim.users.take(source)
+        copies.candidate_items = sim.candidate_items[source]
+        copies.candidate_scores = sim.candidate_scores[source]
+        value = np.zeros(len(source))
+        alive = np.ones(len(source), dtype=bool)
+        rows_of = [np.flatnonzero(rule == i) for i in range(m)]
+        for _ in range(self.horizon):
+            terms = ItemTerms.of(copies)
+            scores = np.empty(copies.candidate_items.shape)
+            for i, rows in enumerate(rows_of):
+                scores[rows] = self.library[i].scores(_rows(terms, rows))
+            positions = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            outcome = copies.show(np.take_along_axis(copies.candidate_items, positions, axis=1), random)
+            value += alive * outcome.reward
+            alive &= ~outcome.terminated & (copies.users.total_steps < sim.config.max_episode_steps)
+            if not alive.any():
+                break
+            copies.refresh_candidates(random)
+        return self.choose(value.reshape(batch, m, r))
+
+    def choose(self, value: np.ndarray) -> np.ndarray:
+        """[B] the rule each user follows, from rollout returns ``value`` [B, M, R].
+
+        The rule with the best return over all users is the default; a user switches to another rule only
+        where its paired advantage over the default (same random numbers, rollout by rollout) exceeds
+        ``confidence`` standard errors. Taking the per-user maximum of noisy estimates instead would pick
+        whichever rule got lucky (the winner's curse) and lose to the best fixed rule.
+        """
+        batch, _, r = value.shape
+        default = int(value.mean(axis=(0, 2)).argmax())
+        advantage = value - value[:, default : default + 1, :]  # [B, M, R]
+        mean = advantage.mean(axis=2)  # [B, M]
+        se = advantage.std(axis=2, ddof=1) / np.sqrt(r) if r > 1 else np.full_like(mean, np.inf)
+        best = mean.argmax(axis=1)  # [B]
+        rows = np.arange(batch)
+        confident = mean[rows, best] > self.confidence * se[rows, best]
+        return np.where(confident, best, default)
+
+    def _scratch(self, n: int) -> SlateSimulator:
+        if self._copies is None or self._copies.batch != n:
+            self._copies = build_simulator(self.sim.config, batch=n, choice_model=self.sim.choice_model)
+        return self._copies
+
+
+def _rows(terms: ItemTerms, rows: np.ndarray) -> ItemTerms:
+    return ItemTerms(
+        *(getattr(terms, f)[rows] for f in ("logits", "value_classic", "value_state", "clickbait"))
+    )

@@ -1,0 +1,93 @@
+"""Named simulator worlds (``--preset NAME``; ``rayrec simulate --list-presets``).
+
+A preset is a :class:`SlateEnvConfig` with a purpose. It earns its place only if a myopic policy is wrong
+there for reasons that need planning: on ``default`` the best fixed per-item rule
+(:data:`envs.item_rules.FIXED_RULES`, e.g. "true logits, never clickbait") must stay at or below 85% of the
+``planner`` (``python -m benchmarks.presets`` measures it; a slow test checks it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from envs.config import SlateEnvConfig, config_with
+from rayrec.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named world: what it models, and the :class:`SlateEnvConfig` fields that make it."""
+
+    name: str
+    description: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def config(self) -> SlateEnvConfig:
+        return SlateEnvConfig(**self.fields)
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            "default",
+            "The first world (the SlateEnvConfig defaults): clickbait costs a fixed amount of satisfaction, "
+            "dissatisfied users leave, one session per user. Measured so far, its trade-off reduces to one "
+            "item attribute: a fixed per-item rule ('true logits, never clickbait') is about as good as the "
+            "planner, so it does not yet meet the bar this module states.",
+        ),
+        Preset(
+            "satiation",
+            "Users tire of what they just consumed (a satiation vector that recovers over time) and of "
+            "clickbait (its harm grows with recent clickbait and fades): the best slate depends on what the "
+            "user has had lately, not on the items alone.",
+            {
+                "satiation_gain": 0.3,
+                "satiation_recovery": 0.1,
+                "satiation_penalty": 0.3,
+                "clickbait_appeal": 0.4,
+                "clickbait_penalty": 0.06,
+                "clickbait_fatigue": 3.0,
+                "fatigue_recovery": 0.3,
+            },
+        ),
+        Preset(
+            "retention",
+            "Users have up to five sessions; whether and how soon they come back depends on how satisfied "
+            "the last session left them, and the objective is return (1 / days to come back), as in "
+            "KuaiSim's retention task.",
+            {
+                "sessions": 5,
+                "reward": "return",
+                "return_bias": 0.0,
+                "return_slope": 6.0,
+                "return_delay": 4.0,
+            },
+        ),
+    )
+}
+DEFAULT_PRESET = "default"
+
+
+def preset(name: str) -> SlateEnvConfig:
+    """The :class:`SlateEnvConfig` of preset ``name``; unknown names → ConfigError listing the presets."""
+    if name not in PRESETS:
+        raise ConfigError(
+            f"unknown preset {name!r}; presets: {', '.join(PRESETS)} (rayrec simulate --list-presets)"
+        )
+    return PRESETS[name].config()
+
+
+def with_preset(name: str, **changes: Any) -> SlateEnvConfig:
+    """Preset ``name`` with ``changes`` applied (validated)."""
+    return config_with(preset(name), **changes)
+
+
+def describe_presets() -> str:
+    """One paragraph per preset: its name, what it models and the fields it sets."""
+    lines = []
+    for p in PRESETS.values():
+        settings = ", ".join(f"{k}={v}" for k, v in p.fields.items()) or "the SlateEnvConfig defaults"
+        lines.append(f"{p.name}: {p.description}\n    ({settings})")
+    return "\n".join(lines)
