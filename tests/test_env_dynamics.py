@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_env import ScriptedChoice
 
 import envs
 from envs.choice import ConditionalLogitChoice
@@ -12,19 +13,6 @@ from envs.config import SlateEnvConfig
 from envs.users import split_of_users
 
 SMALL = {"num_items": 600, "num_topics": 6, "leave_base": 0.0, "leave_scale": 0.0}
-
-
-class ScriptedChoice:
-    """Always clicks the slate position it is told (-1: nothing)."""
-
-    def __init__(self, position: int) -> None:
-        self.position = position
-
-    def item_logits(self, interest, items, catalog, satiation=None):
-        return np.zeros(items.shape)
-
-    def choose(self, interest, slate, catalog, rng, satiation=None):
-        return np.full(len(slate), self.position, dtype=np.int64)
 
 
 def _env(choice_position: int, **fields):
