@@ -7,9 +7,9 @@
   maximum likelihood with the hidden interest integrated out (:mod:`envs.calibration_choice`). With logged
   impressions (rayrec's event log: ``--events``) the alternatives are the shown slates by position and the
   requests without a click are observed. With plain interactions (MovieLens) the alternatives are a
-  *sampled exposure* — the items retrieved for the user's profile just before each interaction — so
-  neither the outside option nor positions are observed and ``no_click_utility`` / ``position_decay`` keep
-  their preset values.
+  *sampled exposure* — the items retrieved for the user's profile just before each interaction plus uniform
+  draws from the catalog, with McFadden's sampling correction — so neither the outside option nor positions
+  are observed and ``no_click_utility`` / ``position_decay`` keep their preset values.
 - **the dynamics** — ``satisfaction_gain``, ``clickbait_penalty``, ``boredom``, ``leave_scale`` (and, where
   users have several sessions and the preset has returning users, ``return_bias``, ``return_slope``,
   ``return_delay``) — by the likelihood of the observed session ends with the satisfaction replayed from the

@@ -338,8 +338,3 @@ class DynamicsLikelihood:
 def dynamics_values(config: SlateEnvConfig) -> dict[str, float]:
     """The config's values of :data:`DYNAMICS_PARAMETERS`."""
     return {name: float(getattr(config, name)) for name in DYNAMICS_PARAMETERS}
-
-
-def return_probability(values: dict[str, float], satisfaction: np.ndarray) -> np.ndarray:
-    """[n] probability of returning after a session that ended at ``satisfaction`` [n]."""
-    return expit(values["return_bias"] + values["return_slope"] * (satisfaction - 0.5))
