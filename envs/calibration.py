@@ -391,11 +391,11 @@ class FitResult:
     """The train users' choices the model was fitted to (the baselines are fitted to them too)."""
 
 
-def fit_slate_log(
-    log: SlateLog, catalog: ItemCatalog, config: SlateEnvConfig, options: CalibrationOptions
-) -> FitResult:
-    """Fit the choice model and the dynamics to a slate log (logged impressions)."""
-    data = slate_choice_data(log, config)
+def _fit_choice_part(
+    data, catalog: ItemCatalog, config: SlateEnvConfig, options: CalibrationOptions, method: str
+):
+    """The choice-model half of a fit, shared by impressions and interactions: what the data identifies is
+    fitted by ``method``; returns (held, values, methods, std errors, details)."""
     free, held = choice_identification(data, catalog, options.fit_interest_noise)
     values = {**choice_values(config), **dynamics_values(config)}
     methods: dict[str, str] = {}
@@ -405,7 +405,6 @@ def fit_slate_log(
         fit = fit_choice(data, catalog, config, free, options.draws, options.seed)
         values.update({n: fit.values[n] for n in free})
         errors.update(fit.std_errors)
-        method = f"simulated maximum likelihood of logged slate choices ({options.draws} draws per user)"
         methods.update(dict.fromkeys(free, method))
         details["choice"] = {
             "log_likelihood": fit.log_likelihood,
@@ -414,6 +413,16 @@ def fit_slate_log(
             "converged": fit.converged,
             "iterations": fit.iterations,
         }
+    return held, values, methods, errors, details
+
+
+def fit_slate_log(
+    log: SlateLog, catalog: ItemCatalog, config: SlateEnvConfig, options: CalibrationOptions
+) -> FitResult:
+    """Fit the choice model and the dynamics to a slate log (logged impressions)."""
+    data = slate_choice_data(log, config)
+    method = f"simulated maximum likelihood of logged slate choices ({options.draws} draws per user)"
+    held, values, methods, errors, details = _fit_choice_part(data, catalog, config, options, method)
     steps = session_steps(log, catalog, config)
     dyn_free, dyn_held = dynamics_identification(steps, config, log.days_known)
     held.update(dyn_held)
@@ -452,24 +461,8 @@ def fit_interaction_log(
     """Fit what plain interactions identify: the choice model on sampled exposure, leave_scale by moments."""
     catalog = world.catalog
     data = _exposure(ilog, world, config, options)
-    free, held = choice_identification(data, catalog, options.fit_interest_noise)
-    values = {**choice_values(config), **dynamics_values(config)}
-    methods: dict[str, str] = {}
-    errors: dict[str, float] = {}
-    details: dict = {"exposure": data.exposure}
-    if free:
-        fit = fit_choice(data, catalog, config, free, options.draws, options.seed)
-        values.update({n: fit.values[n] for n in free})
-        errors.update(fit.std_errors)
-        method = f"simulated maximum likelihood of interactions with sampled exposure ({options.draws} draws)"
-        methods.update(dict.fromkeys(free, method))
-        details["choice"] = {
-            "log_likelihood": fit.log_likelihood,
-            "choices": fit.choices,
-            "users": data.num_users,
-            "converged": fit.converged,
-            "iterations": fit.iterations,
-        }
+    method = f"simulated maximum likelihood of interactions with sampled exposure ({options.draws} draws)"
+    held, values, methods, errors, details = _fit_choice_part(data, catalog, config, options, method)
     lacks = (
         "no impressions: a session's steps without a click are unobserved, so satisfaction cannot be replayed"
     )
