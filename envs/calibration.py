@@ -84,6 +84,9 @@ MIN_EVENTS = 10
 clicks, ...): the parameter they inform keeps its preset."""
 RECOVERY_TOLERANCE = 0.10
 """Relative error within which the recovery check counts a parameter as recovered."""
+NEAR_ZERO = 0.02
+"""A true value closer to zero than this has no meaningful relative error: the recovery check reports its
+absolute error and does not score it."""
 
 
 @dataclass(kw_only=True)
@@ -109,6 +112,9 @@ class CalibrationOptions:
     """Uniformly drawn alternatives added to the retrieved ones in the sampled-exposure likelihood."""
     recovery_users: int = 3000
     """Users of the sim-to-sim recovery check's generated log (0: skip the check)."""
+    recovery_requests: int = 40_000
+    """Where sessions are short, the recovery check simulates more users (up to 8 times ``recovery_users``)
+    until its log has this many requests."""
     seed: int = 0
     """Seed of the draws, simulations and the recovery world."""
 
@@ -598,7 +604,8 @@ def recovery_check(
 ) -> dict:
     """Generate a slate log with ``truth``'s parameters on a small world, refit ``fitted``, compare.
 
-    The log comes from ``options.recovery_users`` users under the ``random`` logging policy (exploration:
+    The log comes from ``options.recovery_users`` users (more where sessions are short: at least
+    ``options.recovery_requests`` requests, up to 8 times as many users) under the ``random`` logging policy (exploration:
     every retrieved candidate can be shown at every position); the refit holds every other parameter at its
     true value and starts from the preset (``SlateEnvConfig()``) values.
     """
@@ -606,7 +613,11 @@ def recovery_check(
     try:
         write_world(dataclasses.replace(world, seed=world.seed + options.seed), directory)
         config = truth.replace(data_dir=directory, index_dir=None, dim=None, user_split="all", fitted={})
-        log, _ = simulate_log(config, "random", options.recovery_users, options.seed + 3)
+        users = options.recovery_users
+        log, _ = simulate_log(config, "random", users, options.seed + 3)
+        if log.size < options.recovery_requests:  # short sessions: more users, for a comparable log
+            users = int(min(np.ceil(users * options.recovery_requests / max(log.size, 1)), 8 * users))
+            log, _ = simulate_log(config, "random", users, options.seed + 3)
         catalog = load_world(config).catalog
         preset = SlateEnvConfig()
         start = config.replace(**{n: getattr(preset, n) for n in fitted if n in CALIBRATED_PARAMETERS})
@@ -632,17 +643,20 @@ def recovery_check(
     parameters = {}
     for name in choice_free + dyn_free:
         true = float(getattr(truth, name))
+        near_zero = abs(true) < NEAR_ZERO
         relative = (estimates[name] - true) / abs(true) if true else float("nan")
         parameters[name] = {
             "true": true,
             "fitted": estimates[name],
             "std_error": errors.get(name, float("nan")),
             "relative_error": relative,
-            "within_10pct": bool(abs(relative) <= RECOVERY_TOLERANCE) if true else None,
+            "absolute_error": estimates[name] - true,
+            # A relative error means nothing for a truth near zero: that parameter is not scored.
+            "within_10pct": None if near_zero else bool(abs(relative) <= RECOVERY_TOLERANCE),
         }
     return {
         "world": dataclasses.asdict(world),
-        "users": options.recovery_users,
+        "users": users,
         "requests": log.size,
         "policy": "random",
         "tolerance": RECOVERY_TOLERANCE,

@@ -55,7 +55,7 @@ BOUNDS = {
     "satisfaction_gain": (0.0, 2.0),
     "clickbait_penalty": (0.0, 2.0),
     "boredom": (0.0, 0.5),
-    "leave_scale": (1e-4, 10.0),
+    "leave_scale": (1e-4, 50.0),
     "return_bias": (-10.0, 10.0),
     "return_slope": (0.0, 30.0),
     "return_delay": (1.0, 60.0),
@@ -78,7 +78,8 @@ class SessionSteps:
             leave decision is not observed (the budget or the step cap ended the session: censored).
         returned: [n] float32 at a session's last step: 1 if the user came back, 0 if not, NaN where no
             return was possible (no sessions left) or none is modelled.
-        days: [n] float32 days until the next session where ``returned`` is 1.
+        days: [n] float32 days until the next session where ``returned`` is 1 (NaN where the log does not
+            say them: the delay then does not enter the likelihood).
     """
 
     user_start: np.ndarray
@@ -126,7 +127,8 @@ def session_steps(log, catalog: ItemCatalog, config: SlateEnvConfig) -> SessionS
         came_back = possible & ~last_of_user
         returned[possible] = came_back[possible].astype(np.float32)
         gap = np.r_[np.diff(log.time), 0.0] / DAY
-        days[came_back] = np.maximum(np.round(gap[came_back]), 1.0)
+        # Unknown days (a log whose clock does not say them) leave the delay out of the likelihood.
+        days[came_back] = np.maximum(np.round(gap[came_back]), 1.0) if log.days_known else np.nan
     return SessionSteps(
         user_start=np.r_[starts, n].astype(np.int64),
         quality=np.where(clicked, catalog.quality[safe], 0.0).astype(np.float32),
@@ -191,7 +193,7 @@ class DynamicsLikelihood:
             f[:m] = keep * f[:m] + s.clickbait[rows]
             out[rows] = f[:m]
             back = s.returned[rows] == 1
-            f[:m][back] *= keep ** s.days[rows][back]
+            f[:m][back] *= keep ** np.nan_to_num(s.days[rows][back], nan=1.0)  # unknown days: one
         return out
 
     def per_user(self, values: dict[str, float], record: np.ndarray | None = None) -> np.ndarray:
@@ -271,11 +273,13 @@ class DynamicsLikelihood:
                 d_term[:, :, index["return_slope"]] += dl_dlogit * (sv - 0.5)
             if back.any():
                 sb = sv[back]
+                days = s.days[rows][idx][back]
+                timed = ~np.isnan(days)[:, None]  # the delay's term only where the days are known
                 raw = delay * (1.0 - sb / 2.0) - 1.0
                 lam = np.maximum(raw, 1e-9)
-                k = (s.days[rows][idx][back] - 1.0)[:, None]
-                term[back] += k * np.log(lam) - lam - gammaln(k + 1.0)
-                dl_dlam = np.where(raw > 1e-9, k / lam - 1.0, 0.0)
+                k = (np.nan_to_num(days, nan=1.0) - 1.0)[:, None]
+                term[back] += np.where(timed, k * np.log(lam) - lam - gammaln(k + 1.0), 0.0)
+                dl_dlam = np.where(timed & (raw > 1e-9), k / lam - 1.0, 0.0)
                 d_term[back] += (dl_dlam * -delay / 2.0)[:, :, None] * dsv[back]
                 if "return_delay" in index:
                     d_term[back, :, index["return_delay"]] += dl_dlam * (1.0 - sb / 2.0)

@@ -59,7 +59,11 @@ def format_report(report: dict) -> str:
         for name, p in recovery["parameters"].items():
             lines.append(
                 f"| {name} | {_number(p['true'])} | {_number(p['fitted'])} | {_number(p['std_error'], 2)} | "
-                f"{p['relative_error']:+.1%} | {'yes' if p['within_10pct'] else 'no'} |"
+                + (
+                    f"{p['relative_error']:+.1%} | {'yes' if p['within_10pct'] else 'no'} |"
+                    if p["within_10pct"] is not None
+                    else f"(truth ≈ 0: absolute error {p['absolute_error']:+.3g}) | n/a |"
+                )
             )
     if report["messages"]:
         lines += ["", "Parameters kept at their preset value:"]
@@ -105,6 +109,7 @@ def plot_report(report: dict, path: str) -> None:
     if recovery:
         ax = axes[2]
         names = list(recovery["parameters"])
+        names = [n for n in names if recovery["parameters"][n]["within_10pct"] is not None]
         ratio = [recovery["parameters"][n]["fitted"] / recovery["parameters"][n]["true"] for n in names]
         err = [
             recovery["parameters"][n]["std_error"] / abs(recovery["parameters"][n]["true"])
@@ -120,7 +125,7 @@ def plot_report(report: dict, path: str) -> None:
         ax.axvline(1.0, color="#2ca02c", lw=1)
         ax.set_xlabel("fitted / true")
         ax.set_title("sim-to-sim recovery")
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -73,6 +73,8 @@ class CalibrateConfig(SimulatorOptions):
     """At most this many interactions per user enter the likelihood of plain interactions."""
     recovery_users: int = 3000
     """Users of the sim-to-sim recovery check on a small world (0: skip it)."""
+    recovery_requests: int = 40_000
+    """Where sessions are short the recovery check simulates more users, up to 8x, for this many requests."""
     seed: int = 0
     """Seed of the likelihood's draws, the simulations and the recovery world."""
 
@@ -161,6 +163,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         fit_interest_noise=config.fit_interest_noise,
         max_choices_per_user=config.max_choices_per_user,
         recovery_users=config.recovery_users,
+        recovery_requests=config.recovery_requests,
         seed=config.seed,
     )
     calibrated, report = calibrate(base, options)
