@@ -26,6 +26,9 @@ BENCHMARKS: dict[str, list[str]] = {
     "retrieval": ["--sizes", "100000,1000000"],
     "serve": [],
     "encoder_quality": [],
+    "presets": ["--users", "400", "--preset", "default", "--preset", "satiation"],
+    "ope_coverage": ["--replications", "50", "--workers", "2"],
+    "calibration_recovery": ["--users", "5000", "--seeds", "3", "--draws", "16", "--noise"],
 }
 """Benchmark module → its arguments for the full run (``--quick`` runs each script's own defaults)."""
 

@@ -3,7 +3,7 @@
     python -m benchmarks.calibration_recovery [--users 5000] [--seeds 3] [--draws 16] [--noise]
 
 Generates logs on a small synthetic world (1,000 items, 16 dims, the users' histories from its data) with
-the parameters of ``tests/test_env_calibration.py``'s ``TRUTH`` under the ``random`` logging policy, fits
+the parameters of ``envs.calibration.RECOVERY_TRUTH`` under the ``random`` logging policy, fits
 the choice model by simulated maximum likelihood and the dynamics by the likelihood of the session ends
 (:mod:`envs.calibration`), starting from the preset values, and prints per parameter: the truth, the mean
 estimate, the mean and spread of the relative error over seeds, the mean standard error relative to the
@@ -24,18 +24,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-TRUTH = {
-    "temperature": 0.1,
-    "no_click_utility": 1.0,
-    "position_decay": 0.85,
-    "clickbait_appeal": 0.3,
-    "popularity_appeal": 0.3,
-    "interest_drift": 0.2,
-    "satisfaction_gain": 0.4,
-    "clickbait_penalty": 0.2,
-    "boredom": 0.05,
-    "leave_scale": 0.5,
-}
+from envs.calibration import RECOVERY_TRUTH as TRUTH  # noqa: E402
 
 
 def main() -> None:

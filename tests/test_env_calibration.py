@@ -19,6 +19,7 @@ from envs.calibration import (
     ks_distance,
     logged_statistics,
 )
+from envs.calibration import RECOVERY_TRUTH as TRUTH
 from envs.calibration_choice import (
     ChoiceLikelihood,
     InterestPaths,
@@ -39,21 +40,6 @@ from rayrec.commands import simulate as simulate_command
 from rayrec.config import load_config
 from rayrec.errors import ConfigError
 from rayrec.synth import WorldConfig, write_world
-
-TRUTH = {
-    "temperature": 0.1,
-    "no_click_utility": 1.0,
-    "position_decay": 0.85,
-    "clickbait_appeal": 0.3,
-    "popularity_appeal": 0.3,
-    "interest_drift": 0.2,
-    "satisfaction_gain": 0.4,
-    "clickbait_penalty": 0.2,
-    "boredom": 0.05,
-    "leave_scale": 0.5,
-}
-"""True parameters of the recovery test's logs: the defaults, with popularity appeal, drift, gain and boredom
-raised so that 5,000 users pin each to a standard error of at most about 3.5% (±10% is then about 3 of them)."""
 
 
 def interactions_table(users, items, timestamps, events=None) -> pa.Table:
