@@ -23,12 +23,16 @@ BENCHMARKS: dict[str, list[str]] = {
     "synth": ["--items", "1000000"],
     "env": [],
     "embed": ["--items", "9125"],
+    "int8_query": [],
     "retrieval": ["--sizes", "100000,1000000"],
     "serve": [],
     "encoder_quality": [],
     "presets": ["--users", "400", "--preset", "default", "--preset", "satiation"],
     "ope_coverage": ["--replications", "50", "--workers", "2"],
+    "offline_learning": ["--log-users", "5000", "--eval-users", "4000", "--iterations", "1000"],
+    "fairness": ["--users", "2000"],
     "calibration_recovery": ["--users", "5000", "--seeds", "3", "--draws", "16", "--noise"],
+    "train_throughput": ["--iterations", "3", "--batch", "4096"],
 }
 """Benchmark module → its arguments for the full run (``--quick`` runs each script's own defaults)."""
 

@@ -45,11 +45,12 @@ from envs.factory import build_simulator
 from envs.policies import fitted_greedy
 from envs.rollout import evaluate_policy
 from rayrec import plackett_luce
-from rayrec.ab.logged import LoggedRequests, RequestRecorder
+from rayrec.ab.logged import RequestRecorder
 from rayrec.ab.off_policy import replay
 from rayrec.ab.ope import estimate_all
 from rayrec.ab.session_ope import estimate_episodes
 from rayrec.baselines import RandomPolicy, ScoringPolicy
+from rayrec.logs.requests import LoggedRequests
 from rayrec.slate_policy import Observation, Slate, SlatePolicy
 
 SMALL_WORLD = {"num_items": 600, "num_topics": 8, "dim": 16, "num_candidates": 8, "budget": 6.0}

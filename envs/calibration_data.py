@@ -270,11 +270,10 @@ class SlateLogRecorder:
         )
         times[~seen] = 0.0
         self.clock[users] = times
-        days = getattr(step, "return_days", None)
-        if days is None:
+        if step.return_days is None:
             self.days_known = False
         else:
-            days = np.asarray(days, np.float64)
+            days = np.asarray(step.return_days, np.float64)
             self.pending_days[users[days > 0]] = days[days > 0]
         self.parts.append(
             (

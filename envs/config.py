@@ -130,6 +130,10 @@ class SlateEnvConfig:
     reward: Literal["clicks", "engagement", "return"] = "clicks"
     """``clicks``: 1 per click; ``engagement``: the clicked item's quality (quality-weighted engagement);
     ``return``: ``1 / days`` when the user comes back for another session ``days`` later (0 otherwise)."""
+    diversity_weight: float = 0.0
+    """Added to every step's reward: this times the intra-list diversity of the slate shown (mean pairwise
+    cosine distance of its items, :func:`rayrec.metrics.beyond.intra_list_diversity`); 0 leaves the reward
+    as it is. A policy trained with it learns to trade the reward for varied slates."""
 
     # --- limits ------------------------------------------------------------------------------------
     max_episode_steps: int = 100
@@ -183,6 +187,7 @@ class SlateEnvConfig:
             "satiation_penalty",
             "clickbait_fatigue",
             "return_slope",
+            "diversity_weight",
         ):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")

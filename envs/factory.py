@@ -195,6 +195,6 @@ def build_simulator(
         candidates=candidates,
         choice_model=choice,
         response=UserResponse(config),
-        reward_fn=reward_function(config.reward),
+        reward_fn=reward_function(config.reward, config.diversity_weight),
         batch=batch,
     )

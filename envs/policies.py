@@ -11,15 +11,25 @@ from __future__ import annotations
 
 import numpy as np
 
+from envs.catalog import ItemCatalog
 from envs.config import SlateEnvConfig
 from envs.factory import build_simulator
 from envs.item_rules import ItemRule, ItemTerms
 from envs.planner import PlannerPolicy
 from envs.rollout import StepRecord, evaluate_policy
 from envs.simulator import SlateSimulator
-from rayrec.baselines import BASELINES, GreedyPolicy, RandomPolicy, ScoringPolicy, load_policy
+from rayrec.baselines import (
+    BASELINES,
+    EpsilonGreedyPolicy,
+    GreedyPolicy,
+    RandomPolicy,
+    ScoringPolicy,
+    load_policy,
+)
 from rayrec.click_logit import fit_slate_click_model
 from rayrec.errors import ConfigError
+from rayrec.metrics.beyond import encode_categories
+from rayrec.rerank import CategoryLookup, make_reranker, parse_rerank_spec
 from rayrec.slate_policy import Observation, SlatePolicy
 
 SIMULATION_POLICIES = ("oracle", "myopic-true", "planner")
@@ -83,15 +93,35 @@ def fitted_greedy(config: SlateEnvConfig, num_users: int = 512, seed: int = 0) -
     return GreedyPolicy(fit_slate_click_model(*random_slate_log(config, num_users, seed)))
 
 
+def catalog_categories(catalog: ItemCatalog) -> CategoryLookup:
+    """The :class:`rayrec.rerank.CategoryLookup` of a simulator's catalog (what ``fair`` re-ranks by)."""
+    codes, names = encode_categories(catalog.categories, catalog.size)
+    return CategoryLookup(catalog.embeddings, codes, len(names))
+
+
+def check_policy_spec(spec: str) -> None:
+    """Raise ConfigError unless ``spec`` names a policy (loading a policy directory to check it)."""
+    wrapped = parse_rerank_spec(spec)
+    if wrapped is not None:
+        check_policy_spec(wrapped.base)
+    elif spec not in POLICY_NAMES:
+        load_policy(spec)
+
+
 def make_policy(spec: str, sim: SlateSimulator | None = None) -> SlatePolicy:
     """A policy from a spec: a name in :data:`POLICY_NAMES` or a trained policy directory.
 
     Args:
-        spec: ``random``, ``retrieval``, ``greedy``, ``oracle``, ``myopic-true``, ``planner`` or a path/URI
-            to a policy exported by ``rayrec train-policy``.
+        spec: ``random``, ``retrieval``, ``greedy``, ``oracle``, ``myopic-true``, ``planner``, a path/URI
+            to a policy exported by ``rayrec train-policy``, or a re-ranker ``NAME[@PARAM]:BASE`` around
+            any of them (:mod:`rayrec.rerank`; ``fair`` reads the categories of ``sim``'s catalog).
         sim: the simulator the policy will run in. The simulation-only policies need it (they read its
             hidden state); ``greedy`` fits its click model in it when given.
     """
+    wrapped = parse_rerank_spec(spec)
+    if wrapped is not None:
+        lookup = catalog_categories(sim.catalog) if sim is not None else None
+        return make_reranker(wrapped, make_policy(wrapped.base, sim), lookup)
     if spec in SIMULATION_POLICIES:
         if sim is None:
             raise ConfigError(
@@ -104,4 +134,6 @@ def make_policy(spec: str, sim: SlateSimulator | None = None) -> SlatePolicy:
         return PlannerPolicy(sim)
     if spec == "greedy" and sim is not None:
         return fitted_greedy(sim.config)
+    if spec == "epsilon-greedy" and sim is not None:
+        return EpsilonGreedyPolicy(fitted_greedy(sim.config))
     return load_policy(spec)

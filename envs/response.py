@@ -103,13 +103,11 @@ class UserResponse:
         delay = rng.poisson(np.maximum(mean_delay - 1.0, 0.0))
         days = np.where(returned, 1.0 + delay, 0.0).astype(np.float32)
         low, high = config.initial_satisfaction
-        start = rng.uniform(low, high, size=len(ended)).astype(np.float32)
+        start = rng.uniform(low, high, size=len(ended)).astype(np.float32)  # [B]
         rows = np.flatnonzero(returned)
         if len(rows):
-            low, high = config.initial_satisfaction
-            start = rng.uniform(low, high, size=len(rows)).astype(np.float32)
             users.satisfaction[rows] += np.float32(config.satisfaction_recovery) * (
-                start - satisfaction[rows]
+                start[rows] - satisfaction[rows]
             )
             fade = (1.0 - config.satiation_recovery) ** days[rows]  # [R] one day fades like one step
             users.satiation[rows] *= fade[:, None].astype(np.float32)

@@ -9,6 +9,7 @@ import numpy as np
 
 from envs.catalog import ItemCatalog
 from rayrec.errors import ConfigError
+from rayrec.metrics.beyond import intra_list_diversity
 
 
 @dataclass(frozen=True)
@@ -19,11 +20,13 @@ class StepEvents:
         chosen_items: [B] int64 catalog index clicked, -1 for no click.
         returned: [B] bool the session ended and the user will come back for another.
         return_days: [B] float32 days until that next session (0 where none).
+        slate_items: [B, k] int64 catalog rows shown, -1 padding (None: not given; diversity reads it).
     """
 
     chosen_items: np.ndarray
     returned: np.ndarray
     return_days: np.ndarray
+    slate_items: np.ndarray | None = None
 
 
 RewardFn = Callable[[StepEvents, ItemCatalog], np.ndarray]
@@ -53,8 +56,28 @@ REWARDS: dict[str, RewardFn] = {
 }
 
 
-def reward_function(name: str) -> RewardFn:
+def diversity_bonus(events: StepEvents, catalog: ItemCatalog) -> np.ndarray:
+    """[B] intra-list diversity of the slate shown (:func:`rayrec.metrics.beyond.intra_list_diversity`)."""
+    if events.slate_items is None:
+        raise ConfigError("a diversity reward needs the slate shown (StepEvents.slate_items)")
+    items = events.slate_items
+    return intra_list_diversity(catalog.embeddings[np.maximum(items, 0)], items >= 0).astype(np.float32)
+
+
+def reward_function(name: str, diversity_weight: float = 0.0) -> RewardFn:
+    """The reward ``name``, plus ``diversity_weight`` times the slate's intra-list diversity when > 0."""
     try:
-        return REWARDS[name]
+        base = REWARDS[name]
     except KeyError:
         raise ConfigError(f"unknown reward {name!r}; choose from {sorted(REWARDS)}") from None
+    if diversity_weight < 0:
+        raise ConfigError(f"diversity_weight must be >= 0, got {diversity_weight}")
+    if diversity_weight == 0:
+        return base
+
+    def with_diversity(events: StepEvents, catalog: ItemCatalog) -> np.ndarray:
+        return (base(events, catalog) + diversity_weight * diversity_bonus(events, catalog)).astype(
+            np.float32
+        )
+
+    return with_diversity

@@ -106,6 +106,10 @@ class StepRecord:
         click_position: [R] slate position clicked, -1 for none.
         reward: [R] float32.
         done: [R] bool: the session ended with this step.
+        history: [R, H] int64 catalog rows the user had engaged with when the slate was chosen (the
+            pre-session history and earlier clicks), padded with -1 (None where a record is made by hand).
+        return_days: [R] float32 days until the user's next session where this step ended a session the user
+            comes back from, 0 elsewhere (None where a record is made by hand: the days are then unknown).
     """
 
     users: np.ndarray
@@ -117,6 +121,8 @@ class StepRecord:
     click_position: np.ndarray
     reward: np.ndarray
     done: np.ndarray
+    history: np.ndarray | None = None
+    return_days: np.ndarray | None = None
 
 
 Observer = Callable[[StepRecord], None]
@@ -188,6 +194,10 @@ def run_sessions(
             obs = sim.observation()
             candidates = sim.candidate_items.copy()
             step_of_session = sim.users.steps.copy()
+            if observers:  # what each user had engaged with when the slate was chosen
+                engaged = sim.users.consumed_len.copy()
+                history = sim.users.consumed[live].copy()
+                history[np.arange(history.shape[1])[None, :] >= engaged[live][:, None]] = -1
             shown = source.show(sim, obs, row_user, source_rng)
             outcome = sim.show(shown.items, dynamics)
             truncated = sim.users.total_steps >= max_steps
@@ -211,6 +221,8 @@ def run_sessions(
                     click_position=outcome.info["click_position"][rows],
                     reward=outcome.reward[rows],
                     done=done[rows],
+                    history=history,
+                    return_days=outcome.info["return_days"][rows],
                 )
                 for observer in observers:
                     observer(record)

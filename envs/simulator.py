@@ -189,7 +189,7 @@ class SlateSimulator:
         left = self.response.apply(users, chosen, self.catalog, rng)
         session_ended = left | (users.budget <= 0)
         returned, days = self.response.end_sessions(users, session_ended, rng)
-        reward = self.reward_fn(StepEvents(chosen, returned, days), self.catalog)
+        reward = self.reward_fn(StepEvents(chosen, returned, days, slate_items), self.catalog)
         terminated = session_ended & ~returned
         info = {
             "clicked": clicked,

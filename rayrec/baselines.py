@@ -1,4 +1,6 @@
-"""Baseline slate policies that run anywhere — simulator, A/B runner, server: ``random``, ``retrieval``, ``greedy``.
+"""Baseline slate policies that run anywhere — simulator, A/B runner, server: ``random``, ``retrieval``, ``greedy``,
+``epsilon-greedy`` (exploration), ``popularity``, and a tuned linear ranker (a directory, see
+:class:`LinearRankerPolicy`).
 
 All implement :class:`rayrec.slate_policy.SlatePolicy`. :func:`load_policy` builds one from a spec string: a
 baseline name, or a directory holding a policy exported by ``rayrec train-policy``. Policies that read the
@@ -7,16 +9,18 @@ simulator's hidden state (``oracle``) live in :mod:`envs.policies`, which adds t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from rayrec import storage
 from rayrec.click_logit import SlateClickModel
-from rayrec.errors import ConfigError
+from rayrec.errors import ArtifactError, ConfigError
+from rayrec.features import FEATURE_NAMES
 from rayrec.slate_policy import Observation, Slate, SlatePolicy
 
-BASELINES = ("random", "retrieval", "greedy")
+BASELINES = ("random", "retrieval", "greedy", "epsilon-greedy", "popularity")
 """Baselines that need nothing but the observation (so the server can run them)."""
 
 
@@ -107,25 +111,166 @@ class GreedyPolicy(ScoringPolicy):
         return self.click_model.candidate_logits(obs)
 
 
+EXPLORATION_EPSILON = 0.2
+"""Share of ``epsilon-greedy``'s requests that get a uniformly random slate."""
+
+
+class EpsilonGreedyPolicy:
+    """Exploration around a scoring policy: its top-k slate, or with probability ``epsilon`` a uniformly
+    random one (k distinct candidates in random order).
+
+    Every candidate has support at every position, so a log it writes supports any target policy:
+    ``P(j at p) = (1 - epsilon) 1[j is the base's p-th] + epsilon / K``, and the whole ordered slate
+    ``s`` has ``P(s) = (1 - epsilon) 1[s is the base's top-k] + epsilon (K - k)! / K!``.
+    """
+
+    def __init__(
+        self, base: ScoringPolicy, epsilon: float = EXPLORATION_EPSILON, seed: int | None = None
+    ) -> None:
+        if not 0.0 < epsilon <= 1.0:
+            raise ConfigError(f"epsilon-greedy: epsilon must be in (0, 1], got {epsilon}")
+        self.base = base
+        self.epsilon = float(epsilon)
+        self.random = RandomPolicy(seed)
+        self.name = f"epsilon-{base.name}"
+
+    def select(self, obs: Observation, slate_size: int, rng: np.random.Generator | None = None) -> Slate:
+        rng = rng if rng is not None else self.random.rng
+        top = top_k_slate(self.base.scores(obs), slate_size)  # [B, k]
+        explore = rng.random(len(top.indices)) < self.epsilon  # [B]
+        indices = np.where(explore[:, None], self.random.select(obs, slate_size, rng).indices, top.indices)
+        marginals = self.position_marginals(obs, slate_size)  # [B, k, K]
+        return Slate(
+            indices=indices,
+            scores=np.where(explore[:, None], 0.0, top.scores).astype(np.float32),
+            propensities=np.take_along_axis(marginals, indices[:, :, None], axis=2)[..., 0],
+        )
+
+    def position_marginals(self, obs: Observation, slate_size: int) -> np.ndarray:
+        top = top_k_slate(self.base.scores(obs), slate_size)
+        num = obs["features"].shape[1]
+        greedy = one_hot_marginals(top, num) * (1.0 - self.epsilon)  # [B, k, K]
+        return (greedy + self.epsilon / num).astype(np.float32)
+
+    def slate_log_prob(self, obs: Observation, slates: np.ndarray) -> np.ndarray:
+        """[b] log-probability of the ordered slates [b, k]."""
+        k = slates.shape[1]
+        num = obs["features"].shape[1]
+        top = top_k_slate(self.base.scores(obs), k).indices
+        uniform = self.epsilon * np.exp(-np.log(num - np.arange(k, dtype=np.float64)).sum())
+        return np.log((1.0 - self.epsilon) * (slates == top).all(axis=1) + uniform)
+
+
+class PopularityPolicy(ScoringPolicy):
+    """The most popular candidates first: top-k by the ``popularity`` feature (log-scaled interaction count)."""
+
+    name = "popularity"
+
+    def scores(self, obs: Observation) -> np.ndarray:
+        return obs["features"][..., FEATURE_NAMES.index("popularity")]
+
+
+LINEAR_RANKER_FILE = "linear_ranker.json"
+"""The file of a :class:`LinearRankerPolicy` directory (``trainers.linear_ranker`` writes it)."""
+
+
+class LinearRankerPolicy(ScoringPolicy):
+    """Top-k by a linear score of each candidate's observable inputs: ``w_f · features + w_e · embedding``.
+
+    The weights come from black-box search on training users (``trainers.linear_ranker``: the
+    cross-entropy method); the policy itself needs only the observation, so the server can run it.
+
+    Args:
+        feature_weights: [F] weights of :data:`rayrec.features.FEATURE_NAMES`.
+        embedding_weights: [d] weights of the candidate embedding (empty: not used).
+    """
+
+    def __init__(
+        self, feature_weights: np.ndarray, embedding_weights: np.ndarray, name: str = "linear-cem"
+    ) -> None:
+        self.feature_weights = np.asarray(feature_weights, dtype=np.float32)
+        self.embedding_weights = np.asarray(embedding_weights, dtype=np.float32)
+        self.name = name
+
+    @staticmethod
+    def split(weights: np.ndarray, num_features: int) -> tuple[np.ndarray, np.ndarray]:
+        """A flat [F + d] weight vector → (feature weights [F], embedding weights [d])."""
+        return weights[:num_features], weights[num_features:]
+
+    def scores(self, obs: Observation) -> np.ndarray:
+        features = obs["features"]
+        if features.shape[-1] != len(self.feature_weights):
+            raise ConfigError(
+                f"policy {self.name!r}: {len(self.feature_weights)} feature weights, observation has "
+                f"{features.shape[-1]} features"
+            )
+        out = features @ self.feature_weights  # [B, K]
+        if len(self.embedding_weights):
+            if obs["candidates"].shape[-1] != len(self.embedding_weights):
+                raise ConfigError(
+                    f"policy {self.name!r} was fitted on {len(self.embedding_weights)}-d embeddings, "
+                    f"the candidates are {obs['candidates'].shape[-1]}-d"
+                )
+            out = out + obs["candidates"] @ self.embedding_weights  # [B, K]
+        return out
+
+    def save(self, out_dir: str, metadata: dict | None = None) -> str:
+        """Write ``linear_ranker.json`` under ``out_dir`` (path or URI); returns ``out_dir``."""
+        record = {
+            "format": "rayrec-linear-ranker",
+            "name": self.name,
+            "feature_weights": self.feature_weights.tolist(),
+            "embedding_weights": self.embedding_weights.tolist(),
+            "metadata": metadata or {},
+        }
+        storage.write_text(storage.join(out_dir, LINEAR_RANKER_FILE), json.dumps(record, indent=2) + "\n")
+        return out_dir
+
+    @classmethod
+    def load(cls, uri: str) -> LinearRankerPolicy:
+        """The ranker saved under ``uri`` by :meth:`save`; a broken file → ArtifactError."""
+        try:
+            record = json.loads(storage.read_text(storage.join(uri, LINEAR_RANKER_FILE)))
+            return cls(record["feature_weights"], record["embedding_weights"], str(record["name"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"{uri}: invalid {LINEAR_RANKER_FILE} ({exc})") from None
+
+
 def is_policy_dir(spec: str) -> bool:
     """True when ``spec`` names an existing directory (local or remote) rather than a baseline."""
     return Path(storage.local_path(spec)).is_dir() or (storage.is_remote(spec) and storage.exists(spec))
 
 
-def load_policy(spec: str) -> SlatePolicy:
-    """A policy from a spec: a :data:`BASELINES` name or an exported policy directory (path or URI).
+def load_policy(spec: str, categories=None) -> SlatePolicy:
+    """A policy from a spec: a :data:`BASELINES` name, an exported policy directory (path or URI), or a
+    re-ranker around either (``mmr:retrieval``, ``dpp@0.9:greedy``, ``fair:DIR``; :mod:`rayrec.rerank`).
 
     ``greedy`` here uses :meth:`SlateClickModel.default`; in the simulator, :func:`envs.policies.make_policy`
-    fits its click model to exploration clicks first.
+    fits its click model to exploration clicks first. ``categories`` is the catalog's
+    :class:`rayrec.rerank.CategoryLookup`, which the ``fair`` re-ranker needs.
     """
+    from rayrec import rerank  # rerank builds on this module's slates: imported here to avoid a cycle
+
+    wrapped = rerank.parse_rerank_spec(spec)
+    if wrapped is not None:
+        return rerank.make_reranker(wrapped, load_policy(wrapped.base, categories), categories)
     if spec == "random":
         return RandomPolicy()
     if spec == "retrieval":
         return RetrievalPolicy()
     if spec == "greedy":
         return GreedyPolicy()
+    if spec == "epsilon-greedy":
+        return EpsilonGreedyPolicy(GreedyPolicy())
+    if spec == "popularity":
+        return PopularityPolicy()
+    if is_policy_dir(spec) and storage.exists(storage.join(spec, LINEAR_RANKER_FILE)):
+        return LinearRankerPolicy.load(spec)
     if is_policy_dir(spec):
         from rayrec.slate_scorer import load_exported_policy  # torch: loaded only for a trained policy
 
         return load_exported_policy(spec)
-    raise ConfigError(f"unknown policy {spec!r}: use one of {BASELINES} or a trained policy directory")
+    raise ConfigError(
+        f"unknown policy {spec!r}: use one of {BASELINES}, a trained policy directory, or a re-ranker "
+        "NAME[@PARAM]:BASE with NAME one of mmr, dpp, fair"
+    )

@@ -21,8 +21,12 @@ COMMAND_MODULES = (
     "rayrec.commands.index",
     "rayrec.commands.simulate",
     "rayrec.commands.train_policy",
+    "rayrec.commands.compare",
     "rayrec.commands.ab",
+    "rayrec.commands.loop",
+    "rayrec.commands.events",
     "rayrec.commands.serve",
+    "rayrec.commands.explain",
     "rayrec.commands.submit",
     "rayrec.commands.demo",
 )

@@ -15,7 +15,7 @@ import hashlib
 import json
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -182,26 +182,43 @@ class TextEncoder:
     """Tokens kept per text (``max_seq_length`` of the sentence-transformers config when present)."""
     name: str
     """What the encoder was loaded from (a hub name or a directory)."""
+    int8: bool = False
+    """The Linear layers are int8 dynamically quantised (CPU inference only; see :func:`quantize_int8`)."""
 
     @classmethod
     def load(
-        cls, name_or_path: str | Path, device: str | None = None, max_length: int | None = None
+        cls,
+        name_or_path: str | Path,
+        device: str | None = None,
+        max_length: int | None = None,
+        int8: bool = False,
     ) -> TextEncoder:
-        """Load a model by hub name or directory (local or URI); see :func:`resolve_model`."""
+        """Load a model by hub name or directory (local or URI); see :func:`resolve_model`.
+
+        ``int8`` quantises the Linear layers for CPU inference (:func:`quantize_int8`); it needs a CPU device.
+        """
+        if int8 and device not in (None, "cpu"):
+            raise ArtifactError(f"an int8 encoder runs on the CPU only, not on {device!r}")
         source = resolve_model(name_or_path)
         if storage.is_remote(source):
             with storage.local_input_dir(source) as local:
-                return cls._from_source(str(check_model_dir(local)), str(name_or_path), device, max_length)
-        return cls._from_source(source, str(name_or_path), device, max_length)
+                return cls._from_source(
+                    str(check_model_dir(local)), str(name_or_path), device, max_length, int8
+                )
+        return cls._from_source(source, str(name_or_path), device, max_length, int8)
 
     @classmethod
-    def _from_source(cls, source: str, label: str, device: str | None, max_length: int | None) -> TextEncoder:
+    def _from_source(
+        cls, source: str, label: str, device: str | None, max_length: int | None, int8: bool = False
+    ) -> TextEncoder:
         model, tokenizer = _load_pretrained(source, label)
         model.eval()
         if device is not None:
             model.to(device)
+        if int8:
+            model = quantize_int8(model)
         length = max_length or _read_max_length(Path(source), tokenizer)
-        return cls(model=model, tokenizer=tokenizer, max_length=int(length), name=label)
+        return cls(model=model, tokenizer=tokenizer, max_length=int(length), name=label, int8=int8)
 
     @property
     def dim(self) -> int:
@@ -222,30 +239,84 @@ class TextEncoder:
         """[B, d] normalised embeddings of a tokenized batch, with gradients when the caller allows them."""
         return embed_batch(self.model, batch)
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def pad(self, sequences: Sequence[Sequence[int]]) -> dict:
+        """Model inputs for pre-tokenized ``sequences``: padded to the longest one, on the model's device.
+
+        Returns ``input_ids``, ``attention_mask`` (and zero ``token_type_ids`` when the model takes them),
+        each [B, L] int64 — what ``tokenize`` gives for the same texts.
+        """
+        import torch  # heavy (torch): this module loads at `rayrec --help` time
+
+        width = max(len(s) for s in sequences)
+        ids = np.full((len(sequences), width), self.tokenizer.pad_token_id or 0, dtype=np.int64)
+        mask = np.zeros((len(sequences), width), dtype=np.int64)
+        left = getattr(self.tokenizer, "padding_side", "right") == "left"
+        for row, seq in enumerate(sequences):
+            span = slice(width - len(seq), width) if left else slice(0, len(seq))
+            ids[row, span] = seq
+            mask[row, span] = 1
+        batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+        if "token_type_ids" in getattr(self.tokenizer, "model_input_names", ()):
+            batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+        return {key: value.to(self.device) for key, value in batch.items()}
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 64,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
         """[n, d] float32 L2-normalised embeddings of ``texts``, in input order.
 
-        Texts are batched by length (longest first) so padding is small, as sentence-transformers does.
+        All texts are tokenized in one call (the fast tokenizer's batch path), sorted by token count (longest
+        first) and cut into batches, so a batch pads only to its own longest text — little padding, and none
+        at all where lengths repeat. Runs under ``torch.inference_mode``; on a GPU in bfloat16 autocast.
+        ``progress(done, total)`` is called after each batch.
         """
         import torch  # heavy (torch): this module loads at `rayrec --help` time
 
         texts = list(texts)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        with torch.inference_mode():
+        if not texts:
+            return out
+        ids = self.tokenizer(
+            texts, truncation=True, max_length=self.max_length, add_special_tokens=True, padding=False
+        )["input_ids"]
+        order = np.argsort(-np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)), kind="stable")
+        on_gpu = self.device.type == "cuda"
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
             for start in range(0, len(texts), batch_size):
                 rows = order[start : start + batch_size]
-                vectors = self.embed(self.tokenize([texts[i] for i in rows]))  # [b, d]
+                vectors = self.embed(self.pad([ids[i] for i in rows]))  # [b, d]
                 out[rows] = vectors.float().cpu().numpy()
+                if progress is not None:
+                    progress(min(start + batch_size, len(texts)), len(texts))
         return out
 
     def save(self, out_dir: str | Path) -> None:
         """Write the model, tokenizer and sentence-transformers files to a local directory."""
+        if self.int8:
+            raise ArtifactError(
+                f"{self.name}: an int8-quantised encoder is for serving only; save the float model"
+            )
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(out, safe_serialization=True)
         self.tokenizer.save_pretrained(out)
         write_sentence_transformers_files(out, self.dim, self.max_length)
+
+
+def quantize_int8(model):
+    """``model`` with every ``torch.nn.Linear`` replaced by a dynamically quantised int8 one (CPU inference).
+
+    Weights are stored in int8 (one scale per tensor), activations are quantised on the fly per batch (PyTorch
+    dynamic quantisation: Jacob et al., "Quantization and Training of Neural Networks for Efficient
+    Integer-Arithmetic-Only Inference", CVPR 2018). Embeddings and LayerNorm stay in float32.
+    """
+    import torch  # heavy (torch): this module loads at `rayrec --help` time
+    from torch.ao.quantization import quantize_dynamic
+
+    return quantize_dynamic(model.to("cpu"), {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def _load_pretrained(source: str, label: str):

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rayrec import plackett_luce, storage
+from rayrec import plackett_luce, slate_q, storage
+from rayrec.click_logit import SlateClickModel
 from rayrec.errors import ArtifactError, ConfigError
 from rayrec.features import FEATURE_NAMES, NUM_FEATURES
 from rayrec.slate_policy import Observation, Slate
@@ -146,8 +147,21 @@ class ExportConfig:
     """Per-candidate feature names, in order; must equal ``rayrec.features.FEATURE_NAMES`` at load time."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """Free-form provenance (training config, iterations, seed, final metrics)."""
+    choice_model: SlateClickModel | None = None
+    """SlateQ policies (``trainers.slateq``): the conditional-logit click model that combines the scorer's
+    item values (:meth:`SlateScorer.scores`) and no-click value (:meth:`SlateScorer.value`) into slate values;
+    the deterministic slate is then :func:`rayrec.slate_q.greedy_slate`. None: the top-k scores (PPO and
+    the other scorers)."""
 
     def __post_init__(self) -> None:
+        if self.choice_model is not None and len(self.choice_model.embedding_weights) not in (
+            0,
+            self.scorer.dim,
+        ):
+            raise ConfigError(
+                f"ExportConfig: choice model has {len(self.choice_model.embedding_weights)} embedding weights "
+                f"for {self.scorer.dim}-d embeddings"
+            )
         if not 1 <= self.slate_size <= self.num_candidates:
             raise ConfigError(
                 f"ExportConfig: slate_size {self.slate_size} must be in 1..num_candidates ({self.num_candidates})"
@@ -180,6 +194,10 @@ class ExportedPolicy:
         self.sampled = sampled
         self.marginal_samples = marginal_samples
         self.name = f"{config.name}-sampled" if sampled else config.name
+        if sampled and config.choice_model is not None:
+            raise ConfigError(
+                f"policy {config.name!r} is a SlateQ policy (greedy slates of item values): it has no sampled mode"
+            )
 
     def check_observation(self, obs: Observation, slate_size: int) -> None:
         """Clear errors for an observation the policy cannot score (wrong keys, dimension or slate size)."""
@@ -209,6 +227,13 @@ class ExportedPolicy:
     def select(self, obs: Observation, slate_size: int, rng: np.random.Generator | None = None) -> Slate:
         self.check_observation(obs, slate_size)
         logits = torch.from_numpy(self.scores(obs))  # [B, K]
+        if self.config.choice_model is not None:
+            slate_indices = self._slateq_slate(obs, logits, slate_size)  # [B, k]
+            return Slate(
+                indices=slate_indices.numpy().astype(np.int64),
+                scores=logits.gather(1, slate_indices).numpy(),
+                propensities=np.ones(slate_indices.shape, dtype=np.float32),
+            )
         if not self.sampled:
             top = plackett_luce.top_k(logits, slate_size)  # [B, k]
             return Slate(
@@ -229,11 +254,24 @@ class ExportedPolicy:
     def position_marginals(self, obs: Observation, slate_size: int) -> np.ndarray:
         self.check_observation(obs, slate_size)
         logits = torch.from_numpy(self.scores(obs))  # [B, K]
+        if self.config.choice_model is not None:
+            slate_indices = self._slateq_slate(obs, logits, slate_size)  # [B, k]
+            return torch.nn.functional.one_hot(slate_indices, logits.shape[1]).numpy().astype(np.float32)
         if not self.sampled:
             top = plackett_luce.top_k(logits, slate_size)  # [B, k]
             return torch.nn.functional.one_hot(top, logits.shape[1]).numpy().astype(np.float32)  # [B, k, K]
         generator = torch.Generator().manual_seed(0)  # same observation → same marginals
         return plackett_luce.position_marginals(logits, slate_size, self.marginal_samples, generator).numpy()
+
+    def _slateq_slate(self, obs: Observation, item_q: torch.Tensor, slate_size: int) -> torch.Tensor:
+        """[B, k] SlateQ's greedy slate from the item values ``item_q`` [B, K] and the choice model."""
+        model = self.config.choice_model
+        with torch.no_grad():
+            null_q = self.scorer.value(_obs_to_torch(obs))  # [B]
+        item_logits = torch.from_numpy(np.asarray(model.candidate_logits(obs), dtype=np.float32))  # [B, K]
+        return slate_q.greedy_slate(
+            item_q, null_q, item_logits, position_logits(model, slate_size), slate_size
+        )
 
     @staticmethod
     def _generator(rng: np.random.Generator | None) -> torch.Generator:
@@ -241,8 +279,38 @@ class ExportedPolicy:
         return torch.Generator().manual_seed(seed)
 
 
-def _config_to_json(config: ExportConfig) -> dict[str, Any]:
+def position_logits(model: SlateClickModel, slate_size: int) -> torch.Tensor:
+    """[slate_size] float32 position logits of ``model``; positions past the fitted ones repeat the last."""
+    fitted = np.asarray(model.position_logits, dtype=np.float32)
+    if len(fitted) == 0:
+        fitted = np.zeros(1, dtype=np.float32)
+    padded = np.concatenate([fitted, np.full(max(0, slate_size - len(fitted)), fitted[-1], dtype=np.float32)])
+    return torch.from_numpy(padded[:slate_size])
+
+
+def choice_model_to_json(model: SlateClickModel) -> dict[str, Any]:
     return {
+        "feature_weights": [float(x) for x in model.feature_weights],
+        "embedding_weights": [float(x) for x in model.embedding_weights],
+        "bias": float(model.bias),
+        "position_logits": [float(x) for x in model.position_logits],
+    }
+
+
+def choice_model_from_json(data: dict[str, Any]) -> SlateClickModel:
+    return SlateClickModel(
+        feature_weights=np.asarray(data["feature_weights"], dtype=np.float64),
+        embedding_weights=np.asarray(data["embedding_weights"], dtype=np.float64),
+        bias=float(data["bias"]),
+        position_logits=np.asarray(data["position_logits"], dtype=np.float64),
+    )
+
+
+def _config_to_json(config: ExportConfig) -> dict[str, Any]:
+    choice = (
+        {} if config.choice_model is None else {"choice_model": choice_model_to_json(config.choice_model)}
+    )
+    return choice | {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
         "name": config.name,
@@ -314,8 +382,9 @@ def load_exported_policy(
             name=str(meta.get("name", "trained")),
             feature_names=tuple(meta["feature_names"]),
             metadata=dict(meta.get("metadata") or {}),
+            choice_model=choice_model_from_json(meta["choice_model"]) if meta.get("choice_model") else None,
         )
-    except (KeyError, TypeError, ConfigError) as exc:
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
         raise ArtifactError(f"{meta_uri}: invalid policy config ({exc})") from None
     if config.feature_names != FEATURE_NAMES:
         raise ArtifactError(

@@ -249,6 +249,12 @@ class RecommendRequest(BaseModel):
             "a trained policy sees the budget feature it was trained on."
         ),
     )
+    explain: bool = Field(
+        default=False,
+        strict=True,
+        description="Also say why each item was recommended (each item's `explanation`); off by default, "
+        "and free when off.",
+    )
 
 
 def recommend_request_model(max_history: int, supports_query: bool) -> type[RecommendRequest]:
@@ -278,6 +284,46 @@ def recommend_request_model(max_history: int, supports_query: bool) -> type[Reco
     )
 
 
+class HistoryCredit(BaseModel):
+    """A history item that drove a recommendation (attribution in the encoder space, rayrec.explain)."""
+
+    item_id: str
+    drop: float = Field(
+        description="Exactly how much the item's retrieval score falls when this item is taken out of the "
+        "history (the profile rebuilt without it)."
+    )
+    share: float = Field(
+        description="This item's additive term of the retrieval score (profile · item): the terms of every "
+        "history item and the query sum to the score."
+    )
+
+
+class RankerCredit(BaseModel):
+    """The ranker's score of the item split over its input features: score = base + sum(features)."""
+
+    method: Literal["linear", "shapley", "none", "fallback"] = Field(
+        description="linear: the exact terms of a linear scorer; shapley: exact Shapley values over all "
+        "coalitions of features (a feature left out takes its mean over the request's candidates); none: "
+        "a random ranker; fallback: a fallback slate, whose score is one feature."
+    )
+    base: float = Field(description="The score with no feature credited (intercept, or all at the mean).")
+    features: dict[str, float]
+
+
+class Explanation(BaseModel):
+    """Why an item was recommended (only when the request asked with ``explain``)."""
+
+    retrieval_score: float | None = Field(
+        default=None, description="profile · item; absent for a cold-start answer (no profile)."
+    )
+    history: list[HistoryCredit] = Field(
+        description="The history items whose removal lowers this item's retrieval score most, most first "
+        "(at most 3)."
+    )
+    query: float | None = Field(default=None, description="The query's additive term, when one was sent.")
+    ranker: RankerCredit
+
+
 class RecommendedItem(BaseModel):
     """One slate item; ``propensity`` is what clients that keep their own log (``rayrec ab --url``) record."""
 
@@ -285,6 +331,9 @@ class RecommendedItem(BaseModel):
     score: float
     propensity: float = Field(
         description="Probability that the arm's policy shows this item at this position (1.0 if deterministic)."
+    )
+    explanation: Explanation | None = Field(
+        default=None, description="Present only when the request asked for it (`explain: true`)."
     )
 
 
@@ -469,7 +518,12 @@ def make_api(
 
     # the body model is this server's (its limits), so the annotation is set here, not in the signature
     recommend.__annotations__["request"] = Annotated[request_model, Body()]
-    app.post("/recommend", response_model=RecommendResponse, responses=_documented(common))(recommend)
+    app.post(
+        "/recommend",
+        response_model=RecommendResponse,
+        response_model_exclude_none=True,  # an item's explanation only when asked for
+        responses=_documented(common),
+    )(recommend)
 
     @app.post(
         "/feedback",

@@ -214,6 +214,7 @@ class Recommender:
             [p.request.history for p in batch],
             [p.request.query for p in batch],
             [p.request.session_step for p in batch],
+            [p.request.explain for p in batch],
         )
         try:
             candidates = await self._stage(self.retriever.retrieve.remote(contexts), "retrieval")
@@ -250,8 +251,14 @@ class Recommender:
                 request_id=rid,
                 arm=p.arm,
                 items=[
-                    RecommendedItem(item_id=i, score=s, propensity=q)
-                    for i, s, q in zip(r.item_ids, r.scores, r.propensities, strict=True)
+                    RecommendedItem(item_id=i, score=s, propensity=q, explanation=e)
+                    for i, s, q, e in zip(
+                        r.item_ids,
+                        r.scores,
+                        r.propensities,
+                        r.explanations or [None] * len(r.item_ids),
+                        strict=True,
+                    )
                 ],
                 policy=r.policy,
                 unknown_history=r.unknown,
@@ -466,7 +473,7 @@ def bind_app(config: AppConfig, encoder_name: str | None, dim: int) -> serve.App
         encoder = (
             serve.deployment(QueryEncoder)
             .options(name="QueryEncoder", **internal)
-            .bind(encoder_name, dim, config.batch_wait_s)
+            .bind(encoder_name, dim, config.batch_wait_s, config.query_int8)
         )
     user_step = retriever = rankers = None
     if not config.colocate:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from rayrec import storage
-from rayrec.baselines import BASELINES, load_policy
+from rayrec.baselines import BASELINES, LINEAR_RANKER_FILE, load_policy
 from rayrec.encoding import TextEncoder
 from rayrec.errors import ArtifactError
 from rayrec.events import EventLog, compact, quarantine_corrupt_parts, recent_slates, recover
@@ -131,11 +131,12 @@ class QueryEncoder:
     Args:
         encoder: model name or directory (``rayrec.encoding.resolve_model`` verifies bundled weights).
         dim: the index's embedding dimension; a different encoder output is refused at start.
+        int8: load the encoder with int8 dynamically quantised Linear layers (``AppConfig.query_int8``).
     """
 
-    def __init__(self, encoder: str, dim: int, batch_wait_s: float | None = 0.0) -> None:
+    def __init__(self, encoder: str, dim: int, batch_wait_s: float | None = 0.0, int8: bool = False) -> None:
         self.name = encoder
-        self.encoder = TextEncoder.load(encoder)
+        self.encoder = TextEncoder.load(encoder, int8=int8)
         if self.encoder.dim != dim:
             raise ArtifactError(
                 f"encoder {encoder} gives {self.encoder.dim}-d vectors, the index holds {dim}-d"
@@ -146,7 +147,7 @@ class QueryEncoder:
         return list(self.encoder.encode(texts))  # [B, d] → B × [d]
 
     def info(self) -> dict[str, Any]:
-        return {"encoder": self.name, "dim": self.encoder.dim}
+        return {"encoder": self.name, "dim": self.encoder.dim, "int8": self.encoder.int8}
 
 
 class UserStep(_SafeRollout):
@@ -185,9 +186,14 @@ class UserStep(_SafeRollout):
         return load_index_of_dim(uri, self.dim), uri
 
     async def __call__(
-        self, histories: list[list[str]], queries: list[str | None], session_steps: list[int]
+        self,
+        histories: list[list[str]],
+        queries: list[str | None],
+        session_steps: list[int],
+        explains: list[bool] | None = None,
     ) -> list[RequestContext]:
-        """One context per request; the requests' queries are embedded in one encoder call."""
+        """One context per request; the requests' queries are embedded in one encoder call. ``explains``:
+        which requests asked for explanations (none when omitted)."""
         asked = [i for i, query in enumerate(queries) if query is not None]
         vectors: list[np.ndarray | None] = [None] * len(queries)
         if asked:
@@ -195,9 +201,10 @@ class UserStep(_SafeRollout):
             for i, vector in zip(asked, embedded, strict=True):
                 vectors[i] = vector
         index, version = self.index, self.version  # one index for the whole batch, even mid-rollout
+        explains = explains if explains is not None else [False] * len(histories)
         return [
-            request_context(index, version, h, v, step)
-            for h, v, step in zip(histories, vectors, session_steps, strict=True)
+            request_context(index, version, h, v, step, explain)
+            for h, v, step, explain in zip(histories, vectors, session_steps, explains, strict=True)
         ]
 
     def info(self) -> dict[str, Any]:
@@ -325,7 +332,10 @@ def policy_version(spec: str) -> str:
     sha256, checked at load), or ``baseline-NAME`` for a baseline (code, no artifact)."""
     if spec in BASELINES:
         return f"baseline-{spec}"
-    meta = storage.read_text(storage.join(spec, "policy.json"))
+    meta_file = "policy.json"
+    if storage.exists(storage.join(spec, LINEAR_RANKER_FILE)):
+        meta_file = LINEAR_RANKER_FILE  # a tuned linear ranker: its weights are in this file
+    meta = storage.read_text(storage.join(spec, meta_file))
     return hashlib.sha256(meta.encode()).hexdigest()[:16]
 
 

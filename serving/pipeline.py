@@ -16,6 +16,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rayrec.explain import (
+    FeatureAttribution,
+    HistoryAttribution,
+    explanation,
+    feature_attribution,
+    history_attribution,
+)
 from rayrec.features import build_observation, l2_normalize, popularity_feature, profile_vector
 from rayrec.slate_policy import SlatePolicy
 
@@ -64,6 +71,7 @@ class RequestContext:
         unknown: history ids not in the catalog.
         version: :func:`index_version` of the index the rows refer to.
         session_step: requests already answered in this user's session (as the client reports it).
+        explain: the client asked for explanations (:mod:`rayrec.explain`).
     """
 
     profile: np.ndarray
@@ -73,6 +81,7 @@ class RequestContext:
     unknown: int
     version: str
     session_step: int = 0
+    explain: bool = False
 
     @property
     def cold_start(self) -> bool:
@@ -80,7 +89,12 @@ class RequestContext:
 
 
 def request_context(
-    index, version: str, history: list[str], query: np.ndarray | None = None, session_step: int = 0
+    index,
+    version: str,
+    history: list[str],
+    query: np.ndarray | None = None,
+    session_step: int = 0,
+    explain: bool = False,
 ) -> RequestContext:
     """History ids (+ optional [d] query embedding, the session step) → :class:`RequestContext`.
 
@@ -94,7 +108,9 @@ def request_context(
     profile = profile_vector(index.embeddings[known])  # [d]
     if query is not None:
         profile = l2_normalize(profile + query)  # [d]
-    return RequestContext(profile, known, known_ids, query, int((rows < 0).sum()), version, session_step)
+    return RequestContext(
+        profile, known, known_ids, query, int((rows < 0).sum()), version, session_step, explain
+    )
 
 
 def popular_diverse(index, n: int, pool_factor: int = 10, redundancy: float = 0.5) -> np.ndarray:
@@ -133,6 +149,11 @@ class Candidates:
         cold_start: True when the candidates are the popular-diverse fallback, in display order.
         session_step: requests already answered in this user's session.
         index_version: :func:`index_version` of the index they were retrieved from.
+        explain: the client asked for explanations.
+        history_ids: [n] ids of the known history items (each once), the columns of ``attribution``.
+        attribution: with ``explain`` (and a history or query), the candidates' retrieval scores attributed
+            to the history (:func:`rayrec.explain.history_attribution`, rows in retrieval order).
+        has_query: the profile included a text query.
     """
 
     item_ids: np.ndarray
@@ -144,6 +165,10 @@ class Candidates:
     cold_start: bool
     session_step: int = 0
     index_version: str = ""
+    explain: bool = False
+    history_ids: tuple[str, ...] = ()
+    attribution: HistoryAttribution | None = None
+    has_query: bool = False
 
 
 class Retrieval:
@@ -163,9 +188,13 @@ class Retrieval:
         self.fallback = popular_diverse(index, fallback_size)  # [n]
 
     def context(
-        self, history: list[str], query: np.ndarray | None = None, session_step: int = 0
+        self,
+        history: list[str],
+        query: np.ndarray | None = None,
+        session_step: int = 0,
+        explain: bool = False,
     ) -> RequestContext:
-        return request_context(self.index, self.version, history, query, session_step)
+        return request_context(self.index, self.version, history, query, session_step, explain)
 
     def retrieve(self, contexts: list[RequestContext]) -> list[Candidates]:
         """One :class:`Candidates` per request context; searches the warm users in one FAISS batch."""
@@ -192,11 +221,22 @@ class Retrieval:
             return context
         query = context.query
         query = query if query is not None and len(query) == self.index.dim else None
-        return self.context(list(context.history_ids), query, context.session_step)
+        return self.context(list(context.history_ids), query, context.session_step, context.explain)
 
     def _candidates(
         self, rows: np.ndarray, scores: np.ndarray, context: RequestContext, cold_start: bool
     ) -> Candidates:
+        explained = {}
+        if context.explain:  # only then: explanations cost nothing when they are off
+            history = self.index.embeddings[context.history]  # [n, d]
+            explained = {
+                "explain": True,
+                "history_ids": tuple(str(i) for i in self.index.item_ids[context.history]),
+                "has_query": context.query is not None,
+                "attribution": None
+                if cold_start
+                else history_attribution(history, self.index.embeddings[rows], context.query),
+            }
         return Candidates(
             item_ids=self.index.item_ids[rows],
             embeddings=self.index.embeddings[rows],
@@ -207,6 +247,7 @@ class Retrieval:
             cold_start=cold_start,
             session_step=context.session_step,
             index_version=self.version,
+            **explained,
         )
 
 
@@ -227,6 +268,7 @@ class Ranked:
             request's session step on the arm's policy's scale).
         fallback: True when the arm's ranker failed and the candidates are shown in retrieval order.
         index_version, policy_version: content hashes of the index and policy artifact that answered.
+        explanations: [k] with ``explain``, each shown item's :func:`rayrec.explain.explanation`.
 
     ``candidate_ids``, ``features``, ``profile`` and ``budget`` are the request's row of the event log's
     requests table (what off-policy evaluation replays another policy on).
@@ -245,6 +287,7 @@ class Ranked:
     fallback: bool = False
     index_version: str = ""
     policy_version: str = ""
+    explanations: list[dict] | None = None
 
     def versions(self) -> dict[str, str]:
         return {"index_version": self.index_version, "policy_version": self.policy_version}
@@ -336,12 +379,22 @@ def rank(
             float(obs["budget"][0, 0]),
             index_version=cands.index_version,
             policy_version="" if cands.cold_start else policy_version,
+            explanations=_fallback_explanations(cands, n, "popularity") if cands.explain else None,
         )
     for (num_candidates, k), rows in groups.items():
         batch = [requests[i][0] for i in rows]
         obs = observe(batch, scale)
         slate = policy.select(obs, k, rng=rng)
         check_slate(slate, len(rows), num_candidates, k, policy.name)
+        explained = [j for j, c in enumerate(batch) if c.explain]
+        features = None
+        if explained:  # only then: explanations cost nothing when they are off
+            features = feature_attribution(
+                policy,
+                {key: value[explained] for key, value in obs.items()},
+                slate.indices[explained],
+                slate.scores[explained],
+            )
         for j, i in enumerate(rows):
             cands = batch[j]
             out[i] = Ranked(
@@ -357,8 +410,37 @@ def rank(
                 float(obs["budget"][j, 0]),
                 index_version=cands.index_version,
                 policy_version=policy_version,
+                explanations=_explanations(cands, slate.indices[j], features, explained.index(j))
+                if cands.explain
+                else None,
             )
     return out  # type: ignore[return-value]
+
+
+def _explanations(
+    cands: Candidates, indices: np.ndarray, features: FeatureAttribution | None, row: int
+) -> list[dict]:
+    """Each shown item's explanation: its retrieval score attributed to the history (and query), and the
+    ranker's score to its features (``features`` row ``row``)."""
+    return [
+        explanation(
+            cands.history_ids, cands.attribution, int(j), features, row, slot, has_query=cands.has_query
+        )
+        for slot, j in enumerate(indices)
+    ]
+
+
+def _fallback_explanations(cands: Candidates, n: int, feature: str) -> list[dict]:
+    """Explanations of a fallback slate (cold start: popularity; failover: retrieval order), whose score
+    is that one feature."""
+    values = cands.popularity if feature == "popularity" else cands.scores
+    return [
+        {
+            **explanation(cands.history_ids, cands.attribution, i, None, 0, 0, has_query=cands.has_query),
+            "ranker": {"method": "fallback", "base": 0.0, "features": {feature: float(values[i])}},
+        }
+        for i in range(n)
+    ]
 
 
 def check_slate(slate, rows: int, num_candidates: int, k: int, name: str) -> None:
@@ -401,6 +483,11 @@ def failover(requests: list[tuple[Candidates, int]], policy_version: str = "") -
                 fallback=not cands.cold_start,
                 index_version=cands.index_version,
                 policy_version=policy_version,
+                explanations=_fallback_explanations(
+                    cands, n, "popularity" if cands.cold_start else "retrieval_score"
+                )
+                if cands.explain
+                else None,
             )
         )
     return out

@@ -90,6 +90,9 @@ class AppConfig:
     batch_wait_s: float = 0.0
     """How long the query encoder, retriever and rankers wait for more calls to merge into one batch
     (0: merge only the calls already waiting)."""
+    query_int8: bool = False
+    """Run the query encoder with int8 dynamically quantised Linear layers (CPU; faster queries at a small
+    recall change, see benchmarks/int8_query.py). The item index keeps its float vectors."""
 
     def __post_init__(self) -> None:
         if self.encoder in ("none", "None", ""):

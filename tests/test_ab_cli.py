@@ -44,7 +44,9 @@ def test_random_vs_greedy_shows_a_significant_lift(random_vs_greedy):
     assert report["arms"]["B"]["policy"] == "greedy"
     assert report["srm_p_value"] > 0.001
     by_metric = {c["metric"]: c for c in report["comparisons"]}
-    assert set(by_metric) == {"session_return", "clicks", "ctr", "session_length"}
+    assert set(by_metric) == {"session_return", "clicks", "ctr", "session_length"} | {
+        "ild", "novelty", "calibration", "coverage", "gini_items", "gini_categories"
+    }  # fmt: skip
     for c in report["comparisons"]:
         assert set(c) >= {"metric", "control", "treatment", "lift", "ci95", "p_value"}
         assert (c["control"], c["treatment"]) == ("A", "B")

@@ -51,7 +51,7 @@ def test_url_mode_runs_against_the_server(url_run):
         "clicks",
         "ctr",
         "session_length",
-    }
+    } | {"ild", "novelty", "calibration", "coverage", "gini_items", "gini_categories"}  # beyond accuracy
     # Propensities come with the answers: the explore arm's are 1/K, the deterministic arms' 1.0.
     client_imp = read_impressions(str(url_run["out"] / "events")).to_pandas()
     assert client_imp["propensity"].between(0, 1, inclusive="right").all()

@@ -221,7 +221,7 @@ def check_entrypoint(entrypoint: str) -> list[str]:
 
 def test_manifests_are_ray_io_v1_of_the_expected_kinds():
     kinds = sorted(doc["kind"] for _, doc in documents())
-    assert kinds == ["RayCluster", "RayJob", "RayJob", "RayService"]
+    assert kinds == ["RayCluster", "RayJob", "RayJob", "RayJob", "RayService"]
     for name, doc in documents():
         assert doc["apiVersion"] == "ray.io/v1", name
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", doc["metadata"]["name"]), name

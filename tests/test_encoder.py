@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from _retrieval_world import write_tiny_world
+from _tracking import metric_history, mlflow_runs, tensorboard_scalars
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, AutoTokenizer
 
@@ -24,6 +26,7 @@ from rayrec.encoding import (
     resolve_model,
 )
 from rayrec.errors import ArtifactError, DataError
+from serving.deployments import QueryEncoder
 from trainers import encoder as encoder_trainer
 from trainers.adversarial import FGM
 from trainers.augmentation import TextAugmenter
@@ -54,6 +57,46 @@ def test_tiny_encoder_gives_the_same_vectors_in_transformers_and_sentence_transf
     np.testing.assert_allclose(ours, st, atol=1e-5)
     np.testing.assert_allclose(ours, manual, atol=1e-5)
     assert not np.allclose(ours[0], ours[1])
+
+
+def test_length_sorted_batches_give_each_text_its_own_vector_in_input_order(world):
+    _, model_dir = world
+    texts = [
+        "Music story 3. guitar",
+        "Space story 1. rocket orbit galaxy astronaut planet comet rocket orbit",
+        "x",
+        "Cooking story 2. pasta bread",
+        "Sports story 9. football goal stadium league",
+        "Music story 4. drums",
+        "Space story 5. comet",
+    ]
+    encoder = TextEncoder.load(model_dir)
+    one_by_one = np.concatenate([encoder.encode([t]) for t in texts])  # no padding at all
+    seen: list[tuple[int, int]] = []
+    batched = encoder.encode(texts, batch_size=3, progress=lambda done, total: seen.append((done, total)))
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+    assert seen == [(3, 7), (6, 7), (7, 7)]
+    assert encoder.encode([]).shape == (0, 32)
+
+
+def test_int8_query_encoder_stays_close_to_the_float_one(world, tmp_path):
+    _, model_dir = world
+    texts = ["Space story 1. rocket orbit", "Cooking story 2. pasta", "Music story 3. drums album"]
+    exact, int8 = TextEncoder.load(model_dir), TextEncoder.load(model_dir, int8=True)
+    quantised = [m for m in int8.model.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
+    assert int8.int8 and len(quantised) == sum(isinstance(m, torch.nn.Linear) for m in exact.model.modules())
+    a, b = exact.encode(texts), int8.encode(texts)
+    cosine = (a * b).sum(axis=1)
+    assert cosine.min() > 0.95 and not np.array_equal(a, b)
+    with pytest.raises(ArtifactError, match="int8-quantised encoder is for serving only"):
+        int8.save(tmp_path / "int8")
+    with pytest.raises(ArtifactError, match="CPU only"):
+        TextEncoder.load(model_dir, device="cuda", int8=True)
+    # serving's query encoder behind `query_int8`
+    server_side = QueryEncoder(str(model_dir), 32, int8=True)
+    assert server_side.info() == {"encoder": str(model_dir), "dim": 32, "int8": True}
+    served = asyncio.run(server_side._encode(texts))
+    np.testing.assert_allclose(np.stack(served), b, atol=1e-6)
 
 
 def test_default_model_resolves_to_the_verified_packaged_copy():
@@ -157,8 +200,9 @@ def _train_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
 def test_train_encoder_with_two_workers_end_to_end(ray_session, world, tmp_path, capsys):
     data, model = world
     out = tmp_path / "encoder"
+    tracking = (tmp_path / "tracking").as_uri()  # --tracking-uri: any MLflow store, here another directory
     args = _train_args(data, model, out, "--max-steps", "6", "--simcse-weight", "0.5", "--simcse-batch", "8",
-                       "--augment", "--fgm-epsilon", "0.5", "--grad-accum", "2")  # fmt: skip
+                       "--augment", "--fgm-epsilon", "0.5", "--grad-accum", "2", "--tracking-uri", tracking)  # fmt: skip
     assert main(["train-encoder", *args]) == 0
     # rank 0's progress is printed by the driver itself (a quiet run does not forward workers' output; a line
     # forwarded by Ray would start with "(RayTrainWorker pid=...)"), once, in order
@@ -187,6 +231,19 @@ def test_train_encoder_with_two_workers_end_to_end(ray_session, world, tmp_path,
     assert AutoModel.from_pretrained(out).config.hidden_size == 32
     # the weights moved away from the starting point
     assert not np.allclose(ours, TextEncoder.load(model).encode(texts), atol=1e-4)
+    # tracked by rank 0 only: one MLflow run with the config and the metrics, and TensorBoard events
+    (run,) = mlflow_runs(tracking, "rayrec-train-encoder")
+    assert (
+        run.info.status == "FINISHED"
+        and run.data.params["max_steps"] == "6"
+        and run.data.params["workers"] == "2"
+    )
+    recall = metric_history(tracking, run.info.run_id, "val/recall_at_10")
+    assert recall == [(6, pytest.approx(best["val/recall@10"]))]
+    assert [step for step, _ in metric_history(tracking, run.info.run_id, "train/loss")] == [1, 6]
+    scalars = tensorboard_scalars(out / "tensorboard")
+    assert [step for step, _ in scalars["val/recall_at_10"]] == [6] and "train/lr" in scalars
+    assert not (out / "mlruns").exists(), "the flag's store, not the default one"
 
 
 def test_a_killed_worker_resumes_from_the_latest_checkpoint(ray_session, world, tmp_path, capsys):
@@ -211,3 +268,29 @@ def test_bad_training_config_is_a_clear_error(world, tmp_path, capsys):
     code = main(["train-encoder", *_train_args(data, model, tmp_path / "o", "--next-item-weight", "0")])
     err = capsys.readouterr().err
     assert code == 2 and "all objectives are off" in err
+
+
+def test_cold_items_never_reach_the_encoders_training_data(world, tmp_path):
+    from rayrec.data.io import load_dataset
+    from rayrec.data.split import cold_item_split
+    from trainers.encoder_data import CATALOG_FILE, EXAMPLES_FILE, prepare_training_data, read_validation
+
+    data, _ = world
+    dataset = load_dataset(str(data))
+    _, _, cold = cold_item_split(dataset.interactions, 0.25, seed=3)
+    item_ids = dataset.items.column("item_id").to_pylist()
+    cold_rows = {item_ids.index(item) for item in cold}
+    assert cold_rows
+    prepared = prepare_training_data(
+        str(data), str(tmp_path / "prep"), 3, 0, cold_fraction=0.25, split_seed=3
+    )
+    examples = pq.read_table(tmp_path / "prep" / EXAMPLES_FILE)
+    used = {int(i) for h in examples.column("history").to_pylist() for i in h if i >= 0}
+    used |= set(examples.column("target").to_pylist())
+    validation = read_validation(str(tmp_path / "prep" / "validation.parquet"))
+    used |= {int(i) for h in validation.seen for i in h} | set(validation.targets.tolist())
+    assert prepared.examples > 0 and not used & cold_rows
+    counts = pq.read_table(tmp_path / "prep" / CATALOG_FILE).column("count").to_numpy()
+    assert (counts[sorted(cold_rows)] == 0).all()
+    plain = prepare_training_data(str(data), str(tmp_path / "plain"), 3, 0)
+    assert plain.examples > prepared.examples

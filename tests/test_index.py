@@ -10,11 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 from _retrieval_world import write_tiny_world
 
+from rayrec.cf_baselines import implicit_available
 from rayrec.cli import main
 from rayrec.encoding import build_tiny_encoder, item_texts
 from rayrec.errors import ArtifactError, ConfigError
 from rayrec.features import l2_normalize
 from rayrec.index import INDEX_TYPES, IndexSpec, ItemIndex
+from rayrec.index.evaluate import EvalRetrievalConfig, evaluate_retrieval
 from rayrec.index.exact import exact_search, popularity_search
 from rayrec.index.faiss_index import build_faiss_index
 from rayrec.index.item_index import FAISS_FILE, META_FILE, write_index
@@ -133,7 +135,10 @@ def test_build_index_and_eval_retrieval_through_the_cli(ray_session, tmp_path, c
     model = build_tiny_encoder(item_texts(pq.read_table(data / "items.parquet")), tmp_path / "tiny")
     index_dir = tmp_path / "index"
     build = ["build-index", "--encoder", str(model), "--data", str(data), "--out", str(index_dir)]
-    assert main([*build, "--index-type", "hnsw", "--batch-size", "16", "--concurrency", "1"]) == 0
+    assert (
+        main([*build, "--index-type", "hnsw", "--batch-size", "16", "--concurrency", "1", "--embed", "ray"])
+        == 0
+    )
     meta = json.loads((index_dir / META_FILE).read_text())
     assert (
         meta["index_type"] == "hnsw"
@@ -189,4 +194,51 @@ def test_build_index_and_eval_retrieval_through_the_cli(ray_session, tmp_path, c
         )
         assert 0.0 <= metrics["ndcg@5"] <= metrics["recall@5"] and 0.0 <= metrics["mrr"] <= 1.0
     assert result["recall@100"] == 1.0  # 60 items: every unseen item is within the top 100
-    assert "popularity" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "popularity" in printed and "item_knn" in printed and "cold recall@5" in printed
+    peers = {"popularity", "item_knn"} | ({"als", "bpr"} if implicit_available() else set())
+    assert set(result["baselines"]) == peers
+    assert result["split"] == {"kind": "temporal", "cold_fraction": 0.0, "seed": 0, "cold_items": 0}
+    # every item has train interactions in the tiny world: all targets are warm, and warm is the whole
+    assert result["warm"]["users"] == 40 and result["cold"]["users"] == 0
+    assert result["warm"]["model"]["recall@5"] == result["recall@5"]
+    for (
+        name
+    ) in peers:  # the warm section holds the ranking metrics (the beyond-accuracy ones are overall only)
+        warm_metrics = result["warm"]["baselines"][name]
+        assert warm_metrics and all(result["baselines"][name][key] == v for key, v in warm_metrics.items())
+
+    # the cold-item split: a quarter of the held-out items never occur in train
+    cold_run = evaluate_retrieval(
+        EvalRetrievalConfig(index=str(index_dir), data=str(data), k=5, cold_fraction=0.25, split_seed=1)
+    )
+    split = cold_run["split"]
+    assert split["kind"] == "cold-items" and split["cold_items"] > 0
+    warm, cold = cold_run["warm"], cold_run["cold"]
+    assert warm["users"] + cold["users"] == cold_run["users"] and cold["users"] > 0
+    # the text model ranks cold items (it embeds them from their text); the CF peers cannot score them at all
+    assert cold["model"]["recall@100"] == 1.0
+    for name in peers - {"popularity"}:
+        assert cold["baselines"][name]["recall@100"] == 0.0
+    assert "cannot" not in cold["note"] and "never rank" in cold["note"]
+    with pytest.raises(ConfigError, match="--cold-fraction"):
+        EvalRetrievalConfig(index=str(index_dir), data=str(data), cold_fraction=1.0)
+
+
+def test_build_index_embeds_in_process_without_ray_and_matches_the_encoder(tmp_path, monkeypatch):
+    from rayrec.encoding import TextEncoder
+    from rayrec.index.build import BuildIndexConfig, build_index
+
+    data = write_tiny_world(tmp_path / "data")
+    texts = item_texts(pq.read_table(data / "items.parquet"))
+    model = build_tiny_encoder(texts, tmp_path / "tiny")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    config = BuildIndexConfig(data=str(data), out=str(tmp_path / "index"), encoder=str(model), batch_size=7)
+    assert config.embed_mode() == "local"
+    assert BuildIndexConfig(data="d", out="o", address="127.0.0.1:6379").embed_mode() == "ray"
+    report = build_index(config)
+    assert report["embed_mode"] == "local"
+    expected = TextEncoder.load(model).encode(texts, batch_size=1)  # one text at a time: no padding at all
+    np.testing.assert_allclose(ItemIndex.load(str(tmp_path / "index")).embeddings, expected, atol=1e-5)
+    with pytest.raises(ConfigError, match="--threads must be >= 1"):
+        BuildIndexConfig(data="d", out="o", threads=0)

@@ -128,8 +128,9 @@ def test_ope_from_mixed_logs_lands_on_the_simulators_on_policy_value():
     from envs.factory import build_simulator
     from envs.policies import make_policy
     from envs.rollout import evaluate_policy
-    from rayrec.ab.logged import LoggedRequests, RequestRecorder
+    from rayrec.ab.logged import RequestRecorder
     from rayrec.ab.off_policy import evaluate_logged
+    from rayrec.logs.requests import LoggedRequests
 
     config = SlateEnvConfig(max_episode_steps=1, no_click_utility=1.4, num_items=2000)
     sim = build_simulator(config, batch=4096)

@@ -30,10 +30,10 @@ TINY_WORLD = {
 @pytest.fixture(scope="module")
 def small_log(tmp_path_factory):
     from envs.config import SlateEnvConfig
-    from rayrec.ab.experiment import SIMULATOR_FILE
     from rayrec.ab.simulate import simulate_arm_users, simulated_user_ids
     from rayrec.assignment import Arm
     from rayrec.config import save_config
+    from rayrec.logs.reader import SIMULATOR_FILE
 
     config = SlateEnvConfig(**TINY_WORLD)
     events = tmp_path_factory.mktemp("ope-errors") / "events"

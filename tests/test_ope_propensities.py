@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from rayrec import plackett_luce as pl
-from rayrec.ab.support import LoggingMixture, WeightDiagnostics, slate_log_prob, within_user_cumsum
 from rayrec.baselines import GreedyPolicy, RandomPolicy
 from rayrec.errors import DataError
+from rayrec.logs.mixture import LoggingMixture, WeightDiagnostics, slate_log_prob, within_user_cumsum
 
 
 def enumerate_marginals(logits: np.ndarray, k: int) -> np.ndarray:

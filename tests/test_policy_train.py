@@ -8,6 +8,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from _chromium import render
+from _tracking import metric_history, mlflow_runs, tensorboard_scalars
+from mlflow.tracking import MlflowClient
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModule
 
@@ -55,6 +58,28 @@ def test_train_writes_metrics_checkpoint_export_and_evaluation(run_dir):
         assert ci["ci95_low"] <= ci["mean"] <= ci["ci95_high"]
     assert set(report["comparisons"]) == {"greedy", "random"}
     assert "| **ppo** (trained) |" in (run_dir / "eval.md").read_text()
+    # tracked in MLflow (the default store under --out, through Ray's setup_mlflow) as well as TensorBoard
+    uri = (run_dir / "mlruns").as_uri()
+    (run,) = mlflow_runs(uri, "rayrec-train-policy")
+    assert run.info.status == "FINISHED" and run.data.params["iterations"] == "1"
+    assert (
+        run.data.params["num_candidates"] == "10" and run.data.params["baselines"] == "['greedy', 'random']"
+    )
+    returns = metric_history(uri, run.info.run_id, "sim/session_return")
+    assert returns == [(1, pytest.approx(rows[0]["sim/session_return"]))]
+    test_return = report["policies"]["ppo"]["sim/session_return"]["mean"]
+    assert run.data.metrics["test/ppo/sim/session_return"] == pytest.approx(test_return)
+    artifacts = {a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id)}
+    assert {"eval.json", "eval.html", "learning_curve.png"} <= artifacts
+    assert [step for step, _ in tensorboard_scalars(run_dir / "tensorboard")["sim/session_return"]] == [1]
+
+
+def test_evaluation_report_is_one_html_page_that_renders(run_dir, tmp_path):
+    page = run_dir / "eval.html"
+    assert page.read_text().count("data:image/png;base64,") == 1, "the learning curve, embedded"
+    rendered = render(page, tmp_path)
+    assert rendered.console == [], rendered.console
+    assert rendered.pixels.std() > 20 and rendered.saturated_pixels() > 500
 
 
 def test_export_has_the_checkpointed_modules_scores(run_dir):

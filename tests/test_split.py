@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
-from rayrec.data.split import temporal_split
+from rayrec.data.split import cold_item_split, temporal_split
 
 
 def log(rows: list[tuple[str, str, int]]) -> pa.Table:
@@ -58,3 +59,30 @@ def test_split_partitions_rows_and_does_not_depend_on_input_order():
 def test_empty_log():
     train, test = temporal_split(log([("u", "i", 1)]).slice(0, 0))
     assert train.num_rows == test.num_rows == 0
+
+
+def test_cold_item_split_removes_cold_items_from_every_train_row():
+    rng = np.random.default_rng(1)
+    n = 3_000
+    users = rng.integers(0, 200, n).astype(str)
+    items = rng.integers(0, 120, n).astype(str)
+    table = pa.table({"user_id": users, "item_id": items, "timestamp": rng.permutation(n)})
+    plain_train, plain_test = temporal_split(table)
+    train, test, cold = cold_item_split(table, 0.3, seed=4)
+    held_out = set(plain_test.column("item_id").to_pylist())
+    assert test.equals(plain_test)  # the held-out rows are the temporal split's
+    assert len(cold) == round(0.3 * len(held_out)) and set(cold) <= held_out
+    assert set(cold).isdisjoint(train.column("item_id").to_pylist())
+    # only cold rows left train: every other train row is still there, in order
+    kept = [r for r in plain_train.to_pylist() if r["item_id"] not in set(cold)]
+    assert train.to_pylist() == kept and len(kept) < plain_train.num_rows
+    _, _, again = cold_item_split(table, 0.3, seed=4)
+    assert again.tolist() == cold.tolist()
+
+
+def test_cold_item_split_with_no_cold_share_is_the_temporal_split():
+    table = log([("u1", "a", 3), ("u1", "b", 4), ("u2", "b", 1), ("u2", "c", 2)])
+    train, test, cold = cold_item_split(table, 0.0)
+    assert (train, test) == temporal_split(table) and len(cold) == 0
+    with pytest.raises(ValueError, match=r"cold_fraction must be in \[0, 1\]"):
+        cold_item_split(table, 1.5)

@@ -50,6 +50,7 @@ from trainers.augmentation import TextAugmenter
 from trainers.encoder_config import EncoderTrainConfig
 from trainers.encoder_data import CATALOG_FILE, VALIDATION_FILE, prepare_training_data, read_validation
 from trainers.encoder_losses import NextItemLoss, SimCSELoss
+from trainers.tracking import Tracker, start_tracking
 
 METRICS_FILE = "metrics.json"
 STATE_FILE = "training_state.pt"
@@ -376,9 +377,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
         cfg, loop_config["model_source"], loop_config["prepared_root"], loop_config["steps_per_epoch"]
     )
     resumed = worker.resume()
+    tracker = Tracker()  # rank 0 logs to MLflow (Ray's setup_mlflow) and TensorBoard: trainers/tracking.py
     if worker.rank == 0:
         where = f"resuming from step {worker.step}" if resumed else "starting"
         _say(progress, f"[train-encoder] {where}: {worker.total_steps} steps, {cfg.workers} workers")
+        tracker = start_tracking(
+            cfg.tracking_uri,
+            cfg.out,
+            experiment="rayrec-train-encoder",
+            run_name=cfg.name,
+            params=loop_config["config"],
+            tags={"resumed_from_step": str(worker.step), "workers": str(cfg.workers)},
+        )
     shard = ray.train.get_dataset_shard("train")
     key = f"val/recall@{cfg.eval_k}"
     started, last = time.perf_counter(), {}
@@ -408,6 +418,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 os._exit(1)
             if worker.rank == 0 and (worker.step % cfg.log_every == 0 or worker.step == 1):
                 rate = (worker.step - worker.start_step) / (time.perf_counter() - started)
+                tracker.log(
+                    last | {"train/lr": worker.scheduler.get_last_lr()[0], "train/steps_per_s": rate},
+                    step=worker.step,
+                )
                 _say(
                     progress,
                     f"[train-encoder] step {worker.step}/{worker.total_steps} loss {last['train/loss']:.4f} "
@@ -428,7 +442,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 worker.best = {"step": worker.step, **metrics}
                 worker.save_best()
             _say(progress, f"[train-encoder] validation at step {worker.step}: {key} {metrics[key]:.4f}")
+            tracker.log(last | metrics, step=worker.step)
         worker.report(last | metrics)
+    tracker.close()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -486,7 +502,12 @@ def train_encoder(cfg: EncoderTrainConfig) -> dict[str, Any]:
     model_source = resolve_model(cfg.model)
     init_ray(cfg.address, log_dir=None if storage.is_remote(cfg.out) else cfg.out, verbose=cfg.verbose)
     prepared = prepare_training_data(
-        cfg.data, storage.join(cfg.run_storage, f"{cfg.name}-data"), history=cfg.history, seed=cfg.seed
+        cfg.data,
+        storage.join(cfg.run_storage, f"{cfg.name}-data"),
+        history=cfg.history,
+        seed=cfg.seed,
+        cold_fraction=cfg.cold_fraction,
+        split_seed=cfg.split_seed,
     )
     per_worker = prepared.examples // cfg.workers
     steps_per_epoch = per_worker // (cfg.batch_size * cfg.grad_accum)

@@ -81,8 +81,17 @@ class EncoderTrainConfig(RayConfig):
     """Worker-group restarts allowed (each resumes from the latest checkpoint)."""
     seed: int = 0
     """Seed of example order, sampling and initialisation."""
+    cold_fraction: float = 0.0
+    """Hold out cold items as ``eval-retrieval --cold-fraction`` does (same split, same --split-seed): their
+    interactions never reach training, so the cold-item evaluation stays clean. 0: the temporal split."""
+    split_seed: int = 0
+    """Seed of the cold-item draw (match eval-retrieval's --split-seed)."""
     fail_at_step: int | None = None
     """Chaos drill: the last worker exits hard at this step of a run not started from a checkpoint (recovery check)."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI the run logs its parameters and metrics to (through Ray's ``setup_mlflow``):
+    default a local file store, ``<out>/mlruns``; ``none``: no MLflow. TensorBoard events always go to
+    ``<out>/tensorboard`` (see ``trainers/tracking.py``)."""
 
     def __post_init__(self) -> None:
         positive = (
@@ -102,6 +111,8 @@ class EncoderTrainConfig(RayConfig):
             raise ConfigError(f"--max-steps must be >= 1, got {self.max_steps}")
         if self.lr <= 0 or self.temperature <= 0:
             raise ConfigError("--lr and --temperature must be > 0")
+        if not 0 <= self.cold_fraction < 1:
+            raise ConfigError(f"--cold-fraction must be in [0, 1), got {self.cold_fraction}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if min(self.next_item_weight, self.simcse_weight, self.fgm_epsilon) < 0:

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from rayrec import storage
 from rayrec.data.io import load_dataset
-from rayrec.data.split import temporal_split
+from rayrec.data.split import cold_item_split, temporal_split
 from rayrec.encoding import item_texts
 from rayrec.errors import DataError
 from rayrec.index.evaluate import HISTORY, EvalSet, make_eval_set, user_sequences
@@ -76,12 +76,18 @@ def next_item_examples(sequences: list[np.ndarray], history: int) -> tuple[list[
     return histories, np.asarray(targets, dtype=np.int32)
 
 
-def prepare_training_data(data_dir: str, out_root: str, history: int, seed: int) -> PreparedData:
-    """Read ``data_dir``, split it, and write examples, validation users and catalog under ``out_root``."""
+def prepare_training_data(
+    data_dir: str, out_root: str, history: int, seed: int, cold_fraction: float = 0.0, split_seed: int = 0
+) -> PreparedData:
+    """Read ``data_dir``, split it, and write examples, validation users and catalog under ``out_root``.
+
+    The test split is :func:`rayrec.data.split.cold_item_split` with ``cold_fraction`` and ``split_seed`` —
+    the one ``eval-retrieval`` evaluates on — so neither test rows nor cold items reach training.
+    """
     dataset = load_dataset(data_dir)
     texts = item_texts(dataset.items, source=storage.join(data_dir, "items.parquet"))
     item_ids = dataset.items.column("item_id").to_pylist()
-    train, _test = temporal_split(dataset.interactions)
+    train, _test, _cold = cold_item_split(dataset.interactions, cold_fraction, split_seed)
     inner, valid = temporal_split(train)
     val = make_eval_set(inner, valid, item_ids, history=HISTORY)
     sequences = list(user_sequences(inner, {item: row for row, item in enumerate(item_ids)}).values())

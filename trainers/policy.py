@@ -1,8 +1,14 @@
-"""Train the slate re-ranking policy with PPO (RLlib, new API stack) in the ``rayrec/SlateRec-v0`` simulator.
+"""Train the slate re-ranking policy (RLlib, new API stack) in the ``rayrec/SlateRec-v0`` simulator.
+
+``--algo ppo`` (default): PPO with a Plackett–Luce policy and the per-position loss of
+:mod:`trainers.slate_ppo`. ``--algo slateq``: SlateQ (:mod:`trainers.slateq`). ``--gamma 0``: either as a
+contextual bandit.
 
     python -m trainers.policy --out runs/policy                       # built-in synthetic world
+    python -m trainers.policy --out runs/slateq --algo slateq
     python -m trainers.policy --index runs/index --data data/ml --out runs/policy --env-runners 2
     rayrec train-policy --out runs/policy --iterations 60 --resume     # continue from the last checkpoint
+    rayrec train-policy --from-events runs/ab/events --offline-algo marwil --out runs/offline  # from a log
 
 The same command scales from a laptop to a cluster: ``--env-runners``/``--envs-per-runner`` add
 sampling actors, ``--learners``/``--gpus-per-learner`` add (GPU) learners, ``--address`` picks the cluster.
@@ -49,23 +55,35 @@ from trainers.run_dir import (
     save_checkpoint,
     upload_checkpoint,
 )
+from trainers.tracking import evaluation_metrics, start_tracking
 
 
 def train(cfg: TrainPolicyConfig) -> dict[str, Any]:
     """Train, checkpoint, export and evaluate; returns the evaluation summary (also in ``eval.json``)."""
+    if cfg.from_events is not None:
+        from trainers.offline import train_offline  # learns from a log: no simulator sampling, no PPO
+
+        return train_offline(cfg)
     env_config = resolve_env_config(cfg, user_split="train")  # validation and evaluation meet other users
     dim, num_candidates, slate_size = probe_env(env_config)
     scorer_config = ScorerConfig(
         dim=dim, hidden=cfg.hidden, attention_layers=cfg.attention_layers, attention_heads=cfg.attention_heads
     )
-    binding = run_binding(env_config, scorer_config)
+    binding = run_binding(env_config, scorer_config) | {"algo": cfg.algo}
     check_run_binding(cfg.out, binding, cfg.resume)
     with local_run_dir(cfg) as out:
         save_config(cfg, out)
         (out / RUN_FILE).write_text(json.dumps(binding, indent=2) + "\n")
         torch.set_num_threads(cfg.torch_threads)
         init_ray(cfg.address, log_dir=None if storage.is_remote(cfg.out) else out, verbose=cfg.verbose)
-        algo = build_algorithm_config(cfg, env_config).build_algo()
+        choice_model = None
+        if cfg.algo == "slateq":
+            from trainers.slateq import build_slateq_config, fit_choice_model
+
+            choice_model = fit_choice_model(env_config, cfg.choice_users, cfg.seed)
+            algo = build_slateq_config(cfg, env_config, choice_model).build_algo()
+        else:
+            algo = build_algorithm_config(cfg, env_config).build_algo()
         policy_dir = str(out / POLICY_DIR)
 
         def export(iteration: int, validation: float | None) -> None:
@@ -75,8 +93,10 @@ def train(cfg: TrainPolicyConfig) -> dict[str, Any]:
                 num_candidates=num_candidates,
                 budget=env_config.budget,
                 name=cfg.policy_name,
+                choice_model=choice_model,
                 metadata={
-                    "trainer": "rllib-ppo",
+                    "trainer": f"rllib-{cfg.algo}",
+                    "gamma": cfg.gamma,
                     "iteration": iteration,
                     "validation_return": validation,
                     "seed": cfg.seed,
@@ -85,6 +105,7 @@ def train(cfg: TrainPolicyConfig) -> dict[str, Any]:
             )
             save_exported_policy(current_scorer(algo), config, policy_dir)
 
+        tracker = None
         try:
             start, best = 0, float("-inf")
             if cfg.resume:
@@ -94,7 +115,17 @@ def train(cfg: TrainPolicyConfig) -> dict[str, Any]:
                 algo.restore_from_path(str(found[0]))
                 start, best = found[1], exported_validation_return(policy_dir)
                 print(f"resumed from {found[0]} (iteration {start})", flush=True)
-            progress = ProgressLog(out, start)
+            progress = ProgressLog(out, start)  # progress.jsonl, progress.csv and TensorBoard
+            tracker = start_tracking(
+                # a remote --out is staged here and uploaded at the end: no default store for it
+                cfg.tracking_uri or ("none" if storage.is_remote(cfg.out) else None),
+                out,
+                experiment="rayrec-train-policy",
+                run_name=f"{cfg.algo}-{out.name}",
+                params=to_plain(cfg),
+                tensorboard=False,
+                tags={"algo": cfg.algo, "resumed_from_iteration": str(start)},
+            )
             started = time.perf_counter() - (progress.rows[-1]["train/wall_s"] if progress.rows else 0.0)
             for iteration in range(start + 1, cfg.iterations + 1):
                 row = {"iteration": float(iteration), **iteration_metrics(algo.train(), slate_size)}
@@ -106,6 +137,7 @@ def train(cfg: TrainPolicyConfig) -> dict[str, Any]:
                         env_config.replace(user_split="validation"),
                         cfg.validate_users,
                         cfg.eval_seed + 1,
+                        choice_model,
                     )
                     row["eval/session_return"] = value
                     if cfg.export == "best" and value > best:
@@ -113,6 +145,7 @@ def train(cfg: TrainPolicyConfig) -> dict[str, Any]:
                         export(iteration, value)
                 row["train/wall_s"] = time.perf_counter() - started
                 progress.add(row)
+                tracker.log(row, step=iteration)
                 print(progress_line(row, cfg.iterations), flush=True)
                 if (
                     cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0
@@ -124,9 +157,16 @@ def train(cfg: TrainPolicyConfig) -> dict[str, Any]:
             if cfg.export == "last" or not math.isfinite(best):
                 export(cfg.iterations, None)
             print(f"exported policy → {storage.join(cfg.out, POLICY_DIR)}", flush=True)
+        except BaseException:
+            if tracker is not None:
+                tracker.close(failed=True)
+            raise
         finally:
             algo.stop()
 
+        if cfg.eval_users == 0:  # evaluated elsewhere (rayrec compare): metrics, checkpoints and export only
+            tracker.close()
+            return {"policy_dir": policy_dir, "rows": progress.rows, "markdown": "(no held-out evaluation)\n"}
         summary = evaluate_policies(
             policy_dir,
             env_config.replace(user_split="test"),
@@ -138,6 +178,10 @@ def train(cfg: TrainPolicyConfig) -> dict[str, Any]:
         write_evaluation(
             summary, out, progress.rows, command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
         )
+        with tracker:  # the held-out evaluation joins the run: test metrics and the report
+            tracker.log(evaluation_metrics(summary), step=cfg.iterations)
+            for name in ("eval.json", "eval.md", "eval.html", "learning_curve.png"):
+                tracker.log_artifact(out / name)
         return summary
 
 

@@ -14,13 +14,24 @@ from typing import Any
 import matplotlib
 import numpy as np
 
+from envs.beyond import evaluate_beyond
 from envs.config import SlateEnvConfig
 from envs.factory import build_simulator
 from envs.policies import make_policy
 from envs.rollout import evaluate_policy
 from envs.spec import users_used
+from rayrec.click_logit import SlateClickModel
+from rayrec.html_report import write_html_report
+from rayrec.metrics.beyond import Exposure
+from rayrec.metrics.session import (
+    BEYOND,
+    BEYOND_PER_USER,
+    REPORTED,
+    SessionOutcomes,
+    namespaced,
+    paired_difference,
+)
 from rayrec.metrics.session import METRICS as SESSION_METRICS
-from rayrec.metrics.session import REPORTED, SessionOutcomes, namespaced, paired_difference
 from rayrec.slate_policy import SlatePolicy
 from rayrec.slate_scorer import ExportConfig, ExportedPolicy, SlateScorer
 
@@ -33,8 +44,15 @@ ROLLOUT_SLOTS = 4096
 """Users simulated at once (simulator rows)."""
 
 
-def validation_return(scorer: SlateScorer, env_config: SlateEnvConfig, num_users: int, seed: int) -> float:
-    """Mean session return of ``scorer``'s deterministic top-k policy over ``num_users`` held-out users."""
+def validation_return(
+    scorer: SlateScorer,
+    env_config: SlateEnvConfig,
+    num_users: int,
+    seed: int,
+    choice_model: SlateClickModel | None = None,
+) -> float:
+    """Mean session return of ``scorer``'s deterministic policy over ``num_users`` held-out users: the top-k
+    scores, or SlateQ's greedy slate when ``choice_model`` is given (see :class:`ExportedPolicy`)."""
     policy = ExportedPolicy(
         scorer,
         ExportConfig(
@@ -42,6 +60,7 @@ def validation_return(scorer: SlateScorer, env_config: SlateEnvConfig, num_users
             slate_size=env_config.slate_size,
             num_candidates=env_config.num_candidates,
             budget=env_config.budget,
+            choice_model=choice_model,
         ),
     )
     return float(play(policy, env_config, num_users, seed).session_return.mean())
@@ -52,6 +71,15 @@ def play(spec: str | SlatePolicy, env_config: SlateEnvConfig, num_users: int, se
     sim = build_simulator(env_config, batch=min(num_users, ROLLOUT_SLOTS))
     policy = make_policy(spec, sim) if isinstance(spec, str) else spec
     return evaluate_policy(policy, sim, num_users, seed)
+
+
+def play_beyond(
+    spec: str | SlatePolicy, env_config: SlateEnvConfig, num_users: int, seed: int
+) -> tuple[SessionOutcomes, Exposure]:
+    """:func:`play` with the beyond-accuracy metrics measured (:func:`envs.beyond.evaluate_beyond`)."""
+    sim = build_simulator(env_config, batch=min(num_users, ROLLOUT_SLOTS))
+    policy = make_policy(spec, sim) if isinstance(spec, str) else spec
+    return evaluate_beyond(policy, sim, num_users, seed)
 
 
 def evaluate_policies(
@@ -69,10 +97,15 @@ def evaluate_policies(
         {baseline: {"diff": {mean, ci95_low, ci95_high}, "ratio", "significant"}}, "markdown"}`` where
         ``diff`` is the paired difference of session returns (trained minus baseline).
     """
-    outcomes = {name: play(policy_dir, env_config, num_users, seed)}
-    for spec in baselines:
-        outcomes[spec] = play(spec, env_config, num_users, seed)
-    policies = {key: o.summary(REPORTED) for key, o in outcomes.items()}
+    runs = {
+        key: play_beyond(spec, env_config, num_users, seed)
+        for key, spec in [(name, policy_dir)] + [(spec, spec) for spec in baselines]
+    }
+    outcomes = {key: o for key, (o, _) in runs.items()}
+    policies = {
+        key: o.summary((*REPORTED, *BEYOND_PER_USER)) | exposure.summary(seed=seed)
+        for key, (o, exposure) in runs.items()
+    }
     trained = outcomes[name]
     comparisons = {}
     for spec in baselines:
@@ -112,6 +145,17 @@ def evaluation_markdown(summary: dict[str, Any]) -> str:
     for key, metrics in summary["policies"].items():
         label = f"**{key}** (trained)" if key == summary["trained"] else key
         lines.append(f"| {label} | " + " | ".join(_fmt(metrics[m], 3) for m in METRICS) + " |")
+    beyond = [namespaced(m) for m in BEYOND]
+    lines += [
+        "",
+        "Beyond accuracy (coverage and Gini: bootstrap over users):",
+        "",
+        "| policy | " + " | ".join(f"{m} ({SESSION_METRICS[m.split('/')[-1]].unit})" for m in beyond) + " |",
+        "| --- |" + " --- |" * len(beyond),
+    ]
+    for key, metrics in summary["policies"].items():
+        if all(m in metrics for m in beyond):
+            lines.append(f"| {key} | " + " | ".join(_fmt(metrics[m], 3) for m in beyond) + " |")
     lines += [
         "",
         f"Paired differences of session return ({summary['trained']} minus baseline, same users):",
@@ -127,12 +171,13 @@ def plot_learning_curve(rows: list[dict[str, float]], summary: dict[str, Any], p
     """Training and validation session return per env step, with the baselines' held-out returns."""
     fig, ax = plt.subplots(figsize=(10, 4.5))
     steps = np.array([r["train/env_steps"] for r in rows])
+    name = summary["trained"]
     ax.plot(
-        steps, [r["sim/session_return"] for r in rows], label="PPO, training (sampled slates)", color="C0"
+        steps, [r["sim/session_return"] for r in rows], label=f"{name}, training (sampled slates)", color="C0"
     )
     val = [(r["train/env_steps"], r["eval/session_return"]) for r in rows if "eval/session_return" in r]
     if val:
-        ax.plot(*zip(*val, strict=True), "o-", label="PPO, validation users (top-k)", color="C1")
+        ax.plot(*zip(*val, strict=True), "o-", label=f"{name}, validation users (deterministic)", color="C1")
     for i, (key, metrics) in enumerate(summary["policies"].items()):
         if key != summary["trained"]:
             ax.axhline(
@@ -144,7 +189,7 @@ def plot_learning_curve(rows: list[dict[str, float]], summary: dict[str, Any], p
             )
     ax.set_xlabel("environment steps")
     ax.set_ylabel("mean session return")
-    ax.set_title("rayrec: PPO slate policy in rayrec/SlateRec-v0")
+    ax.set_title(f"rayrec: {name} slate policy in rayrec/SlateRec-v0")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
@@ -153,7 +198,7 @@ def plot_learning_curve(rows: list[dict[str, float]], summary: dict[str, Any], p
 
 
 def write_evaluation(summary: dict[str, Any], out: Path, rows: list[dict[str, float]], command: str) -> None:
-    """``eval.json``, ``eval.md`` and ``learning_curve.png`` under ``out``."""
+    """``eval.json``, ``eval.md``, ``learning_curve.png`` and ``eval.html`` (all in one page) under ``out``."""
     wall = rows[-1]["train/wall_s"] if rows else float("nan")
     record = {k: v for k, v in summary.items() if k != "markdown"} | {
         "command": command,
@@ -164,3 +209,7 @@ def write_evaluation(summary: dict[str, Any], out: Path, rows: list[dict[str, fl
     (out / "eval.md").write_text(header + summary["markdown"])
     if rows:
         plot_learning_curve(rows, summary, out / "learning_curve.png")
+    plots = ["learning_curve.png"] if rows else []
+    write_html_report(
+        header + summary["markdown"], str(out / "eval.html"), title="rayrec policy evaluation", plots=plots
+    )

@@ -59,6 +59,14 @@ class TorchPlackettLuce(TorchDistribution):
         return TorchDeterministic(loc=plackett_luce.top_k(self.logits, self.slate_size))
 
 
+def check_slate_spaces(module: str, obs_space: gym.Space, act_space: gym.Space) -> None:
+    """Refuse spaces a slate module cannot read: a Dict observation with :data:`OBS_KEYS`, MultiDiscrete([K] * k)."""
+    if not isinstance(obs_space, gym.spaces.Dict) or set(OBS_KEYS) - set(obs_space.spaces):
+        raise ConfigError(f"{module} needs a Dict observation with keys {list(OBS_KEYS)}, got {obs_space}")
+    if not isinstance(act_space, gym.spaces.MultiDiscrete) or len(set(act_space.nvec.tolist())) != 1:
+        raise ConfigError(f"{module} needs a MultiDiscrete([K] * k) action space, got {act_space}")
+
+
 class SlateRLModule(TorchRLModule, ValueFunctionAPI):
     """PPO's policy and value function for the slate env: scores candidates, Plackett–Luce over them.
 
@@ -70,12 +78,7 @@ class SlateRLModule(TorchRLModule, ValueFunctionAPI):
 
     def setup(self) -> None:
         obs_space, act_space = self.observation_space, self.action_space
-        if not isinstance(obs_space, gym.spaces.Dict) or set(OBS_KEYS) - set(obs_space.spaces):
-            raise ConfigError(
-                f"SlateRLModule needs a Dict observation with keys {list(OBS_KEYS)}, got {obs_space}"
-            )
-        if not isinstance(act_space, gym.spaces.MultiDiscrete) or len(set(act_space.nvec.tolist())) != 1:
-            raise ConfigError(f"SlateRLModule needs a MultiDiscrete([K] * k) action space, got {act_space}")
+        check_slate_spaces("SlateRLModule", obs_space, act_space)
         config = dict(self.model_config or {})
         self.scorer = SlateScorer(
             ScorerConfig(

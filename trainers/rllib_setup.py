@@ -1,5 +1,8 @@
 """RLlib wiring of the slate policy: the env creator, the PPO config, the per-session metrics callback.
 
+PPO runs with the per-position slate loss of :class:`trainers.slate_ppo.SlatePPOTorchLearner`; SlateQ's
+config is in :mod:`trainers.slateq` (same env creator and callback).
+
 The simulator reaches RLlib's env runners as a creator registered with ``ray.tune.register_env`` (an env
 registered only in the driver is invisible to remote runners); each runner steps the native vector env.
 """
@@ -20,9 +23,19 @@ from rayrec.config import to_plain
 from rayrec.slate_scorer import SlateScorer
 from trainers.policy_config import TrainPolicyConfig
 from trainers.rllib_module import SlateRLModule
+from trainers.slate_ppo import CLIP_FRACTION_KEY, SlatePPOTorchLearner
 
 RLLIB_ENV_NAME = "rayrec-slate-rllib"
 MODULE_ID = "default_policy"
+
+
+def scorer_model_config(cfg) -> dict:
+    """The scorer network's shape (``hidden``, attention layers and heads) as an RLModule ``model_config``."""
+    return {
+        "hidden": cfg.hidden,
+        "attention_layers": cfg.attention_layers,
+        "attention_heads": cfg.attention_heads,
+    }
 
 
 def make_rllib_env(env_config: dict[str, Any]):
@@ -86,16 +99,12 @@ def build_algorithm_config(cfg: TrainPolicyConfig, env_config: SlateEnvConfig):
             minibatch_size=cfg.minibatch_size,
             num_epochs=cfg.num_epochs,
             grad_clip=1.0,
+            learner_class=SlatePPOTorchLearner,
         )
         .rl_module(
             rl_module_spec=RLModuleSpec(
                 module_class=SlateRLModule,
-                model_config={
-                    "hidden": cfg.hidden,
-                    "attention_layers": cfg.attention_layers,
-                    "attention_heads": cfg.attention_heads,
-                    "entropy_samples": cfg.entropy_samples,
-                },
+                model_config=scorer_model_config(cfg) | {"entropy_samples": cfg.entropy_samples},
             )
         )
         .callbacks(SessionMetrics)
@@ -105,8 +114,10 @@ def build_algorithm_config(cfg: TrainPolicyConfig, env_config: SlateEnvConfig):
 
 
 def iteration_metrics(result: dict[str, Any], slate_size: int) -> dict[str, float]:
-    """Namespaced metrics of one ``algo.train()`` result: ``sim/*`` (this iteration's sessions, in the
-    vocabulary of :mod:`rayrec.metrics.session`) and ``train/*``."""
+    """Namespaced metrics of one ``algo.train()`` result: ``sim/*`` (this iteration's sessions under the
+    *sampled* training policy, in the vocabulary of :mod:`rayrec.metrics.session`) and ``train/*`` (PPO:
+    losses, slate entropy and each position's ``train/entropy_p{p}``, clip fraction; SlateQ: TD loss, mean
+    Q, click rate of the replayed batch). Learner keys a method does not log are NaN."""
     runners = result.get("env_runners", {})
     sessions = float(runners.get("rayrec_sessions_sum", 0.0))
     steps = float(runners.get("rayrec_steps_sum", 0.0))
@@ -125,8 +136,14 @@ def iteration_metrics(result: dict[str, Any], slate_size: int) -> dict[str, floa
         ("entropy", "entropy"),
         ("mean_kl_loss", "kl"),
         ("vf_explained_var", "vf_explained_var"),
+        (CLIP_FRACTION_KEY, "clip_fraction"),
+        ("qf_loss", "qf_loss"),
+        ("qf_mean", "q_mean"),
+        ("click_rate", "replay_click_rate"),
     ):
         out[f"train/{name}"] = float(learner.get(src, nan))
+    for p in range(slate_size):
+        out[f"train/entropy_p{p}"] = float(learner.get(f"entropy_p{p}", nan))
     return out
 
 

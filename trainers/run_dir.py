@@ -57,6 +57,8 @@ def check_run_binding(out: str, binding: dict[str, Any], resume: bool) -> None:
         for key, value in binding[part].items()
         if stored.get(part, {}).get(key) != value
     ]
+    if "algo" in binding and stored.get("algo", "ppo") != binding["algo"]:
+        diffs.append(f"algo: checkpoint {stored.get('algo', 'ppo')!r} vs now {binding['algo']!r}")
     if diffs:
         raise ArtifactError(
             f"{out}: the checkpoint was trained with another configuration: " + "; ".join(diffs)
@@ -139,11 +141,14 @@ class ProgressLog:
 def progress_line(row: dict[str, float], total: int) -> str:
     val = row.get("eval/session_return")
     extra = f"  eval/session_return {val:.3f}" if val is not None else ""
+    if math.isfinite(row.get("train/entropy", math.nan)):  # PPO
+        learner = f"train/entropy {row['train/entropy']:.2f}  train/kl {row['train/kl']:.4f}"
+    else:  # SlateQ
+        learner = f"train/qf_loss {row.get('train/qf_loss', math.nan):.4f}  train/q_mean {row.get('train/q_mean', math.nan):.3f}"
     return (
         f"iter {int(row['iteration']):>3}/{total}  steps {int(row['train/env_steps']):>8}  "
         f"sim/session_return {row['sim/session_return']:.3f}  sim/ctr {row['sim/ctr']:.3f}  "
-        f"sim/session_length {row['sim/session_length']:.2f}  train/entropy {row['train/entropy']:.2f}  "
-        f"train/kl {row['train/kl']:.4f}{extra}  {row['train/wall_s']:.0f}s"
+        f"sim/session_length {row['sim/session_length']:.2f}  {learner}{extra}  {row['train/wall_s']:.0f}s"
     )
 
 

@@ -9,7 +9,7 @@ Modules, one job each:
 - :mod:`rayrec.ab.simulate`: in-process experiments sharded over Ray tasks.
 - :mod:`rayrec.ab.http_client`: experiments against a running server (``--url``).
 - :mod:`rayrec.ab.analysis`, :mod:`rayrec.ab.report`, :mod:`rayrec.ab.plots`: the report.
-- :mod:`rayrec.ab.ope`, :mod:`rayrec.ab.reward_model`, :mod:`rayrec.ab.replay`: IPS, SNIPS, DM, DR
+- :mod:`rayrec.ab.ope`, :mod:`rayrec.ab.reward_model`, :mod:`rayrec.logs.reader`: IPS, SNIPS, DM, DR
   (replaying the requests table of :mod:`rayrec.events`).
 - :mod:`rayrec.ab.config`, :mod:`rayrec.ab.experiment`, :mod:`rayrec.ab.offline`: the commands' configs
   and their end-to-end runs.

@@ -6,14 +6,17 @@ to :class:`rayrec.ab.metrics.UserMetrics` and holds the result that reports and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from rayrec.ab.metrics import METRICS, UserMetrics
 from rayrec.ab.sequential import msprt
 from rayrec.ab.stats import Method, compare, srm_p_value
 from rayrec.errors import ConfigError, DataError
-from rayrec.metrics.session import mean_interval
+from rayrec.metrics.beyond import Exposure, independent_corpus_difference
+from rayrec.metrics.session import BEYOND_PER_USER, CORPUS, mean_interval
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,39 @@ class AbAnalysis:
         raise KeyError((metric, treatment))
 
 
+CORPUS_RESAMPLES = 500
+"""At most this many bootstrap resamples of users for the corpus-level metrics (each one re-counts every
+impression of the arm)."""
+
+
+def _corpus_comparisons(
+    exposures: Mapping[str, Exposure], control: str, treatment: str, resamples: int, seed: int, alpha: float
+) -> list[Comparison]:
+    """Treatment minus control of every corpus-level metric (bootstrap over each arm's users)."""
+    diffs = independent_corpus_difference(exposures[treatment], exposures[control], resamples, seed, alpha)
+    out = []
+    for metric in CORPUS:
+        d = diffs[metric]
+        base = d["control"]
+        scale = abs(base) if base else float("nan")
+        out.append(
+            Comparison(
+                metric=metric,
+                control=control,
+                treatment=treatment,
+                method="bootstrap-users (equal users)",
+                control_mean=base,
+                treatment_mean=d["treatment"],
+                lift=d["mean"],
+                ci95=(d["ci95_low"], d["ci95_high"]),
+                relative_lift=d["mean"] / scale,
+                relative_ci95=(d["ci95_low"] / scale, d["ci95_high"] / scale),
+                p_value=d["p_value"],
+            )
+        )
+    return out
+
+
 def analyse(
     users: UserMetrics,
     arms: Sequence[tuple[str, str, float]],
@@ -82,6 +118,7 @@ def analyse(
     resamples: int = 2000,
     seed: int = 0,
     sequential_tau_sd: float | None = 0.1,
+    exposures: Mapping[str, Exposure] | None = None,
 ) -> AbAnalysis:
     """Summarise every arm and compare every other arm with ``control`` on every metric.
 
@@ -91,6 +128,11 @@ def analyse(
         control: the control arm's name (default: the first arm).
         method: ``welch``, ``bootstrap`` or ``auto`` (bootstrap for skewed metrics).
         sequential_tau_sd: mSPRT mixing sd in pooled-sd units; None switches sequential monitoring off.
+        exposures: each arm's logged impressions (:func:`rayrec.metrics.beyond.group_exposures`): adds the
+            corpus-level metrics (coverage, exposure Gini), compared by the bootstrap over each arm's users.
+
+    The beyond-accuracy per-user metrics (``ild``, ``novelty``, ``calibration``) are summarised and compared
+    like the others wherever every user has them (they are NaN where they were not measured).
     """
     names = [name for name, _, _ in arms]
     if len(names) < 2:
@@ -103,25 +145,39 @@ def analyse(
     if unknown:
         raise DataError(f"users were assigned to arms that are not planned: {unknown}")
     summaries = []
-    values = {m: users.metric(m) for m in METRICS}
+    measured = [m for m in BEYOND_PER_USER if len(users) and np.isfinite(users.metric(m)).all()]
+    per_user = (*METRICS, *measured)
+    values = {m: users.metric(m) for m in per_user}
+    corpus, notes = {}, []
+    if exposures is not None:
+        missing = sorted(set(names) - set(exposures))
+        if missing:
+            notes.append(f"no logged impressions for arms {missing}: coverage and exposure Gini not compared")
+            exposures = None
+        else:
+            draws = min(resamples, CORPUS_RESAMPLES)
+            corpus = {name: exposures[name].summary(None, draws, seed, alpha) for name in names}
     for name, policy, weight in arms:
         mask = users.arm_mask(name)
-        intervals = {m: mean_interval(values[m][mask], alpha) for m in METRICS}
+        intervals = {m: mean_interval(values[m][mask], alpha) for m in per_user} | corpus.get(name, {})
         summaries.append(
             ArmSummary(
                 name=name,
                 policy=policy,
                 weight=float(weight),
                 users=counts[name],
-                means={m: intervals[m]["mean"] for m in METRICS},
-                ci95={m: (intervals[m]["ci95_low"], intervals[m]["ci95_high"]) for m in METRICS},
+                means={m: v["mean"] for m, v in intervals.items()},
+                ci95={m: (v["ci95_low"], v["ci95_high"]) for m, v in intervals.items()},
             )
         )
     comparisons = []
     for treatment in (n for n in names if n != control):
         pair = users.arm_mask(control) | users.arm_mask(treatment)
         is_treatment = users.arm[pair] == treatment
-        for metric in METRICS:
+        if exposures is not None:
+            draws = min(resamples, CORPUS_RESAMPLES)
+            comparisons += _corpus_comparisons(exposures, control, treatment, draws, seed, alpha)
+        for metric in per_user:
             est = compare(
                 values[metric][users.arm_mask(control)],
                 values[metric][users.arm_mask(treatment)],
@@ -150,7 +206,6 @@ def analyse(
                 )
             )
     srm = srm_p_value(counts, {name: weight for name, _, weight in arms})
-    notes = []
     if srm < 0.001:
         notes.append(
             f"sample ratio mismatch (p = {srm:.2g}): users per arm do not match the planned split; "

@@ -61,10 +61,19 @@ class AbConfig(SimulatorOptions):
     RAYREC_API_KEY environment variable."""
     progress: bool = True
     """Show progress bars."""
+    primary: str = "session_return"
+    """The metric a treatment must win on (its interval excludes 0 on the better side) to ship."""
+    guardrail: list[str] = field(default_factory=list)
+    """A guardrail as METRIC:TOLERANCE (repeatable), e.g. sim/coverage:0.05: the treatment ships only if
+    the interval of its lift shows it at most TOLERANCE x the control mean worse (see rayrec.ab.guardrails)."""
 
     def __post_init__(self) -> None:
         if self.users < 1:
             raise ConfigError(f"--users must be >= 1, got {self.users}")
+        from rayrec.ab.guardrails import parse_guardrail  # guardrails imports the analysis: kept lazy
+
+        for spec in self.guardrail:
+            parse_guardrail(spec)
         _check_level("alpha", self.alpha)
         if self.resamples < 100:
             raise ConfigError(f"--resamples must be >= 100, got {self.resamples}")

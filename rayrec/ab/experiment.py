@@ -4,7 +4,7 @@ Output directory::
 
     config.yaml          the resolved AbConfig
     users.parquet        per-user metrics (the unit of analysis; `rayrec ab plan --pilot` reads it)
-    report.json          arms, comparisons, srm_p_value
+    report.json          arms, comparisons (beyond-accuracy metrics included), srm_p_value, verdicts
     report.md            the same for people, with the plots
     metrics_by_arm.png   mean per arm with intervals
     cumulative_lift.png  lift as users arrive, with the always-valid confidence sequence
@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import os
 
-from envs.policies import POLICY_NAMES, make_policy
+from envs.factory import load_world
+from envs.policies import check_policy_spec
 from envs.spec import resolve_env_config, users_used
 from rayrec import storage
 from rayrec.ab.analysis import AbAnalysis, analyse
 from rayrec.ab.config import AbConfig
+from rayrec.ab.guardrails import parse_guardrail, verdicts
 from rayrec.ab.http_client import run_http_ab
 from rayrec.ab.plots import LIFT_PNG, METRICS_PNG, plot_cumulative_lift, plot_metrics_by_arm
 from rayrec.ab.report import write_report
@@ -27,11 +29,12 @@ from rayrec.ab.simulate import run_simulated_ab, simulated_user_ids
 from rayrec.assignment import Arm, parse_arm
 from rayrec.config import save_config
 from rayrec.errors import ConfigError
+from rayrec.events import read_impressions
+from rayrec.logs.reader import SIMULATOR_FILE  # beside a simulated log: `rayrec ope` rebuilds its catalog
+from rayrec.metrics.event_log import CatalogView, log_exposures
 from rayrec.runtime import init_ray
 
 EVENTS_DIR = "events"
-SIMULATOR_FILE = "simulator.yaml"
-"""The simulator's config, saved beside a simulated event log so `rayrec ope` can rebuild its catalog."""
 
 
 def parse_arms(specs: list[str]) -> list[Arm]:
@@ -40,8 +43,7 @@ def parse_arms(specs: list[str]) -> list[Arm]:
     if len(arms) < 2:
         raise ConfigError(f"an A/B test needs at least two --arm NAME=POLICY, got {len(arms)}")
     for arm in arms:
-        if arm.policy not in POLICY_NAMES:
-            make_policy(arm.policy)  # loads a policy directory now, or says the spec is unknown
+        check_policy_spec(arm.policy)  # loads a policy directory now, or says the spec is unknown
     return arms
 
 
@@ -107,6 +109,11 @@ def run_experiment(config: AbConfig) -> AbAnalysis:
         )
         arms = [(a.name, a.policy, a.weight) for a in planned]
     users.save(config.out)
+    catalog = load_world(env_config).catalog
+    exposures = log_exposures(
+        read_impressions(events_dir),
+        CatalogView(catalog.item_ids, catalog.embeddings, catalog.popularity_counts, catalog.categories),
+    )
     analysis = analyse(
         users,
         arms,
@@ -116,7 +123,10 @@ def run_experiment(config: AbConfig) -> AbAnalysis:
         resamples=config.resamples,
         seed=config.seed,
         sequential_tau_sd=config.tau_sd if config.sequential else None,
+        exposures=exposures,
     )
+    decisions = verdicts(analysis, config.primary, [parse_guardrail(g) for g in config.guardrail])
+    analysis.notes.extend(v.line() for v in decisions)
     plot_metrics_by_arm(analysis, storage.join(config.out, METRICS_PNG))
     plot_cumulative_lift(users, analysis, storage.join(config.out, LIFT_PNG), tau_sd=config.tau_sd)
     write_report(
@@ -129,6 +139,7 @@ def run_experiment(config: AbConfig) -> AbAnalysis:
             "seed": config.seed,
             "preset": config.preset,
             "users_from": users_used(env_config),
+            "verdicts": [v.to_dict() for v in decisions],
         },
     )
     return analysis

@@ -24,14 +24,15 @@ from dataclasses import dataclass
 import httpx
 import numpy as np
 
+from envs.beyond import BeyondAccuracyObserver
 from envs.config import SlateEnvConfig
 from envs.factory import build_simulator
 from envs.rollout import Shown, StepRecord, run_sessions
 from envs.simulator import SlateSimulator
 from rayrec.ab.metrics import UserMetrics
-from rayrec.ab.replay import ItemLookup
 from rayrec.ab.simulate import EventLogObserver
 from rayrec.errors import DataError, RayrecError
+from rayrec.logs.reader import ItemLookup
 from rayrec.slate_policy import Observation
 
 RETRIES = 8
@@ -194,14 +195,17 @@ def run_http_ab(
         with ThreadPoolExecutor(concurrency) as pool:
             source = ServerSource(client, list(user_ids), items, pool)
             log = EventLogObserver(events_dir, user_ids, sim.catalog.item_ids)
+            beyond = BeyondAccuracyObserver(sim.catalog, len(user_ids))
             try:
-                outcomes = run_sessions(
-                    sim,
-                    source,
-                    len(user_ids),
-                    seed,
-                    observers=[FeedbackObserver(client, sim.catalog.item_ids, pool), log],
-                    progress="ab --url: users" if progress else None,
+                outcomes = beyond.fill(
+                    run_sessions(
+                        sim,
+                        source,
+                        len(user_ids),
+                        seed,
+                        observers=[FeedbackObserver(client, sim.catalog.item_ids, pool), log, beyond],
+                        progress="ab --url: users" if progress else None,
+                    )
                 )
             finally:
                 log.close()

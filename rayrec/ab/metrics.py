@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from rayrec import storage
 from rayrec.errors import DataError
-from rayrec.metrics.session import REPORTED, SessionOutcomes
+from rayrec.metrics.session import BEYOND_PER_USER, REPORTED, SessionOutcomes
 
 METRICS = REPORTED
 """Metric names, in report order."""
@@ -90,7 +90,8 @@ class UserMetrics(SessionOutcomes):
 
     @classmethod
     def from_table(cls, table: pa.Table) -> UserMetrics:
-        required = {"user_id", "arm", *OUTCOME_FIELDS} - {"left", "sessions"}  # older tables lack these
+        # older tables lack these
+        required = {"user_id", "arm", *OUTCOME_FIELDS} - {"left", "sessions", *BEYOND_PER_USER}
         missing = required - set(table.column_names)
         if missing:
             raise DataError(f"per-user metrics table lacks columns {sorted(missing)}")

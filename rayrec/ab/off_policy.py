@@ -1,8 +1,8 @@
 """Off-policy evaluation of a target policy on logged requests, end to end (item level and session level).
 
 1. Every logging policy and the target are replayed on every logged request
-   (:class:`rayrec.ab.logged.LoggedRequests`) to get the probability each gives the logged slate. That
-   gives the multi-logger mixture (:mod:`rayrec.ab.support`): the posterior over each user's arm and the
+   (:class:`rayrec.logs.requests.LoggedRequests`) to get the probability each gives the logged slate. That
+   gives the multi-logger mixture (:mod:`rayrec.logs.mixture`): the posterior over each user's arm and the
    trajectory weights. A user with a logged slate that the user's own logging policy, as rebuilt here,
    could not have shown is left out and counted (a near-tie re-ranked differently, say); more than
    :data:`MAX_UNREPRODUCIBLE` of such requests means the policies or the index are not the ones the log
@@ -24,12 +24,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from rayrec.ab.logged import LoggedRequests
 from rayrec.ab.ope import LoggedSlates, OpeEstimate, estimate_all
 from rayrec.ab.reward_model import EmbeddingBasis, SlateRewardModel, fit_reward_model
 from rayrec.ab.session_ope import LoggedEpisodes, estimate_episodes, q_features
-from rayrec.ab.support import LoggingMixture, WeightDiagnostics, slate_log_prob, within_user_cumsum
 from rayrec.errors import ConfigError, DataError, RayrecError
+from rayrec.logs.mixture import LoggingMixture, WeightDiagnostics, slate_log_prob, within_user_cumsum
+from rayrec.logs.requests import LoggedRequests
 from rayrec.slate_policy import Observation, SlatePolicy
 
 REPLAY_BATCH = 2048

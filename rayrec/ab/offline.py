@@ -10,13 +10,12 @@ from envs.factory import build_simulator
 from envs.policies import SIMULATION_POLICIES, make_policy
 from rayrec import storage
 from rayrec.ab.config import OpeConfig
-from rayrec.ab.experiment import SIMULATOR_FILE
 from rayrec.ab.off_policy import evaluate_logged
-from rayrec.ab.replay import ItemLookup, logged_requests, read_event_log
 from rayrec.baselines import load_policy
 from rayrec.config import load_config
 from rayrec.errors import ConfigError, DataError
 from rayrec.index import ItemIndex
+from rayrec.logs.reader import SIMULATOR_FILE, ItemLookup, logged_requests, read_event_log
 from rayrec.slate_policy import SlatePolicy
 
 

@@ -9,7 +9,7 @@ estimator below estimates this same V; for one-step sessions it is the target's 
 
 Weights are item-position weights ``w_ip = π(a_ip at p | x_i) / μ(a_ip at p | h_i)`` with μ the logging
 process's probability of showing the logged item there — the mixture of every logging policy, weighted by
-the probability that the user's arm was each of them (:mod:`rayrec.ab.support`). They need only the
+the probability that the user's arm was each of them (:mod:`rayrec.logs.mixture`). They need only the
 item-position marginals of the policies, never the probability of whole slates, whose number
 (K!/(K-k)!) makes slate-level weights unusable. The price is the item-position model (IPM): IPS and SNIPS
 are unbiased when the reward at position p depends only on the context, the item and p. Clicks that
@@ -48,8 +48,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from rayrec.ab.stats import resample_counts
-from rayrec.ab.support import WeightDiagnostics
 from rayrec.errors import DataError
+from rayrec.logs.mixture import WeightDiagnostics
 
 ESTIMATORS = ("ips", "snips", "dm", "dr")
 CLIPPED = ("ips_clip", "dr_clip")

@@ -11,6 +11,7 @@ from rayrec.ab.analysis import AbAnalysis
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
 
 
 def _num(value: float | None) -> float | None:
@@ -112,8 +113,13 @@ def report_markdown(analysis: AbAnalysis, title: str = "A/B test", plots: list[s
 def write_report(
     analysis: AbAnalysis, out_dir: str, *, extra: dict[str, Any] | None = None, plots: list[str] | None = None
 ) -> tuple[str, str]:
-    """Write ``report.json`` and ``report.md`` under ``out_dir``; returns their URIs."""
+    """Write ``report.json`` and ``report.md`` under ``out_dir``, and the Markdown with its plots embedded as
+    one self-contained ``report.html`` (:mod:`rayrec.html_report`); returns the JSON's and Markdown's URIs."""
+    from rayrec.html_report import write_html_report
+
     json_uri, md_uri = storage.join(out_dir, REPORT_JSON), storage.join(out_dir, REPORT_MD)
     storage.write_text(json_uri, json.dumps(report_dict(analysis, extra), indent=2) + "\n")
-    storage.write_text(md_uri, report_markdown(analysis, plots=plots))
+    markdown = report_markdown(analysis, plots=plots)
+    storage.write_text(md_uri, markdown)
+    write_html_report(markdown, storage.join(out_dir, REPORT_HTML), title="rayrec A/B test")
     return json_uri, md_uri

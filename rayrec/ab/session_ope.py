@@ -8,7 +8,7 @@ The item-level estimators (:mod:`rayrec.ab.ope`) value one request and rank a cl
 high; these value what a policy does to the rest of the episode (users who leave early earn nothing more).
 
 Weights are the trajectory weights ``W_t = π(s_0..s_t) / μ(s_0..s_t)`` of the multi-logger mixture
-(:mod:`rayrec.ab.support`): a user's slates up to t, under the target over under the logging process. They
+(:mod:`rayrec.logs.mixture`): a user's slates up to t, under the target over under the logging process. They
 grow with the horizon, so only targets close to a logging policy along whole episodes are well supported;
 the diagnostics (effective sample size, largest weight, mean weight, which should be near 1) say how well.
 
@@ -53,8 +53,8 @@ import numpy as np
 
 from rayrec.ab.ope import OpeEstimate
 from rayrec.ab.stats import bootstrap_moments, resample_counts
-from rayrec.ab.support import WeightDiagnostics
 from rayrec.errors import DataError
+from rayrec.logs.mixture import WeightDiagnostics
 
 ESTIMATORS = ("fqe", "pdis", "sdr")
 MAX_UNITS = 4096

@@ -20,10 +20,11 @@ import pyarrow as pa
 import ray
 from tqdm import tqdm
 
+from envs.beyond import evaluate_beyond
 from envs.config import SlateEnvConfig
 from envs.factory import build_simulator
 from envs.policies import make_policy
-from envs.rollout import StepRecord, evaluate_policy
+from envs.rollout import StepRecord
 from rayrec.ab.metrics import UserMetrics
 from rayrec.assignment import Arm, assign_arm, validate_arms
 from rayrec.errors import ConfigError
@@ -141,7 +142,7 @@ def simulate_arm_users(
     policy = make_policy(arm.policy, sim)
     log = EventLogObserver(events_dir, user_ids, sim.catalog.item_ids, arm.name) if events_dir else None
     try:
-        outcomes = evaluate_policy(policy, sim, len(user_ids), seed, observers=[log] if log else [])
+        outcomes, _ = evaluate_beyond(policy, sim, len(user_ids), seed, observers=[log] if log else [])
     finally:
         if log is not None:
             log.close()

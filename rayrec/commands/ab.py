@@ -29,6 +29,9 @@ def run_ab(args: argparse.Namespace) -> int:
         ci = f"[{_fmt(c.ci95[0])}, {_fmt(c.ci95[1])}]"
         flag = " *" if c.p_value < analysis.alpha else ""
         print(f"{c.metric:<16}{c.treatment:<12}{_fmt(c.lift):>10}  {ci:<24}{_fmt(c.p_value):>9}{flag}")
+    for note in analysis.notes:
+        if note.startswith("Verdict"):
+            print(note.replace("**", ""))
     print(f"srm p-value {_fmt(analysis.srm_p_value)}; report: {storage.join(config.out, 'report.md')}")
     return 0
 

@@ -22,13 +22,25 @@ def _build_index(args: argparse.Namespace) -> int:
 def _eval_retrieval(args: argparse.Namespace) -> int:
     config = config_from_args(EvalRetrievalConfig, args)
     result = evaluate_retrieval(config)
-    popularity = result["baselines"]["popularity"]
+    names = list(result["baselines"])
     keys = [key for key in result if "@" in key or key == "mrr"]
     width = max(map(len, keys))
-    print(f"{result['users']} users, {result['index']['items']} items ({result['index']['type']} index)")
-    print(f"{'metric':<{width}}  {'model':>8}  {'popularity':>10}")
+    split = result["split"]
+    print(
+        f"{result['users']} users, {result['index']['items']} items ({result['index']['type']} index), "
+        f"{split['kind']} split: {result['warm']['users']} warm and {result['cold']['users']} cold targets"
+    )
+    print(f"{'metric':<{width}}  {'model':>8}  " + "  ".join(f"{name:>10}" for name in names))
     for key in keys:
-        print(f"{key:<{width}}  {result[key]:8.4f}  {popularity[key]:10.4f}")
+        row = "  ".join(f"{result['baselines'][name][key]:10.4f}" for name in names)
+        print(f"{key:<{width}}  {result[key]:8.4f}  {row}")
+    k = result["k"]
+    for section in ("warm", "cold"):
+        part = result[section]
+        row = "  ".join(f"{part['baselines'][name][f'recall@{k}']:10.4f}" for name in names)
+        print(f"{section + f' recall@{k}':<{width}}  {part['model'][f'recall@{k}']:8.4f}  {row}")
+    for name, why in result.get("skipped", {}).items():
+        print(f"{name}: skipped, {why}")
     return 0
 
 
@@ -43,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         (
             "eval-retrieval",
             _eval_retrieval,
-            "Recall/NDCG/MRR of an index on the temporal split, beside the popularity baseline",
+            "Recall/NDCG/MRR of an index on the temporal split, warm and cold targets, beside popularity, item-kNN and MF",
             EvalRetrievalConfig,
         ),
     ):

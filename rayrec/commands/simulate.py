@@ -18,7 +18,7 @@ from rayrec import storage
 from rayrec.cli import add_command
 from rayrec.config import add_config_args, config_from_args, save_config
 from rayrec.errors import ConfigError
-from rayrec.metrics.session import METRICS, REPORTED, namespaced
+from rayrec.metrics.session import BEYOND, METRICS, REPORTED, namespaced
 
 DEFAULT_POLICIES = ["random", "retrieval", "greedy", "oracle", "myopic-true"]
 ENV_CONFIG_FILE = "env_config.yaml"
@@ -33,7 +33,8 @@ class SimulateConfig(SimulatorOptions):
 
     policy: list[str] | None = None
     """Policy to run (repeatable): random, retrieval, greedy, or a trained policy directory, or the
-    simulation-only references oracle, myopic-true and planner (default: all of them but the planner)."""
+    simulation-only references oracle, myopic-true and planner (default: all of them but the planner),
+    or a re-ranker around any of them: mmr[@λ]:BASE, dpp[@θ]:BASE, fair[@β]:BASE (e.g. mmr:retrieval)."""
     users: int = 2000
     """Simulated users (one session each) per policy."""
     seed: int = 0
@@ -88,11 +89,11 @@ class CalibrateConfig(SimulatorOptions):
             )
 
 
-def format_table(results: dict[str, dict]) -> str:
-    """Markdown table: per policy, mean and 95% CI of every reported session metric."""
-    names = [namespaced(name) for name in REPORTED]
+def format_table(results: dict[str, dict], reported: tuple[str, ...] = REPORTED) -> str:
+    """Markdown table: per policy, mean and 95% CI of every ``reported`` session metric."""
+    names = [namespaced(name) for name in reported]
     lines = [
-        "| policy | " + " | ".join(f"{name} ({METRICS[name].unit})" for name in REPORTED) + " |",
+        "| policy | " + " | ".join(f"{name} ({METRICS[name].unit})" for name in reported) + " |",
         "| --- |" + " --- |" * len(names),
     ]
     for policy, metrics in results.items():
@@ -106,9 +107,9 @@ def format_table(results: dict[str, dict]) -> str:
 
 def run_simulate(args: argparse.Namespace) -> int:
     # The simulator stack (scipy, FAISS): imported when the command runs, so that `rayrec --help` stays fast.
+    from envs.beyond import evaluate_beyond
     from envs.factory import build_simulator
     from envs.policies import make_policy
-    from envs.rollout import evaluate_policy
 
     config = config_from_args(SimulateConfig, args)
     if config.list_presets:
@@ -119,10 +120,14 @@ def run_simulate(args: argparse.Namespace) -> int:
     for spec in config.policy or DEFAULT_POLICIES:
         sim = build_simulator(env_config, batch=min(config.users, ROLLOUT_SLOTS))
         policy = make_policy(spec, sim)
-        outcomes = evaluate_policy(policy, sim, config.users, config.seed, progress=f"simulate {spec}")
-        results[spec] = outcomes.summary()
+        outcomes, exposure = evaluate_beyond(
+            policy, sim, config.users, config.seed, progress=f"simulate {spec}"
+        )
+        results[spec] = outcomes.summary() | exposure.summary(seed=config.seed)
     print(f"preset {config.preset}, {config.users} users ({users_used(env_config)})")
     print(format_table(results))
+    print("\nBeyond accuracy (coverage and Gini: bootstrap over users; the rest: per-user means)")
+    print(format_table(results, BEYOND))
     if config.json:
         directory = config.json.rsplit("/", 1)[0] if "/" in config.json else "."
         storage.write_text(
@@ -196,6 +201,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         subparsers,
         "calibrate",
         run_calibrate,
-        help="fit the simulator's choice model to logs (temperature, no-click)",
+        help="fit the simulator to logs: choice model (temperature, no-click, position, appeal) and dynamics (drift, satisfaction, leave, return)",
     )
     add_config_args(calibrate, CalibrateConfig)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -17,6 +18,8 @@ from rayrec.errors import ConfigError, DataError
 from rayrec.index.faiss_index import IndexSpec, IndexType, build_faiss_index
 from rayrec.index.item_index import write_index
 from rayrec.runtime import init_ray
+
+EmbedMode = Literal["auto", "local", "ray"]
 
 
 @dataclass(kw_only=True)
@@ -55,6 +58,12 @@ class BuildIndexConfig(RayConfig):
     """Give each encoder actor one GPU."""
     max_length: int | None = None
     """Tokens per text (default: the encoder's max_seq_length)."""
+    embed: EmbedMode = "auto"
+    """Where items are embedded: local (this process, every core), ray (a Ray Data actor pool of --concurrency
+    actors, for a cluster's cores), auto (ray when a cluster address is given by --address or RAY_ADDRESS,
+    else local)."""
+    threads: int | None = None
+    """local: torch threads (default: torch's own choice, the physical cores)."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "concurrency"):
@@ -62,6 +71,14 @@ class BuildIndexConfig(RayConfig):
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.cpus_per_actor <= 0:
             raise ConfigError(f"--cpus-per-actor must be > 0, got {self.cpus_per_actor}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+
+    def embed_mode(self) -> str:
+        """``local`` or ``ray``: ``auto`` resolved (ray exactly when a cluster address is configured)."""
+        if self.embed != "auto":
+            return self.embed
+        return "ray" if (self.address or os.environ.get("RAY_ADDRESS")) else "local"
 
     def spec(self) -> IndexSpec:
         return IndexSpec(
@@ -89,7 +106,7 @@ def interaction_counts(data_dir: str, item_ids: list[str]) -> np.ndarray:
 
 def build_index(config: BuildIndexConfig) -> dict[str, Any]:
     """Embed, index and write ``config.out``; returns ``index.json``'s content plus timing figures."""
-    from rayrec.index.embed import ProgressLine, embed_texts  # heavy (Ray Data): keeps `rayrec --help` fast
+    from rayrec.index.embed import ProgressLine, embed_local, embed_texts  # heavy: keeps `rayrec --help` fast
 
     spec = config.spec()  # parameter errors before any work
     items_uri = storage.join(config.data, ITEMS_FILE)
@@ -106,30 +123,45 @@ def build_index(config: BuildIndexConfig) -> dict[str, Any]:
             check_model_dir(local)
     popularity = interaction_counts(config.data, item_ids)
 
-    init_ray(
-        config.address,
-        log_dir=None if storage.is_remote(config.out) else config.out,
-        verbose=config.verbose,
-    )
-    # Progress comes from this process (the driver), which reads the actors' batches back: the actors print
-    # nothing, so a quiet run (workers' output not forwarded) shows the same lines as a verbose one.
-    each = "1 GPU" if config.gpu else f"{config.cpus_per_actor:g} CPU"
-    actors = "actor" if config.concurrency == 1 else "actors"
-    print(
-        f"embedding {len(item_ids)} items with {config.concurrency} encoder {actors} ({each} each)",
-        flush=True,
-    )
-    started = time.perf_counter()
-    embeddings = embed_texts(
-        texts,
-        model,
-        batch_size=config.batch_size,
-        concurrency=config.concurrency,
-        cpus_per_actor=config.cpus_per_actor,
-        gpu=config.gpu,
-        max_length=config.max_length,
-        progress=ProgressLine("embedding items"),
-    )
+    mode = config.embed_mode()
+    if mode == "local":
+        where = "GPU" if config.gpu else "CPU" + (f", {config.threads} threads" if config.threads else "")
+        print(f"embedding {len(item_ids)} items in this process ({where})", flush=True)
+        started = time.perf_counter()
+        embeddings = embed_local(
+            texts,
+            model,
+            batch_size=config.batch_size,
+            gpu=config.gpu,
+            max_length=config.max_length,
+            threads=config.threads,
+            progress=ProgressLine("embedding items"),
+        )
+    else:
+        init_ray(
+            config.address,
+            log_dir=None if storage.is_remote(config.out) else config.out,
+            verbose=config.verbose,
+        )
+        # Progress comes from this process (the driver), which reads the actors' batches back: the actors print
+        # nothing, so a quiet run (workers' output not forwarded) shows the same lines as a verbose one.
+        each = "1 GPU" if config.gpu else f"{config.cpus_per_actor:g} CPU"
+        actors = "actor" if config.concurrency == 1 else "actors"
+        print(
+            f"embedding {len(item_ids)} items with {config.concurrency} encoder {actors} ({each} each)",
+            flush=True,
+        )
+        started = time.perf_counter()
+        embeddings = embed_texts(
+            texts,
+            model,
+            batch_size=config.batch_size,
+            concurrency=config.concurrency,
+            cpus_per_actor=config.cpus_per_actor,
+            gpu=config.gpu,
+            max_length=config.max_length,
+            progress=ProgressLine("embedding items"),
+        )
     embed_seconds = time.perf_counter() - started
     spec = spec.resolved(len(item_ids), embeddings.shape[1])
     started = time.perf_counter()
@@ -154,4 +186,4 @@ def build_index(config: BuildIndexConfig) -> dict[str, Any]:
         f"({len(item_ids) / embed_seconds:.0f} items/s), index {index_seconds:.1f}s",
         flush=True,
     )
-    return {**meta, "embed_seconds": embed_seconds, "index_seconds": index_seconds}
+    return {**meta, "embed_seconds": embed_seconds, "index_seconds": index_seconds, "embed_mode": mode}

@@ -1,4 +1,5 @@
-"""Embedding a catalog with Ray Data: ``map_batches`` over an actor pool, one encoder loaded per actor."""
+"""Embedding a catalog: in this process (:func:`embed_local`) or with Ray Data (:func:`embed_texts`), ``map_batches``
+over an actor pool with one encoder loaded per actor, for more cores than one machine has."""
 
 from __future__ import annotations
 
@@ -57,7 +58,10 @@ def embed_texts(
     n = len(texts)
     # several blocks per actor so that the pool stays busy and the driver sees steady progress
     rows_per_block = max(batch_size, math.ceil(n / (4 * max(concurrency, 1))))
-    table = pa.table({ROW_COLUMN: np.arange(n, dtype=np.int64), TEXT_COLUMN: texts})
+    # longest texts first across the whole catalog, so that every block (and batch) holds texts of about the
+    # same length and pads little; the row column puts each vector back in input order
+    order = np.argsort(-np.fromiter(map(len, texts), dtype=np.int64, count=n), kind="stable")
+    table = pa.table({ROW_COLUMN: order.astype(np.int64), TEXT_COLUMN: [texts[i] for i in order]})
     blocks = [table.slice(start, rows_per_block) for start in range(0, n, rows_per_block)]
     dataset = ray.data.from_arrow(blocks).map_batches(
         EmbedBatch,
@@ -101,3 +105,28 @@ class ProgressLine:
             self.last = now
             rate = done / max(now - self.start, 1e-9)
             print(f"{self.label}: {done}/{total} ({rate:.0f}/s)", flush=True)
+
+
+def embed_local(
+    texts: list[str],
+    model: str,
+    *,
+    batch_size: int = 128,
+    gpu: bool = False,
+    max_length: int | None = None,
+    threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """[N, d] float32 embeddings of ``texts`` in input order, computed in this process.
+
+    One encoder, every core of the process (``threads`` torch threads when given, else torch's default),
+    length-sorted batches (:meth:`rayrec.encoding.TextEncoder.encode`); on a GPU in bfloat16 autocast.
+    """
+    import torch  # heavy: only an in-process embedding loads torch in the driver
+
+    if not texts:
+        raise ValueError("no texts to embed")
+    if threads is not None:
+        torch.set_num_threads(max(1, threads))
+    encoder = TextEncoder.load(model, device="cuda" if gpu else None, max_length=max_length)
+    return encoder.encode(texts, batch_size=batch_size, progress=progress)

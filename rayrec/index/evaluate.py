@@ -3,7 +3,12 @@
 Each user with a held-out (test) interaction is queried with the L2-normalised mean of the embeddings
 of their last ``history`` train items; the catalog is ranked by inner product, items the user already
 interacted with in train are excluded, and the held-out item is the one relevant answer. The popularity
-baseline (train interaction counts, same exclusions) is always computed beside.
+baseline (train interaction counts, same exclusions) is always computed beside, and by default the
+collaborative-filtering peers of :mod:`rayrec.cf_baselines` (item-kNN, ALS, BPR) fitted on the same train rows.
+
+Targets are reported overall and apart for warm items (with train interactions) and cold ones (none). With
+``cold_fraction`` > 0 the split is :func:`rayrec.data.split.cold_item_split`: that share of the held-out items
+loses every train interaction, so the cold section has enough users to read.
 """
 
 from __future__ import annotations
@@ -13,15 +18,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import scipy.sparse as sp
 
 from rayrec import storage
+from rayrec.cf_baselines import ItemKNN, MatrixFactorization, MFConfig, implicit_available, interaction_matrix
 from rayrec.config import RayConfig, save_config
 from rayrec.data.io import load_dataset
-from rayrec.data.split import temporal_split
+from rayrec.data.split import cold_item_split
 from rayrec.errors import ConfigError, DataError
 from rayrec.features import l2_normalize
 from rayrec.index.exact import popularity_search
 from rayrec.index.item_index import ItemIndex
+from rayrec.metrics.beyond import encode_categories, list_metrics, pad_lists
 from rayrec.metrics.retrieval import ranking_metrics
 
 RECALL_KS = (10, 50, 100)
@@ -44,9 +52,18 @@ class EvalSet:
     """[U] int64 held-out item per user."""
     train_counts: np.ndarray
     """[N] int64 train interactions per item (the popularity baseline)."""
+    train_matrix: sp.csr_matrix | None = None
+    """[train users, N] binary train interactions (the collaborative-filtering peers); None where not built."""
+    user_rows: np.ndarray | None = None
+    """[U] int64 row of each evaluated user in ``train_matrix``; None with it."""
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    @property
+    def cold(self) -> np.ndarray:
+        """[U] bool: the held-out item has no train interaction (a cold item)."""
+        return self.train_counts[self.targets] == 0
 
     def queries(self, embeddings: np.ndarray) -> np.ndarray:
         """[U, d] normalised mean of each user's history embeddings (``embeddings`` [N, d])."""
@@ -82,7 +99,8 @@ def make_eval_set(
     """Build an :class:`EvalSet` from a temporal split; users without train history are skipped."""
     position = {str(item): row for row, item in enumerate(list(item_ids))}
     by_user = user_sequences(train, position)
-    histories, seen, targets = [], [], []
+    matrix_row = {user: row for row, user in enumerate(by_user)}
+    histories, seen, targets, user_rows = [], [], [], []
     for user, target in zip(
         test.column("user_id").to_pylist(), item_rows(test, position).tolist(), strict=True
     ):
@@ -92,9 +110,15 @@ def make_eval_set(
         histories.append(rows[-history:])
         seen.append(np.unique(rows))
         targets.append(target)
+        user_rows.append(matrix_row[str(user)])
     counts = np.bincount(item_rows(train, position), minlength=len(position)).astype(np.int64)
     return EvalSet(
-        histories=histories, seen=seen, targets=np.asarray(targets, dtype=np.int64), train_counts=counts
+        histories=histories,
+        seen=seen,
+        targets=np.asarray(targets, dtype=np.int64),
+        train_counts=counts,
+        train_matrix=interaction_matrix(list(by_user.values()), len(position)),
+        user_rows=np.asarray(user_rows, dtype=np.int64),
     )
 
 
@@ -112,23 +136,99 @@ class EvalRetrievalConfig(RayConfig):
     """Most recent train items averaged into each user's query."""
     json: str | None = None
     """Write the metrics as JSON here (local path or URI)."""
+    cold_fraction: float = 0.0
+    """Share of the distinct held-out items made cold (every train interaction with them removed); 0 is the
+    plain temporal split. Warm and cold targets are reported apart either way."""
+    split_seed: int = 0
+    """Seed of the cold-item draw."""
+    peers: bool = True
+    """Also fit and rank with the collaborative-filtering peers: item-kNN and, when `implicit` is installed,
+    ALS and BPR matrix factorisation."""
+    mf_factors: int = 64
+    """ALS/BPR latent dimensions."""
+    als_iterations: int = 15
+    """ALS sweeps."""
+    bpr_iterations: int = 100
+    """BPR epochs."""
+    mf_seed: int = 0
+    """Seed of the ALS/BPR initialisation."""
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.history < 1:
             raise ConfigError(f"--k and --history must be >= 1, got k={self.k}, history={self.history}")
+        if not 0.0 <= self.cold_fraction < 1.0:
+            raise ConfigError(f"--cold-fraction must be in [0, 1), got {self.cold_fraction}")
+        if self.mf_factors < 1 or self.als_iterations < 1 or self.bpr_iterations < 1:
+            raise ConfigError("--mf-factors, --als-iterations and --bpr-iterations must be >= 1")
+
+
+def ranked_lists(search, eval_set: EvalSet, k: int, recall_ks: tuple[int, ...] = RECALL_KS) -> np.ndarray:
+    """[U, depth] item rows ranked by ``search(exclude, depth) -> indices [U, depth]``, depth the largest cut-off."""
+    return search(eval_set.seen, max(*recall_ks, k))
 
 
 def evaluate_rankings(
     search, eval_set: EvalSet, k: int, recall_ks: tuple[int, ...] = RECALL_KS
 ) -> dict[str, float]:
     """Metrics of ``search(exclude, depth) -> indices [U, depth]`` against ``eval_set``'s targets."""
-    depth = max(*recall_ks, k)
-    ranked = search(eval_set.seen, depth)
+    ranked = ranked_lists(search, eval_set, k, recall_ks)
     return ranking_metrics(ranked, eval_set.targets, recall_ks=(*recall_ks, k), ndcg_k=k)
 
 
+COLD_NOTE = (
+    "item_knn, als and bpr learn only from train interactions: a cold item has none, so they never rank it "
+    "and their cold recall is 0 by construction; popularity ranks it last (count 0)"
+)
+
+
+def peer_searches(config: EvalRetrievalConfig, eval_set: EvalSet) -> tuple[dict, dict[str, str]]:
+    """``({name: search}, {name: why skipped})`` for popularity and the collaborative-filtering peers."""
+    searches = {
+        "popularity": lambda seen, depth: popularity_search(
+            eval_set.train_counts, len(eval_set), depth, seen
+        )[1]
+    }
+    skipped: dict[str, str] = {}
+    if not config.peers:
+        return searches, skipped
+    knn = ItemKNN(eval_set.train_matrix)
+    searches["item_knn"] = lambda seen, depth: knn.search(eval_set.histories, depth, seen)[1]
+    if not implicit_available():
+        reason = "the `implicit` library is not installed (pip install 'rayrec[baselines]')"
+        return searches, {"als": reason, "bpr": reason}
+    for kind, iterations in (("als", config.als_iterations), ("bpr", config.bpr_iterations)):
+        mf = MatrixFactorization(
+            eval_set.train_matrix,
+            MFConfig(kind=kind, factors=config.mf_factors, iterations=iterations, seed=config.mf_seed),
+        )
+        searches[kind] = lambda seen, depth, mf=mf: mf.search(eval_set.user_rows, depth, seen)[1]
+    return searches, skipped
+
+
+def _section(ranked: dict[str, np.ndarray], eval_set: EvalSet, mask: np.ndarray, k: int) -> dict:
+    """Metrics of every ranking restricted to the users in ``mask`` [U]."""
+
+    def metrics(lists: np.ndarray) -> dict[str, float]:
+        return ranking_metrics(lists[mask], eval_set.targets[mask], recall_ks=(*RECALL_KS, k), ndcg_k=k)
+
+    return {
+        "users": int(mask.sum()),
+        "model": metrics(ranked["model"]),
+        "baselines": {name: metrics(lists) for name, lists in ranked.items() if name != "model"},
+    }
+
+
+def item_categories(items: pa.Table, item_ids: np.ndarray) -> np.ndarray | None:
+    """[N] category of each index item from ``items.parquet`` (None when it has no ``category`` column)."""
+    if "category" not in items.column_names:
+        return None
+    by_id = dict(zip(items.column("item_id").to_pylist(), items.column("category").to_pylist(), strict=True))
+    return np.asarray([by_id.get(str(item)) or "" for item in item_ids], dtype=object)
+
+
 def evaluate_retrieval(config: EvalRetrievalConfig) -> dict:
-    """Model and popularity metrics of ``config.index`` on ``config.data``; writes JSON when asked."""
+    """Model, popularity and peer metrics of ``config.index`` on ``config.data``, overall and for warm and cold
+    targets; writes JSON when asked."""
     index = ItemIndex.load(config.index)
     dataset = load_dataset(config.data)
     missing = set(dataset.items.column("item_id").to_pylist()) - set(index.item_ids.tolist())
@@ -137,26 +237,43 @@ def evaluate_retrieval(config: EvalRetrievalConfig) -> dict:
             f"{config.data}: {len(missing)} items are not in index {config.index} (e.g. {sorted(missing)[0]!r}); "
             "rebuild the index from this data"
         )
-    train, test = temporal_split(dataset.interactions)
+    train, test, cold_items = cold_item_split(dataset.interactions, config.cold_fraction, config.split_seed)
     eval_set = make_eval_set(train, test, index.item_ids, history=config.history)
     if not len(eval_set):
         raise DataError(f"{config.data}: no user has both train history and a held-out interaction")
     queries = eval_set.queries(index.embeddings)
-    model = evaluate_rankings(
-        lambda seen, depth: index.search(queries, depth, exclude=seen)[1], eval_set, config.k
-    )
-    popularity = evaluate_rankings(
-        lambda seen, depth: popularity_search(eval_set.train_counts, len(eval_set), depth, exclude=seen)[1],
-        eval_set,
-        config.k,
-    )
+    searches, skipped = peer_searches(config, eval_set)
+    searches = {"model": lambda seen, depth: index.search(queries, depth, exclude=seen)[1], **searches}
+    ranked = {name: ranked_lists(search, eval_set, config.k) for name, search in searches.items()}
+    overall = {
+        name: ranking_metrics(lists, eval_set.targets, recall_ks=(*RECALL_KS, config.k), ndcg_k=config.k)
+        for name, lists in ranked.items()
+    }
+    codes, names = encode_categories(item_categories(dataset.items, index.item_ids), len(index))
+    histories = pad_lists(eval_set.histories)
+    for name, lists in ranked.items():  # beyond accuracy: what the top-k lists do to the catalog and users
+        beyond = list_metrics(
+            lists[:, : config.k], index.embeddings, eval_set.train_counts, codes, len(names), histories
+        )
+        overall[name].update({f"{metric}@{config.k}": value for metric, value in beyond.items()})
+    cold = eval_set.cold
     result = {
         "k": config.k,
         "users": len(eval_set),
-        **model,
+        **overall.pop("model"),
         "index": {"type": index.index_type, "encoder": index.encoder, "items": len(index)},
-        "baselines": {"popularity": popularity},
+        "baselines": overall,
+        "split": {
+            "kind": "cold-items" if config.cold_fraction else "temporal",
+            "cold_fraction": config.cold_fraction,
+            "seed": config.split_seed,
+            "cold_items": len(cold_items),
+        },
+        "warm": _section(ranked, eval_set, ~cold, config.k),
+        "cold": {**_section(ranked, eval_set, cold, config.k), "note": COLD_NOTE},
     }
+    if skipped:
+        result["skipped"] = skipped
     if config.json:
         storage.write_text(config.json, json.dumps(result, indent=2) + "\n")
         save_config(config, config.json.rsplit("/", 1)[0] if "/" in config.json else ".", name=CONFIG_NAME)

@@ -13,6 +13,17 @@ functions below and uses these names. Results measured in the simulator are name
 | ``session_length`` | requests | slates shown before the session ended | mean |
 | ``left_rate`` | share | 1 if the user left a session early (not the budget or the step cap) | mean |
 | ``sessions`` | sessions | sessions the user had (1 unless the world has returning users) | mean |
+| ``ild`` | cosine distance | mean over the user's slates of the intra-list diversity | mean |
+| ``novelty`` | bits | mean over the user's slates of the items' popularity self-information | mean |
+| ``calibration`` | nats | mean over the user's slates of Steck's KL(history mix ‖ slate mix) | mean |
+| ``coverage`` | share of items | items shown at least once / catalog size | corpus |
+| ``gini_items`` | Gini | Gini coefficient of impressions per item | corpus |
+| ``gini_categories`` | Gini | Gini coefficient of impressions per category | corpus |
+
+The last six are beyond-accuracy metrics (:mod:`rayrec.metrics.beyond` computes them from the slates shown;
+``envs.beyond`` observes them in the rollout engine). A session's ``ild``, ``novelty`` and ``calibration`` are
+NaN where they were not measured. The corpus-level ones have no per-user value: they are functions of the
+exposure summed over all users.
 
 A user's *episode* is all of their sessions: where users return for further sessions, ``session_return``,
 ``clicks`` and ``session_length`` add up over the episode (the names keep the one-session case's words).
@@ -25,6 +36,8 @@ One interval method per kind of quantity:
   same way as a mean, on *linearised* per-user values ``R + (c_i - R m_i) / mean(m)`` whose mean is the
   ratio ``R`` and whose standard error is the delta-method one (Deng, Knoblich & Lu, KDD 2018). So paired
   differences and A/B comparisons of a ratio use the very same code as those of a mean.
+- **A corpus-level metric** (``coverage``, ``gini_items``, ``gini_categories``): the basic bootstrap over
+  users (:class:`rayrec.metrics.beyond.Exposure`); paired differences re-weight both runs by the same draw.
 - **A paired difference** of two policies on the same users: the Student-t interval of the per-user
   differences of those values.
 - **A/B lifts** between independent arms: Welch or the studentized bootstrap (:mod:`rayrec.ab.stats`) on
@@ -57,11 +70,15 @@ class SessionMetric:
     name: str
     unit: str
     formula: str
-    kind: Literal["mean", "ratio"]
+    kind: Literal["mean", "ratio", "corpus"]
     numerator: str
-    """The :class:`SessionOutcomes` field averaged (kind ``mean``) or summed on top of the ratio."""
+    """The :class:`SessionOutcomes` field averaged (kind ``mean``) or summed on top of the ratio; for kind
+    ``corpus`` the key of :meth:`rayrec.metrics.beyond.Exposure.corpus`."""
     denominator: str | None = None
     """For a ratio: the field summed below it."""
+    better: Literal["higher", "lower"] = "higher"
+    """Which direction is an improvement (A/B guardrails read it): ``lower`` for leaving, miscalibration
+    and exposure concentration."""
 
 
 METRICS: dict[str, SessionMetric] = {
@@ -75,11 +92,59 @@ METRICS: dict[str, SessionMetric] = {
             "ctr", "clicks per impression", "clicks / items shown", "ratio", "clicks", "impressions"
         ),
         SessionMetric("session_length", "requests", "slates shown in the session", "mean", "session_length"),
-        SessionMetric("left_rate", "share of users", "1 if the user left a session early", "mean", "left"),
+        SessionMetric(
+            "left_rate",
+            "share of users",
+            "1 if the user left a session early",
+            "mean",
+            "left",
+            better="lower",
+        ),
         SessionMetric("sessions", "sessions", "sessions in the user's episode", "mean", "sessions"),
+        SessionMetric(
+            "ild",
+            "cosine distance",
+            "mean pairwise 1 - cos of a slate's items, mean over slates",
+            "mean",
+            "ild",
+        ),
+        SessionMetric(
+            "novelty", "bits", "mean -log2 p(item) of a slate, mean over slates", "mean", "novelty"
+        ),
+        SessionMetric(
+            "calibration",
+            "nats",
+            "Steck's KL(history category mix || slate mix), mean over slates",
+            "mean",
+            "calibration",
+            better="lower",
+        ),
+        SessionMetric(
+            "coverage", "share of items", "items shown at least once / catalog", "corpus", "coverage"
+        ),
+        SessionMetric(
+            "gini_items", "Gini", "Gini of impressions per item", "corpus", "gini_items", better="lower"
+        ),
+        SessionMetric(
+            "gini_categories",
+            "Gini",
+            "Gini of impressions per category",
+            "corpus",
+            "gini_categories",
+            better="lower",
+        ),
     )
 }
 """Every session metric, in report order."""
+
+PER_USER = tuple(name for name, m in METRICS.items() if m.kind != "corpus")
+"""Metrics with a value per user (:meth:`SessionOutcomes.values`)."""
+BEYOND_PER_USER = ("ild", "novelty", "calibration")
+"""Beyond-accuracy metrics measured per user (per slate, averaged over the user's slates)."""
+CORPUS = tuple(name for name, m in METRICS.items() if m.kind == "corpus")
+"""Corpus-level metrics: one value per run, bootstrap intervals (:mod:`rayrec.metrics.beyond`)."""
+BEYOND = (*BEYOND_PER_USER, *CORPUS)
+"""Every beyond-accuracy metric, in report order."""
 
 REPORTED = ("session_return", "clicks", "ctr", "session_length")
 """The metrics tables and A/B reports show (``left_rate`` is in the JSON of simulations)."""
@@ -96,6 +161,9 @@ class SessionOutcomes:
         session_length: [n] float64 requests (slates).
         left: [n] bool a session ended because the user left (not the budget or the step cap).
         sessions: [n] float64 sessions in the user's episode (all ones without returning users).
+        ild: [n] float64 mean intra-list diversity of the user's slates (NaN: not measured).
+        novelty: [n] float64 mean novelty (bits) of the user's slates (NaN: not measured).
+        calibration: [n] float64 mean Steck miscalibration (nats) of the user's slates (NaN: not measured).
     """
 
     session_return: np.ndarray
@@ -104,6 +172,9 @@ class SessionOutcomes:
     session_length: np.ndarray
     left: np.ndarray = field(default=None)  # type: ignore[assignment]
     sessions: np.ndarray = field(default=None)  # type: ignore[assignment]
+    ild: np.ndarray = field(default=None)  # type: ignore[assignment]
+    novelty: np.ndarray = field(default=None)  # type: ignore[assignment]
+    calibration: np.ndarray = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         n = len(self.session_return)
@@ -111,6 +182,9 @@ class SessionOutcomes:
             object.__setattr__(self, "left", np.zeros(n, dtype=bool))
         if self.sessions is None:
             object.__setattr__(self, "sessions", np.ones(n))
+        for name in BEYOND_PER_USER:
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.full(n, np.nan))
         for f in fields(SessionOutcomes):
             if np.shape(getattr(self, f.name)) != (n,):
                 raise ValueError(
@@ -123,6 +197,10 @@ class SessionOutcomes:
     def values(self, name: str) -> np.ndarray:
         """[n] per-user values of metric ``name`` whose mean is the metric (linearised for a ratio)."""
         metric = metric_definition(name)
+        if metric.kind == "corpus":
+            raise DataError(
+                f"{name} is corpus-level: it has no per-user values (rayrec.metrics.beyond.Exposure)"
+            )
         numerator = np.asarray(getattr(self, metric.numerator), dtype=np.float64)
         if metric.kind == "mean":
             return numerator
@@ -133,8 +211,15 @@ class SessionOutcomes:
         ratio = numerator.sum() / denominator.sum()
         return ratio + (numerator - ratio * denominator) / scale
 
-    def summary(self, names: tuple[str, ...] = tuple(METRICS), namespace: str | None = NAMESPACE) -> dict:
-        """``{key: {"mean", "ci95_low", "ci95_high"}}`` for ``names`` (keys namespaced unless None)."""
+    def summary(self, names: tuple[str, ...] | None = None, namespace: str | None = NAMESPACE) -> dict:
+        """``{key: {"mean", "ci95_low", "ci95_high"}}`` for ``names`` (keys namespaced unless None).
+
+        ``names`` None: every per-user metric, less the beyond-accuracy ones this run did not measure.
+        """
+        if names is None:
+            names = tuple(
+                n for n in PER_USER if n not in BEYOND_PER_USER or not np.isnan(self.values(n)).all()
+            )
         return {namespaced(name, namespace): mean_interval(self.values(name)) for name in names}
 
 

@@ -1,4 +1,4 @@
-"""From an event log to :class:`rayrec.ab.logged.LoggedRequests`: every ranked request as its ranker saw it.
+"""From an event log to :class:`rayrec.logs.requests.LoggedRequests`: every ranked request as its ranker saw it.
 
 Each logged request's observation is rebuilt exactly as the ranker saw it: ``profile``, ``features`` and
 ``budget`` from the requests table (:mod:`rayrec.events`), candidate embeddings from the item index by
@@ -24,7 +24,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rayrec import storage
-from rayrec.ab.logged import LoggedRequests
 from rayrec.errors import DataError
 from rayrec.events import (
     FEEDBACK_DIR,
@@ -35,6 +34,11 @@ from rayrec.events import (
     read_requests,
 )
 from rayrec.features import NUM_FEATURES
+from rayrec.logs.requests import LoggedRequests
+
+SIMULATOR_FILE = "simulator.yaml"
+"""The simulator config a simulated log was written in, next to its tables (``EVENTS/simulator.yaml``):
+the catalog its candidates are looked up in."""
 
 
 @dataclass(frozen=True)
