@@ -6,7 +6,10 @@ Measures user-steps per second (one user shown one slate and answering it) with 
 k=5 slates: with ``candidates="random"`` (the simulator alone; target >= 50,000) and with FAISS
 retrieval from 10k and 100k items (exact inner product, one batched search per step). The peer is
 ``gymnasium.make("rayrec/SlateRec-v0")`` stepped in a Python loop, in the same run. Policy cost is
-excluded: every step shows the same fixed slate.
+excluded: every step shows the same fixed slate. A second table steps every preset (:mod:`envs.presets`) on
+the random-candidate path, so the cost of the richer dynamics (satiation, fatigue, returning users) is a
+ratio against ``default`` measured in the same run (target: at most 2x); FAISS from 10k items has its own
+target (>= 30,000).
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 TARGET = 50_000
+FAISS_TARGET = 30_000
+"""User-steps/s with FAISS retrieval from 10k items (K=50, k=5, one core)."""
+DYNAMICS_COST = 2.0
+"""Largest slow-down a preset's dynamics may cost against ``default`` on the random-candidate path."""
 K, SLATE = 50, 5
 
 
@@ -68,11 +75,31 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | --- | --- | --- | --- |")
     for mode, items, vector, single in rows:
         print(f"| {mode} | {items:,} | {vector:,.0f} | {single:,.0f} | {vector / single:.1f}x |")
-    random_rate = rows[0][2]
+    random_rate, faiss_rate = rows[0][2], rows[1][2]
     verdict = "meets" if random_rate >= TARGET else "MISSES"
     print(
         f"\nWithout retrieval cost the vector env {verdict} the {TARGET:,} user-steps/s target ({random_rate:,.0f})."
     )
+    verdict = "meets" if faiss_rate >= FAISS_TARGET else "MISSES"
+    print(f"With FAISS from 10k items it {verdict} the {FAISS_TARGET:,} target ({faiss_rate:,.0f}).")
+
+    from envs.presets import PRESETS, with_preset
+
+    presets = {}
+    for name in PRESETS:
+        config = with_preset(name, num_candidates=K, slate_size=SLATE, candidates="random", num_items=10_000)
+        presets[name] = user_steps_per_second(
+            envs.make_vector_env(config, args.users), args.users, args.seconds
+        )
+    print("\n### Cost of each preset's dynamics (random candidates, 10k items, same run)\n")
+    print("| preset | vector env user-steps/s | slow-down vs default |")
+    print("| --- | --- | --- |")
+    for name, rate in presets.items():
+        print(f"| {name} | {rate:,.0f} | {presets['default'] / rate:.2f}x |")
+    worst = max(presets, key=lambda name: presets["default"] / presets[name])
+    cost = presets["default"] / presets[worst]
+    verdict = "within" if cost <= DYNAMICS_COST else "OVER"
+    print(f"\nThe costliest dynamics ({worst}, {cost:.2f}x) are {verdict} the {DYNAMICS_COST:g}x budget.")
     return 0
 
 
