@@ -14,10 +14,14 @@ from __future__ import annotations
 import argparse
 import time
 
-from envs import build_simulator, evaluate_policy, make_policy
+import numpy as np
+
+from envs import build_simulator, make_policy
+from envs.beyond import evaluate_beyond
 from envs.item_rules import FIXED_RULES
 from envs.policies import ItemRulePolicy
 from envs.presets import PRESETS, preset
+from rayrec.metrics.beyond import Exposure
 from rayrec.metrics.session import SessionOutcomes, mean_interval, paired_difference
 
 POLICIES = ("random", "retrieval", "greedy", "myopic-true", "oracle")
@@ -25,37 +29,43 @@ NEEDS_PLANNING = 0.85
 """A preset needs planning when its best fixed per-item rule reaches at most this share of the planner."""
 
 
-def run_preset(name: str, users: int, seed: int) -> dict[str, SessionOutcomes]:
-    """Outcomes of every policy, every fixed rule and the planner on ``users`` users of preset ``name``."""
+def run_preset(name: str, users: int, seed: int) -> dict[str, tuple[SessionOutcomes, Exposure]]:
+    """Outcomes and exposure of every policy, every fixed rule and the planner on ``users`` users of ``name``."""
     config = preset(name)
-    outcomes = {}
+    runs = {}
     for spec in (*POLICIES, "planner"):
         sim = build_simulator(config, batch=users)
-        outcomes[spec] = evaluate_policy(make_policy(spec, sim), sim, users, seed)
+        runs[spec] = evaluate_beyond(make_policy(spec, sim), sim, users, seed)
     for rule in FIXED_RULES:
         sim = build_simulator(config, batch=users)
-        outcomes[rule.name] = evaluate_policy(ItemRulePolicy(sim, rule), sim, users, seed)
-    return outcomes
+        runs[rule.name] = evaluate_beyond(ItemRulePolicy(sim, rule), sim, users, seed)
+    return runs
 
 
-def table(name: str, outcomes: dict[str, SessionOutcomes]) -> str:
-    """Markdown: return [95% CI], share of planner, paired difference to the planner, ctr, sessions."""
+def table(name: str, runs: dict[str, tuple[SessionOutcomes, Exposure]]) -> str:
+    """Markdown: return [95% CI], share of planner, paired difference to the planner, ctr, sessions, and the
+    beyond-accuracy metrics (ILD, novelty, coverage, exposure Gini over items and categories)."""
+    outcomes = {policy: outcome for policy, (outcome, _) in runs.items()}
     planner = outcomes["planner"]
     top = float(planner.session_return.mean())
     lines = [
         f"### {name}: {PRESETS[name].description}",
         "",
-        "| policy | return [95% CI] | % of planner | minus planner (paired) | ctr | sessions |",
-        "| --- | --- | ---: | --- | ---: | ---: |",
+        "| policy | return [95% CI] | % of planner | minus planner (paired) | ctr | sessions "
+        "| ILD | novelty | coverage | Gini items | Gini categories |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     ordered = sorted(outcomes.items(), key=lambda kv: -kv[1].session_return.mean())
     for policy, outcome in ordered:
+        corpus = runs[policy][1].corpus()
         ret = mean_interval(outcome.session_return)
         diff = paired_difference(outcome, planner, "session_return")
         lines.append(
             f"| {policy} | {ret['mean']:.2f} [{ret['ci95_low']:.2f}, {ret['ci95_high']:.2f}] | "
             f"{ret['mean'] / top:.1%} | {diff['mean']:+.2f} [{diff['ci95_low']:+.2f}, {diff['ci95_high']:+.2f}] | "
-            f"{outcome.values('ctr').mean():.3f} | {outcome.sessions.mean():.2f} |"
+            f"{outcome.values('ctr').mean():.3f} | {outcome.sessions.mean():.2f} | "
+            f"{np.nanmean(outcome.ild):.3f} | {np.nanmean(outcome.novelty):.2f} | {corpus['coverage']:.3f} | "
+            f"{corpus['gini_items']:.3f} | {corpus['gini_categories']:.3f} |"
         )
     best_rule = max((r.name for r in FIXED_RULES), key=lambda r: outcomes[r].session_return.mean())
     share = outcomes[best_rule].session_return.mean() / top
@@ -72,8 +82,8 @@ def main() -> None:
     args = parser.parse_args()
     for name in args.preset or list(PRESETS):
         started = time.perf_counter()
-        outcomes = run_preset(name, args.users, args.seed)
-        print(table(name, outcomes))
+        runs = run_preset(name, args.users, args.seed)
+        print(table(name, runs))
         print(
             f"\n({args.users} users, seed {args.seed}, {time.perf_counter() - started:.0f} s)\n", flush=True
         )
