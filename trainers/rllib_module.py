@@ -59,12 +59,27 @@ class TorchPlackettLuce(TorchDistribution):
         return TorchDeterministic(loc=plackett_luce.top_k(self.logits, self.slate_size))
 
 
-def check_slate_spaces(module: str, obs_space: gym.Space, act_space: gym.Space) -> None:
-    """Refuse spaces a slate module cannot read: a Dict observation with :data:`OBS_KEYS`, MultiDiscrete([K] * k)."""
+def slate_scorer_for(
+    module: str, obs_space: gym.Space, act_space: gym.Space, model_config: dict
+) -> SlateScorer:
+    """The scorer network of a slate module, after refusing spaces it cannot read.
+
+    The observation must be a Dict with :data:`OBS_KEYS` and the action MultiDiscrete([K] * k); the network's
+    shape comes from ``model_config`` (``hidden``, ``attention_layers``, ``attention_heads``).
+    """
     if not isinstance(obs_space, gym.spaces.Dict) or set(OBS_KEYS) - set(obs_space.spaces):
         raise ConfigError(f"{module} needs a Dict observation with keys {list(OBS_KEYS)}, got {obs_space}")
     if not isinstance(act_space, gym.spaces.MultiDiscrete) or len(set(act_space.nvec.tolist())) != 1:
         raise ConfigError(f"{module} needs a MultiDiscrete([K] * k) action space, got {act_space}")
+    return SlateScorer(
+        ScorerConfig(
+            dim=int(obs_space["profile"].shape[-1]),
+            num_features=int(obs_space["features"].shape[-1]),
+            hidden=int(model_config.get("hidden", 64)),
+            attention_layers=int(model_config.get("attention_layers", 1)),
+            attention_heads=int(model_config.get("attention_heads", 4)),
+        )
+    )
 
 
 class SlateRLModule(TorchRLModule, ValueFunctionAPI):
@@ -78,17 +93,8 @@ class SlateRLModule(TorchRLModule, ValueFunctionAPI):
 
     def setup(self) -> None:
         obs_space, act_space = self.observation_space, self.action_space
-        check_slate_spaces("SlateRLModule", obs_space, act_space)
         config = dict(self.model_config or {})
-        self.scorer = SlateScorer(
-            ScorerConfig(
-                dim=int(obs_space["profile"].shape[-1]),
-                num_features=int(obs_space["features"].shape[-1]),
-                hidden=int(config.get("hidden", 64)),
-                attention_layers=int(config.get("attention_layers", 1)),
-                attention_heads=int(config.get("attention_heads", 4)),
-            )
-        )
+        self.scorer = slate_scorer_for("SlateRLModule", obs_space, act_space, config)
         self.action_dist_cls = TorchPlackettLuce.get_partial_dist_cls(
             slate_size=len(act_space.nvec), num_estimate_samples=int(config.get("entropy_samples", 1))
         )

@@ -72,20 +72,30 @@ class SessionMetrics(RLlibCallback):
         metrics_logger.log_value("rayrec_sessions_sum", 1, reduce="sum")
 
 
-def build_algorithm_config(cfg: TrainPolicyConfig, env_config: SlateEnvConfig):
-    """The PPOConfig: env creator, vector envs per runner, learners, PPO settings, the slate RLModule."""
+def with_slate_env(algo_config, cfg: TrainPolicyConfig, env_config: SlateEnvConfig, **runners):
+    """``algo_config`` with the simulator registered as its env, vector envs per runner and the learners.
 
+    ``runners`` adds env-runner settings (e.g. SlateQ's ``rollout_fragment_length``).
+    """
     register_env(RLLIB_ENV_NAME, make_rllib_env)
     return (
-        PPOConfig()
-        .environment(RLLIB_ENV_NAME, env_config=to_plain(env_config))
+        algo_config.environment(RLLIB_ENV_NAME, env_config=to_plain(env_config))
         .env_runners(
             num_env_runners=cfg.env_runners,
             num_envs_per_env_runner=cfg.envs_per_runner,
             gym_env_vectorize_mode="vector_entry_point",
             num_cpus_per_env_runner=1,
+            **runners,
         )
         .learners(num_learners=cfg.learners, num_gpus_per_learner=cfg.gpus_per_learner)
+    )
+
+
+def build_algorithm_config(cfg: TrainPolicyConfig, env_config: SlateEnvConfig):
+    """The PPOConfig: env creator, vector envs per runner, learners, PPO settings, the slate RLModule."""
+
+    return (
+        with_slate_env(PPOConfig(), cfg, env_config)
         .training(
             lr=cfg.lr,
             gamma=cfg.gamma,

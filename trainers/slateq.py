@@ -43,23 +43,24 @@ from ray.rllib.core.rl_module.apis import QNetAPI, TargetNetworkAPI
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.schedules.scheduler import Scheduler
-from ray.tune.registry import register_env
 
 from envs.config import SlateEnvConfig
 from rayrec import slate_q
 from rayrec.click_logit import SlateClickModel
-from rayrec.config import to_plain
 from rayrec.errors import ConfigError
 from rayrec.slate_scorer import (
-    ScorerConfig,
     SlateScorer,
     choice_model_from_json,
     choice_model_to_json,
     position_logits,
 )
 from trainers.policy_config import TrainPolicyConfig
-from trainers.rllib_module import check_slate_spaces
-from trainers.rllib_setup import RLLIB_ENV_NAME, SessionMetrics, make_rllib_env, scorer_model_config
+from trainers.rllib_module import slate_scorer_for
+from trainers.rllib_setup import (
+    SessionMetrics,
+    scorer_model_config,
+    with_slate_env,
+)
 
 CLICK_POSITION = "click_position"
 """Train-batch column: the slate position the user clicked after the action, -1 for no click."""
@@ -97,21 +98,12 @@ class SlateQRLModule(TorchRLModule, TargetNetworkAPI, QNetAPI):
 
     def setup(self) -> None:
         obs_space, act_space = self.observation_space, self.action_space
-        check_slate_spaces("SlateQRLModule", obs_space, act_space)
         config = dict(self.model_config or {})
         if "choice_model" not in config:
             raise ConfigError("SlateQRLModule needs model_config['choice_model'] (a fitted SlateClickModel)")
+        self.scorer = slate_scorer_for("SlateQRLModule", obs_space, act_space, config)
         self.slate_size = len(act_space.nvec)
         self.num_candidates = int(act_space.nvec[0])
-        self.scorer = SlateScorer(
-            ScorerConfig(
-                dim=int(obs_space["profile"].shape[-1]),
-                num_features=int(obs_space["features"].shape[-1]),
-                hidden=int(config.get("hidden", 64)),
-                attention_layers=int(config.get("attention_layers", 1)),
-                attention_heads=int(config.get("attention_heads", 4)),
-            )
-        )
         model = choice_model_from_json(config["choice_model"])
         self.choice_model = model
         # Fixed choice-model parameters (buffers: saved with the module, never trained).
@@ -256,20 +248,10 @@ def fit_choice_model(env_config: SlateEnvConfig, num_users: int, seed: int) -> S
 
 def build_slateq_config(cfg: TrainPolicyConfig, env_config: SlateEnvConfig, choice_model: SlateClickModel):
     """The DQNConfig running SlateQ: env creator, vector envs, replay, epsilon schedule, the SlateQ module."""
-    register_env(RLLIB_ENV_NAME, make_rllib_env)
     runners = max(cfg.env_runners, 1)
     fragment = max(1, math.ceil(cfg.train_batch_size / (cfg.envs_per_runner * runners)))
     return (
-        DQNConfig()
-        .environment(RLLIB_ENV_NAME, env_config=to_plain(env_config))
-        .env_runners(
-            num_env_runners=cfg.env_runners,
-            num_envs_per_env_runner=cfg.envs_per_runner,
-            gym_env_vectorize_mode="vector_entry_point",
-            num_cpus_per_env_runner=1,
-            rollout_fragment_length=fragment,
-        )
-        .learners(num_learners=cfg.learners, num_gpus_per_learner=cfg.gpus_per_learner)
+        with_slate_env(DQNConfig(), cfg, env_config, rollout_fragment_length=fragment)
         .training(
             lr=cfg.lr,
             gamma=cfg.gamma,
