@@ -39,6 +39,7 @@ TOKEN = secrets.token_hex(32)
 AUTH_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN}
 START_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 30
+WORKER_START_ATTEMPTS = 3
 
 
 def free_port() -> int:
@@ -197,28 +198,42 @@ def two_node_cluster() -> Iterator[TwoNodeCluster]:
             '--resources={"node_head": 1}',
         )
         nodes.append(head)
-        # No need to wait for the head: the worker's `ray start` retries until the head's GCS answers.
-        worker = start_node(
-            "worker",
-            root,
-            f"--address=127.0.0.1:{gcs_port}",
-            "--node-ip-address=127.0.0.1",
-            '--resources={"node_worker": 1}',
-        )
-        nodes.append(worker)
 
-        def alive_nodes() -> dict[str, str] | None:
+        def alive_nodes(wanted: tuple[str, ...]) -> dict[str, str] | None:
             listing = get_json(f"{dashboard}/api/v0/nodes?limit=100")["data"]["result"]["result"]
             ids = {
                 resource: node["node_id"]
                 for node in listing
                 if node["state"] == "ALIVE"
-                for resource in ("node_head", "node_worker")
+                for resource in wanted
                 if resource in node["resources_total"]
             }
-            return ids if len(ids) == 2 else None
+            return ids if len(ids) == len(wanted) else None
 
-        node_ids = wait_until("both nodes to register", alive_nodes, nodes)
+        # The worker starts once the head answers: started together on a loaded 2-core machine, the
+        # worker's raylet can miss `ray start`'s fixed 30 s registration wait while the head's GCS boots.
+        wait_until("the head to register", lambda: alive_nodes(("node_head",)), nodes)
+        for attempt in range(WORKER_START_ATTEMPTS):
+            worker = start_node(
+                f"worker{attempt}",
+                root,
+                f"--address=127.0.0.1:{gcs_port}",
+                "--node-ip-address=127.0.0.1",
+                '--resources={"node_worker": 1}',
+            )
+            nodes.append(worker)
+            try:
+                wait_until("the worker to register", lambda: alive_nodes(("node_worker",)), [worker])
+                break
+            except RuntimeError as error:
+                # Only Ray's own startup timeout is worth another try; anything else is a real failure.
+                if "timed out during startup" not in str(error) or attempt + 1 == WORKER_START_ATTEMPTS:
+                    raise
+                nodes.remove(worker)
+                worker.stop()
+        node_ids = wait_until(
+            "both nodes to register", lambda: alive_nodes(("node_head", "node_worker")), nodes
+        )
         yield TwoNodeCluster(dashboard, nodes, node_ids, root)
     finally:
         for node in reversed(nodes):
