@@ -7,9 +7,10 @@ serves ``--log-users`` simulated training users and writes an event log exactly 
 that log with each offline method — behaviour cloning and MARWIL on RLlib's offline API, REINFORCE with
 the top-K off-policy correction — selecting weights on validation users. Every trained policy, the
 logging policy and its greedy part then play the same ``--eval-users`` held-out test users with the one
-rollout engine (:func:`envs.rollout.evaluate_policy`): the table gives each one's mean session return and
-the paired 95% interval of its difference from the logging policy (:func:`rayrec.metrics.session.
-paired_difference`).
+rollout engine (:func:`envs.beyond.evaluate_beyond`): the table gives each one's mean session return, the
+paired 95% interval of its difference from the logging policy (:func:`rayrec.metrics.session.
+paired_difference`) and its beyond-accuracy values on those users (:func:`envs.beyond.run_values`: ILD,
+novelty, catalog coverage, exposure Gini over items and over categories).
 
     python -m benchmarks.offline_learning --log-users 3000 --eval-users 2000
 """
@@ -21,14 +22,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from envs.beyond import evaluate_beyond, run_values
 from envs.factory import build_simulator
 from envs.policies import make_policy
 from envs.presets import preset
-from envs.rollout import evaluate_policy
 from rayrec.ab.simulate import simulate_arm_users, simulated_user_ids
 from rayrec.assignment import Arm
 from rayrec.config import save_config
 from rayrec.logs.reader import SIMULATOR_FILE
+from rayrec.metrics.beyond import TABLE_COLUMNS, Exposure, table_cells, table_header
 from rayrec.metrics.session import SessionOutcomes, mean_interval, paired_difference
 from trainers.offline import train_offline
 from trainers.policy_config import TrainPolicyConfig
@@ -69,29 +71,35 @@ def train_all(
     return dirs
 
 
-def evaluate(specs: dict[str, str], config, users: int, seed: int) -> dict[str, SessionOutcomes]:
-    """Every policy on the same ``users`` held-out test users."""
+def evaluate(
+    specs: dict[str, str], config, users: int, seed: int
+) -> dict[str, tuple[SessionOutcomes, Exposure]]:
+    """Every policy's outcomes (beyond-accuracy metrics filled in) and exposure on the same ``users``
+    held-out test users."""
     sim = build_simulator(config.replace(user_split="test"), batch=min(users, 2048))
-    return {name: evaluate_policy(make_policy(spec, sim), sim, users, seed) for name, spec in specs.items()}
+    return {name: evaluate_beyond(make_policy(spec, sim), sim, users, seed) for name, spec in specs.items()}
 
 
-def table(outcomes: dict[str, SessionOutcomes]) -> str:
-    base = outcomes[LOGGER]
+def table(runs: dict[str, tuple[SessionOutcomes, Exposure]]) -> str:
+    """Markdown: session return [95% CI], paired difference from the logging policy, ratio, and the
+    beyond-accuracy values (ILD and novelty averaged over users; coverage and Gini of all impressions)."""
+    base = runs[LOGGER][0]
     lines = [
-        f"| policy | session return [95% CI] | minus {LOGGER} (paired 95% CI) | ratio |",
-        "| --- | --- | --- | --- |",
+        f"| policy | session return [95% CI] | minus {LOGGER} (paired 95% CI) | ratio | {table_header()} |",
+        "| --- | --- | --- | --- |" + " ---: |" * len(TABLE_COLUMNS),
     ]
-    for name, out in outcomes.items():
+    for name, (out, exposure) in runs.items():
         ret = mean_interval(out.session_return)
         cell = f"{ret['mean']:.3f} [{ret['ci95_low']:.3f}, {ret['ci95_high']:.3f}]"
+        beyond = table_cells(run_values(out, exposure))
         if name == LOGGER:
-            lines.append(f"| {name} (logging policy) | {cell} | — | 100% |")
+            lines.append(f"| {name} (logging policy) | {cell} | — | 100% | {beyond} |")
             continue
         diff = paired_difference(out, base, "session_return")
         verdict = " **>0**" if diff["ci95_low"] > 0 else (" **<0**" if diff["ci95_high"] < 0 else "")
         lines.append(
             f"| {name} | {cell} | {diff['mean']:+.3f} [{diff['ci95_low']:+.3f}, {diff['ci95_high']:+.3f}]"
-            f"{verdict} | {ret['mean'] / base.session_return.mean():.1%} |"
+            f"{verdict} | {ret['mean'] / base.session_return.mean():.1%} | {beyond} |"
         )
     return "\n".join(lines)
 
@@ -118,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         write_log(config.replace(user_split="train"), args.log_users, args.seed, events)
         print(f"log: {args.log_users} users ({time.perf_counter() - started:.0f}s)", flush=True)
         dirs = train_all(events, work, args.methods, args.iterations, args.seed, args.preset)
-        outcomes = evaluate(
+        runs = evaluate(
             {LOGGER: LOGGER, "greedy": "greedy", **dirs}, config, args.eval_users, args.seed + 1_000_003
         )
     print()
@@ -127,7 +135,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.eval_users} held-out test users, paired)"
     )
     print()
-    print(table(outcomes))
+    print(table(runs))
+    print(
+        "\nOne run per policy. ILD (cosine distance) and novelty (bits): mean over the test users of each "
+        "user's mean over their slates; coverage and exposure Gini over items and over categories: of all "
+        "the run's impressions."
+    )
     return 0
 
 

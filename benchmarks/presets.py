@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
-
 from envs import build_simulator, make_policy
-from envs.beyond import evaluate_beyond
+from envs.beyond import evaluate_beyond, run_values
 from envs.item_rules import FIXED_RULES
 from envs.policies import ItemRulePolicy
 from envs.presets import PRESETS, preset
-from rayrec.metrics.beyond import Exposure
+from rayrec.metrics.beyond import Exposure, table_cells, table_header
 from rayrec.metrics.session import SessionOutcomes, mean_interval, paired_difference
 
 POLICIES = ("random", "retrieval", "greedy", "myopic-true", "oracle")
@@ -52,20 +50,18 @@ def table(name: str, runs: dict[str, tuple[SessionOutcomes, Exposure]]) -> str:
         f"### {name}: {PRESETS[name].description}",
         "",
         "| policy | return [95% CI] | % of planner | minus planner (paired) | ctr | sessions "
-        "| ILD | novelty | coverage | Gini items | Gini categories |",
+        f"| {table_header()} |",
         "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     ordered = sorted(outcomes.items(), key=lambda kv: -kv[1].session_return.mean())
     for policy, outcome in ordered:
-        corpus = runs[policy][1].corpus()
         ret = mean_interval(outcome.session_return)
         diff = paired_difference(outcome, planner, "session_return")
         lines.append(
             f"| {policy} | {ret['mean']:.2f} [{ret['ci95_low']:.2f}, {ret['ci95_high']:.2f}] | "
             f"{ret['mean'] / top:.1%} | {diff['mean']:+.2f} [{diff['ci95_low']:+.2f}, {diff['ci95_high']:+.2f}] | "
             f"{outcome.values('ctr').mean():.3f} | {outcome.sessions.mean():.2f} | "
-            f"{np.nanmean(outcome.ild):.3f} | {np.nanmean(outcome.novelty):.2f} | {corpus['coverage']:.3f} | "
-            f"{corpus['gini_items']:.3f} | {corpus['gini_categories']:.3f} |"
+            f"{table_cells(run_values(*runs[policy]))} |"
         )
     best_rule = max((r.name for r in FIXED_RULES), key=lambda r: outcomes[r].session_return.mean())
     share = outcomes[best_rule].session_return.mean() / top

@@ -4,8 +4,9 @@
 :class:`~envs.rollout.StepRecord` it accumulates each user's intra-list diversity, novelty and calibration
 (per slate, then averaged over the user's slates) and every impression (for coverage and exposure Gini).
 :func:`evaluate_beyond` runs a policy with it and returns the session outcomes with those per-user values
-filled in, plus the :class:`rayrec.metrics.beyond.Exposure` of the run. The formulas are in
-:mod:`rayrec.metrics.beyond`; the names in :mod:`rayrec.metrics.session`.
+filled in, plus the :class:`rayrec.metrics.beyond.Exposure` of the run; :func:`run_values` reduces that pair
+to the point values a policy table shows. The formulas are in :mod:`rayrec.metrics.beyond`; the names in
+:mod:`rayrec.metrics.session`.
 """
 
 from __future__ import annotations
@@ -108,3 +109,16 @@ def evaluate_beyond(
         policy, sim, num_users, seed, observers=[*observers, beyond], progress=progress
     )
     return beyond.fill(outcomes), beyond.exposure()
+
+
+def run_values(outcomes: SessionOutcomes, exposure: Exposure) -> dict[str, float]:
+    """The point values of one :func:`evaluate_beyond` run, keyed as :data:`rayrec.metrics.beyond.TABLE_COLUMNS`.
+
+    ``ild`` and ``novelty``: the mean over users of each user's mean over their slates (users shown no slate
+    left out); ``coverage``, ``gini_items`` and ``gini_categories``: of all the run's impressions together.
+    """
+    return {
+        "ild": float(np.nanmean(outcomes.ild)),
+        "novelty": float(np.nanmean(outcomes.novelty)),
+        **exposure.corpus(),
+    }

@@ -12,7 +12,7 @@ REWARD_NAMES = ("clicks", "engagement", "return")
 USER_SPLITS = ("all", "train", "validation", "test")
 SPLIT_FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}
 """Shares of logged users in each split (by a hash of the user's position in the logs, so stable)."""
-CANDIDATE_MODES = ("faiss", "random")
+CANDIDATE_MODES = ("faiss", "faiss-diverse", "random")
 
 
 @dataclass(kw_only=True)
@@ -48,9 +48,13 @@ class SlateEnvConfig:
     """K: candidates retrieved per step (the observation's candidate axis)."""
     slate_size: int = 5
     """k: items shown per step (the action is k distinct candidate positions)."""
-    candidates: Literal["faiss", "random"] = "faiss"
-    """``faiss``: the K nearest unseen items to the user's observed profile; ``random``: K distinct items
-    drawn uniformly each step (RecSim's sampler), for ablations and for measuring the simulator alone."""
+    candidates: Literal["faiss", "faiss-diverse", "random"] = "faiss"
+    """``faiss``: the K nearest unseen items to the user's observed profile; ``faiss-diverse``: the same
+    with at most ``category_quota`` items from any one category (a diversifying retrieval stage);
+    ``random``: K distinct items drawn uniformly each step (RecSim's sampler), for ablations and for
+    measuring the simulator alone."""
+    category_quota: int = 4
+    """``faiss-diverse`` only: the most candidates one item category may contribute to the K."""
 
     # --- users ---------------------------------------------------------------------------------------
     history_length: int = 5
@@ -156,6 +160,8 @@ class SlateEnvConfig:
                 f"slate_size k={self.slate_size} exceeds num_candidates K={self.num_candidates}: "
                 "a slate is k distinct candidates"
             )
+        if self.category_quota < 1:
+            problems.append(f"category_quota must be >= 1 (got {self.category_quota})")
         if self.candidates not in CANDIDATE_MODES:
             problems.append(f"candidates must be one of {CANDIDATE_MODES} (got {self.candidates!r})")
         if self.reward not in REWARD_NAMES:

@@ -11,7 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.candidates import FlatRetriever, IndexRetriever, RandomCandidates, RetrievalCandidates
+from envs.candidates import (
+    CategoryQuotaCandidates,
+    FlatRetriever,
+    IndexRetriever,
+    RandomCandidates,
+    RetrievalCandidates,
+)
 from envs.catalog import ItemCatalog, catalog_from_index, synthetic_catalog
 from envs.choice import ChoiceModel, ConditionalLogitChoice
 from envs.config import SlateEnvConfig
@@ -146,7 +152,7 @@ def check_against_world(config: SlateEnvConfig, world: World) -> None:
         raise ConfigError(
             f"dim={config.dim} but the catalog at {source} has {catalog.dim}-dimensional embeddings"
         )
-    reserve = config.history_length + config.max_episode_steps if config.candidates == "faiss" else 0
+    reserve = config.history_length + config.max_episode_steps if config.candidates != "random" else 0
     if config.num_candidates + reserve > catalog.size:
         raise ConfigError(
             f"num_candidates K={config.num_candidates} does not fit the catalog of {catalog.size} items"
@@ -186,6 +192,8 @@ def build_simulator(
             sampler = AnchorItemSampler(catalog, history, config.interest_noise)
     if config.candidates == "faiss":
         candidates = RetrievalCandidates(world.retriever, config.num_candidates, catalog)
+    elif config.candidates == "faiss-diverse":
+        candidates = CategoryQuotaCandidates(catalog, config.num_candidates, config.category_quota)
     else:
         candidates = RandomCandidates(catalog, config.num_candidates)
     return SlateSimulator(

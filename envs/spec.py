@@ -38,7 +38,7 @@ class SimulatorOptions(RayConfig):
     slate_size: int | None = None
     """k: items shown per step (default: the env config's)."""
     candidates: str | None = None
-    """Candidate generator: faiss or random (default: the env config's)."""
+    """Candidate generator: faiss, faiss-diverse or random (default: the env config's)."""
     env: list[str] = field(default_factory=list)
     """Override any simulator setting, KEY=VALUE (a field of envs.config.SlateEnvConfig, e.g. budget=30);
     repeatable, applied last."""

@@ -54,6 +54,60 @@ def test_compare_writes_per_run_results_table_and_plot(compare_dir):
     assert (compare_dir / "runs" / "linear-cem" / "seed0" / "linear_ranker.json").exists()
 
 
+def test_compare_reports_beyond_accuracy_of_every_policy(compare_dir):
+    from rayrec.metrics.beyond import table_header
+
+    summary = json.loads((compare_dir / "compare.json").read_text())
+    keys = {"ild", "novelty", "coverage", "gini_items", "gini_categories"}
+    for name, m in summary["methods"].items():
+        b = m["beyond"]
+        assert set(b) == keys and len(m["beyond_runs"]) == m["runs"], name
+        assert 0 < b["coverage"] <= 1 and 0 <= b["gini_items"] <= 1 and 0 <= b["gini_categories"] <= 1, name
+        assert 0 < b["ild"] <= 2 and b["novelty"] > 0, name
+        assert b == pytest.approx(m["beyond_runs"][0])  # one seed: the mean over runs is that run
+        record = json.loads((compare_dir / "runs" / name / "seed0.json").read_text())
+        assert record["beyond"] == m["beyond_runs"][0]
+    # uniformly random slates spread impressions over more of the catalog than the greedy reference
+    rand, greedy = summary["methods"]["random"]["beyond"], summary["methods"]["myopic-true"]["beyond"]
+    assert rand["coverage"] > greedy["coverage"] and rand["gini_items"] < greedy["gini_items"]
+    table = (compare_dir / "compare.md").read_text()
+    assert f"| % of planner | {table_header()} |" in table and "not pooled" in table
+    row = next(line for line in table.splitlines() if line.startswith("| random |"))
+    assert row.rstrip(" |").endswith(
+        f"{rand['coverage']:.3f} | {rand['gini_items']:.3f} | {rand['gini_categories']:.3f}"
+    )
+    assert "Gini categories</th>" in (compare_dir / "compare.html").read_text()
+
+
+def test_beyond_values_of_several_seeds_are_their_mean_not_pooled():
+    from trainers.compare import markdown, summarize
+
+    cfg = CompareConfig(out="x", methods=["ppo"], seeds=2, baselines=["random"], bootstrap_reps=50)
+    keys = ("ild", "novelty", "coverage", "gini_items", "gini_categories")
+
+    def record(name: str, seed: int, values: tuple[float, ...]) -> dict:
+        return {
+            "name": name,
+            "seed": seed,
+            "session_return": [1.0, 2.0],
+            "curve": [],
+            "beyond": dict(zip(keys, values, strict=True)),
+        }
+
+    results = {
+        "ppo/seed1": record("ppo", 1, (0.3, 12.0, 0.4, 0.5, 0.2)),
+        "ppo/seed0": record("ppo", 0, (0.1, 10.0, 0.2, 0.7, 0.4)),
+        "random/seed0": record("random", 0, (0.2, 11.0, 0.9, 0.1, 0.05)),
+    }
+    summary = summarize(cfg, results)
+    ppo = summary["methods"]["ppo"]
+    assert ppo["beyond"] == pytest.approx(dict(zip(keys, (0.2, 11.0, 0.3, 0.6, 0.3), strict=True)))
+    assert [r["coverage"] for r in ppo["beyond_runs"]] == [0.2, 0.4]  # seed order
+    assert summary["methods"]["random"]["beyond"]["coverage"] == 0.9
+    row = next(line for line in markdown(summary, "x").splitlines() if line.startswith("| ppo |"))
+    assert row.endswith("| 0.200 | 11.00 | 0.300 | 0.600 | 0.300 |")
+
+
 def test_compare_run_again_reuses_finished_runs(compare_dir, capsys):
     before = json.loads((compare_dir / "compare.json").read_text())
     assert main(["compare", "--out", str(compare_dir), *TINY]) == 0

@@ -74,6 +74,49 @@ def test_faiss_candidates_follow_the_observed_profile_and_skip_consumed_items():
             break
 
 
+def test_diverse_candidates_are_the_nearest_unseen_items_within_the_category_quota():
+    quota = 2
+    env = envs.make_env(
+        SlateEnvConfig(**SMALL, num_candidates=8, candidates="faiss-diverse", category_quota=quota)
+    )
+    obs, _ = env.reset(seed=5)
+    sim = env.unwrapped.sim
+    categories = sim.catalog.categories
+    for _ in range(20):
+        # Brute-force reference: walk the whole catalog by score, skip consumed items and full categories.
+        consumed = set(sim.users.consumed[0, : sim.users.consumed_len[0]].tolist())
+        scores = sim.catalog.embeddings @ obs["profile"]
+        expected, per_category = [], {}
+        for item in np.argsort(-scores, kind="stable"):
+            if item in consumed or per_category.get(categories[item], 0) == quota:
+                continue
+            expected.append(int(item))
+            per_category[categories[item]] = per_category.get(categories[item], 0) + 1
+            if len(expected) == 8:
+                break
+        got = sim.candidate_items[0].tolist()
+        assert got == expected or np.allclose(scores[got], scores[expected], atol=1e-5)  # ties may swap
+        assert max(np.unique(categories[got], return_counts=True)[1]) <= quota
+        np.testing.assert_allclose(obs["features"][:, 0], scores[got], atol=1e-5)
+        obs, _, terminated, _, _ = env.step(np.arange(5))
+        if terminated:
+            break
+
+
+def test_plain_faiss_candidates_crowd_into_few_categories_and_diverse_ones_do_not():
+    def mean_categories(mode: str) -> float:
+        env = envs.make_env(SlateEnvConfig(**SMALL, candidates=mode, category_quota=4))
+        counts = []
+        for seed in range(10):
+            env.reset(seed=seed)
+            sim = env.unwrapped.sim
+            counts.append(len(set(sim.catalog.categories[sim.candidate_items[0]])))
+        return float(np.mean(counts))
+
+    plain, diverse = mean_categories("faiss"), mean_categories("faiss-diverse")
+    assert diverse >= 5 > plain  # K=20 at <= 4 per category needs 5 of the 6 topics
+
+
 def test_repeated_slate_positions_are_replaced_by_the_best_unused_candidate():
     slates = np.array([[3, 3, 0, 3, 1], [0, 1, 2, 3, 4], [2, 2, 2, 2, 2]])
     np.testing.assert_array_equal(
@@ -167,6 +210,8 @@ def test_engagement_reward_is_the_clicked_items_quality():
         ({"num_candidates": 500, "candidates": "random", "num_items": 300}, "catalog"),
         ({"temperature": 0.0}, "temperature"),
         ({"candidates": "bm25"}, "candidates"),
+        ({"candidates": "faiss-diverse", "category_quota": 0}, "category_quota"),
+        ({"candidates": "faiss-diverse", "category_quota": 3}, "category_quota=3 over the catalog's 6"),
         ({"bogus": 1}, "unknown"),
     ],
 )

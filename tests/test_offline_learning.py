@@ -123,6 +123,33 @@ def test_behaviour_cloning_on_rllibs_offline_api(ray_session, small_log, tmp_pat
     assert policy.select(_obs(np.random.default_rng(1), 2, 8), 3).indices.shape == (2, 3)
 
 
+def test_offline_benchmark_table_carries_beyond_accuracy_columns():
+    """``python -m benchmarks.offline_learning``'s table: every policy's row has ILD, novelty, coverage and
+    both exposure Ginis, measured on the same held-out users (no training here: the fixed policies)."""
+    from benchmarks.offline_learning import LOGGER, evaluate, table
+    from envs.config import SlateEnvConfig
+    from rayrec.metrics.beyond import TABLE_COLUMNS, table_header
+
+    runs = evaluate(
+        {LOGGER: LOGGER, "greedy": "greedy", "random": "random"}, SlateEnvConfig(**SMALL_WORLD), 80, 7
+    )
+    lines = table(runs).splitlines()
+    assert lines[0].endswith(f"| ratio | {table_header()} |")
+    values = {}
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        values[cells[0].split()[0]] = dict(
+            zip([key for key, _, _ in TABLE_COLUMNS], map(float, cells[-len(TABLE_COLUMNS) :]), strict=True)
+        )
+    assert set(values) == {LOGGER, "greedy", "random"}
+    for name, v in values.items():
+        assert 0 < v["coverage"] <= 1 and 0 <= v["gini_items"] <= 1 and 0 <= v["gini_categories"] <= 1, name
+        assert 0 < v["ild"] <= 2 and v["novelty"] > 0, name
+    # random slates reach more of the catalog, and less concentrated, than the greedy ranker's
+    assert values["random"]["coverage"] > values["greedy"]["coverage"]
+    assert values["random"]["gini_items"] < values["greedy"]["gini_items"]
+
+
 def _damage(events, case: str) -> str:
     """Damage the copy ``events`` for ``case``; returns what the error must name."""
     if case == "empty":
@@ -195,6 +222,6 @@ def test_a_policy_learned_offline_beats_the_exploration_policy_that_logged(tmp_p
     events = str(tmp_path / "events")
     write_log(config.replace(user_split="train"), 5000, 0, events)
     dirs = train_all(events, tmp_path, ["reinforce-topk"], 1000, 0, "default")
-    outcomes = evaluate({LOGGER: LOGGER, **dirs}, config, 4000, 1_000_003)
-    diff = paired_difference(outcomes["reinforce-topk"], outcomes[LOGGER], "session_return")
+    runs = evaluate({LOGGER: LOGGER, **dirs}, config, 4000, 1_000_003)
+    diff = paired_difference(runs["reinforce-topk"][0], runs[LOGGER][0], "session_return")
     assert diff["ci95_low"] > 0, diff

@@ -22,6 +22,7 @@ def test_ppo_beats_random_and_retrieval_on_held_out_users(ray_session, tmp_path)
         bootstrap_reps=1000,
     )
     summary = compare(cfg, command="tests/test_slate_learning.py")
+    print(summary["markdown"])  # the README's table: `pytest -m slow -s tests/test_slate_learning.py`
     for baseline in ("random", "retrieval"):
         diff = summary["differences"][f"ppo - {baseline}"]
         assert diff["ci"][0] > 0, (baseline, diff)

@@ -7,12 +7,17 @@ One command for the evidence that a learned slate policy beats what a team would
    (``trainers.linear_ranker``), all on training users only and in parallel across the cluster's CPUs
    (``greedy``'s click model, too, is fitted to exploration clicks of training users);
 2. every run and every fixed baseline plays one session with each of the same ``test_users`` held-out
-   users (``user_split=test``, one seed), so every comparison is paired user by user;
+   users (``user_split=test``, one seed), so every comparison is paired user by user; the rollout measures
+   the beyond-accuracy metrics too (:func:`envs.beyond.evaluate_beyond`);
 3. :mod:`trainers.compare_stats` aggregates: mean and IQM over runs with bootstrap 95% intervals over runs
-   and users, and paired differences of every learning method against every other policy.
+   and users, and paired differences of every learning method against every other policy. Each policy's
+   beyond-accuracy values (ILD, novelty, coverage, exposure Gini over items and categories:
+   :func:`envs.beyond.run_values`) are measured per run and averaged over its runs (not pooled: a run's
+   coverage and Gini are over the impressions of ``test_users`` users, like a fixed baseline's one run).
 
 Outputs under ``--out``: ``runs/NAME/seedS.json`` (one per finished run or baseline: per-user returns and
-the learning curve; a compare that is run again reuses them, so an interrupted compare resumes),
+the beyond-accuracy values and the learning curve; a compare that is run again reuses them, so an
+interrupted compare resumes),
 ``runs/NAME/seedS/`` (each training run's directory, resumed from its last checkpoint when interrupted),
 ``compare.json``, ``compare.md`` (the table), ``compare.png`` (learning curves with bands, final scores) and
 ``compare.html`` (the table and the plot in one self-contained page).
@@ -32,17 +37,20 @@ from typing import Any
 import matplotlib
 import numpy as np
 
+from envs.beyond import run_values
 from envs.policies import SIMULATION_POLICIES
 from envs.spec import SimulatorOptions, parse_overrides, resolve_env_config
 from rayrec.errors import ConfigError
 from rayrec.html_report import write_html_report
+from rayrec.metrics.beyond import TABLE_COLUMNS, table_cells, table_header
 from trainers.compare_config import BANDIT_SUFFIX, LINEAR, CompareConfig
 from trainers.compare_stats import bootstrap_intervals, curve_band
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after choosing the backend
 
-RESULT_VERSION = 1
+RESULT_VERSION = 2
+"""Version of a run's result record (2: with the beyond-accuracy values); other versions run again."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +112,7 @@ def train_config(cfg: CompareConfig, job: Job, run_dir: Path):
 
 def run_job(cfg: CompareConfig, job: Job) -> dict[str, Any]:
     """Train or fit (when the job learns), then play the test users; the per-seed result record."""
-    from trainers.policy_eval import play
+    from trainers.policy_eval import play_beyond
 
     started = time.perf_counter()
     out = Path(cfg.out)
@@ -135,7 +143,7 @@ def run_job(cfg: CompareConfig, job: Job) -> dict[str, Any]:
         from envs.policies import fitted_greedy
 
         spec = fitted_greedy(resolve_env_config(cfg, user_split="train"))
-    outcomes = play(spec, test_env, cfg.test_users, cfg.test_seed)
+    outcomes, exposure = play_beyond(spec, test_env, cfg.test_users, cfg.test_seed)
     return {
         "version": RESULT_VERSION,
         "name": job.name,
@@ -144,6 +152,7 @@ def run_job(cfg: CompareConfig, job: Job) -> dict[str, Any]:
         "test_users": cfg.test_users,
         "test_seed": cfg.test_seed,
         "session_return": outcomes.session_return.tolist(),
+        "beyond": run_values(outcomes, exposure),
         "curve": curve,
         "wall_s": time.perf_counter() - started,
     }
@@ -197,7 +206,8 @@ def run_all(cfg: CompareConfig) -> dict[str, dict[str, Any]]:
 
 
 def summarize(cfg: CompareConfig, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The statistics of :func:`trainers.compare_stats.bootstrap_intervals` plus what each policy is."""
+    """The statistics of :func:`trainers.compare_stats.bootstrap_intervals` plus what each policy is and its
+    beyond-accuracy values (``beyond``: the mean over its runs; ``beyond_runs``: each run's, in seed order)."""
     names = [*cfg.methods, *cfg.baselines]
     scores = {
         name: np.array([r["session_return"] for r in results.values() if r["name"] == name]) for name in names
@@ -208,6 +218,11 @@ def summarize(cfg: CompareConfig, results: dict[str, dict[str, Any]]) -> dict[st
     for name, entry in stats["methods"].items():
         entry["kind"] = "learned" if name in cfg.methods else ("fitted" if name == LINEAR else "fixed")
         entry["hidden_state"] = name in SIMULATION_POLICIES
+        runs = sorted((r for r in results.values() if r["name"] == name), key=lambda r: r["seed"])
+        entry["beyond_runs"] = [r["beyond"] for r in runs]
+        entry["beyond"] = {
+            key: float(np.mean([r["beyond"][key] for r in runs])) for key, _, _ in TABLE_COLUMNS
+        }
     planner = stats["methods"].get("planner", {}).get("mean")
     for entry in stats["methods"].values():
         entry["pct_of_planner"] = entry["mean"] / planner if planner else None
@@ -243,16 +258,21 @@ def markdown(summary: dict[str, Any], command: str) -> str:
         f"Preset `{summary['preset']}`; {summary['test_users']} held-out test users (seed "
         f"{summary['test_seed']}) play every policy once, so comparisons are paired. Learning methods: "
         f"{summary['seeds']} training seeds × {summary['iterations']} iterations. Intervals: 95% bootstrap "
-        "over runs and users (Agarwal et al. 2021's stratified bootstrap, with paired users).",
+        "over runs and users (Agarwal et al. 2021's stratified bootstrap, with paired users). Beyond "
+        "accuracy, the mean over a policy's runs (not pooled) of each run's values on the test users: ILD "
+        "and novelty averaged over users, coverage and exposure Gini over items and over categories of "
+        "all the run's impressions.",
         "",
-        "| policy | kind | sees hidden state | runs | mean session return [95% CI] | IQM [95% CI] | % of planner |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| policy | kind | sees hidden state | runs | mean session return [95% CI] | IQM [95% CI] | % of planner "
+        f"| {table_header()} |",
+        "| --- | --- | --- | --- | --- | --- | --- |" + " ---: |" * len(TABLE_COLUMNS),
     ]
     for name, m in summary["methods"].items():
         pct = f"{m['pct_of_planner']:.1%}" if m["pct_of_planner"] is not None else "–"
         lines.append(
             f"| {name} | {m['kind']} | {'yes' if m['hidden_state'] else 'no'} | {m['runs']} | "
-            f"{m['mean']:.3f} {_ci(m['mean_ci'])} | {m['iqm']:.3f} {_ci(m['iqm_ci'])} | {pct} |"
+            f"{m['mean']:.3f} {_ci(m['mean_ci'])} | {m['iqm']:.3f} {_ci(m['iqm_ci'])} | {pct} | "
+            f"{table_cells(m['beyond'])} |"
         )
     lines += ["", "Paired differences of mean session return (method minus other, same users):", ""]
     lines += ["| difference | mean [95% CI] | above 0 |", "| --- | --- | --- |"]

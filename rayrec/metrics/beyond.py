@@ -193,6 +193,25 @@ def calibration_kl(
 
 CORPUS_METRICS = ("coverage", "gini_items", "gini_categories")
 """Corpus-level metrics of an :class:`Exposure`, in report order."""
+TABLE_COLUMNS = (
+    ("ild", "ILD", 3),
+    ("novelty", "novelty (bits)", 2),
+    ("coverage", "coverage", 3),
+    ("gini_items", "Gini items", 3),
+    ("gini_categories", "Gini categories", 3),
+)
+"""The beyond-accuracy columns of the policy tables, ``(key, header, digits)``: :func:`table_header`,
+:func:`table_cells`."""
+
+
+def table_header() -> str:
+    """The Markdown header cells of :data:`TABLE_COLUMNS` (``"ILD | ... | Gini categories"``)."""
+    return " | ".join(label for _, label, _ in TABLE_COLUMNS)
+
+
+def table_cells(values: dict[str, float]) -> str:
+    """The Markdown cells of one row: ``values[key]`` of every :data:`TABLE_COLUMNS` key, rounded."""
+    return " | ".join(f"{values[key]:.{digits}f}" for key, _, digits in TABLE_COLUMNS)
 
 
 @dataclass(frozen=True)
