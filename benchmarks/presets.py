@@ -19,6 +19,7 @@ from envs.beyond import evaluate_beyond, run_values
 from envs.item_rules import FIXED_RULES
 from envs.policies import ItemRulePolicy
 from envs.presets import PRESETS, preset
+from envs.spec import parse_overrides
 from rayrec.metrics.beyond import Exposure, table_cells, table_header
 from rayrec.metrics.session import SessionOutcomes, mean_interval, paired_difference
 
@@ -27,9 +28,12 @@ NEEDS_PLANNING = 0.85
 """A preset needs planning when its best fixed per-item rule reaches at most this share of the planner."""
 
 
-def run_preset(name: str, users: int, seed: int) -> dict[str, tuple[SessionOutcomes, Exposure]]:
-    """Outcomes and exposure of every policy, every fixed rule and the planner on ``users`` users of ``name``."""
-    config = preset(name)
+def run_preset(
+    name: str, users: int, seed: int, overrides: dict[str, object] | None = None
+) -> dict[str, tuple[SessionOutcomes, Exposure]]:
+    """Outcomes and exposure of every policy, every fixed rule and the planner on ``users`` users of ``name``
+    (with the simulator settings ``overrides``, e.g. ``{"candidates": "faiss-diverse"}``)."""
+    config = preset(name).replace(**(overrides or {}))
     runs = {}
     for spec in (*POLICIES, "planner"):
         sim = build_simulator(config, batch=users)
@@ -75,13 +79,19 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1_000_003)
     parser.add_argument("--preset", action="append", help="preset to run (repeatable; default: all)")
+    parser.add_argument(
+        "--env", action="append", default=[], help="simulator setting KEY=VALUE applied to every preset"
+    )
     args = parser.parse_args()
+    overrides = parse_overrides(args.env)
     for name in args.preset or list(PRESETS):
         started = time.perf_counter()
-        runs = run_preset(name, args.users, args.seed)
+        runs = run_preset(name, args.users, args.seed, overrides)
         print(table(name, runs))
         print(
-            f"\n({args.users} users, seed {args.seed}, {time.perf_counter() - started:.0f} s)\n", flush=True
+            f"\n({args.users} users, seed {args.seed}{''.join(f', {o}' for o in args.env)}, "
+            f"{time.perf_counter() - started:.0f} s)\n",
+            flush=True,
         )
 
 

@@ -18,7 +18,9 @@ Policy specs (wherever a policy is named: ``rayrec simulate --policy``, ``rayrec
 ``fair:mmr:greedy``. ``PARAM`` is λ (mmr, default :data:`DEFAULTS`), θ (dpp) or β (fair). Relevance is the
 base's per-candidate score (:func:`base_relevance`) min-max scaled to [0, 1] within each row, so the
 parameters mean the same for any base. The fair re-ranker needs each candidate's category: a
-:class:`CategoryLookup` built from the catalog finds it from the candidate's embedding.
+:class:`CategoryLookup` built from the catalog finds it from the candidate's embedding (the simulator's
+catalog; in the server, the index's ``category`` column, see :class:`serving.deployments.Ranker`).
+:func:`needs_categories` tells whether a spec has a fair re-ranker anywhere in it.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rayrec.baselines import one_hot_marginals
-from rayrec.errors import ConfigError
+from rayrec.baselines import load_policy, one_hot_marginals
+from rayrec.errors import ArtifactError, ConfigError
+from rayrec.metrics.beyond import encode_categories
 from rayrec.slate_policy import Observation, Slate, SlatePolicy
 
 RERANKERS = ("mmr", "dpp", "fair")
@@ -70,6 +73,17 @@ def parse_rerank_spec(spec: str) -> RerankSpec | None:
     if name == "fair" and not (value >= 0.0 and np.isfinite(value)):
         raise ConfigError(f"policy {spec!r}: fair's β must be >= 0, got {value}")
     return RerankSpec(name=name, param=value, base=base)
+
+
+def needs_categories(spec: str) -> bool:
+    """True when ``spec`` has a ``fair`` re-ranker at any depth (``fair:greedy``, ``mmr:fair@2:retrieval``):
+    loading it needs the catalog's :class:`CategoryLookup`. Bad parameters → ConfigError."""
+    wrapped = parse_rerank_spec(spec)
+    while wrapped is not None:
+        if wrapped.name == "fair":
+            return True
+        wrapped = parse_rerank_spec(wrapped.base)
+    return False
 
 
 def base_relevance(policy: SlatePolicy, obs: Observation) -> np.ndarray:
@@ -191,6 +205,13 @@ class CategoryLookup:
         self.keys, self.codes = keys[order], np.asarray(codes, np.int64)[order]
         self.num_categories = int(num_categories)
 
+    @classmethod
+    def from_categories(cls, embeddings: np.ndarray, categories: np.ndarray) -> CategoryLookup:
+        """The lookup of a catalog of ``embeddings`` [N, d] and ``categories`` [N] str (``""`` or None:
+        unknown, a category of its own, as :func:`rayrec.metrics.beyond.encode_categories` codes it)."""
+        codes, names = encode_categories(categories, len(embeddings))
+        return cls(embeddings, codes, len(names))
+
     def categories(self, candidates: np.ndarray) -> np.ndarray:
         """[B, K] int64 category of each candidate ``candidates`` [B, K, d] (``C`` when unknown)."""
         keys = embedding_keys(np.asarray(candidates, dtype=np.float32))
@@ -245,6 +266,14 @@ class FairExposurePolicy(_Reranker):
         return _slate(indices, scores)
 
 
+def innermost_policy(policy: SlatePolicy) -> SlatePolicy:
+    """The policy a chain of re-rankers wraps (``policy`` itself when it is no re-ranker): what decides the
+    observation's scale (a trained policy's K and ``budget``)."""
+    while isinstance(policy, _Reranker):
+        policy = policy.base
+    return policy
+
+
 def make_reranker(spec: RerankSpec, base: SlatePolicy, lookup: CategoryLookup | None = None) -> SlatePolicy:
     """The re-ranker ``spec`` names around ``base``; ``fair`` needs the catalog's ``lookup``."""
     if spec.name == "mmr":
@@ -254,6 +283,38 @@ def make_reranker(spec: RerankSpec, base: SlatePolicy, lookup: CategoryLookup | 
     if lookup is None:
         raise ConfigError(
             f"policy {spec}: the fair re-ranker needs the catalog's item categories; it runs where the "
-            "catalog is known (rayrec simulate, rayrec ab, benchmarks)"
+            "catalog is known (rayrec simulate, rayrec ab, benchmarks, and the server with an index built "
+            "from items with a category column)"
         )
     return FairExposurePolicy(spec, base, lookup)
+
+
+def index_category_lookup(index_uri: str | None, spec: str) -> CategoryLookup:
+    """The :class:`rayrec.rerank.CategoryLookup` of the index's items, for policy ``spec``'s ``fair``
+    re-ranker: their embeddings and ``category`` column (the embeddings file only, checksum verified).
+
+    Raises:
+        ConfigError: no index given.
+        ArtifactError: the index has no categories (built from items without a ``category`` column, or
+            before ``rayrec build-index`` stored them), or does not load.
+    """
+    if index_uri is None:
+        raise ConfigError(
+            f"policy {spec}: the fair re-ranker needs an index with item categories; none given"
+        )
+    from rayrec.index.item_index import load_index_items  # pyarrow: only when a fair policy is loaded
+
+    items = load_index_items(index_uri, verify=True)
+    if items.categories is None:
+        raise ArtifactError(
+            f"policy {spec}: the fair re-ranker needs item categories and index {index_uri} has none; "
+            "rebuild it with `rayrec build-index` from items.parquet with a category column"
+        )
+    return CategoryLookup.from_categories(items.embeddings, items.categories)
+
+
+def load_policy_for_index(spec: str, index_uri: str | None) -> SlatePolicy:
+    """:func:`rayrec.baselines.load_policy` of ``spec``, given the categories of the index ``index_uri``
+    (:func:`index_category_lookup`) when the spec has a ``fair`` re-ranker anywhere in it."""
+    categories = index_category_lookup(index_uri, spec) if needs_categories(spec) else None
+    return load_policy(spec, categories)

@@ -45,9 +45,9 @@ from ray.serve.config import BackpressureConfig
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from rayrec.assignment import assign_arm
-from rayrec.baselines import load_policy
 from rayrec.errors import ArtifactError, ConfigError
 from rayrec.privacy import Pseudonymizer, key_id, load_key, resolve_key_source
+from rayrec.rerank import load_policy_for_index
 from serving.api import (
     MAX_K,
     REQUEST_STATE,
@@ -65,7 +65,14 @@ from serving.api import (
 )
 from serving.auth import KeyRing
 from serving.batching import Coalescer
-from serving.deployments import EventLogger, QueryEncoder, Ranker, Retriever, UserStep, read_index_manifest
+from serving.deployments import (
+    EventLogger,
+    QueryEncoder,
+    Ranker,
+    Retriever,
+    UserStep,
+    read_index_manifest,
+)
 from serving.haproxy import install_error_page
 from serving.local import LocalStages, stages_user_config
 from serving.metrics import IngressMetrics
@@ -384,11 +391,12 @@ def check_policies(config: AppConfig, index_dim: int) -> dict[str, int]:
     Raises:
         ArtifactError: a policy trained on another embedding dimension, or (from
             :func:`rayrec.slate_scorer.load_exported_policy`) on features other than
-            :data:`rayrec.features.FEATURE_NAMES`.
+            :data:`rayrec.features.FEATURE_NAMES`; a ``fair`` re-ranker over an index without item
+            categories (:func:`rayrec.rerank.index_category_lookup`).
     """
     trained: dict[str, int] = {}
     for arm in config.parsed_arms():
-        export = trained_config(load_policy(arm.policy))
+        export = trained_config(load_policy_for_index(arm.policy, config.index))
         if export is None:
             continue  # a baseline: any index, any K
         if export.scorer.dim != index_dim:
@@ -491,7 +499,7 @@ def bind_app(config: AppConfig, encoder_name: str | None, dim: int) -> serve.App
         rankers = {
             arm.name: serve.deployment(Ranker)
             .options(name=f"Ranker-{arm.name}", user_config={"policy": arm.policy}, **internal)
-            .bind(config.num_candidates, config.batch_wait_s, dim, arm.policy)
+            .bind(config.num_candidates, config.batch_wait_s, dim, arm.policy, config.index)
             for arm in config.parsed_arms()
         }
     logger = (

@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 
 from rayrec import storage
-from rayrec.baselines import BASELINES, LINEAR_RANKER_FILE, load_policy
+from rayrec.baselines import BASELINES, LINEAR_RANKER_FILE
 from rayrec.encoding import TextEncoder
 from rayrec.errors import ArtifactError
 from rayrec.events import EventLog, compact, quarantine_corrupt_parts, recent_slates, recover
 from rayrec.index import ItemIndex
+from rayrec.rerank import load_policy_for_index, parse_rerank_spec
 from serving.batching import batched
 from serving.metrics import EventMetrics, rollout_refused_counter
 from serving.pipeline import (
@@ -267,12 +268,23 @@ class Retriever(_SafeRollout):
 class Ranker(_SafeRollout):
     """One A/B arm's slate policy over retrieved candidates, batched.
 
-    ``user_config``: ``{"policy": SPEC}`` (a baseline name or an exported policy directory, for
-    :func:`rayrec.baselines.load_policy`; a rollout: see :class:`_SafeRollout`, with ``dim`` and
-    ``initial`` as for :class:`UserStep`).
+    ``user_config``: ``{"policy": SPEC}`` (a baseline name, an exported policy directory or a re-ranker
+    around either, for :func:`rayrec.baselines.load_policy`; a rollout: see :class:`_SafeRollout`, with
+    ``dim`` and ``initial`` as for :class:`UserStep`).
+
+    A spec with a ``fair`` re-ranker (``fair@0.5:retrieval``, ``fair:greedy``) is given the category lookup
+    of ``index`` (:func:`rayrec.rerank.index_category_lookup`); an index without categories makes it fail to load with a
+    one-line error, so a rollout to it is refused and the current policy keeps serving. The fair
+    re-ranker's amortised exposure lives in the replica's policy object, per replica: with N replicas
+    there are N independent tallies, each evening out the exposure of the slates its replica chose over
+    its own share of the arm's traffic (no replica sees the others'); a replica start or a rollout
+    starts a fresh tally. The lookup is of the application's index: candidates from an index rolled out
+    later through the UserStep/Retriever ``user_config`` whose embeddings it does not hold count as of
+    no category (neither favoured nor counted) until the application is redeployed with that index.
 
     Args:
         num_candidates: K the retriever serves; a trained policy trained on another K is refused.
+        index: the application's index (its ``category`` column is what ``fair`` re-ranks by), or None.
     """
 
     stage = "Ranker"
@@ -283,9 +295,11 @@ class Ranker(_SafeRollout):
         batch_wait_s: float | None = 0.0,
         dim: int | None = None,
         initial: str | None = None,
+        index: str | None = None,
     ) -> None:
         self.num_candidates = num_candidates
         self.dim = dim
+        self.index = index
         self.policy = None
         self.spec = ""
         self.version = ""
@@ -303,7 +317,7 @@ class Ranker(_SafeRollout):
             self.policy, self.spec, self.version = policy, spec, version
 
     def _load(self, spec: str):
-        policy = load_policy(spec)
+        policy = load_policy_for_index(spec, self.index)
         check_candidate_count(policy, spec, self.num_candidates)
         trained = trained_config(policy)
         if trained is not None and self.dim is not None and trained.scorer.dim != self.dim:
@@ -329,7 +343,11 @@ class Ranker(_SafeRollout):
 
 def policy_version(spec: str) -> str:
     """Content hash of a policy: of an exported policy's ``policy.json`` (which holds its weights'
-    sha256, checked at load), or ``baseline-NAME`` for a baseline (code, no artifact)."""
+    sha256, checked at load), ``baseline-NAME`` for a baseline (code, no artifact), and for a re-ranker
+    ``NAME@PARAM-`` followed by its base's version (``fair@0.5-baseline-retrieval``)."""
+    wrapped = parse_rerank_spec(spec)
+    if wrapped is not None:
+        return f"{wrapped.name}@{wrapped.param:g}-{policy_version(wrapped.base)}"
     if spec in BASELINES:
         return f"baseline-{spec}"
     meta_file = "policy.json"

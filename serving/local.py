@@ -50,7 +50,8 @@ class LocalStages:
         self.user_step = UserStep(encoder, dim, initial=config.index)
         self.retriever = Retriever(num_candidates, MAX_K, None, dim, initial=config.index)
         self.rankers = {
-            arm.name: Ranker(num_candidates, None, dim, initial=arm.policy) for arm in config.parsed_arms()
+            arm.name: Ranker(num_candidates, None, dim, initial=arm.policy, index=config.index)
+            for arm in config.parsed_arms()
         }
 
     def handles(self) -> tuple[LocalHandle, LocalHandle, dict[str, LocalHandle]]:

@@ -24,6 +24,7 @@ from rayrec.explain import (
     history_attribution,
 )
 from rayrec.features import build_observation, l2_normalize, popularity_feature, profile_vector
+from rayrec.rerank import innermost_policy
 from rayrec.slate_policy import SlatePolicy
 
 if TYPE_CHECKING:
@@ -44,7 +45,9 @@ def index_version(index) -> str:
 
 
 def trained_config(policy: SlatePolicy) -> ExportConfig | None:
-    """What a trained policy was trained with (its export's K, k, feature names, budget); None for a baseline."""
+    """What a trained policy was trained with (its export's K, k, feature names, budget); None for a baseline.
+    A re-ranker (:mod:`rayrec.rerank`) answers for the policy it wraps."""
+    policy = innermost_policy(policy)
     # Not imported here: rayrec.slate_scorer imports torch, which a baseline-only replica never needs; a
     # trained policy was loaded through it, so it is in sys.modules whenever the answer can be non-None.
     scorer = sys.modules.get("rayrec.slate_scorer")

@@ -32,7 +32,8 @@ class AppConfig:
     index: str
     """Index directory (local path or URI) written by ``rayrec build-index``."""
     arms: list[str]
-    """A/B arms as NAME=POLICY[:WEIGHT] (POLICY: random, retrieval, greedy or a trained policy directory);
+    """A/B arms as NAME=POLICY[:WEIGHT] (POLICY: random, retrieval, greedy, a trained policy directory, or a
+    re-ranker around one: ``mmr:retrieval``, ``fair@0.5:greedy``, the latter on an index with categories);
     a user's arm is fixed by a salted hash of the pseudonymized user id."""
     events: str = "runs/serve/events"
     """Events directory: impressions and feedback are appended there as Parquet part files."""

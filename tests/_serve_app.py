@@ -39,12 +39,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def build_test_index(out: Path, n_items: int = N_ITEMS, seed: int = 0) -> Path:
+def build_test_index(out: Path, n_items: int = N_ITEMS, seed: int = 0, categories: bool = False) -> Path:
     """A real index directory over a synthetic catalog: four topic clusters, zipf popularity, a flat FAISS
     index with checksums, and a tiny local BERT (built from the item texts) as its query encoder.
 
-    Item ``item-i`` belongs to topic ``i % 4``. The embeddings are drawn around topic centroids rather
-    than taken from the untrained tiny BERT, whose outputs are all alike.
+    Item ``item-i`` belongs to topic ``i % 4`` (its ``category`` column, with ``categories``). The
+    embeddings are drawn around topic centroids rather than taken from the untrained tiny BERT, whose
+    outputs are all alike.
     """
     from rayrec.encoding import TextEncoder, build_tiny_encoder
     from rayrec.features import l2_normalize
@@ -70,6 +71,7 @@ def build_test_index(out: Path, n_items: int = N_ITEMS, seed: int = 0) -> Path:
         build_faiss_index(embeddings, spec),
         spec,
         str(encoder_dir),
+        categories=[names[t] for t in topics] if categories else None,
     )
     return index_dir
 

@@ -39,7 +39,14 @@ from rayrec.metrics.beyond import (
     self_information,
 )
 from rayrec.metrics.session import BEYOND, SessionOutcomes, metric_definition
-from rayrec.rerank import CategoryLookup, FairExposurePolicy, RerankSpec, parse_rerank_spec
+from rayrec.rerank import (
+    CategoryLookup,
+    FairExposurePolicy,
+    RerankSpec,
+    innermost_policy,
+    needs_categories,
+    parse_rerank_spec,
+)
 
 SMALL = SlateEnvConfig(num_items=1500)
 
@@ -247,6 +254,24 @@ def test_fair_reranker_lowers_category_exposure_gini_on_a_scripted_catalog():
     # the bonus is proportional to the deficit: the larger β, the closer exposure comes to equal
     assert base == pytest.approx(0.5) and base > fair(1.0) > fair(5.0) and fair(5.0) < 0.1
     assert fair(0.0) == pytest.approx(base)
+
+
+def test_specs_say_when_they_need_categories_and_what_they_wrap():
+    assert needs_categories("fair:retrieval") and needs_categories("mmr@0.5:fair@2:greedy")
+    assert not needs_categories("mmr:dpp:greedy") and not needs_categories("/srv/policy")
+    assert not needs_categories("s3://bucket/fair:policy")  # a URI, not a re-ranker
+    with pytest.raises(ConfigError, match="β"):
+        needs_categories("mmr:fair@-1:retrieval")
+    embeddings = l2_normalize(np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32))
+    lookup = CategoryLookup.from_categories(
+        embeddings, np.array(["b", "a", None, "b", "a", ""], dtype=object)
+    )
+    # codes of the sorted names ("", "a", "b"): missing and empty share the unknown-but-counted category ""
+    assert lookup.num_categories == 3
+    assert lookup.categories(embeddings[None]).tolist() == [[2, 1, 0, 2, 1, 0]]
+    policy = load_policy("fair@0.5:mmr:greedy", lookup)
+    assert isinstance(innermost_policy(policy), GreedyPolicy) and innermost_policy(policy) is not policy
+    assert innermost_policy(policy.base) is innermost_policy(policy)
 
 
 def test_rerankers_run_in_the_simulator_by_name():

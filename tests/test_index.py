@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from _retrieval_world import write_tiny_world
@@ -239,6 +240,42 @@ def test_build_index_embeds_in_process_without_ray_and_matches_the_encoder(tmp_p
     report = build_index(config)
     assert report["embed_mode"] == "local"
     expected = TextEncoder.load(model).encode(texts, batch_size=1)  # one text at a time: no padding at all
-    np.testing.assert_allclose(ItemIndex.load(str(tmp_path / "index")).embeddings, expected, atol=1e-5)
+    index = ItemIndex.load(str(tmp_path / "index"))
+    np.testing.assert_allclose(index.embeddings, expected, atol=1e-5)
+    items = pq.read_table(data / "items.parquet")  # the tiny world's items have a category column
+    assert index.categories.tolist() == items.column("category").to_pylist()
+    assert pq.read_table(tmp_path / "index" / "item_embeddings.parquet").column_names[-1] == "category"
     with pytest.raises(ConfigError, match="--threads must be >= 1"):
         BuildIndexConfig(data="d", out="o", threads=0)
+
+
+def test_categories_are_optional_in_the_layout_and_covered_by_the_checksum(tmp_path):
+    """An index written without categories (the layout before they were stored) loads with None; one with
+    them round-trips them (nulls as ``""``), and a changed category fails the embeddings file's sha256."""
+    vectors = clustered_vectors(40, 8)
+    plain = _write(tmp_path, vectors, "flat")
+    assert ItemIndex.load(str(plain)).categories is None
+    assert "category" not in pq.read_table(plain / "item_embeddings.parquet").column_names
+    spec = IndexSpec(type="flat").resolved(40, 8)
+    categories = ["a", "b", None, "c"] * 10
+    out = tmp_path / "with-categories"
+    ids = [f"item-{i}" for i in range(40)]
+    write_index(
+        str(out),
+        ids,
+        vectors,
+        np.ones(40),
+        build_faiss_index(vectors, spec),
+        spec,
+        "t",
+        categories=categories,
+    )
+    index = ItemIndex.load(str(out))
+    assert index.categories.tolist() == ["a", "b", "", "c"] * 10 and len(index) == 40
+    table = pq.read_table(out / "item_embeddings.parquet")
+    relabelled = table.set_column(3, "category", pa.array(["x"] * 40))
+    pq.write_table(relabelled, out / "item_embeddings.parquet")
+    with pytest.raises(ArtifactError, match=r"item_embeddings\.parquet does not match index\.json"):
+        ItemIndex.load(str(out))
+    with pytest.raises(ArtifactError, match="3 categories for 40 items"):
+        write_index(str(tmp_path / "bad"), ids, vectors, np.ones(40), None, spec, "t", categories=["a"] * 3)

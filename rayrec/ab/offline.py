@@ -11,18 +11,18 @@ from envs.policies import SIMULATION_POLICIES, make_policy
 from rayrec import storage
 from rayrec.ab.config import OpeConfig
 from rayrec.ab.off_policy import evaluate_logged
-from rayrec.baselines import load_policy
 from rayrec.config import load_config
 from rayrec.errors import ConfigError, DataError
 from rayrec.index import ItemIndex
 from rayrec.logs.reader import SIMULATOR_FILE, ItemLookup, logged_requests, read_event_log
+from rayrec.rerank import load_policy_for_index
 from rayrec.slate_policy import SlatePolicy
 
 
 def policy_source(config: OpeConfig) -> tuple[Callable[[str], SlatePolicy], ItemLookup]:
     """How to build a policy from a spec for this log, and the item embeddings its candidates are looked up in.
 
-    With ``--index``, policies are built as the server builds them (:func:`rayrec.baselines.load_policy`).
+    With ``--index``, policies are built as the server builds them (:func:`rayrec.rerank.load_policy_for_index`: a ``fair`` re-ranker gets the index's item categories).
     Without it, the log must come from a simulated A/B (``EVENTS/simulator.yaml``): the simulator is
     rebuilt, its catalog supplies the embeddings and policies are built as the A/B runner built them (in
     that simulator). Policies that read the simulator's hidden state cannot be replayed on a log.
@@ -38,7 +38,9 @@ def policy_source(config: OpeConfig) -> tuple[Callable[[str], SlatePolicy], Item
 
     if config.index is not None:
         index = ItemIndex.load(config.index)
-        return lambda spec: load_policy(replayable(spec)), ItemLookup(index.item_ids, index.embeddings)
+        return lambda spec: load_policy_for_index(replayable(spec), config.index), ItemLookup(
+            index.item_ids, index.embeddings
+        )
     sim_file = storage.join(config.events, SIMULATOR_FILE)
     if not storage.exists(sim_file):
         raise ConfigError(

@@ -60,7 +60,7 @@ def log_catalog(config: EventStatsConfig):
         categories = None
         if config.data is not None:
             from rayrec.data.io import load_dataset
-            from rayrec.index.evaluate import item_categories
+            from rayrec.index.item_index import item_categories
 
             categories = item_categories(load_dataset(config.data).items, index.item_ids)
         return CatalogView(index.item_ids, index.embeddings, index.popularity, categories), False

@@ -194,8 +194,8 @@ def run_loop(cfg: LoopConfig) -> dict[str, Any]:
     from rayrec.ab.offline import evaluate_offline
     from rayrec.ab.simulate import simulated_user_ids
     from rayrec.assignment import assign_arm
-    from rayrec.baselines import load_policy
     from rayrec.index import ItemIndex
+    from rayrec.rerank import load_policy_for_index
     from rayrec.runtime import init_ray
     from trainers.offline import train_offline
     from trainers.policy_config import TrainPolicyConfig
@@ -277,7 +277,7 @@ def run_loop(cfg: LoopConfig) -> dict[str, Any]:
             u for u in (f"probe-{i}" for i in range(200)) if assign_arm(u, arm_weights(cfg)) == MAIN_ARM
         ]
         history = [str(item) for item in ItemIndex.load(cfg.index).item_ids[:2]]
-        wait_rolled_out(url, probes[:5], history, load_policy(winner).name)
+        wait_rolled_out(url, probes[:5], history, load_policy_for_index(winner, cfg.index).name)
         summary["winner"] = winner
         print(f"6. rolled out {winner} on the {MAIN_ARM} arm (serve-rollout.yaml)", flush=True)
     finally:

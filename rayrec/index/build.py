@@ -1,4 +1,5 @@
-"""``rayrec build-index``: embed every item with Ray Data, then write embeddings, FAISS index and ``index.json``."""
+"""``rayrec build-index``: embed every item with Ray Data, then write embeddings (with the items' categories when
+the data has them), FAISS index and ``index.json``."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from rayrec.data.schema import INTERACTIONS_FILE, ITEMS_FILE
 from rayrec.encoding import DEFAULT_MODEL, check_model_dir, encoder_reference, item_texts, resolve_model
 from rayrec.errors import ConfigError, DataError
 from rayrec.index.faiss_index import IndexSpec, IndexType, build_faiss_index
-from rayrec.index.item_index import write_index
+from rayrec.index.item_index import item_categories, write_index
 from rayrec.runtime import init_ray
 
 EmbedMode = Literal["auto", "local", "ray"]
@@ -27,7 +28,9 @@ class BuildIndexConfig(RayConfig):
     """Build an item index from a data directory and an encoder."""
 
     data: str
-    """Data directory (local path or URI) with items.parquet (and interactions.parquet for popularity)."""
+    """Data directory (local path or URI) with items.parquet (and interactions.parquet for popularity); the
+    items' ``category`` column, when present, is stored in the index (what the ``fair`` re-ranker and the
+    category metrics read)."""
     out: str
     """Index directory to write (local path or URI)."""
     encoder: str = DEFAULT_MODEL
@@ -179,6 +182,7 @@ def build_index(config: BuildIndexConfig) -> dict[str, Any]:
         faiss_index,
         spec,
         encoder=encoder_reference(config.encoder),
+        categories=item_categories(items, item_ids),
     )
     save_config(config, config.out)
     print(

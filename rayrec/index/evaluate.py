@@ -28,7 +28,7 @@ from rayrec.data.split import cold_item_split
 from rayrec.errors import ConfigError, DataError
 from rayrec.features import l2_normalize
 from rayrec.index.exact import popularity_search
-from rayrec.index.item_index import ItemIndex
+from rayrec.index.item_index import ItemIndex, item_categories
 from rayrec.metrics.beyond import encode_categories, list_metrics, pad_lists
 from rayrec.metrics.retrieval import ranking_metrics
 
@@ -216,14 +216,6 @@ def _section(ranked: dict[str, np.ndarray], eval_set: EvalSet, mask: np.ndarray,
         "model": metrics(ranked["model"]),
         "baselines": {name: metrics(lists) for name, lists in ranked.items() if name != "model"},
     }
-
-
-def item_categories(items: pa.Table, item_ids: np.ndarray) -> np.ndarray | None:
-    """[N] category of each index item from ``items.parquet`` (None when it has no ``category`` column)."""
-    if "category" not in items.column_names:
-        return None
-    by_id = dict(zip(items.column("item_id").to_pylist(), items.column("category").to_pylist(), strict=True))
-    return np.asarray([by_id.get(str(item)) or "" for item in item_ids], dtype=object)
 
 
 def evaluate_retrieval(config: EvalRetrievalConfig) -> dict:

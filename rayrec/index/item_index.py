@@ -1,8 +1,9 @@
 """An item index directory: embeddings Parquet + FAISS index + ``index.json``, written and loaded with checks.
 
 Layout: ``item_embeddings.parquet`` (``item_id`` string, ``embedding`` fixed-size list<float32>,
-``popularity`` int64 interaction count), ``items.faiss`` (FAISS ids are the Parquet's row numbers) and
-``index.json`` (encoder, dim, metric, type and parameters, item count, sha256 of both files).
+``popularity`` int64 interaction count, and ``category`` string when the data's ``items.parquet`` has
+one; an index without it loads with ``categories`` None), ``items.faiss`` (FAISS ids are the Parquet's row
+numbers) and ``index.json`` (encoder, dim, metric, type and parameters, item count, sha256 of both files).
 """
 
 from __future__ import annotations
@@ -29,19 +30,40 @@ METRIC = "inner_product"
 FORMAT_VERSION = 1
 
 
+CATEGORY_COLUMN = "category"
+
+
+def item_categories(items: pa.Table, item_ids: np.ndarray | list[str]) -> np.ndarray | None:
+    """[N] category of each of ``item_ids`` from an ``items.parquet`` table (``""`` for an item it lacks or
+    leaves null); None when the table has no ``category`` column."""
+    if CATEGORY_COLUMN not in items.column_names:
+        return None
+    by_id = dict(
+        zip(items.column("item_id").to_pylist(), items.column(CATEGORY_COLUMN).to_pylist(), strict=True)
+    )
+    return np.asarray([by_id.get(str(item)) or "" for item in item_ids], dtype=object)
+
+
 def embeddings_table(
-    item_ids: list[str] | np.ndarray, embeddings: np.ndarray, popularity: np.ndarray
+    item_ids: list[str] | np.ndarray,
+    embeddings: np.ndarray,
+    popularity: np.ndarray,
+    categories: np.ndarray | list[str] | None = None,
 ) -> pa.Table:
-    """The ``item_embeddings.parquet`` table for ``embeddings`` [N, d] float32 and ``popularity`` [N] counts."""
+    """The ``item_embeddings.parquet`` table for ``embeddings`` [N, d] float32, ``popularity`` [N] counts and
+    optional ``categories`` [N] str (no ``category`` column when None)."""
     vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
     flat = pa.array(vectors.reshape(-1), type=pa.float32())
-    return pa.table(
-        {
-            "item_id": pa.array(list(map(str, item_ids)), type=pa.string()),
-            "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
-            "popularity": pa.array(np.asarray(popularity, dtype=np.int64)),
-        }
-    )
+    columns = {
+        "item_id": pa.array(list(map(str, item_ids)), type=pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
+        "popularity": pa.array(np.asarray(popularity, dtype=np.int64)),
+    }
+    if categories is not None:
+        if len(categories) != len(vectors):
+            raise ArtifactError(f"index: {len(categories)} categories for {len(vectors)} items")
+        columns[CATEGORY_COLUMN] = pa.array(["" if c is None else str(c) for c in categories], pa.string())
+    return pa.table(columns)
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
@@ -58,11 +80,15 @@ def write_index(
     faiss_index,
     spec: IndexSpec,
     encoder: str,
+    categories: np.ndarray | list[str] | None = None,
 ) -> dict[str, Any]:
-    """Write the three files of an index directory (local path or URI); returns the ``index.json`` content."""
+    """Write the three files of an index directory (local path or URI); returns the ``index.json`` content.
+
+    ``categories`` [N] (optional) becomes the embeddings file's ``category`` column, covered by its sha256.
+    """
     import faiss  # heavy (FAISS): rayrec.index loads at `rayrec --help` time
 
-    parquet = _parquet_bytes(embeddings_table(item_ids, embeddings, popularity))
+    parquet = _parquet_bytes(embeddings_table(item_ids, embeddings, popularity, categories))
     index_bytes = faiss.serialize_index(faiss_index).tobytes()
     meta = {
         "format_version": FORMAT_VERSION,
@@ -84,9 +110,96 @@ def write_index(
     return meta
 
 
+@dataclass(frozen=True)
+class IndexItems:
+    """The items of an index directory (its embeddings file), without the FAISS index."""
+
+    item_ids: np.ndarray
+    """[N] str item ids; row i is FAISS id i."""
+    embeddings: np.ndarray
+    """[N, d] float32 L2-normalised item embeddings."""
+    popularity: np.ndarray
+    """[N] int64 interaction counts from the data the index was built with (zeros when not stored)."""
+    categories: np.ndarray | None
+    """[N] str category of each item (``""`` unknown); None for an index built without categories."""
+    meta: dict[str, Any]
+    """The content of ``index.json``."""
+
+
+def load_index_items(uri: str, verify: bool = True) -> IndexItems:
+    """The items of the index directory ``uri`` (``index.json`` and the embeddings file only: what needs
+    the catalog but not the search, e.g. a serving ranker's category lookup, skips the FAISS file).
+
+    ``verify`` checks the embeddings file against its sha256 in ``index.json``.
+    """
+    meta = _read_meta(uri)
+    blob = _read_file(uri, meta, EMBEDDINGS_FILE, verify)
+    table = pq.read_table(io.BytesIO(blob))
+    column = table.column("embedding").combine_chunks()
+    if not pa.types.is_fixed_size_list(column.type):
+        raise ArtifactError(
+            f"index {uri}: {EMBEDDINGS_FILE} column 'embedding' is {column.type}, not a fixed-size list"
+        )
+    dim = column.type.list_size
+    embeddings = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+    if dim != meta["dim"]:
+        raise ArtifactError(
+            f"index {uri}: {EMBEDDINGS_FILE} has dimension {dim} but {META_FILE} says {meta['dim']}"
+        )
+    if len(embeddings) != meta["items"]:
+        raise ArtifactError(
+            f"index {uri}: {EMBEDDINGS_FILE} holds {len(embeddings)} items but {META_FILE} says {meta['items']}"
+        )
+    popularity = (
+        table.column("popularity").to_numpy().astype(np.int64)
+        if "popularity" in table.column_names
+        else np.zeros(len(embeddings), dtype=np.int64)
+    )
+    categories = None
+    if CATEGORY_COLUMN in table.column_names:
+        categories = np.array([c or "" for c in table.column(CATEGORY_COLUMN).to_pylist()], dtype=object)
+    return IndexItems(
+        item_ids=np.array(table.column("item_id").to_pylist(), dtype=object),
+        embeddings=embeddings,
+        popularity=popularity,
+        categories=categories,
+        meta=meta,
+    )
+
+
+def _read_meta(uri: str) -> dict[str, Any]:
+    try:
+        meta = json.loads(storage.read_text(storage.join(uri, META_FILE)))
+    except RayrecError as exc:
+        raise ArtifactError(f"index {uri}: {exc} (not an index directory?)") from None
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"index {uri}: {META_FILE} is not valid JSON ({exc})") from None
+    missing = [key for key in ("encoder", "dim", "index_type", "params", "items", "files") if key not in meta]
+    if missing:
+        raise ArtifactError(f"index {uri}: {META_FILE} lacks {', '.join(missing)}")
+    return meta
+
+
+def _read_file(uri: str, meta: dict[str, Any], name: str, verify: bool) -> bytes:
+    """The bytes of file ``name`` of the index; ``verify``: checked against its sha256 in ``index.json``."""
+    try:
+        blob = storage.read_bytes(storage.join(uri, name))
+    except RayrecError as exc:
+        raise ArtifactError(f"index {uri}: {exc}") from None
+    if verify:
+        expected = meta["files"].get(name)
+        actual = hashlib.sha256(blob).hexdigest()
+        if actual != expected:
+            raise ArtifactError(
+                f"index {uri}: {name} does not match {META_FILE} (sha256 {actual[:12]}…, expected "
+                f"{str(expected)[:12]}…): the file was changed or belongs to another index; rebuild it"
+            )
+    return blob
+
+
 @dataclass
 class ItemIndex:
-    """A loaded item index: ids, embeddings, popularity and the FAISS index over them."""
+    """A loaded item index: ids, embeddings, popularity, optional categories and the FAISS index over them."""
 
     item_ids: np.ndarray
     """[N] str item ids; row i is FAISS id i."""
@@ -98,6 +211,8 @@ class ItemIndex:
     """The content of ``index.json``."""
     faiss_index: Any = field(repr=False)
     """The FAISS index (ids = rows)."""
+    categories: np.ndarray | None = field(default=None, repr=False)
+    """[N] str category of each item (``""`` unknown); None for an index built without categories."""
     _positions: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -124,65 +239,27 @@ class ItemIndex:
         """Load an index directory; ``verify`` checks both files against the sha256 in ``index.json``."""
         import faiss  # heavy (FAISS): rayrec.index loads at `rayrec --help` time
 
-        try:
-            meta = json.loads(storage.read_text(storage.join(uri, META_FILE)))
-        except RayrecError as exc:
-            raise ArtifactError(f"index {uri}: {exc} (not an index directory?)") from None
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"index {uri}: {META_FILE} is not valid JSON ({exc})") from None
-        missing = [
-            key for key in ("encoder", "dim", "index_type", "params", "items", "files") if key not in meta
-        ]
-        if missing:
-            raise ArtifactError(f"index {uri}: {META_FILE} lacks {', '.join(missing)}")
-        blobs = {}
-        for name in (EMBEDDINGS_FILE, FAISS_FILE):
-            try:
-                blobs[name] = storage.read_bytes(storage.join(uri, name))
-            except RayrecError as exc:
-                raise ArtifactError(f"index {uri}: {exc}") from None
-            if verify:
-                expected = meta["files"].get(name)
-                actual = hashlib.sha256(blobs[name]).hexdigest()
-                if actual != expected:
-                    raise ArtifactError(
-                        f"index {uri}: {name} does not match {META_FILE} (sha256 {actual[:12]}…, expected "
-                        f"{str(expected)[:12]}…): the file was changed or belongs to another index; rebuild it"
-                    )
-        table = pq.read_table(io.BytesIO(blobs[EMBEDDINGS_FILE]))
-        column = table.column("embedding").combine_chunks()
-        if not pa.types.is_fixed_size_list(column.type):
+        items = load_index_items(uri, verify)
+        blob = _read_file(uri, items.meta, FAISS_FILE, verify)
+        faiss_index = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
+        if faiss_index.d != items.meta["dim"]:
             raise ArtifactError(
-                f"index {uri}: {EMBEDDINGS_FILE} column 'embedding' is {column.type}, not a fixed-size list"
+                f"index {uri}: {FAISS_FILE} has dimension {faiss_index.d} but {META_FILE} says {items.meta['dim']}"
             )
-        dim = column.type.list_size
-        embeddings = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
-        faiss_index = faiss.deserialize_index(np.frombuffer(blobs[FAISS_FILE], dtype=np.uint8))
-        for what, value in ((EMBEDDINGS_FILE, dim), (FAISS_FILE, faiss_index.d)):
-            if value != meta["dim"]:
-                raise ArtifactError(
-                    f"index {uri}: {what} has dimension {value} but {META_FILE} says {meta['dim']}"
-                )
-        counts = {EMBEDDINGS_FILE: len(embeddings), FAISS_FILE: faiss_index.ntotal}
-        for what, value in counts.items():
-            if value != meta["items"]:
-                raise ArtifactError(
-                    f"index {uri}: {what} holds {value} items but {META_FILE} says {meta['items']}"
-                )
-        spec = IndexSpec(type=meta["index_type"], **meta["params"])
+        if faiss_index.ntotal != items.meta["items"]:
+            raise ArtifactError(
+                f"index {uri}: {FAISS_FILE} holds {faiss_index.ntotal} items but {META_FILE} says "
+                f"{items.meta['items']}"
+            )
+        spec = IndexSpec(type=items.meta["index_type"], **items.meta["params"])
         apply_search_params(faiss_index, spec)
-        popularity = (
-            table.column("popularity").to_numpy().astype(np.int64)
-            if "popularity" in table.column_names
-            else np.zeros(len(embeddings), dtype=np.int64)
-        )
-        item_ids = np.array(table.column("item_id").to_pylist(), dtype=object)
         return cls(
-            item_ids=item_ids,
-            embeddings=embeddings,
-            popularity=popularity,
-            meta=meta,
+            item_ids=items.item_ids,
+            embeddings=items.embeddings,
+            popularity=items.popularity,
+            meta=items.meta,
             faiss_index=faiss_index,
+            categories=items.categories,
         )
 
     def check_queries(self, queries: np.ndarray) -> np.ndarray:
