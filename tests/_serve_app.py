@@ -126,6 +126,7 @@ class LiveApp:
 def start_live_app(root: Path) -> LiveApp:
     """Build the test index under ``root`` and run the app on a free loopback port (Ray must be up)."""
     from ray import serve
+    from ray.serve._private import api as serve_api
 
     from rayrec.privacy import load_key
     from serving.app import build_app
@@ -133,8 +134,10 @@ def start_live_app(root: Path) -> LiveApp:
     index_dir = build_test_index(root)
     events = root / "events"
     key_file = root / "secrets" / "pseudonym.key"  # apart from the events, as in production
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    # Serve keeps the HTTP options of whoever started it first in this Ray (e.g. `rayrec loop` in an
+    # earlier test): the port the proxy really listens on comes from the controller, not from our request.
+    client = serve_api.serve_start(http_options={"host": "127.0.0.1", "port": free_port()})
+    port = int(client.http_config.port)
     args = {
         "index": str(index_dir),
         "arms": ",".join(ARMS),

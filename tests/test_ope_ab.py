@@ -215,7 +215,9 @@ def test_ope_on_the_servers_own_event_log(server_traffic, stopped_live_app, tmp_
         for name, est in result[block].items():
             value, (low, high) = est["value"], est["ci95"]
             assert all(math.isfinite(x) for x in (value, low, high)), name
-            assert 0.0 <= low <= high and value >= 0.0, (name, value, low, high)
+            # The explore arm's slates are random, so the interval moves run to run; a normal interval of
+            # DR or PDIS may dip below 0 at this sample size, the estimate of a click rate itself may not.
+            assert low <= value <= high and value >= 0.0, (name, value, low, high)
     assert set(result["estimators"]) == {"ips", "snips", "dm", "dr"}
     assert set(result["session_estimators"]) == {"fqe", "pdis", "sdr"}
     assert 0 < result["session_diagnostics"]["ess"] <= result["users"]
