@@ -9,6 +9,8 @@ contextual bandit.
     python -m trainers.policy --index runs/index --data data/ml --out runs/policy --env-runners 2
     rayrec train-policy --out runs/policy --iterations 60 --resume     # continue from the last checkpoint
     rayrec train-policy --from-events runs/ab/events --offline-algo marwil --out runs/offline  # from a log
+    rayrec train-policy --hparams ppo-default --out runs/policy        # the checked-in tuned settings
+    rayrec train-policy --tune --tune-samples 8 --out runs/tune-ppo     # Ray Tune search (trainers.policy_tune)
 
 The same command scales from a laptop to a cluster: ``--env-runners``/``--envs-per-runner`` add
 sampling actors, ``--learners``/``--gpus-per-learner`` add (GPU) learners, ``--address`` picks the cluster.
@@ -27,6 +29,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,7 @@ import torch
 
 from envs.spec import resolve_env_config
 from rayrec import storage
-from rayrec.config import add_config_args, config_from_args, save_config, to_plain
+from rayrec.config import add_config_args, save_config, to_plain
 from rayrec.errors import ArtifactError, RayrecError
 from rayrec.runtime import init_ray
 from rayrec.slate_scorer import ExportConfig, ScorerConfig, save_exported_policy
@@ -56,10 +59,17 @@ from trainers.run_dir import (
     upload_checkpoint,
 )
 from trainers.tracking import evaluation_metrics, start_tracking
+from trainers.tune_config import TuneOptions, train_config_from_args, tune_options_from_args
 
 
-def train(cfg: TrainPolicyConfig) -> dict[str, Any]:
-    """Train, checkpoint, export and evaluate; returns the evaluation summary (also in ``eval.json``)."""
+def train(
+    cfg: TrainPolicyConfig, on_iteration: Callable[[dict[str, float]], None] | None = None
+) -> dict[str, Any]:
+    """Train, checkpoint, export and evaluate; returns the evaluation summary (also in ``eval.json``).
+
+    ``on_iteration`` is called with each iteration's metrics row once it is logged and checkpointed
+    (``rayrec train-policy --tune`` reports the validation return of its trials to Ray Tune with it).
+    """
     if cfg.from_events is not None:
         from trainers.offline import train_offline  # learns from a log: no simulator sampling, no PPO
 
@@ -153,6 +163,8 @@ def train(cfg: TrainPolicyConfig) -> dict[str, Any]:
                     checkpoint = save_checkpoint(algo, out, iteration)
                     if storage.is_remote(cfg.out):
                         upload_checkpoint(out, cfg.out, checkpoint)
+                if on_iteration is not None:
+                    on_iteration(row)
             progress.close()
             if cfg.export == "last" or not math.isfinite(best):
                 export(cfg.iterations, None)
@@ -192,11 +204,19 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_args(parser, TrainPolicyConfig)
+    add_config_args(parser, TuneOptions)
     return parser
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    summary = train(config_from_args(TrainPolicyConfig, args))
+    cfg = train_config_from_args(args)  # defaults, then --hparams, then the flags given
+    options = tune_options_from_args(args)
+    if options.tune:
+        from trainers.policy_tune import tune_policy
+
+        summary = tune_policy(cfg, options)
+    else:
+        summary = train(cfg)
     print(summary["markdown"])
     return 0
 
