@@ -116,6 +116,30 @@ def test_compare_run_again_reuses_finished_runs(compare_dir, capsys):
     assert after["methods"] == before["methods"]
 
 
+def test_a_record_or_checkpoint_of_other_settings_is_not_reused(tmp_path):
+    from trainers.compare import SETTINGS_FILE, Job, _load_result, job_settings, train_config
+
+    cfg = CompareConfig(out=str(tmp_path), iterations=10, methods=["ppo"], baselines=["random"])
+    learn, fixed = Job("ppo", 0, "learn"), Job("random", 0, "fixed")
+    for job in (learn, fixed):
+        record = {"version": 3, "settings": job_settings(cfg, job)}
+        (tmp_path / f"{job.name}.json").write_text(json.dumps(record))
+    longer = CompareConfig(out=str(tmp_path), iterations=30, methods=["ppo"], baselines=["random"])
+    assert _load_result(tmp_path / "ppo.json", cfg, learn) is not None
+    assert _load_result(tmp_path / "ppo.json", longer, learn) is None  # more iterations: train on
+    assert _load_result(tmp_path / "random.json", longer, fixed) is not None  # a baseline does not train
+    other_env = CompareConfig(out=str(tmp_path), methods=["ppo"], baselines=["random"], env=["budget=30"])
+    assert _load_result(tmp_path / "random.json", other_env, fixed) is None
+    # A run directory trained with other training settings starts again instead of resuming.
+    run_dir = tmp_path / "runs" / "ppo" / "seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "leftover").write_text("from another run")
+    (run_dir / SETTINGS_FILE).write_text(json.dumps({"train": ["lr=0.1"]}))
+    assert train_config(cfg, learn, run_dir).resume is False
+    assert not (run_dir / "leftover").exists()
+    assert json.loads((run_dir / SETTINGS_FILE).read_text())["train"] == []
+
+
 def test_compare_config_errors_are_clear():
     with pytest.raises(ConfigError, match="unknown method 'dqn'"):
         CompareConfig(out="x", methods=["dqn"])

@@ -49,8 +49,11 @@ from trainers.compare_stats import bootstrap_intervals, curve_band
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after choosing the backend
 
-RESULT_VERSION = 2
-"""Version of a run's result record (2: with the beyond-accuracy values); other versions run again."""
+RESULT_VERSION = 3
+"""Version of a run's result record (2: with the beyond-accuracy values; 3: with the settings it was made
+with); other versions run again."""
+SETTINGS_FILE = "compare_settings.json"
+"""In a learning run's directory: the settings its checkpoints were trained with (iterations aside)."""
 
 
 @dataclass(frozen=True)
@@ -81,14 +84,41 @@ def _simulator_options(cfg: CompareConfig) -> dict[str, Any]:
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(SimulatorOptions)}
 
 
+def job_settings(cfg: CompareConfig, job: Job) -> dict[str, Any]:
+    """What a job's result depends on besides its name and seed: a record (or a checkpoint) made with
+    other settings is not reused — a compare run again with more iterations or other training settings
+    trains again, resuming only from checkpoints of the same settings."""
+    settings: dict[str, Any] = {
+        "simulator": _simulator_options(cfg),
+        "test_users": cfg.test_users,
+        "test_seed": cfg.test_seed,
+    }
+    if job.kind == "learn":
+        settings |= {"train": sorted(cfg.train), "iterations": cfg.iterations}
+    elif job.kind == "linear":
+        settings |= {"cem": [cfg.cem_iterations, cfg.cem_population, cfg.cem_users]}
+    return json.loads(json.dumps(settings))  # as a record holds it (tuples as lists)
+
+
+def _checkpoint_settings(cfg: CompareConfig, job: Job) -> dict[str, Any]:
+    """The settings a learning run's checkpoints must share to be resumed: all but the iteration count."""
+    return {k: v for k, v in job_settings(cfg, job).items() if k != "iterations"}
+
+
 def train_config(cfg: CompareConfig, job: Job, run_dir: Path):
-    """The ``TrainPolicyConfig`` of one learning run (resumed when its directory holds a checkpoint)."""
+    """The ``TrainPolicyConfig`` of one learning run (resumed when its directory holds a checkpoint
+    trained with the same settings; more iterations than before continue it)."""
     from trainers.policy_config import TrainPolicyConfig
     from trainers.run_dir import latest_checkpoint
 
-    resume = latest_checkpoint(run_dir) is not None
+    wanted = _checkpoint_settings(cfg, job)
+    marker = run_dir / SETTINGS_FILE
+    same = marker.exists() and json.loads(marker.read_text()) == wanted
+    resume = same and latest_checkpoint(run_dir) is not None
     if not resume and run_dir.exists():
-        shutil.rmtree(run_dir)  # a run that died before its first checkpoint starts again
+        shutil.rmtree(run_dir)  # died before its first checkpoint, or trained with other settings
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(wanted, indent=2) + "\n")
     settings: dict[str, Any] = parse_overrides(cfg.train)
     algo = job.name.removesuffix(BANDIT_SUFFIX)
     if job.name.endswith(BANDIT_SUFFIX):
@@ -151,6 +181,7 @@ def run_job(cfg: CompareConfig, job: Job) -> dict[str, Any]:
         "kind": job.kind,
         "test_users": cfg.test_users,
         "test_seed": cfg.test_seed,
+        "settings": job_settings(cfg, job),
         "session_return": outcomes.session_return.tolist(),
         "beyond": run_values(outcomes, exposure),
         "curve": curve,
@@ -158,15 +189,12 @@ def run_job(cfg: CompareConfig, job: Job) -> dict[str, Any]:
     }
 
 
-def _load_result(path: Path, cfg: CompareConfig) -> dict[str, Any] | None:
+def _load_result(path: Path, cfg: CompareConfig, job: Job) -> dict[str, Any] | None:
+    """The finished record of ``job``, if it was made by this version with the same settings."""
     if not path.exists():
         return None
     record = json.loads(path.read_text())
-    same = (record.get("version"), record.get("test_users"), record.get("test_seed")) == (
-        RESULT_VERSION,
-        cfg.test_users,
-        cfg.test_seed,
-    )
+    same = record.get("version") == RESULT_VERSION and record.get("settings") == job_settings(cfg, job)
     return record if same else None
 
 
@@ -182,7 +210,7 @@ def run_all(cfg: CompareConfig) -> dict[str, dict[str, Any]]:
     results = {}
     todo = []
     for job in jobs(cfg):
-        found = _load_result(result_path(out, job), cfg)
+        found = _load_result(result_path(out, job), cfg, job)
         if found is not None:
             results[job.key] = found
         else:
