@@ -394,8 +394,8 @@ def test_cli_serve_stops_on_sigterm_and_flushes(tmp_path):
             time.sleep(1)
         else:
             raise AssertionError(f"server did not come up: {proc.communicate(timeout=60)[0][-3000:]}")
-        answer = httpx.post(
-            f"{url}/recommend", json={"user_id": "zoe", "history": ["item-0001"], "k": 4}
+        answer = httpx.post(  # a first request on a loaded 2-core machine can take more than httpx's 5 s
+            f"{url}/recommend", json={"user_id": "zoe", "history": ["item-0001"], "k": 4}, timeout=60
         ).json()
         # through the real HAProxy: an oversized body is refused unread, and HAProxy's own errors (no
         # ingress replica to take a request) use the API's 503 page, not Ray's bare 500
@@ -412,7 +412,7 @@ def test_cli_serve_stops_on_sigterm_and_flushes(tmp_path):
         pages = re.findall(r"errorfile 503 (\S+)", configs[0].read_text())
         assert pages and Path(pages[0]).read_bytes().startswith(b"HTTP/1.1 503")
         assert b"Retry-After:" in Path(pages[0]).read_bytes()
-        query = httpx.post(f"{url}/recommend", json={"user_id": "zoe", "query": "rocket"})
+        query = httpx.post(f"{url}/recommend", json={"user_id": "zoe", "query": "rocket"}, timeout=60)
         assert query.status_code == 422 and "no query encoder" in query.text
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=120)
