@@ -18,6 +18,7 @@ from rayrec.errors import RayrecError
 COMMAND_MODULES = (
     "rayrec.commands.data",
     "rayrec.commands.encoder",
+    "rayrec.commands.seqrec",
     "rayrec.commands.index",
     "rayrec.commands.simulate",
     "rayrec.commands.train_policy",

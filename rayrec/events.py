@@ -369,6 +369,8 @@ class EventLog:
         self.dropped: dict[str, int] = dict.fromkeys(self._parts, 0)
         self.write_failures = 0
         self.writes = 0
+        self._writing = 0
+        """Rows taken for a write that has not finished (:meth:`pending_rows` counts them)."""
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="rayrec-event-log", daemon=True)
         self._thread.start()
@@ -416,6 +418,8 @@ class EventLog:
             with self._lock:  # one snapshot of every kind: a request and its impressions leave together
                 taken = [(part, part.take()) for part in self._parts.values()]
                 self._urgent = False
+                # Taken rows are still unwritten until their part is in place: pending_rows counts them.
+                self._writing = sum(t.num_rows for _, tables in taken for t, _ in tables)
             for i, (part, tables) in enumerate(taken):
                 if not tables:
                     continue
@@ -425,6 +429,7 @@ class EventLog:
                     error = RayrecError(f"event log {self.directory}: write failed: {exc}")
                     with self._lock:
                         self.write_failures += 1
+                        self._writing = 0  # the unwritten rows go back to their parts below
                         for unwritten, rest in taken[i:]:
                             unwritten.restore(rest)
                             for _, future in rest:
@@ -432,6 +437,8 @@ class EventLog:
                                     future.set_exception(error)
                         self._error = exc
                     raise error from exc
+                with self._lock:
+                    self._writing -= sum(t.num_rows for t, _ in tables)
                 for _, future in tables:
                     if future is not None:
                         future.set_result(sum(t.num_rows for t, f in tables if f is future))
@@ -449,16 +456,16 @@ class EventLog:
         self.flush()
 
     def pending_rows(self) -> int:
-        """Rows acknowledged but not yet written."""
+        """Rows acknowledged but not yet written (queued, or in a write that has not finished)."""
         with self._lock:
-            return sum(part.pending_rows for part in self._parts.values())
+            return sum(part.pending_rows for part in self._parts.values()) + self._writing
 
     def status(self) -> dict[str, Any]:
         """Pending rows, rows dropped while writes failed, failed and done writes, the last error (if the
         last write failed)."""
         with self._lock:
             return {
-                "pending": sum(part.pending_rows for part in self._parts.values()),
+                "pending": sum(part.pending_rows for part in self._parts.values()) + self._writing,
                 "dropped": dict(self.dropped),
                 "write_failures": self.write_failures,
                 "writes": self.writes,

@@ -92,14 +92,9 @@ def plain_index(tmp_path, monkeypatch):
     return config, index
 
 
-def test_a_fair_arm_on_an_index_without_categories_is_a_clear_error(plain_index):
-    """Building the app refuses it (one line naming the fix); a rollout to it is refused while the
-    current policy keeps serving, and health says why."""
-    config, index = plain_index
-    assert ItemIndex.load(str(index)).categories is None  # the layout before categories still loads
-    with pytest.raises(ArtifactError, match=r"fair re-ranker needs item categories and index .* has none"):
-        resolve_config(dataclasses.replace(config, arms=["a=fair@0.5:retrieval"]))
-
+def roll_out_fair_greedy(config: AppConfig, index) -> tuple:
+    """A colocated app on ``config`` rolls arm ``a`` out to ``fair:greedy``, then answers one request:
+    (the answer, the admin health)."""
     logger = EventLogger(config.events, config.remembered_requests, config.flush_rows, config.flush_seconds)
     service = Recommender(
         None, None, None, LocalHandle(logger), None, config, dim=ItemIndex.load(str(index)).dim
@@ -112,9 +107,20 @@ def test_a_fair_arm_on_an_index_without_categories_is_a_clear_error(plain_index)
         return await service.recommend(request), await service.health(admin=True)
 
     try:
-        answer, health = asyncio.run(scenario())
+        return asyncio.run(scenario())
     finally:
         logger.log.close()
+
+
+def test_a_fair_arm_on_an_index_without_categories_is_a_clear_error(plain_index):
+    """Building the app refuses it (one line naming the fix); a rollout to it is refused while the
+    current policy keeps serving, and health says why."""
+    config, index = plain_index
+    assert ItemIndex.load(str(index)).categories is None  # the layout before categories still loads
+    with pytest.raises(ArtifactError, match=r"fair re-ranker needs item categories and index .* has none"):
+        resolve_config(dataclasses.replace(config, arms=["a=fair@0.5:retrieval"]))
+
+    answer, health = roll_out_fair_greedy(config, index)
     assert answer.policy == "retrieval" and len(answer.items) == 5
     assert health.policies == {"a": "retrieval"}
     [problem] = health.problems
@@ -128,21 +134,7 @@ def test_fair_arm_rolls_out_on_an_index_with_categories(tmp_path, monkeypatch):
     config = AppConfig(
         index=str(index), arms=["a=retrieval"], events=str(tmp_path / "events"), encoder=None, colocate=True
     )
-    logger = EventLogger(config.events, config.remembered_requests, config.flush_rows, config.flush_seconds)
-    service = Recommender(
-        None, None, None, LocalHandle(logger), None, config, dim=ItemIndex.load(str(index)).dim
-    )
-
-    async def scenario():
-        await service.reconfigure(stages_user_config(config))
-        await service.reconfigure(stages_user_config(dataclasses.replace(config, arms=["a=fair:greedy"])))
-        request = RecommendRequest(user_id="u", history=["item-0001", "item-0002"], k=5)
-        return await service.recommend(request), await service.health(admin=True)
-
-    try:
-        answer, health = asyncio.run(scenario())
-    finally:
-        logger.log.close()
+    answer, health = roll_out_fair_greedy(config, index)
     assert answer.policy == "fair@1:greedy" and answer.policy_version == "fair@1-baseline-greedy"
     assert len({item.item_id for item in answer.items}) == 5 and not health.problems
 

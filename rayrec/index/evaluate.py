@@ -152,6 +152,9 @@ class EvalRetrievalConfig(RayConfig):
     """BPR epochs."""
     mf_seed: int = 0
     """Seed of the ALS/BPR initialisation."""
+    user_model: str | None = None
+    """Directory of a train-retrieval-model output: its user tower makes the queries (over the model's own
+    history length) instead of the mean of the history embeddings; --index must be the index built from it."""
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.history < 1:
@@ -218,6 +221,32 @@ def _section(ranked: dict[str, np.ndarray], eval_set: EvalSet, mask: np.ndarray,
     }
 
 
+def model_queries(
+    config: EvalRetrievalConfig, index: ItemIndex, eval_set: EvalSet, train: pa.Table, test: pa.Table
+) -> np.ndarray:
+    """[U, d] queries of ``eval_set``'s users from the user tower of ``config.user_model``.
+
+    The model must have been trained on this split (same cold fraction and seed; a model trained on another
+    split may have seen this split's cold items) and ``index`` must hold exactly its item vectors.
+    """
+    from rayrec.seqrec.artifact import load_model  # heavy (torch): only when a user model is asked for
+
+    loaded = load_model(config.user_model)
+    split = loaded.split
+    trained_on = (split.get("cold_fraction"), split.get("split_seed") if split.get("cold_fraction") else None)
+    wanted = (config.cold_fraction, config.split_seed if config.cold_fraction else None)
+    if trained_on != wanted:
+        raise ConfigError(
+            f"user model {config.user_model} was trained on the split cold_fraction={trained_on[0]}, "
+            f"split_seed={trained_on[1]} but this run uses cold_fraction={wanted[0]}, split_seed={wanted[1]}"
+        )
+    loaded.check_index(index, config.index, config.user_model)
+    history = loaded.model.config.history
+    # Same split, same users in the same order; only the history length may differ from the peers'.
+    users = eval_set if history == config.history else make_eval_set(train, test, index.item_ids, history)
+    return loaded.model.queries(index.embeddings, users.histories)
+
+
 def evaluate_retrieval(config: EvalRetrievalConfig) -> dict:
     """Model, popularity and peer metrics of ``config.index`` on ``config.data``, overall and for warm and cold
     targets; writes JSON when asked."""
@@ -233,7 +262,11 @@ def evaluate_retrieval(config: EvalRetrievalConfig) -> dict:
     eval_set = make_eval_set(train, test, index.item_ids, history=config.history)
     if not len(eval_set):
         raise DataError(f"{config.data}: no user has both train history and a held-out interaction")
-    queries = eval_set.queries(index.embeddings)
+    queries = (
+        model_queries(config, index, eval_set, train, test)
+        if config.user_model
+        else eval_set.queries(index.embeddings)
+    )
     searches, skipped = peer_searches(config, eval_set)
     searches = {"model": lambda seen, depth: index.search(queries, depth, exclude=seen)[1], **searches}
     ranked = {name: ranked_lists(search, eval_set, config.k) for name, search in searches.items()}
@@ -254,6 +287,7 @@ def evaluate_retrieval(config: EvalRetrievalConfig) -> dict:
         "users": len(eval_set),
         **overall.pop("model"),
         "index": {"type": index.index_type, "encoder": index.encoder, "items": len(index)},
+        **({"user_model": config.user_model} if config.user_model else {}),
         "baselines": overall,
         "split": {
             "kind": "cold-items" if config.cold_fraction else "temporal",
