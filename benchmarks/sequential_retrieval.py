@@ -101,6 +101,16 @@ def _train_and_eval(args, variant: str, seed: int, cold_fraction: float) -> dict
     return result
 
 
+BEYOND_COLUMNS = [
+    ("ILD", None, "ild@10"),
+    ("novelty (bits)", None, "novelty@10"),
+    ("coverage", None, "coverage@10"),
+    ("Gini items", None, "gini_items@10"),
+    ("Gini categories", None, "gini_categories@10"),
+]
+"""Beyond-accuracy columns (``eval-retrieval``'s keys at K=10), overall."""
+
+
 def _interval(values: list[float]) -> str:
     from rayrec.metrics.session import mean_interval
 
@@ -210,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(runs) > 1:
         print("\n## Ablations (temporal split)\n")
         print("\n".join(_table(temporal_peers, runs, overall)))
+        print("\n## Beyond accuracy of the same top-10 lists (temporal split)\n")
+        print("\n".join(_table(temporal_peers, runs, BEYOND_COLUMNS)))
     if cold_peers is not None:
         report["cold"] = {"peers": cold_peers, "runs": cold_runs}
         split = cold_peers["split"]
