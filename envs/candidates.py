@@ -30,22 +30,28 @@ def drop_excluded(
     Args:
         scores: [B, k'] search scores, best first (k' >= k + H).
         items: [B, k'] item indices.
+
+    A row with fewer than ``k`` valid results is padded with item -1 at score -inf.
     """
     hit = (items[:, :, None] == excluded[:, None, :]).any(axis=2) | (items < 0)  # [B, k']
     keep = np.argsort(hit, axis=1, kind="stable")[:, :k]  # valid results first, in score order
-    return np.take_along_axis(scores, keep, axis=1), np.take_along_axis(items, keep, axis=1)
+    short = np.take_along_axis(hit, keep, axis=1)  # [B, k] a row with fewer than k valid results
+    scores = np.where(short, -np.inf, np.take_along_axis(scores, keep, axis=1)).astype(scores.dtype)
+    return scores, np.where(short, -1, np.take_along_axis(items, keep, axis=1))
 
 
 class FlatRetriever:
     """Exact inner-product search over an in-memory catalog (FAISS ``IndexFlatIP``)."""
 
-    def __init__(self, embeddings: np.ndarray) -> None:
+    def __init__(self, embeddings: np.ndarray, ids: np.ndarray | None = None) -> None:
+        """Args: embeddings [N, d]; ids [N] the item id of each row (default: the row number)."""
         import faiss
 
         # faiss-cpu 1.15 only switches flat search to BLAS at 128,000 queries; one step's batch of
         # users is far smaller, and the per-query path is ~4x slower at 10k-100k items (benchmarks/env.py).
         faiss.cvar.distance_compute_blas_threshold = min(faiss.cvar.distance_compute_blas_threshold, 20)
         self.size = len(embeddings)
+        self.ids = None if ids is None else np.asarray(ids, np.int64)
         self.index = faiss.IndexFlatIP(embeddings.shape[1])
         self.index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
 
@@ -54,6 +60,8 @@ class FlatRetriever:
     ) -> tuple[np.ndarray, np.ndarray]:
         width = min(k + excluded.shape[1], self.size)
         scores, items = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), width)
+        if self.ids is not None:
+            items = np.where(items >= 0, self.ids[np.maximum(items, 0)], -1)
         return drop_excluded(scores, items, excluded, k)
 
 
@@ -124,25 +132,18 @@ class CategoryQuotaCandidates:
                 f"category_quota={quota} over the catalog's {len(names)} categories gives at most "
                 f"{len(names) * quota} candidates, fewer than K={num_candidates}: raise the quota"
             )
-        self.k, self.quota, self.catalog = num_candidates, quota, catalog
-        self.members = [np.flatnonzero(codes == c) for c in range(len(names))]  # per category: [N_c] items
-        self.retrievers = [FlatRetriever(catalog.embeddings[items]) for items in self.members]
+        self.k, self.quota = num_candidates, quota
+        members = [np.flatnonzero(codes == c) for c in range(len(names))]  # per category: [N_c] items
+        self.retrievers = [FlatRetriever(catalog.embeddings[items], ids=items) for items in members]
 
     def generate(self, users: UserState, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         width = int(users.consumed_len.max()) if len(users.consumed_len) else 0
-        excluded = users.consumed[:, :width]  # [B, H] global item ids, -1 padded
+        excluded = users.consumed[:, :width]  # [B, H] item ids, -1 padded
         queries = users.profile()  # [B, d]
-        found_scores, found_items = [], []
-        for members, retriever in zip(self.members, self.retrievers, strict=True):
-            depth = min(self.quota + width, len(members))
-            scores, local = retriever.index.search(np.ascontiguousarray(queries, np.float32), depth)
-            items = np.where(local >= 0, members[np.maximum(local, 0)], -1)  # [B, depth] global ids
-            hit = (items[:, :, None] == excluded[:, None, :]).any(axis=2) | (items < 0)
-            keep = np.argsort(hit, axis=1, kind="stable")[:, : self.quota]  # unseen first, in score order
-            scores = np.where(hit, -np.inf, scores)  # a category short of unseen items leaves gaps
-            found_scores.append(np.take_along_axis(scores, keep, axis=1))
-            found_items.append(np.take_along_axis(items, keep, axis=1))
-        scores, items = np.concatenate(found_scores, axis=1), np.concatenate(found_items, axis=1)  # [B, C·q]
+        # Per category its `quota` nearest unseen items (a category short of them pads with -inf).
+        found = [r.search_excluding(queries, self.quota, excluded) for r in self.retrievers]
+        scores = np.concatenate([f[0] for f in found], axis=1)  # [B, C·q]
+        items = np.concatenate([f[1] for f in found], axis=1)
         best = np.argsort(-scores, axis=1, kind="stable")[:, : self.k]  # [B, K]
         scores, items = np.take_along_axis(scores, best, axis=1), np.take_along_axis(items, best, axis=1)
         if not np.isfinite(scores).all():
