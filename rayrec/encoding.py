@@ -400,7 +400,12 @@ def build_tiny_encoder(
     vocab = _wordpiece_vocab(texts, vocab_size)
     vocab_file = out / "vocab.txt"
     vocab_file.write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True, model_max_length=max_length)
+    # from the directory's vocab.txt: transformers 5 silently ignores a `vocab_file` argument (every word
+    # would be [UNK]) and 4.x has no `vocab` one; from_pretrained reads it under both, once a tokenizer saved
+    # there by an earlier build is gone
+    for stale in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (out / stale).unlink(missing_ok=True)
+    tokenizer = BertTokenizerFast.from_pretrained(str(out), do_lower_case=True, model_max_length=max_length)
     config = BertConfig(
         vocab_size=len(vocab),
         hidden_size=hidden_size,

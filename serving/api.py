@@ -400,6 +400,11 @@ class Health(BaseModel):
     index: str | None = Field(default=None, description="Where the index was loaded from.")
     index_version: str | None = None
     encoder: str | None = None
+    user_model: dict[str, Any] | None = Field(
+        default=None,
+        description="The served retrieval model (user_model): path, user_tower, history, dim, text_dim, "
+        "text_encoder. Absent: profiles are the mean of the history's vectors.",
+    )
     arms: dict[str, float] | None = None
     policies: dict[str, str] | None = None
     policy_versions: dict[str, str] | None = None

@@ -46,6 +46,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from rayrec.assignment import assign_arm
 from rayrec.errors import ArtifactError, ConfigError
+from rayrec.index import ItemIndex
 from rayrec.privacy import Pseudonymizer, key_id, load_key, resolve_key_source
 from rayrec.rerank import load_policy_for_index
 from serving.api import (
@@ -78,6 +79,7 @@ from serving.local import LocalStages, stages_user_config
 from serving.metrics import IngressMetrics
 from serving.pipeline import Candidates, Ranked, failover, trained_config
 from serving.settings import MAX_MERGED, AppConfig, app_config_from_args
+from serving.user_model import UserModel, load_user_model
 
 INTERNAL_MAX_ONGOING = MAX_MERGED
 """Concurrent calls an internal deployment takes: as many as a merged batch holds items, so merges can
@@ -333,6 +335,7 @@ class Recommender:
             index=retriever["index"],
             index_version=retriever["version"],
             encoder=infos.get("encoder", {}).get("encoder"),
+            user_model=infos["user_step"].get("user_model"),
             arms=dict(self.arms),
             policies={arm: infos[f"ranker {arm}"]["policy"] for arm in self.rankers},
             policy_versions={arm: infos[f"ranker {arm}"].get("version", "") for arm in self.rankers},
@@ -374,11 +377,48 @@ def _cancel(response) -> None:
             cancel()
 
 
-def resolve_encoder(config: AppConfig) -> tuple[str | None, int]:
-    """(encoder name or path, index dim) from the config and the index's ``index.json``."""
+def resolve_encoder(config: AppConfig, user_model: UserModel | None = None) -> tuple[str | None, int]:
+    """(encoder name or path, index dim) from the config and the index's ``index.json``; with a
+    ``user_model``, ``encoder: index`` means the model's text encoder (:func:`model_text_encoder`)."""
     manifest = read_index_manifest(config.index)
-    encoder = manifest.get("encoder") if config.encoder == "index" else config.encoder
+    if config.encoder != "index":
+        encoder = config.encoder
+    elif user_model is not None:
+        encoder = model_text_encoder(user_model)
+    else:
+        encoder = manifest.get("encoder")
     return encoder, int(manifest["dim"])
+
+
+def model_text_encoder(user_model: UserModel) -> str | None:
+    """The served model's text encoder, or None (requests with a query are then refused, as without an
+    encoder) when its record names none or names a local directory that is not a model."""
+    from rayrec.encoding import resolve_model
+
+    name = user_model.text_encoder
+    if name is None:
+        log.warning("user model %s names no text encoder: requests with a query are refused", user_model.uri)
+        return None
+    try:
+        resolve_model(name)  # checks a local directory (and the packaged default); a hub name passes
+    except ArtifactError as exc:
+        log.warning("user model %s: %s; requests with a query are refused", user_model.uri, exc)
+        return None
+    return name
+
+
+def check_user_model(config: AppConfig) -> UserModel | None:
+    """The config's user model, loaded, after checking that its index holds exactly the model's item vectors
+    (the check of ``eval-retrieval --user-model``); None without one.
+
+    Raises:
+        ArtifactError: not a model directory, or an index not built from it.
+    """
+    if not config.user_model:
+        return None
+    user_model = load_user_model(config.user_model)
+    user_model.check_index(ItemIndex.load(config.index), config.index)
+    return user_model
 
 
 def check_policies(config: AppConfig, index_dim: int) -> dict[str, int]:
@@ -413,11 +453,11 @@ def resolve_config(config: AppConfig) -> tuple[AppConfig, str | None, int]:
     and every arm's policy; nothing is deployed.
 
     Raises:
-        ArtifactError: no index there, or a policy that does not fit it.
+        ArtifactError: no index there, a policy that does not fit it, or a user model it was not built from.
         ConfigError: a K that is not the trained policies' (see :meth:`AppConfig.with_num_candidates`).
     """
     config = config.with_absolute_paths()
-    encoder_name, dim = resolve_encoder(config)
+    encoder_name, dim = resolve_encoder(config, check_user_model(config))
     # The pseudonymization key is settled here, once: created if missing (atomically), so that every
     # replica reads the same one (a replica that cannot find it fails rather than make its own).
     key_source = resolve_key_source(config.pseudonym_key)
@@ -478,10 +518,12 @@ def bind_app(config: AppConfig, encoder_name: str | None, dim: int) -> serve.App
     }
     encoder = None
     if encoder_name:
+        # with a user model the encoder gives text embeddings, which UserStep maps into the model's space
+        query_dim = load_user_model(config.user_model).text_dim if config.user_model else dim
         encoder = (
             serve.deployment(QueryEncoder)
             .options(name="QueryEncoder", **internal)
-            .bind(encoder_name, dim, config.batch_wait_s, config.query_int8)
+            .bind(encoder_name, query_dim, config.batch_wait_s, config.query_int8)
         )
     user_step = retriever = rankers = None
     if not config.colocate:
@@ -489,12 +531,12 @@ def bind_app(config: AppConfig, encoder_name: str | None, dim: int) -> serve.App
         user_step = (
             serve.deployment(UserStep)
             .options(name="UserStep", user_config=index_config, **internal)
-            .bind(encoder, dim, config.index)
+            .bind(encoder, dim, config.index, config.user_model)
         )
         retriever = (
             serve.deployment(Retriever)
             .options(name="Retriever", user_config=index_config, **internal)
-            .bind(config.num_candidates, MAX_K, config.batch_wait_s, dim, config.index)
+            .bind(config.num_candidates, MAX_K, config.batch_wait_s, dim, config.index, config.user_model)
         )
         rankers = {
             arm.name: serve.deployment(Ranker)

@@ -35,9 +35,10 @@ from serving.pipeline import (
     Retrieval,
     index_version,
     rank,
-    request_context,
+    request_contexts,
     trained_config,
 )
+from serving.user_model import UserModel, load_user_model
 
 INDEX_MANIFEST = "index.json"
 log = logging.getLogger("ray.serve")
@@ -151,24 +152,43 @@ class QueryEncoder:
         return {"encoder": self.name, "dim": self.encoder.dim, "int8": self.encoder.int8}
 
 
+def load_served_index(uri: str, dim: int | None, user_model: UserModel | None):
+    """:func:`load_index_of_dim`, and with a ``user_model`` refusing an index that does not hold exactly its
+    item vectors (:meth:`serving.user_model.UserModel.check_index`)."""
+    index = load_index_of_dim(uri, dim)
+    if user_model is not None:
+        user_model.check_index(index, uri)
+    return index
+
+
 class UserStep(_SafeRollout):
     """Histories (+ optional queries, session steps) → :class:`serving.pipeline.RequestContext` from the
-    stored item embeddings.
+    stored item embeddings, or with a user model from its user tower (:mod:`serving.user_model`).
 
-    ``user_config``: ``{"index": URI}`` (a rollout: see :class:`_SafeRollout`).
+    ``user_config``: ``{"index": URI}`` (a rollout: see :class:`_SafeRollout`; with a user model an index
+    that does not hold the model's item vectors is refused).
 
     Args:
         encoder: handle of the query encoder, or None.
         dim: the application's embedding dimension (its policies' and encoder's): an index of another
             is refused.
         initial: the application's own index, served if a fresh replica's ``user_config`` is bad.
+        user_model: directory of the served retrieval model (``AppConfig.user_model``), or None. Its user
+            tower makes the profiles, and the query encoder's text embeddings go through its text path.
     """
 
     stage = "UserStep"
 
-    def __init__(self, encoder=None, dim: int | None = None, initial: str | None = None) -> None:
+    def __init__(
+        self,
+        encoder=None,
+        dim: int | None = None,
+        initial: str | None = None,
+        user_model: str | None = None,
+    ) -> None:
         self.encoder = encoder
         self.dim = dim
+        self.user_model = load_user_model(user_model) if user_model else None
         self.index = None
         self.version = ""
         self.uri = ""
@@ -184,7 +204,7 @@ class UserStep(_SafeRollout):
             self.index, self.version, self.uri = index, index_version(index), uri
 
     def _load(self, uri: str):
-        return load_index_of_dim(uri, self.dim), uri
+        return load_served_index(uri, self.dim, self.user_model), uri
 
     async def __call__(
         self,
@@ -199,24 +219,28 @@ class UserStep(_SafeRollout):
         vectors: list[np.ndarray | None] = [None] * len(queries)
         if asked:
             embedded = await self.encoder.encode.remote([queries[i] for i in asked])
+            if self.user_model is not None:  # text space → the model's space (its item tower's text path)
+                embedded = list(self.user_model.text_queries(np.stack(embedded)))  # B × [dim]
             for i, vector in zip(asked, embedded, strict=True):
                 vectors[i] = vector
         index, version = self.index, self.version  # one index for the whole batch, even mid-rollout
         explains = explains if explains is not None else [False] * len(histories)
-        return [
-            request_context(index, version, h, v, step, explain)
-            for h, v, step, explain in zip(histories, vectors, session_steps, explains, strict=True)
-        ]
+        return request_contexts(index, version, histories, vectors, session_steps, explains, self.user_model)
 
     def info(self) -> dict[str, Any]:
-        return {"index": self.uri, "version": self.version, "rollout_error": self.rollout_error}
+        return {
+            "index": self.uri,
+            "version": self.version,
+            "rollout_error": self.rollout_error,
+            "user_model": self.user_model.info() if self.user_model is not None else None,
+        }
 
 
 class Retriever(_SafeRollout):
     """FAISS retrieval of K candidates per request context, batched; popular-diverse fallback for cold starts.
 
-    ``user_config``: ``{"index": URI}`` (a rollout: see :class:`_SafeRollout`; ``dim`` and ``initial``
-    as for :class:`UserStep`).
+    ``user_config``: ``{"index": URI}`` (a rollout: see :class:`_SafeRollout`; ``dim``, ``initial`` and
+    ``user_model`` as for :class:`UserStep`: contexts built against an older index are rebuilt with it).
     """
 
     stage = "Retriever"
@@ -228,10 +252,12 @@ class Retriever(_SafeRollout):
         batch_wait_s: float | None = 0.0,
         dim: int | None = None,
         initial: str | None = None,
+        user_model: str | None = None,
     ) -> None:
         self.num_candidates = num_candidates
         self.fallback_size = fallback_size
         self.dim = dim
+        self.user_model = load_user_model(user_model) if user_model else None
         self.retrieval: Retrieval | None = None
         self.uri = ""
         self.retrieve = batched(self._retrieve, batch_wait_s)
@@ -247,8 +273,8 @@ class Retriever(_SafeRollout):
             self.retrieval, self.uri = retrieval, uri
 
     def _load(self, uri: str):
-        index = load_index_of_dim(uri, self.dim)
-        return Retrieval(index, self.num_candidates, self.fallback_size), uri
+        index = load_served_index(uri, self.dim, self.user_model)
+        return Retrieval(index, self.num_candidates, self.fallback_size, self.user_model), uri
 
     async def _retrieve(self, contexts: list[RequestContext]) -> list[Candidates]:
         return self.retrieval.retrieve(contexts)

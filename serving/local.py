@@ -47,8 +47,10 @@ class LocalStages:
 
     def __init__(self, encoder, config: AppConfig, dim: int | None = None) -> None:
         num_candidates = DEFAULT_NUM_CANDIDATES if config.num_candidates is None else config.num_candidates
-        self.user_step = UserStep(encoder, dim, initial=config.index)
-        self.retriever = Retriever(num_candidates, MAX_K, None, dim, initial=config.index)
+        self.user_step = UserStep(encoder, dim, initial=config.index, user_model=config.user_model)
+        self.retriever = Retriever(
+            num_candidates, MAX_K, None, dim, initial=config.index, user_model=config.user_model
+        )
         self.rankers = {
             arm.name: Ranker(num_candidates, None, dim, initial=arm.policy, index=config.index)
             for arm in config.parsed_arms()

@@ -29,6 +29,7 @@ from rayrec.slate_policy import SlatePolicy
 
 if TYPE_CHECKING:
     from rayrec.slate_scorer import ExportConfig
+    from serving.user_model import UserModel
 
 FALLBACK_POLICY = "popular-diverse"
 """The ``policy`` of cold-start answers (and of their impressions in the event log)."""
@@ -98,22 +99,48 @@ def request_context(
     query: np.ndarray | None = None,
     session_step: int = 0,
     explain: bool = False,
+    user_model: UserModel | None = None,
 ) -> RequestContext:
-    """History ids (+ optional [d] query embedding, the session step) → :class:`RequestContext`.
+    """One request's :class:`RequestContext` (:func:`request_contexts` of a batch of one)."""
+    return request_contexts(index, version, [history], [query], [session_step], [explain], user_model)[0]
 
-    The profile is :func:`rayrec.features.profile_vector` of the known history, as in the simulator;
-    a query counts as much as the whole history (sum of two unit vectors, renormalised), so a search
-    box steers the slate without discarding what the user did.
+
+def request_contexts(
+    index,
+    version: str,
+    histories: list[list[str]],
+    queries: list[np.ndarray | None],
+    session_steps: list[int],
+    explains: list[bool],
+    user_model: UserModel | None = None,
+) -> list[RequestContext]:
+    """History ids (+ optional [d] query embedding, the session step) of a batch → :class:`RequestContext` each.
+
+    The profile is :func:`rayrec.features.profile_vector` of the known history (each item once), as in the
+    simulator; with a ``user_model`` it is the model's user tower over the known history in the order sent
+    (:meth:`serving.user_model.UserModel.profiles`, one forward pass for the batch). Either way a user with
+    no known history has a zero profile (a cold start). A query counts as much as the whole history (sum of
+    two unit vectors, renormalised), so a search box steers the slate without discarding what the user did.
     """
-    rows = index.lookup(history) if history else np.empty(0, dtype=np.int64)
-    known = np.unique(rows[rows >= 0])
-    known_ids = tuple(str(i) for i, row in zip(history, rows, strict=True) if row >= 0)
-    profile = profile_vector(index.embeddings[known])  # [d]
-    if query is not None:
-        profile = l2_normalize(profile + query)  # [d]
-    return RequestContext(
-        profile, known, known_ids, query, int((rows < 0).sum()), version, session_step, explain
-    )
+    rows = [index.lookup(h) if h else np.empty(0, dtype=np.int64) for h in histories]
+    in_order = [r[r >= 0] for r in rows]  # [h] known rows as sent
+    if user_model is None:
+        profiles = [profile_vector(index.embeddings[np.unique(r)]) for r in in_order]  # B × [d]
+    else:
+        profiles = list(user_model.profiles(index.embeddings, in_order))  # B × [d]
+    contexts = []
+    for history, row, known, profile, query, step, explain in zip(
+        histories, rows, in_order, profiles, queries, session_steps, explains, strict=True
+    ):
+        if query is not None:
+            profile = l2_normalize(profile + query)  # [d]
+        known_ids = tuple(str(i) for i, r in zip(history, row, strict=True) if r >= 0)
+        contexts.append(
+            RequestContext(
+                profile, np.unique(known), known_ids, query, int((row < 0).sum()), version, step, explain
+            )
+        )
+    return contexts
 
 
 def popular_diverse(index, n: int, pool_factor: int = 10, redundancy: float = 0.5) -> np.ndarray:
@@ -181,10 +208,15 @@ class Retrieval:
         index: an ``rayrec.index.ItemIndex``.
         num_candidates: K, candidates per request.
         fallback_size: length of the precomputed cold-start list (the largest slate served).
+        user_model: the served retrieval model (``index`` holds its item vectors), or None: what a context
+            built against another index version is rebuilt with.
     """
 
-    def __init__(self, index, num_candidates: int, fallback_size: int) -> None:
+    def __init__(
+        self, index, num_candidates: int, fallback_size: int, user_model: UserModel | None = None
+    ) -> None:
         self.index = index
+        self.user_model = user_model
         self.version = index_version(index)
         self.num_candidates = min(num_candidates, len(index.item_ids))
         self.popularity = popularity_feature(index.popularity)  # [N]
@@ -197,7 +229,9 @@ class Retrieval:
         session_step: int = 0,
         explain: bool = False,
     ) -> RequestContext:
-        return request_context(self.index, self.version, history, query, session_step, explain)
+        return request_context(
+            self.index, self.version, history, query, session_step, explain, self.user_model
+        )
 
     def retrieve(self, contexts: list[RequestContext]) -> list[Candidates]:
         """One :class:`Candidates` per request context; searches the warm users in one FAISS batch."""
@@ -236,8 +270,9 @@ class Retrieval:
                 "explain": True,
                 "history_ids": tuple(str(i) for i in self.index.item_ids[context.history]),
                 "has_query": context.query is not None,
+                # the attribution splits a mean-of-history profile; a user tower's query does not split so
                 "attribution": None
-                if cold_start
+                if cold_start or self.user_model is not None
                 else history_attribution(history, self.index.embeddings[rows], context.query),
             }
         return Candidates(

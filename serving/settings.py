@@ -38,8 +38,14 @@ class AppConfig:
     events: str = "runs/serve/events"
     """Events directory: impressions and feedback are appended there as Parquet part files."""
     encoder: str | None = "index"
-    """Encoder for the optional text ``query``: ``index`` (the index's own encoder), a model name or
-    directory, or None (requests with a query are refused)."""
+    """Encoder for the optional text ``query``: ``index`` (the index's own encoder; with ``user_model``, the
+    text encoder the model was trained on), a model name or directory, or None (requests with a query are
+    refused)."""
+    user_model: str | None = None
+    """Directory of a ``rayrec train-retrieval-model`` output: its user tower makes each request's profile
+    (over the last ``history`` known items, in the order sent) and a text ``query`` goes through its item
+    tower's text path. ``index`` must then hold exactly the model's item vectors (its ``out/index``): another
+    is refused at build time and in a rollout. None: the profile is the mean of the history's vectors."""
     api_keys: str | None = None
     """API key file (hashes and scopes; ``rayrec api-key add``). Without one the server answers only
     clients on its own host; with one every call but ``/healthz`` and the docs needs
@@ -98,6 +104,8 @@ class AppConfig:
     def __post_init__(self) -> None:
         if self.encoder in ("none", "None", ""):
             self.encoder = None
+        if self.user_model in ("none", "None", ""):
+            self.user_model = None
         if isinstance(self.arms, str):
             self.arms = [spec.strip() for spec in self.arms.split(",") if spec.strip()]
         validate_arms([(arm.name, arm.weight) for arm in self.parsed_arms()])
@@ -145,6 +153,7 @@ class AppConfig:
             events=absolute(self.events),
             api_keys=absolute(self.api_keys),
             encoder=absolute(self.encoder, must_exist=True),
+            user_model=absolute(self.user_model),
         )
 
     def with_num_candidates(self, trained: dict[str, int]) -> AppConfig:

@@ -61,6 +61,8 @@ class TrainingData:
     """holdout=validation: each user's last train item as the target, the rest as history; else None."""
     split: dict
     """``{"cold_fraction", "split_seed", "holdout", "cold_items"}``."""
+    text_encoder: str | None = None
+    """The text index's encoder (recorded in ``model.json``: what embeds a served text query)."""
 
 
 def load_training_data(config: SeqRecTrainConfig) -> TrainingData:
@@ -90,6 +92,7 @@ def load_training_data(config: SeqRecTrainConfig) -> TrainingData:
         counts=counts,
         categories=item_categories(dataset.items, text.item_ids),
         validation=validation,
+        text_encoder=text.meta.get("encoder"),
         split={
             "cold_fraction": config.cold_fraction,
             "split_seed": config.split_seed,
@@ -280,6 +283,7 @@ def train_retrieval_model(config: SeqRecTrainConfig) -> dict:
         data.item_ids,
         split=data.split,
         text_index=config.index,
+        text_encoder=data.text_encoder,
         seed=config.seed,
         validation=record.get("best_validation"),
     )

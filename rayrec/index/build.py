@@ -19,6 +19,7 @@ from rayrec.errors import ConfigError, DataError
 from rayrec.index.faiss_index import IndexSpec, IndexType, build_faiss_index
 from rayrec.index.item_index import item_categories, write_index
 from rayrec.runtime import init_ray
+from rayrec.seqrec.catalog import is_model_dir, model_item_vectors
 
 EmbedMode = Literal["auto", "local", "ray"]
 
@@ -107,29 +108,15 @@ def interaction_counts(data_dir: str, item_ids: list[str]) -> np.ndarray:
     return np.bincount(rows, minlength=len(item_ids)).astype(np.int64)
 
 
-def build_index(config: BuildIndexConfig) -> dict[str, Any]:
-    """Embed, index and write ``config.out``; returns ``index.json``'s content plus timing figures."""
+def embed_items(config: BuildIndexConfig, texts: list[str], model: str) -> tuple[np.ndarray, float]:
+    """([N, d] embeddings of ``texts`` by the resolved encoder ``model``, seconds spent embedding them), in this
+    process or by a Ray Data actor pool as ``config.embed_mode()`` says (Ray's start-up is not counted)."""
     from rayrec.index.embed import ProgressLine, embed_local, embed_texts  # heavy: keeps `rayrec --help` fast
-
-    spec = config.spec()  # parameter errors before any work
-    items_uri = storage.join(config.data, ITEMS_FILE)
-    if not storage.exists(items_uri):
-        raise DataError(
-            f"{config.data}: no {ITEMS_FILE} (expected a data directory, see `rayrec data --help`)"
-        )
-    items = read_items(items_uri)
-    texts = item_texts(items, source=items_uri)
-    item_ids = items.column("item_id").to_pylist()
-    model = resolve_model(config.encoder)
-    if storage.is_remote(model):
-        with storage.local_input_dir(model) as local:
-            check_model_dir(local)
-    popularity = interaction_counts(config.data, item_ids)
 
     mode = config.embed_mode()
     if mode == "local":
         where = "GPU" if config.gpu else "CPU" + (f", {config.threads} threads" if config.threads else "")
-        print(f"embedding {len(item_ids)} items in this process ({where})", flush=True)
+        print(f"embedding {len(texts)} items in this process ({where})", flush=True)
         started = time.perf_counter()
         embeddings = embed_local(
             texts,
@@ -151,7 +138,7 @@ def build_index(config: BuildIndexConfig) -> dict[str, Any]:
         each = "1 GPU" if config.gpu else f"{config.cpus_per_actor:g} CPU"
         actors = "actor" if config.concurrency == 1 else "actors"
         print(
-            f"embedding {len(item_ids)} items with {config.concurrency} encoder {actors} ({each} each)",
+            f"embedding {len(texts)} items with {config.concurrency} encoder {actors} ({each} each)",
             flush=True,
         )
         started = time.perf_counter()
@@ -165,7 +152,44 @@ def build_index(config: BuildIndexConfig) -> dict[str, Any]:
             max_length=config.max_length,
             progress=ProgressLine("embedding items"),
         )
-    embed_seconds = time.perf_counter() - started
+    return embeddings, time.perf_counter() - started
+
+
+def build_index(config: BuildIndexConfig) -> dict[str, Any]:
+    """Embed, index and write ``config.out``; returns ``index.json``'s content plus timing figures.
+
+    With ``config.encoder`` a retrieval model (a ``train-retrieval-model`` output), the vectors are the model's
+    item tower's (:func:`rayrec.seqrec.catalog.model_item_vectors`): only the items it does not know are embedded.
+    """
+    spec = config.spec()  # parameter errors before any work
+    items_uri = storage.join(config.data, ITEMS_FILE)
+    if not storage.exists(items_uri):
+        raise DataError(
+            f"{config.data}: no {ITEMS_FILE} (expected a data directory, see `rayrec data --help`)"
+        )
+    items = read_items(items_uri)
+    texts = item_texts(items, source=items_uri)
+    item_ids = items.column("item_id").to_pylist()
+    spent: list[tuple[int, float]] = []  # (texts embedded, seconds) of each embedding pass
+
+    def embed(texts: list[str], model: str) -> np.ndarray:
+        vectors, seconds = embed_items(config, texts, model)
+        spent.append((len(texts), seconds))
+        return vectors
+
+    catalog = None
+    if is_model_dir(config.encoder):  # a train-retrieval-model output: its item tower makes the vectors
+        popularity = interaction_counts(config.data, item_ids)
+        catalog = model_item_vectors(config.encoder, item_ids, texts, embed)
+        embeddings, encoder = catalog.vectors, catalog.encoder
+    else:
+        model = resolve_model(config.encoder)
+        if storage.is_remote(model):
+            with storage.local_input_dir(model) as local:
+                check_model_dir(local)
+        popularity = interaction_counts(config.data, item_ids)
+        embeddings, encoder = embed(texts, model), encoder_reference(config.encoder)
+    embedded, embed_seconds = sum(n for n, _ in spent), sum(seconds for _, seconds in spent)
     spec = spec.resolved(len(item_ids), embeddings.shape[1])
     started = time.perf_counter()
     faiss_index = build_faiss_index(embeddings, spec)
@@ -181,13 +205,18 @@ def build_index(config: BuildIndexConfig) -> dict[str, Any]:
         popularity,
         faiss_index,
         spec,
-        encoder=encoder_reference(config.encoder),
+        encoder=encoder,
         categories=item_categories(items, item_ids),
     )
     save_config(config, config.out)
-    print(
-        f"index written to {config.out}: embedding {embed_seconds:.1f}s "
-        f"({len(item_ids) / embed_seconds:.0f} items/s), index {index_seconds:.1f}s",
-        flush=True,
+    embedding = (
+        f"embedding {embed_seconds:.1f}s ({embedded / max(embed_seconds, 1e-9):.0f} items/s)"
+        if embedded
+        else "nothing to embed"
     )
-    return {**meta, "embed_seconds": embed_seconds, "index_seconds": index_seconds, "embed_mode": mode}
+    print(f"index written to {config.out}: {embedding}, index {index_seconds:.1f}s", flush=True)
+    extra = {"embed_mode": config.embed_mode()}
+    if catalog is not None:
+        print(f"from user model {config.encoder}: {catalog.summary()}", flush=True)
+        extra["model"] = {"known": catalog.known, "new": catalog.new, "dropped": catalog.dropped}
+    return {**meta, "embed_seconds": embed_seconds, "index_seconds": index_seconds, **extra}

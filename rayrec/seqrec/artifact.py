@@ -17,6 +17,7 @@ import numpy as np
 from rayrec import storage
 from rayrec.errors import ArtifactError, ConfigError, RayrecError
 from rayrec.index.faiss_index import IndexSpec, build_faiss_index
+from rayrec.index.item_index import META_FILE as INDEX_META_FILE
 from rayrec.index.item_index import ItemIndex, write_index
 from rayrec.seqrec.model import SeqRecModel, SeqRecModelConfig
 
@@ -43,6 +44,23 @@ class LoadedModel:
     def split(self) -> dict[str, Any]:
         """``{"cold_fraction", "split_seed", "holdout"}`` the model was trained on."""
         return dict(self.meta.get("split", {}))
+
+    @property
+    def text_encoder(self) -> str | None:
+        """The text encoder of the text index the model was trained on: ``model.json``'s ``text_encoder``, else
+        (a model written before it was recorded) the ``encoder`` in its ``text_index``'s ``index.json``; None
+        when neither can be read. Free-text queries must be embedded by it (``text_dim``-d)."""
+        if self.meta.get("text_encoder"):
+            return str(self.meta["text_encoder"])
+        text_index = self.meta.get("text_index")
+        if not text_index:
+            return None
+        try:
+            manifest = json.loads(storage.read_text(storage.join(text_index, INDEX_META_FILE)))
+        except (RayrecError, OSError, json.JSONDecodeError):
+            return None
+        encoder = manifest.get("encoder") if isinstance(manifest, dict) else None
+        return str(encoder) if encoder else None
 
     def check_index(self, index: ItemIndex, index_uri: str, model_uri: str) -> np.ndarray:
         """The model's item vectors [N, dim] after checking that ``index`` holds exactly them, in order."""

@@ -102,7 +102,12 @@ class HybridItemTower(nn.Module):
 
     def text_part(self) -> torch.Tensor:
         """[N, dim] unit vectors from the text alone (what a cold item gets)."""
-        return F.normalize(self.text_projection(self.text_embeddings), dim=-1)
+        return self.project_text(self.text_embeddings)
+
+    def project_text(self, text: torch.Tensor) -> torch.Tensor:
+        """``text`` [B, text_dim] text embeddings → [B, dim] unit vectors ``normalize(W t + b)``: the text path
+        alone, as a cold item gets it (also what a free-text query is mapped through)."""
+        return F.normalize(self.text_projection(text), dim=-1)
 
     def forward(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """[R, dim] unit vectors of the items ``rows`` [R] (default: all N); in training mode each item's ID part
@@ -228,6 +233,17 @@ class SeqRecModel(nn.Module):
         ]
         self.train(was_training)
         return torch.cat(out).numpy() if out else np.zeros((0, self.config.dim), np.float32)
+
+    @torch.inference_mode()
+    def text_queries(self, text: np.ndarray) -> np.ndarray:
+        """[B, dim] float32 unit vectors of ``text`` [B, text_dim] (the text encoder's embeddings of free text)
+        through the item tower's text path, so a text query lands where a cold item with that text would."""
+        if text.ndim != 2 or text.shape[1] != self.config.text_dim:
+            raise ConfigError(
+                f"text embeddings have shape {text.shape}, the model expects [B, {self.config.text_dim}]"
+            )
+        tensor = torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32))
+        return self.items.project_text(tensor).numpy().astype(np.float32)
 
 
 def left_pad(sequences: list[np.ndarray], length: int) -> np.ndarray:
