@@ -1,18 +1,23 @@
-"""The sequential retrieval model (hybrid text + ID item tower, SASRec user tower) against item-kNN and ALS.
+"""Retrieval on item text, one ablation ladder: zero-shot text → fine-tuned text encoder (supervised, + SimCSE,
++ augmentation, + FGM) → the hybrid sequential model (text + ID item tower, hard negatives, SASRec user tower).
 
 Temporal leave-last-out on a data directory (MovieLens ml-latest-small in the README), full catalog, seen items
 excluded — exactly `rayrec eval-retrieval`: the peers (popularity, item-kNN, ALS, BPR) and the zero-shot text
 model (mean of the history's text embeddings) are fitted and measured in this run by one `eval-retrieval` call
-per split, and every trained model is scored by `eval-retrieval --user-model` on the same split, exclusions and
-users. Each model variant is trained with `rayrec train-retrieval-model` once per seed; the tables give the
-mean over seeds with a 95% Student-t interval.
+per split, and every trained model is scored by `eval-retrieval` on the same split, exclusions and users. The
+text-encoder variants are fine-tuned with `rayrec train-encoder` (Ray Train) and scored through their own
+`build-index`, query = mean of the history's vectors; the sequential-model variants are trained with
+`rayrec train-retrieval-model` and scored with `--user-model`. Each variant is trained once per seed; the tables
+give the mean over seeds with a 95% Student-t interval.
 
-Tables: (1) the full model beside the peers; (2) the ablations (mean pooling instead of the sequential tower,
-no hard negatives, no ID embedding); (3) the cold-item split (``--cold-fraction``, default 0.2): warm and cold
-targets apart. Every run's eval JSON is kept under ``--work`` and reused by ``--resume``.
+Tables: (1) the chosen model (mean pooling, chosen on validation) and the sequential tower beside the peers;
+(2) paired per-user Recall@10 differences against item-kNN, ALS and zero-shot text (a variant's hits averaged
+over its seeds); (3) the ablation ladder, every variant; (4) beyond accuracy of the same lists; (5) the cold-item
+split (``--cold-fraction``, default 0.2): warm and cold targets apart, and the paired difference on the cold
+targets against zero-shot text. Every run's eval JSON is kept under ``--work`` and reused by ``--resume``.
 
     python -m benchmarks.sequential_retrieval --data runs/encoder-quality/data \
-        --text-index runs/encoder-quality/index-zero-shot [--seeds 3] [--epochs 8] [--resume]
+        --text-index runs/encoder-quality/index-zero-shot [--seeds 3] [--resume]
 """
 
 from __future__ import annotations
@@ -26,12 +31,31 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-VARIANTS: dict[str, tuple[str, dict]] = {
-    "full": ("hybrid item tower + sequential tower + hard negatives", {}),
-    "mean": ("mean pooling instead of the sequential tower", {"user_tower": "mean"}),
-    "no-hard": ("no hard negatives (in-batch + logQ only)", {"hard_negatives": 0}),
-    "no-id": ("no ID embedding (text part only)", {"use_id": False}),
+TEXT_VARIANTS: dict[str, tuple[str, dict]] = {
+    "text-supervised": ("text encoder fine-tuned: next-item InfoNCE + logQ only", {}),
+    "text-simcse": ("+ SimCSE on item text", {"simcse_weight": 0.5}),
+    "text-augment": ("+ augmentation of the SimCSE views", {"simcse_weight": 0.5, "augment": True}),
+    "text-fgm": ("+ adversarial training (FGM)", {"simcse_weight": 0.5, "augment": True, "fgm_epsilon": 1.0}),
 }
+"""Fine-tuned text encoders (``train-encoder`` options), each adding one seed of the project to the one before."""
+SEQUENTIAL_VARIANTS: dict[str, tuple[str, dict]] = {
+    "no-id": (
+        "sequential model without ID embeddings (text part only)",
+        {"user_tower": "sequential", "use_id": False},
+    ),
+    "no-hard": (
+        "hybrid item tower + sequential tower, no hard negatives",
+        {"user_tower": "sequential", "hard_negatives": 0},
+    ),
+    "full": ("hybrid item tower + sequential tower + hard negatives", {"user_tower": "sequential"}),
+    "mean": ("hybrid item tower + hard negatives, mean pooling user tower (chosen)", {"user_tower": "mean"}),
+}
+"""Sequential-model variants (``train-retrieval-model`` options) on the frozen zero-shot text vectors."""
+VARIANTS = {**TEXT_VARIANTS, **SEQUENTIAL_VARIANTS}
+"""Every variant, in the order of the ablation table."""
+HEADLINE = ("mean", "full")
+"""The model chosen on the validation split (mean pooling: the higher validation Recall@10 on each of three
+seeds, see docs/retrieval.md) and the sequential tower it was chosen over: trained first, shown first."""
 PEERS = ("popularity", "item_knn", "als", "bpr")
 PEER_NAMES = {"popularity": "popularity", "item_knn": "item-kNN", "als": "ALS", "bpr": "BPR"}
 
@@ -40,8 +64,8 @@ def _peers(args, cold_fraction: float) -> dict:
     from rayrec.index.evaluate import EvalRetrievalConfig, evaluate_retrieval
 
     target = Path(args.work) / f"cold{cold_fraction:g}" / "peers.json"
-    if args.resume and target.exists():
-        return json.loads(target.read_text())
+    if args.resume and target.exists() and "per_user" in (cached := json.loads(target.read_text())):
+        return cached
     config = EvalRetrievalConfig(
         index=args.text_index, data=args.data, cold_fraction=cold_fraction, split_seed=args.split_seed
     )
@@ -52,16 +76,89 @@ def _peers(args, cold_fraction: float) -> dict:
 
 
 def _train_and_eval(args, variant: str, seed: int, cold_fraction: float) -> dict | None:
-    from rayrec.index.evaluate import EvalRetrievalConfig, evaluate_retrieval
-    from trainers.seqrec import INDEX_DIR, train_retrieval_model
-    from trainers.seqrec_config import SeqRecTrainConfig
-
+    """The eval JSON of one variant and seed: reused (``--resume``), re-scored from the trained model when it
+    predates the per-user ranks, or trained and scored."""
     out = Path(args.work) / f"cold{cold_fraction:g}" / f"{variant}-s{seed}"
     target = out / "eval.json"
-    if (args.resume or args.report_only) and target.exists():
-        return json.loads(target.read_text())
+    cached = json.loads(target.read_text()) if (args.resume or args.report_only) and target.exists() else None
+    if cached is not None and "per_user" in cached:
+        return cached
+    if cached is not None:  # scored before eval-retrieval kept per-user ranks: score the same model again
+        result = {
+            **_evaluate(args, variant, cold_fraction, out),
+            "train_seconds": cached.get("train_seconds"),
+        }
+        target.write_text(json.dumps(result, indent=2) + "\n")
+        return result
     if args.report_only:
         return None
+    started = time.perf_counter()
+    train = _train_text if variant in TEXT_VARIANTS else _train_sequential
+    train_seconds = train(args, variant, seed, cold_fraction, out)
+    result = {**_evaluate(args, variant, cold_fraction, out), "train_seconds": train_seconds}
+    result["seconds"] = time.perf_counter() - started
+    target.write_text(json.dumps(result, indent=2) + "\n")
+    print(
+        f"{variant} seed {seed} cold {cold_fraction:g}: recall@10 {result['recall@10']:.4f} "
+        f"({result['seconds']:.0f} s)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return result
+
+
+def _evaluate(args, variant: str, cold_fraction: float, out: Path) -> dict:
+    """``eval-retrieval`` of a trained variant: a text encoder through its own index (query = mean of the
+    history's vectors), a sequential model through its index and user tower."""
+    from rayrec.index.evaluate import EvalRetrievalConfig, evaluate_retrieval
+    from trainers.seqrec import INDEX_DIR
+
+    text = variant in TEXT_VARIANTS
+    config = EvalRetrievalConfig(
+        index=str(out / ("index" if text else INDEX_DIR)),
+        data=args.data,
+        user_model=None if text else str(out),
+        cold_fraction=cold_fraction,
+        split_seed=args.split_seed,
+        peers=False,
+    )
+    return evaluate_retrieval(config)
+
+
+def _train_text(args, variant: str, seed: int, cold_fraction: float, out: Path) -> float:
+    """``train-encoder`` with the variant's options, then ``build-index`` of that encoder; the training seconds."""
+    from rayrec.index.build import BuildIndexConfig, build_index
+    from trainers.encoder import EncoderTrainConfig, train_encoder
+
+    config = EncoderTrainConfig(
+        data=args.data,
+        out=str(out / "encoder"),
+        name=f"{variant}-s{seed}",
+        workers=args.text_workers,
+        max_steps=args.text_steps,
+        batch_size=args.text_batch,
+        history=args.text_history,
+        lr=args.text_lr,
+        freeze_layers=args.text_freeze_layers,
+        simcse_batch=args.text_batch,
+        seed=seed,
+        cold_fraction=cold_fraction,
+        split_seed=args.split_seed,
+        tracking_uri="none",
+        **TEXT_VARIANTS[variant][1],
+    )
+    started = time.perf_counter()
+    train_encoder(config)
+    train_seconds = time.perf_counter() - started
+    build_index(BuildIndexConfig(data=args.data, out=str(out / "index"), encoder=str(out / "encoder")))
+    return train_seconds
+
+
+def _train_sequential(args, variant: str, seed: int, cold_fraction: float, out: Path) -> float:
+    """``train-retrieval-model`` with the variant's options; the training seconds."""
+    from trainers.seqrec import train_retrieval_model
+    from trainers.seqrec_config import SeqRecTrainConfig
+
     config = SeqRecTrainConfig(
         data=args.data,
         index=args.text_index,
@@ -75,30 +172,9 @@ def _train_and_eval(args, variant: str, seed: int, cold_fraction: float) -> dict
         cold_fraction=cold_fraction,
         split_seed=args.split_seed,
         threads=args.threads,
-        **VARIANTS[variant][1],
+        **SEQUENTIAL_VARIANTS[variant][1],
     )
-    started = time.perf_counter()
-    record = train_retrieval_model(config)
-    result = evaluate_retrieval(
-        EvalRetrievalConfig(
-            index=str(out / INDEX_DIR),
-            data=args.data,
-            user_model=str(out),
-            cold_fraction=cold_fraction,
-            split_seed=args.split_seed,
-            peers=False,
-        )
-    )
-    result["train_seconds"] = record["seconds"]
-    result["seconds"] = time.perf_counter() - started
-    target.write_text(json.dumps(result, indent=2) + "\n")
-    print(
-        f"{variant} seed {seed} cold {cold_fraction:g}: recall@10 {result['recall@10']:.4f} "
-        f"({result['seconds']:.0f} s)",
-        file=sys.stderr,
-        flush=True,
-    )
-    return result
+    return train_retrieval_model(config)["seconds"]
 
 
 BEYOND_COLUMNS = [
@@ -149,6 +225,37 @@ def _table(peers: dict, runs: dict[str, list[dict]], columns: list[tuple[str, st
     return lines
 
 
+def _hits(result: dict, name: str, k: int) -> np.ndarray:
+    """[U] 1.0 where method ``name`` (``model`` or a peer) has the user's held-out item in its top ``k``."""
+    ranks = np.asarray(result["per_user"]["target_rank"][name])
+    return ((ranks >= 0) & (ranks < k)).astype(np.float64)
+
+
+def _paired_table(
+    peers: dict, runs: dict[str, list[dict]], against: dict[str, str], ks: tuple[int, ...], cold: bool
+) -> list[str]:
+    """Per-user paired Recall@k differences (each k of ``ks``) of each variant, its hits averaged over seeds,
+    against each method of ``against`` (key in the peers' eval → title), with a 95% Student-t interval over
+    users; ``cold``: over the users whose held-out item is cold only."""
+    from rayrec.metrics.session import mean_interval
+
+    users = np.asarray(peers["per_user"]["cold"], dtype=bool) if cold else slice(None)
+    titles = [f"R@{k} vs {title}" for k in ks for title in against.values()]
+    lines = ["| model | seeds | " + " | ".join(titles) + " |", "|" + " --- |" * (len(titles) + 2)]
+    for variant, results in runs.items():
+        scored = [r for r in results if "per_user" in r]
+        if not scored:
+            continue
+        cells = []
+        for k in ks:
+            model = np.mean([_hits(r, "model", k) for r in scored], axis=0)[users]  # [U]
+            for name in against:
+                ci = mean_interval(model - _hits(peers, name, k)[users])
+                cells.append(f"{ci['mean']:+.4f} [{ci['ci95_low']:+.4f}, {ci['ci95_high']:+.4f}]")
+        lines.append(f"| {VARIANTS[variant][0]} | {len(scored)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -157,11 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text-index", default=str(REPO / "runs" / "encoder-quality" / "index-zero-shot"))
     parser.add_argument("--work", default=str(REPO / "runs" / "sequential-retrieval"))
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per variant")
-    parser.add_argument("--variants", default="full,mean,no-hard,no-id", help="temporal split variants")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="temporal split variants")
     parser.add_argument(
         "--ablation-seeds", type=int, default=None, help="seeds per ablation variant (default: --seeds)"
     )
-    parser.add_argument("--cold-variants", default="full", help="cold split variants ('' to skip the split)")
+    parser.add_argument(
+        "--cold-variants", default=",".join(HEADLINE), help="cold split variants ('' to skip the split)"
+    )
     parser.add_argument("--cold-fraction", type=float, default=0.2)
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument(
@@ -172,6 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-windows", type=int, default=2)
     parser.add_argument("--temperature", type=float, default=0.07)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--text-steps", type=int, default=100, help="fine-tuning steps of a text variant")
+    parser.add_argument("--text-workers", type=int, default=2, help="Ray Train workers of a text variant")
+    parser.add_argument("--text-batch", type=int, default=16, help="next-item and SimCSE examples per worker")
+    parser.add_argument("--text-history", type=int, default=3, help="history items of a training query")
+    parser.add_argument("--text-lr", type=float, default=2e-4)
+    parser.add_argument("--text-freeze-layers", type=int, default=4, help="train only the top 6 - N layers")
     parser.add_argument("--resume", action="store_true", help="reuse the eval JSON of runs already done")
     parser.add_argument(
         "--report-only", action="store_true", help="train nothing: tables from the runs already under --work"
@@ -199,26 +314,45 @@ def main(argv: list[str] | None = None) -> int:
     ]
     report: dict = {"args": vars(args)}
 
+    def seeds(variant: str) -> int:
+        return args.seeds if variant in HEADLINE or args.ablation_seeds is None else args.ablation_seeds
+
     def train_all(variant: str, cold_fraction: float) -> list[dict]:
-        seeds = args.seeds if variant == "full" or args.ablation_seeds is None else args.ablation_seeds
-        results = [_train_and_eval(args, variant, seed, cold_fraction) for seed in range(seeds)]
+        results = [_train_and_eval(args, variant, seed, cold_fraction) for seed in range(seeds(variant))]
         return [r for r in results if r is not None]  # --report-only: the runs on disk
 
-    # Order of work: the full model, then the cold split, then the ablations (the longest part last).
+    def train_seed_major(names: list[str]) -> dict[str, list[dict]]:
+        """Seed 0 of every variant, then seed 1, ...: a run stopped early still fills the whole table."""
+        done: dict[str, list[dict]] = {v: [] for v in names}
+        for seed in range(max((seeds(v) for v in names), default=0)):
+            for v in (v for v in names if seed < seeds(v)):
+                result = _train_and_eval(args, v, seed, 0.0)
+                done[v] += [result] if result is not None else []
+        return done
+
+    # Order of work: the full model, the cold split, the sequential ablations, the text encoders (the longest).
     temporal_peers = _peers(args, 0.0)
-    runs = {v: train_all(v, 0.0) for v in variants if v == "full"}
+    runs = {v: train_all(v, 0.0) for v in variants if v in HEADLINE}
     cold_peers = _peers(args, args.cold_fraction) if cold_variants else None
     cold_runs = {v: train_all(v, args.cold_fraction) for v in cold_variants}
-    runs.update({v: train_all(v, 0.0) for v in variants if v != "full"})
+    runs.update({v: train_all(v, 0.0) for v in variants if v in SEQUENTIAL_VARIANTS and v not in HEADLINE})
+    runs.update(train_seed_major([v for v in variants if v in TEXT_VARIANTS]))
+    runs = {v: runs[v] for v in VARIANTS if v in runs}  # the ablation table's order
     report["temporal"] = {"peers": temporal_peers, "runs": runs}
     print(f"## Temporal split ({temporal_peers['users']} users, {temporal_peers['index']['items']} items)\n")
     print(
         "\n".join(
-            _table(temporal_peers, {v: r for v, r in runs.items() if v == "full"}, overall + warm_cold[:3])
+            _table(temporal_peers, {v: r for v, r in runs.items() if v in HEADLINE}, overall + warm_cold[:3])
         )
     )
+    print(
+        f"\n## Paired per user: Recall@{k} of each variant (hits averaged over its seeds) minus the peer's, "
+        f"{temporal_peers['users']} users, 95% t interval\n"
+    )
+    against = {"item_knn": "item-kNN", "als": "ALS", "model": "zero-shot text"}
+    print("\n".join(_paired_table(temporal_peers, runs, against, (k,), cold=False)))
     if len(runs) > 1:
-        print("\n## Ablations (temporal split)\n")
+        print("\n## Ablation ladder (temporal split)\n")
         print("\n".join(_table(temporal_peers, runs, overall)))
         print("\n## Beyond accuracy of the same top-10 lists (temporal split)\n")
         print("\n".join(_table(temporal_peers, runs, BEYOND_COLUMNS)))
@@ -230,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{cold_peers['warm']['users']} warm and {cold_peers['cold']['users']} cold targets)\n"
         )
         print("\n".join(_table(cold_peers, cold_runs, overall[:2] + warm_cold)))
+        print(
+            f"\nPaired per user, the {cold_peers['cold']['users']} cold targets only: cold recall minus the peer's\n"
+        )
+        print(
+            "\n".join(_paired_table(cold_peers, cold_runs, {"model": "zero-shot text"}, (k, 100), cold=True))
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0

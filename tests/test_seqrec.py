@@ -89,6 +89,7 @@ def small_config(data: Path, index: Path, out: Path, **overrides) -> SeqRecTrain
         data=str(data),
         index=str(index),
         out=str(out),
+        user_tower="sequential",  # the tower that reads order; tests of mean pooling ask for it
         dim=16,
         history=8,
         layers=1,

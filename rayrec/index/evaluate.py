@@ -30,7 +30,7 @@ from rayrec.features import l2_normalize
 from rayrec.index.exact import popularity_search
 from rayrec.index.item_index import ItemIndex, item_categories
 from rayrec.metrics.beyond import encode_categories, list_metrics, pad_lists
-from rayrec.metrics.retrieval import ranking_metrics
+from rayrec.metrics.retrieval import ranking_metrics, target_ranks
 
 RECALL_KS = (10, 50, 100)
 HISTORY = 20
@@ -183,6 +183,12 @@ COLD_NOTE = (
     "and their cold recall is 0 by construction; popularity ranks it last (count 0)"
 )
 
+PER_USER_NOTE = (
+    "target_rank[name]: [users] 0-based rank of each user's held-out item in that method's list, -1 when it is "
+    "not in the list (the top max(100, k)); the users come in the same order in every run on the same data and "
+    "split, for paired differences between runs; cold[u]: user u's held-out item is a cold item"
+)
+
 
 def peer_searches(config: EvalRetrievalConfig, eval_set: EvalSet) -> tuple[dict, dict[str, str]]:
     """``({name: search}, {name: why skipped})`` for popularity and the collaborative-filtering peers."""
@@ -297,6 +303,14 @@ def evaluate_retrieval(config: EvalRetrievalConfig) -> dict:
         },
         "warm": _section(ranked, eval_set, ~cold, config.k),
         "cold": {**_section(ranked, eval_set, cold, config.k), "note": COLD_NOTE},
+        # for paired comparisons between runs on the same split (same users, same order)
+        "per_user": {
+            "target_rank": {
+                name: target_ranks(lists, eval_set.targets).tolist() for name, lists in ranked.items()
+            },
+            "cold": cold.tolist(),
+            "note": PER_USER_NOTE,
+        },
     }
     if skipped:
         result["skipped"] = skipped
