@@ -123,3 +123,30 @@ def test_demo_serving_stage_times_requests_against_a_server():
     assert seen[-1][1] == {"request_id": "r1", "item_id": "a", "event": "click"}
     summary = latency_summary([0.001 * n for n in range(100, 0, -1)])
     assert summary == {"requests": 100, "p50_ms": pytest.approx(50.5), "p99_ms": pytest.approx(99.0)}
+
+
+def test_a_rerun_demo_replaces_its_stage_outputs_and_keeps_its_data(tmp_path):
+    """A second ``rayrec demo`` into the same OUT trains afresh: the earlier run's stage outputs go (train-policy
+    refuses a directory holding a run, train-encoder would resume a finished one); data and other folders stay."""
+    from rayrec.commands.demo import STAGE_OUTPUTS, clear_previous_demo
+
+    demo, other = tmp_path / "demo", tmp_path / "other"
+    for root in (demo, other):
+        for name in ("data", "policy", "encoder/train_runs"):
+            (root / name).mkdir(parents=True)
+            (root / name / "file").write_text("x")
+        (root / "summary.md").write_text("table")
+    (demo / "config.yaml").write_text("command: DemoConfig\nout: demo\n")
+    (other / "config.yaml").write_text("command: TrainPolicyConfig\n")
+    clear_previous_demo(str(demo))
+    clear_previous_demo(str(other))
+    assert sorted(p.name for p in demo.iterdir()) == ["config.yaml", "data"]
+    assert (demo / "data" / "file").read_text() == "x"
+    assert sorted(p.name for p in other.iterdir()) == [
+        "config.yaml",
+        "data",
+        "encoder",
+        "policy",
+        "summary.md",
+    ]
+    assert {"policy", "encoder", "summary.md"} <= set(STAGE_OUTPUTS)

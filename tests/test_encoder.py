@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from rayrec.encoding import (
     mean_pool,
     resolve_model,
 )
-from rayrec.errors import ArtifactError, DataError
+from rayrec.errors import ArtifactError, ConfigError, DataError
 from serving.deployments import QueryEncoder
 from trainers import encoder as encoder_trainer
 from trainers.adversarial import FGM
@@ -261,6 +262,32 @@ def test_a_killed_worker_resumes_from_the_latest_checkpoint(ray_session, world, 
     printed = capsys.readouterr().out.splitlines()
     assert "[train-encoder] chaos drill: worker 1 exits at step 5" in printed
     assert f"[train-encoder] resuming from step {final['train/start_step']}: 8 steps, 2 workers" in printed
+
+
+def test_a_rerun_resumes_only_a_run_trained_with_the_same_settings(world, tmp_path, capsys):
+    """Resuming checkpoints trained with other settings would silently mix two trainings (a demo rerun with a new
+    learning rate used to resume the old run and report its figures): only where things go, the length of the
+    run, logging and fault handling may change."""
+    data, model = world
+    config = encoder_trainer.EncoderTrainConfig(
+        data=str(data), out=str(tmp_path / "o"), model=str(model), lr=1e-4
+    )
+    encoder_trainer.check_resumable(config)  # a new run: its settings are recorded
+    recorded = tmp_path / "o" / "train_runs" / "train-encoder" / encoder_trainer.RUN_SETTINGS_FILE
+    assert json.loads(recorded.read_text())["lr"] == 1e-4
+    encoder_trainer.check_resumable(config)
+    encoder_trainer.check_resumable(replace(config, max_steps=50, log_every=1, tracking_uri="none"))
+    with pytest.raises(ConfigError, match=r"other settings \(lr 0.0001 → 0.0002\)"):
+        encoder_trainer.check_resumable(replace(config, lr=2e-4))
+    encoder_trainer.check_resumable(replace(config, lr=2e-4, name="other"))  # another name: a new run
+    (tmp_path / "o" / "train_runs" / "old").mkdir()
+    with pytest.raises(ConfigError, match="no record of its settings"):
+        encoder_trainer.check_resumable(replace(config, name="old"))
+    # through the command: one line, exit status 2
+    args = _train_args(data, model, tmp_path / "o", "--lr", "3e-4")
+    assert main(["train-encoder", *args]) == 2
+    err = capsys.readouterr().err
+    assert "was trained with other settings (" in err and "lr 0.0001 → 0.0003" in err
 
 
 def test_bad_training_config_is_a_clear_error(world, tmp_path, capsys):

@@ -497,9 +497,58 @@ class ProgressRelay:
                 print(line, flush=True)
 
 
+RUN_SETTINGS_FILE = "settings.json"
+"""Written into a run's directory under ``storage_path``: the settings its checkpoints were trained with."""
+RESUMABLE_CHANGES = frozenset(
+    {
+        "address",
+        "verbose",
+        "out",
+        "storage_path",
+        "name",
+        "max_steps",
+        "epochs",
+        "log_every",
+        "checkpoint_every",
+    }
+    | {"max_failures", "fail_at_step", "tracking_uri"}
+)
+"""Options a rerun may change and still resume the run's checkpoints: where things go, how long it trains (a
+longer run continues), logging and fault handling. Any other change would mix two trainings in one model."""
+
+
+def check_resumable(cfg: EncoderTrainConfig) -> None:
+    """Refuse to resume a run (same ``storage_path`` and ``name``) whose checkpoints were trained with other
+    settings, and record the settings of a new one. A run directory made before settings were recorded cannot be
+    checked, so it is refused too."""
+    run_dir = storage.join(cfg.run_storage, cfg.name)
+    marker = storage.join(run_dir, RUN_SETTINGS_FILE)
+    wanted = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in RESUMABLE_CHANGES}
+    if storage.exists(marker):
+        recorded = json.loads(storage.read_text(marker))
+        changed = sorted(k for k in wanted.keys() | recorded.keys() if wanted.get(k) != recorded.get(k))
+        if changed:
+            shown = ", ".join(f"{k} {recorded.get(k)!r} → {wanted.get(k)!r}" for k in changed[:4])
+            raise ConfigError(
+                f"run {cfg.name!r} in {cfg.run_storage} was trained with other settings ({shown}); its "
+                "checkpoints would be resumed: pass another --name, or remove that directory to start over"
+            )
+        return
+    if storage.exists(run_dir):
+        raise ConfigError(
+            f"run {cfg.name!r} in {cfg.run_storage} has no record of its settings (made by an older rayrec), so "
+            "resuming it could mix two trainings: pass another --name, or remove that directory to start over"
+        )
+    storage.write_text(marker, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
+
+
 def train_encoder(cfg: EncoderTrainConfig) -> dict[str, Any]:
-    """Prepare the data, run the TorchTrainer, and write metrics.json and config.yaml next to the best model."""
+    """Prepare the data, run the TorchTrainer, and write metrics.json and config.yaml next to the best model.
+
+    A rerun with the same ``storage_path`` and ``name`` resumes from the run's latest checkpoint, only when
+    it has the same training settings (:func:`check_resumable`)."""
     model_source = resolve_model(cfg.model)
+    check_resumable(cfg)
     init_ray(cfg.address, log_dir=None if storage.is_remote(cfg.out) else cfg.out, verbose=cfg.verbose)
     prepared = prepare_training_data(
         cfg.data,
