@@ -408,8 +408,8 @@ def model_text_encoder(user_model: UserModel) -> str | None:
 
 
 def check_user_model(config: AppConfig) -> UserModel | None:
-    """The config's user model, loaded, after checking that its index holds exactly the model's item vectors
-    (the check of ``eval-retrieval --user-model``); None without one.
+    """The config's user model, loaded, after checking that it can serve the config's index (its own, or a grown
+    catalog indexed with it: :meth:`rayrec.seqrec.artifact.LoadedModel.check_served_index`); None without one.
 
     Raises:
         ArtifactError: not a model directory, or an index not built from it.

@@ -44,8 +44,9 @@ class AppConfig:
     user_model: str | None = None
     """Directory of a ``rayrec train-retrieval-model`` output: its user tower makes each request's profile
     (over the last ``history`` known items, in the order sent) and a text ``query`` goes through its item
-    tower's text path. ``index`` must then hold exactly the model's item vectors (its ``out/index``): another
-    is refused at build time and in a rollout. None: the profile is the mean of the history's vectors."""
+    tower's text path. ``index`` must then be the model's (its ``out/index``, or a grown catalog indexed by
+    ``build-index --encoder MODEL_DIR``: every item the model knows holds the model's vector); another is
+    refused at build time and in a rollout. None: the profile is the mean of the history's vectors."""
     api_keys: str | None = None
     """API key file (hashes and scopes; ``rayrec api-key add``). Without one the server answers only
     clients on its own host; with one every call but ``/healthz`` and the docs needs

@@ -1,8 +1,9 @@
 """A served retrieval model (``AppConfig.user_model``): request profiles and text queries in the model's space.
 
-With the directory of a ``rayrec train-retrieval-model`` output, the application's index must hold exactly the
-model's item vectors, in order (:meth:`rayrec.seqrec.artifact.LoadedModel.check_index`, the check
-``eval-retrieval --user-model`` makes). A request's profile is then the user tower's query over the last
+With the directory of a ``rayrec train-retrieval-model`` output, every item of the application's index that the
+model knows must hold the model's vector (:meth:`rayrec.seqrec.artifact.LoadedModel.check_served_index`): the
+model's own index, or a grown catalog indexed by ``build-index --encoder MODEL_DIR``, whose new items hold their
+text path. A request's profile is then the user tower's query over the last
 ``history`` known items of the request's history, in the order the client sent them
 (:meth:`rayrec.seqrec.model.SeqRecModel.queries`, the function eval-retrieval scores users with), and a
 free-text query, embedded by the text encoder of the text index the model was trained on, goes through the
@@ -49,8 +50,9 @@ class UserModel:
         return self.loaded.text_encoder
 
     def check_index(self, index, index_uri: str) -> None:
-        """Raise :class:`rayrec.errors.ArtifactError` unless ``index`` holds exactly the model's item vectors."""
-        self.loaded.check_index(index, index_uri, self.uri)
+        """Raise :class:`rayrec.errors.ArtifactError` unless ``index`` is one the model can serve (its own, or a
+        grown catalog indexed with it)."""
+        self.loaded.check_served_index(index, index_uri, self.uri)
 
     def profiles(self, item_vectors: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
         """[B, dim] float32 user-tower queries of ``histories`` (B arrays of item rows in the order sent, the

@@ -28,6 +28,8 @@ from rayrec.index.item_index import ItemIndex
 from rayrec.seqrec import artifact
 from rayrec.seqrec.artifact import load_model
 from rayrec.seqrec.catalog import MODEL_FILES, is_model_dir
+from serving.pipeline import request_contexts
+from serving.user_model import load_user_model
 from trainers.seqrec import train_retrieval_model
 
 TOPICS = {
@@ -164,7 +166,7 @@ def test_a_grown_catalog_gets_the_models_vectors_and_the_text_path_for_new_items
     )
     assert not np.allclose(index.embeddings[index.lookup(["n0"])], index.embeddings[index.lookup(["n1"])])
 
-    # An ordinary index: eval-retrieval reads it as any other; the user tower still needs the model's own index.
+    # An ordinary index: eval-retrieval reads it as any other; scoring the user tower needs the model's own catalog.
     result = evaluate_retrieval(
         EvalRetrievalConfig(index=str(out), data=str(world["grown"]), k=5, peers=False)
     )
@@ -172,6 +174,24 @@ def test_a_grown_catalog_gets_the_models_vectors_and_the_text_path_for_new_items
     evaluate = ["eval-retrieval", "--index", str(out), "--data", str(world["grown"]), "--no-peers"]
     code, _, err = _cli([*evaluate, "--user-model", str(world["model"]), "--cold-fraction", "0.25"], capsys)
     assert code == 2 and "does not list the items of user model" in err and "\n" not in err
+
+    # The server takes the grown catalog with the user tower: a history of known items gets the profile it gets
+    # on the model's own index, and a history with a new item is read through that item's text-path vector.
+    served = load_user_model(str(world["model"]))
+    served.check_index(index, str(out))
+    known = ["i3", "i7", "i12"]
+    grown_ctx, own_ctx, new_ctx = (
+        request_contexts(idx, "v", [history], [None], [0], [False], served)[0]
+        for idx, history in ((index, known), (own, known), (index, [*known, "n0"]))
+    )
+    np.testing.assert_allclose(grown_ctx.profile, own_ctx.profile, atol=1e-5)
+    expected = served.model.queries(index.embeddings, [index.lookup([*known, "n0"])])[0]
+    np.testing.assert_allclose(new_ctx.profile, expected, atol=1e-6)
+    assert not np.allclose(new_ctx.profile, grown_ctx.profile) and new_ctx.unknown == 0
+    moved = ItemIndex.load(str(out))
+    moved.embeddings[moved.lookup(["i3"])] *= -1  # one known item's vector is not the model's any more
+    with pytest.raises(ArtifactError, match="was not built from user model"):
+        served.check_index(moved, "moved")
 
 
 def test_the_models_own_catalog_needs_no_text_encoder_and_reproduces_its_index(world, tmp_path, capsys):

@@ -84,6 +84,30 @@ class LoadedModel:
             )
         return vectors
 
+    def check_served_index(self, index: ItemIndex, index_uri: str, model_uri: str) -> None:
+        """Refuse an index the model cannot serve. Its dimension must be the model's, and every item of it that
+        the model knows must hold the model's vector: the model's own index, or a grown catalog indexed by
+        ``build-index --encoder MODEL_DIR`` (whose new items hold their text path, which needs no check here)."""
+        if index.dim != self.model.config.dim:
+            raise ArtifactError(
+                f"index {index_uri} holds {index.dim}-d embeddings but user model {model_uri} makes "
+                f"{self.model.config.dim}-d queries: build the index from the model (build-index --encoder MODEL)"
+            )
+        rows = {item: row for row, item in enumerate(self.item_ids.astype(str))}
+        ids = index.item_ids.astype(str)
+        known = np.fromiter((item in rows for item in ids), dtype=bool, count=len(ids))  # [N_index]
+        if not known.any():
+            raise ArtifactError(
+                f"index {index_uri} holds none of the items of user model {model_uri}: build the index from the "
+                "model (build-index --encoder MODEL)"
+            )
+        model_rows = np.array([rows[item] for item in ids[known]])
+        gap = float(np.abs(self.model.item_vectors()[model_rows] - index.embeddings[known]).max())
+        if gap > VECTOR_TOLERANCE:
+            raise ArtifactError(
+                f"index {index_uri} was not built from user model {model_uri} (embeddings differ by {gap:.3g})"
+            )
+
 
 def save_model(out_dir: str, model: SeqRecModel, item_ids: np.ndarray | list[str], **meta: Any) -> None:
     """Write ``model.safetensors`` and ``model.json`` under ``out_dir``; ``meta`` goes into the JSON."""

@@ -217,11 +217,11 @@ class SeqRecModel(nn.Module):
 
     @torch.inference_mode()
     def queries(self, item_vectors: np.ndarray, histories: list[np.ndarray], batch: int = 512) -> np.ndarray:
-        """[U, dim] float32 query of each history (item rows, oldest first) from ``item_vectors`` [N, dim]."""
-        if item_vectors.shape != (self.items.num_items, self.config.dim):
+        """[U, dim] float32 query of each history (item rows, oldest first) from ``item_vectors`` [N, dim]: the
+        model's own item vectors, or those of a grown catalog indexed with it (N may differ from the model's)."""
+        if item_vectors.ndim != 2 or item_vectors.shape[1] != self.config.dim:
             raise ConfigError(
-                f"item vectors have shape {item_vectors.shape}, the model expects "
-                f"({self.items.num_items}, {self.config.dim})"
+                f"item vectors have shape {item_vectors.shape}, the model expects [N, {self.config.dim}]"
             )
         was_training = self.training
         self.eval()
