@@ -202,8 +202,10 @@ def test_train_encoder_with_two_workers_end_to_end(ray_session, world, tmp_path,
     data, model = world
     out = tmp_path / "encoder"
     tracking = (tmp_path / "tracking").as_uri()  # --tracking-uri: any MLflow store, here another directory
+    # the lowest layer and the embeddings frozen: FGM must still perturb them (it once silently did nothing then)
     args = _train_args(data, model, out, "--max-steps", "6", "--simcse-weight", "0.5", "--simcse-batch", "8",
-                       "--augment", "--fgm-epsilon", "0.5", "--grad-accum", "2", "--tracking-uri", tracking)  # fmt: skip
+                       "--augment", "--fgm-epsilon", "0.5", "--grad-accum", "2", "--tracking-uri", tracking,
+                       "--freeze-layers", "1")  # fmt: skip
     assert main(["train-encoder", *args]) == 0
     # rank 0's progress is printed by the driver itself (a quiet run does not forward workers' output; a line
     # forwarded by Ray would start with "(RayTrainWorker pid=...)"), once, in order
@@ -230,8 +232,10 @@ def test_train_encoder_with_two_workers_end_to_end(ray_session, world, tmp_path,
     ours = TextEncoder.load(out).encode(texts)
     np.testing.assert_allclose(ours, SentenceTransformer(str(out), device="cpu").encode(texts), atol=1e-5)
     assert AutoModel.from_pretrained(out).config.hidden_size == 32
-    # the weights moved away from the starting point
+    # the weights moved away from the starting point, the frozen word embeddings did not (FGM restores them)
     assert not np.allclose(ours, TextEncoder.load(model).encode(texts), atol=1e-4)
+    before, after = (AutoModel.from_pretrained(m).get_input_embeddings().weight for m in (model, out))
+    assert torch.equal(before, after)
     # tracked by rank 0 only: one MLflow run with the config and the metrics, and TensorBoard events
     (run,) = mlflow_runs(tracking, "rayrec-train-encoder")
     assert (

@@ -21,7 +21,7 @@ class FGM:
             raise ValueError(f"FGM epsilon must be > 0, got {epsilon}")
         self.weight = embeddings.weight
         self.epsilon = epsilon
-        self._delta: torch.Tensor | None = None
+        self._backup: torch.Tensor | None = None
 
     def attack(self) -> bool:
         """Perturb the embeddings along their current gradient; False when there is no gradient yet."""
@@ -31,12 +31,14 @@ class FGM:
         norm = grad.norm()
         if not torch.isfinite(norm) or norm == 0:
             return False
-        self._delta = self.epsilon * grad / norm  # [V, d]
-        self.weight.data.add_(self._delta)
+        # a copy, not a subtraction, restores them: w + δ − δ is not w in floating point, and frozen embeddings
+        # must stay exactly what they were
+        self._backup = self.weight.data.clone()  # [V, d]
+        self.weight.data.add_(self.epsilon * grad / norm)
         return True
 
     def restore(self) -> None:
-        """Undo :meth:`attack`."""
-        if self._delta is not None:
-            self.weight.data.sub_(self._delta)
-            self._delta = None
+        """Undo :meth:`attack`, exactly."""
+        if self._backup is not None:
+            self.weight.data.copy_(self._backup)
+            self._backup = None

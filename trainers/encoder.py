@@ -114,7 +114,8 @@ class _Worker:
     def _build_optimizer(self, steps_per_epoch: int) -> None:
         """AdamW (no decay on biases and LayerNorm) with linear warmup, then linear decay to zero."""
         cfg = self.cfg
-        self.optimizer = torch.optim.AdamW(_parameter_groups(self.encoder.model, cfg.weight_decay), lr=cfg.lr)
+        groups = _parameter_groups(self.encoder.model, cfg.weight_decay, exclude=self.gradient_only)
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
         self.total_steps = _total_steps(cfg, steps_per_epoch)
         schedule = _warmup_then_decay(self.total_steps, int(cfg.warmup_ratio * self.total_steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
@@ -142,6 +143,9 @@ class _Worker:
         for name, param in model.named_parameters():
             if name.startswith("pooler."):
                 param.requires_grad_(False)
+        self.gradient_only: list[
+            torch.nn.Parameter
+        ] = []  # frozen, yet given a gradient: no optimizer holds them
         if self.cfg.freeze_layers > 0:
             model.get_input_embeddings().requires_grad_(False)
             if hasattr(model, "embeddings"):
@@ -151,6 +155,12 @@ class _Worker:
                 raise ConfigError("--freeze-layers: this model has no encoder.layer list")
             for layer in layers[: self.cfg.freeze_layers]:
                 layer.requires_grad_(False)
+            if self.cfg.fgm_epsilon > 0:
+                # FGM moves the word embeddings along their gradient: they keep one, frozen all the same (without
+                # it FGM had nothing to follow and silently did nothing when the lower layers were frozen)
+                weight = model.get_input_embeddings().weight
+                weight.requires_grad_(True)
+                self.gradient_only.append(weight)
 
     # --- checkpoints ------------------------------------------------------------------------------------
 
@@ -269,10 +279,11 @@ class _Worker:
         return out
 
     def optimizer_step(self) -> None:
-        torch.nn.utils.clip_grad_norm_([p for p in self.encoder.model.parameters() if p.requires_grad], 1.0)
+        trained = [p for group in self.optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         self.optimizer.step()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.encoder.model.zero_grad(set_to_none=True)  # the gradient-only parameters' too
         self.step += 1
         self.step_in_epoch += 1
 
@@ -331,11 +342,12 @@ def _subsample(validation: EvalSet, users: int, seed: int) -> EvalSet:
     )
 
 
-def _parameter_groups(model, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups of the trainable parameters: biases and LayerNorm weights get no weight decay."""
+def _parameter_groups(model, weight_decay: float, exclude: list[torch.nn.Parameter]) -> list[dict[str, Any]]:
+    """AdamW groups of the trainable parameters but ``exclude``: biases and LayerNorm weights get no weight decay."""
     decay, no_decay = [], []
+    excluded = {id(p) for p in exclude}
     for name, param in model.named_parameters():
-        if param.requires_grad:
+        if param.requires_grad and id(param) not in excluded:
             (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
