@@ -12,9 +12,9 @@ give the mean over seeds with a 95% Student-t interval.
 
 Tables: (1) the chosen model (mean pooling, chosen on validation) and the sequential tower beside the peers;
 (2) paired per-user Recall@10 differences against item-kNN, ALS and zero-shot text (a variant's hits averaged
-over its seeds); (3) the ablation ladder, every variant; (4) beyond accuracy of the same lists; (5) the cold-item
-split (``--cold-fraction``, default 0.2): warm and cold targets apart, and the paired difference on the cold
-targets against zero-shot text. Every run's eval JSON is kept under ``--work`` and reused by ``--resume``.
+over its seeds); (3) the ablation ladder, every variant, and what each step buys (paired per user); (4) beyond
+accuracy of the same lists; (5) the cold-item split (``--cold-fraction``, default 0.2): warm and cold targets
+apart, and the paired difference on the cold targets against zero-shot text. Every run's eval JSON is kept under ``--work`` and reused by ``--resume``.
 
     python -m benchmarks.sequential_retrieval --data runs/encoder-quality/data \
         --text-index runs/encoder-quality/index-zero-shot [--seeds 3] [--resume]
@@ -53,6 +53,16 @@ SEQUENTIAL_VARIANTS: dict[str, tuple[str, dict]] = {
 """Sequential-model variants (``train-retrieval-model`` options) on the frozen zero-shot text vectors."""
 VARIANTS = {**TEXT_VARIANTS, **SEQUENTIAL_VARIANTS}
 """Every variant, in the order of the ablation table."""
+STEPS: tuple[tuple[str, str, str], ...] = (
+    ("fine-tuning the text encoder", "text-supervised", "zero-shot"),
+    ("+ SimCSE", "text-simcse", "text-supervised"),
+    ("+ augmentation", "text-augment", "text-simcse"),
+    ("+ FGM", "text-fgm", "text-augment"),
+    ("ID embeddings (hybrid item tower)", "full", "no-id"),
+    ("mined hard negatives", "full", "no-hard"),
+    ("mean pooling instead of the transformer tower", "mean", "full"),
+)
+"""What each step of the ladder buys: (title, variant with it, variant without it; ``zero-shot``: the text index)."""
 HEADLINE = ("mean", "full")
 """The model chosen on the validation split (mean pooling: the higher validation Recall@10 on each of three
 seeds, see docs/retrieval.md) and the sequential tower it was chosen over: trained first, shown first."""
@@ -256,6 +266,29 @@ def _paired_table(
     return lines
 
 
+def _steps_table(peers: dict, runs: dict[str, list[dict]], k: int) -> list[str]:
+    """Per-user paired Recall@k difference of each ladder step (:data:`STEPS`) whose two variants were run, each
+    variant's hits averaged over its seeds, with a 95% Student-t interval over users."""
+    from rayrec.metrics.session import mean_interval
+
+    def hits(variant: str) -> np.ndarray | None:
+        if variant == "zero-shot":
+            return _hits(peers, "model", k)
+        scored = [r for r in runs.get(variant, []) if "per_user" in r]
+        return np.mean([_hits(r, "model", k) for r in scored], axis=0) if scored else None
+
+    lines = [f"| step | with | without | Recall@{k} difference |", "| --- | --- | --- | --- |"]
+    for title, with_it, without in STEPS:
+        a, b = hits(with_it), hits(without)
+        if a is None or b is None:
+            continue
+        ci = mean_interval(a - b)
+        lines.append(
+            f"| {title} | {with_it} | {without} | {ci['mean']:+.4f} [{ci['ci95_low']:+.4f}, {ci['ci95_high']:+.4f}] |"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -354,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(runs) > 1:
         print("\n## Ablation ladder (temporal split)\n")
         print("\n".join(_table(temporal_peers, runs, overall)))
+        print(f"\n## What each step buys: paired per user, {temporal_peers['users']} users, 95% t interval\n")
+        print("\n".join(_steps_table(temporal_peers, runs, k)))
         print("\n## Beyond accuracy of the same top-10 lists (temporal split)\n")
         print("\n".join(_table(temporal_peers, runs, BEYOND_COLUMNS)))
     if cold_peers is not None:
