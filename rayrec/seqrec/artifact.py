@@ -62,13 +62,16 @@ class LoadedModel:
         encoder = manifest.get("encoder") if isinstance(manifest, dict) else None
         return str(encoder) if encoder else None
 
-    def check_index(self, index: ItemIndex, index_uri: str, model_uri: str) -> np.ndarray:
-        """The model's item vectors [N, dim] after checking that ``index`` holds exactly them, in order."""
+    def _check_dim(self, index: ItemIndex, index_uri: str, model_uri: str) -> None:
         if index.dim != self.model.config.dim:
             raise ArtifactError(
                 f"index {index_uri} holds {index.dim}-d embeddings but user model {model_uri} makes "
                 f"{self.model.config.dim}-d queries: build the index from the model (its out/index)"
             )
+
+    def check_index(self, index: ItemIndex, index_uri: str, model_uri: str) -> np.ndarray:
+        """The model's item vectors [N, dim] after checking that ``index`` holds exactly them, in order."""
+        self._check_dim(index, index_uri, model_uri)
         if len(index) != len(self.item_ids) or not np.array_equal(
             index.item_ids.astype(str), self.item_ids.astype(str)
         ):
@@ -88,11 +91,7 @@ class LoadedModel:
         """Refuse an index the model cannot serve. Its dimension must be the model's, and every item of it that
         the model knows must hold the model's vector: the model's own index, or a grown catalog indexed by
         ``build-index --encoder MODEL_DIR`` (whose new items hold their text path, which needs no check here)."""
-        if index.dim != self.model.config.dim:
-            raise ArtifactError(
-                f"index {index_uri} holds {index.dim}-d embeddings but user model {model_uri} makes "
-                f"{self.model.config.dim}-d queries: build the index from the model (build-index --encoder MODEL)"
-            )
+        self._check_dim(index, index_uri, model_uri)
         rows = {item: row for row, item in enumerate(self.item_ids.astype(str))}
         ids = index.item_ids.astype(str)
         known = np.fromiter((item in rows for item in ids), dtype=bool, count=len(ids))  # [N_index]
