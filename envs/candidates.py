@@ -80,6 +80,10 @@ class IndexRetriever:
 
 
 class CandidateGenerator(Protocol):
+    deterministic: bool
+    """The K candidates are a function of the user's observed profile and consumed items alone (no draws):
+    a user whose profile did not change keeps them (:meth:`envs.simulator.SlateSimulator.refresh_candidates`)."""
+
     def generate(self, users: UserState, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(items [B, K] int64 catalog indices in retrieval order, scores [B, K] float32 profile · item)."""
         ...
@@ -92,6 +96,8 @@ class RetrievalCandidates:
     as a production retriever would. Users with an empty profile (no history) get a zero query, for which
     every item scores 0 and FAISS returns the lowest item indices; give users a history to avoid that.
     """
+
+    deterministic = True
 
     def __init__(self, retriever: Retriever, num_candidates: int, catalog: ItemCatalog) -> None:
         self.retriever = retriever
@@ -124,6 +130,8 @@ class CategoryQuotaCandidates:
     are the item categories, which is also what topic diversification re-ranks for (Ziegler et al.,
     WWW 2005) and what the exposure-fair re-ranker (:mod:`rayrec.rerank`) needs to choose from.
     """
+
+    deterministic = True
 
     def __init__(self, catalog: ItemCatalog, num_candidates: int, quota: int) -> None:
         codes, names = encode_categories(catalog.categories, catalog.size)
@@ -161,6 +169,8 @@ class RandomCandidates:
     items are ordered by ``profile · item`` so that ``retrieval_score`` and ``retrieval_rank`` mean the
     same as with FAISS.
     """
+
+    deterministic = False
 
     def __init__(self, catalog: ItemCatalog, num_candidates: int) -> None:
         if num_candidates > catalog.size:

@@ -155,8 +155,26 @@ class SlateSimulator:
             self.place_users(rows, self.sample_users(len(rows), rng))
 
     def refresh_candidates(self, rng: np.random.Generator) -> None:
-        """Retrieve every user's K candidates (one batched search)."""
-        self.candidate_items, self.candidate_scores = self.candidate_generator.generate(self.users, rng)
+        """Retrieve the users' K candidates (one batched search).
+
+        With a deterministic retrieval only the users whose observed profile changed since the last
+        retrieval (a click, a new user) are searched again; the others' candidates would come out the same.
+        In a session most steps of many users have no click, and the search is most of a step's cost.
+        """
+        users, generator = self.users, self.candidate_generator
+        stale = users.retrieval_stale
+        if not generator.deterministic or stale.all():
+            self.candidate_items, self.candidate_scores = generator.generate(users, rng)
+        elif stale.any():
+            rows = np.flatnonzero(stale)
+            items, scores = generator.generate(users.take(rows), rng)
+            # New arrays, not in-place writes: an earlier step's record may still hold the old ones.
+            self.candidate_items, self.candidate_scores = (
+                self.candidate_items.copy(),
+                self.candidate_scores.copy(),
+            )
+            self.candidate_items[rows], self.candidate_scores[rows] = items, scores
+        stale[:] = False
 
     def observation(self) -> dict[str, np.ndarray]:
         """The batched observation of :func:`rayrec.features.build_observation` for the current candidates."""

@@ -36,6 +36,8 @@ class UserState:
         consumed: [B, H] int64 catalog indices of those items, padded with :data:`NO_ITEM`; retrieval
             excludes them.
         consumed_len: [B] int64 valid entries of ``consumed`` per row.
+        retrieval_stale: [B] bool the observed profile or the consumed items changed since the row's
+            candidates were last retrieved (a retrieval that is a function of them can keep the others).
     """
 
     interest: np.ndarray
@@ -50,6 +52,7 @@ class UserState:
     profile_count: np.ndarray
     consumed: np.ndarray
     consumed_len: np.ndarray
+    retrieval_stale: np.ndarray
 
     @classmethod
     def empty(cls, batch: int, dim: int, capacity: int) -> UserState:
@@ -66,6 +69,7 @@ class UserState:
             profile_count=np.zeros(batch, np.int64),
             consumed=np.full((batch, max(capacity, 1)), NO_ITEM, np.int64),
             consumed_len=np.zeros(batch, np.int64),
+            retrieval_stale=np.ones(batch, dtype=bool),
         )
 
     def take(self, rows: np.ndarray) -> UserState:
@@ -88,6 +92,7 @@ class UserState:
         self.consumed_len[rows] += 1
         self.profile_sum[rows] += embeddings[items]
         self.profile_count[rows] += 1
+        self.retrieval_stale[rows] = True
 
     def start(
         self,
@@ -118,6 +123,7 @@ class UserState:
         safe = np.where(valid, history, 0)
         self.profile_sum[rows] = (embeddings[safe] * valid[..., None]).sum(axis=1)  # [n, d]
         self.profile_count[rows] = valid.sum(axis=1)
+        self.retrieval_stale[rows] = True
 
 
 class UserSampler(Protocol):

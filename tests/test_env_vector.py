@@ -94,3 +94,28 @@ def test_random_candidates_are_distinct_and_ranked_by_profile_score():
     items = vec.unwrapped.sim.candidate_items
     assert all(len(set(row.tolist())) == 30 for row in items)
     assert np.all(np.diff(obs["features"][..., 0], axis=1) <= 1e-6)
+
+
+def test_unchanged_users_keep_their_candidates_exactly():
+    """Re-retrieving only the users whose profile changed gives the candidates a full search gives."""
+    for mode in ("faiss", "faiss-diverse"):
+        config = SlateEnvConfig(num_items=800, num_topics=4, candidates=mode, num_candidates=12)
+        reused = envs.make_vector_env(config, 24)
+        full = envs.make_vector_env(config, 24)
+        reused.reset(seed=5)
+        full.reset(seed=5)
+        rng = np.random.default_rng(0)
+        searched = []
+        for _ in range(12):
+            actions = rng.permuted(np.tile(np.arange(12), (24, 1)), axis=1)[:, :5]
+            full.unwrapped.sim.users.retrieval_stale[:] = True  # the peer searches every user every step
+            _, _, _, _, info = reused.step(actions)
+            full.step(actions)
+            searched.append(np.mean(info["clicked"]))
+            np.testing.assert_array_equal(
+                reused.unwrapped.sim.candidate_items, full.unwrapped.sim.candidate_items
+            )
+            np.testing.assert_array_equal(
+                reused.unwrapped.sim.candidate_scores, full.unwrapped.sim.candidate_scores
+            )
+        assert 0 < np.mean(searched) < 1  # some users clicked (searched again), some kept their candidates
