@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from rayrec.errors import ConfigError
 
-REWARD_NAMES = ("clicks", "engagement", "return")
+REWARD_NAMES = ("clicks", "engagement", "return", "watch")
 USER_SPLITS = ("all", "train", "validation", "test")
 SPLIT_FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}
 """Shares of logged users in each split (by a hash of the user's position in the logs, so stable)."""
@@ -131,9 +131,14 @@ class SlateEnvConfig:
     """Fraction of the gap to the starting satisfaction a returning user recovers between sessions."""
 
     # --- reward ------------------------------------------------------------------------------------
-    reward: Literal["clicks", "engagement", "return"] = "clicks"
+    reward: Literal["clicks", "engagement", "return", "watch"] = "clicks"
     """``clicks``: 1 per click; ``engagement``: the clicked item's quality (quality-weighted engagement);
-    ``return``: ``1 / days`` when the user comes back for another session ``days`` later (0 otherwise)."""
+    ``return``: ``1 / days`` when the user comes back for another session ``days`` later (0 otherwise);
+    ``watch``: time watched, the user's satisfaction times ``1 + clickbait_watch * c_i`` (engagement that
+    scales with satisfaction, RecSim's long-term satisfaction world)."""
+    clickbait_watch: float = 0.0
+    """``watch`` reward only: how much longer a clickbait click is watched than another, as a multiple
+    (``1 + clickbait_watch``): clickbait pays now and costs satisfaction, which every later click is worth."""
     diversity_weight: float = 0.0
     """Added to every step's reward: this times the intra-list diversity of the slate shown (mean pairwise
     cosine distance of its items, :func:`rayrec.metrics.beyond.intra_list_diversity`); 0 leaves the reward
@@ -194,6 +199,7 @@ class SlateEnvConfig:
             "clickbait_fatigue",
             "return_slope",
             "diversity_weight",
+            "clickbait_watch",
         ):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")

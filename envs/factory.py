@@ -203,6 +203,6 @@ def build_simulator(
         candidates=candidates,
         choice_model=choice,
         response=UserResponse(config),
-        reward_fn=reward_function(config.reward, config.diversity_weight),
+        reward_fn=reward_function(config.reward, config.diversity_weight, config.clickbait_watch),
         batch=batch,
     )

@@ -1,9 +1,11 @@
 """Fixed per-item rules read off the simulator's hidden state: the references a preset must beat by planning.
 
-A per-item rule scores each candidate on its own, ``logit + patience * value``: the true choice logit (the
-user's hidden interest and satiation, the item's appeal) plus what clicking the item would do to the user's
-satisfaction. ``myopic-true`` (patience 0) and ``oracle`` (patience 2) are such rules; the planner
-(:mod:`envs.planner`) chooses among them state by state.
+A per-item rule scores each candidate on its own, ``logit + log_reward + patience * value``: the true choice
+logit (the user's hidden interest and satiation, the item's appeal), the log of what a click on it earns
+relative to another click (0 except under the ``watch`` reward, where clickbait is watched longer), and what
+clicking it would do to the user's satisfaction. Patience 0 ranks by the true immediate expected reward
+(``myopic-true``: the click probability under the clicks reward); ``oracle`` is patience 2. The planner
+(:mod:`envs.planner`) chooses among such rules state by state.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ class ItemTerms:
 
     logits: np.ndarray
     """The true choice logit (interest, satiation, appeal)."""
+    log_reward: np.ndarray
+    """Log of a click's reward on each item relative to another click's: ``log(1 + clickbait_watch * c)``
+    under the ``watch`` reward (the user's satisfaction, common to all items, drops out), else 0."""
     value_classic: np.ndarray
     """What a click would do to satisfaction, classic harm: ``(gain * (q - 0.5) - penalty * c) / T``."""
     value_state: np.ndarray
@@ -35,8 +40,10 @@ class ItemTerms:
         gain = config.satisfaction_gain * (catalog.quality[items] - 0.5)
         harm = config.clickbait_penalty * clickbait
         fatigue = users.fatigue[:, None] + clickbait
+        watch = config.clickbait_watch if config.reward == "watch" else 0.0
         return cls(
             logits=logits,
+            log_reward=np.log1p(watch * clickbait),
             value_classic=(gain - harm) / config.temperature,
             value_state=(gain - harm * (1.0 + config.clickbait_fatigue * fatigue)) / config.temperature,
             clickbait=clickbait,
@@ -45,7 +52,8 @@ class ItemTerms:
 
 @dataclass(frozen=True)
 class ItemRule:
-    """A fixed per-item rule: ``logit + patience * value`` (value classic or state-aware), clickbait last if banned."""
+    """A fixed per-item rule: ``logit + log_reward + patience * value`` (value classic or state-aware), clickbait
+    last if banned."""
 
     patience: float
     clickbait_ban: bool = False
@@ -59,7 +67,7 @@ class ItemRule:
     def scores(self, terms: ItemTerms) -> np.ndarray:
         """[B, K] this rule's score of every candidate."""
         value = terms.value_state if self.state_aware else terms.value_classic
-        scores = terms.logits + self.patience * value
+        scores = terms.logits + terms.log_reward + self.patience * value
         return np.where(terms.clickbait > 0.5, scores - 1e6, scores) if self.clickbait_ban else scores
 
 

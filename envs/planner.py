@@ -1,23 +1,33 @@
 """``planner``: model-predictive control with rollouts on copies of the hidden state (simulation only).
 
-Every ``replan_every`` steps of a session, for every user, each base policy of a library is evaluated by
-``rollouts`` simulated continuations of ``horizon`` steps, started from a copy of the user's current hidden state and run with the
-true model (choices, satiation, fatigue, satisfaction, leaving and returning); the slate of the base policy
-with the best return is shown. This is the parallel-rollout algorithm: it does at least as well as the best
-base policy in every state, up to the rollouts' noise and horizon, and better where the best policy depends
-on the state. To keep the rollouts' noise from costing more than switching gains, a user leaves the rule
-that is best over all users only where another rule's advantage is clear (:meth:`PlannerPolicy.choose`). Copies of one user share their random numbers (common random numbers), so two base
-policies that would show the same slates are scored the same, and the comparison is between policies, not
-between lucky draws. The library is the fixed per-item rules (:data:`envs.item_rules.FIXED_RULES`) plus
-their state-aware versions (clickbait harm read from the user's fatigue).
+The rollout algorithm (Bertsekas) over a library of base policies. At the planner's first plan, every base
+policy of the library is evaluated by ``rollouts`` simulated continuations of ``horizon`` steps from copies of
+the users' hidden state, run with the true model (choices, satiation, fatigue, satisfaction, leaving and
+returning); the one with the best mean return over all users becomes the *base policy*. From then on, every
+``replan_every`` steps, each library rule is scored as a first move: it is followed for ``replan_every``
+steps and the base policy for the rest of the horizon. The user follows the best first move. This is one
+step of policy improvement on the best fixed rule: it does at least as well as the base policy in every
+state, up to the rollouts' noise and horizon, and better wherever another rule is the better thing to do
+*now* — for example spending a satisfied user's satisfaction on clickbait and rebuilding it with quality
+when it is low, which no fixed rule can do and which scoring each rule as if it were followed for the whole
+horizon does not find either. To keep the rollouts' noise from costing more than switching gains, a user
+leaves the base policy only where another first move's advantage is clear (:meth:`PlannerPolicy.choose`).
+Copies of one user share their random numbers (common random numbers), so two first moves that would show
+the same slates are scored the same, and the comparison is between policies, not between lucky draws. The
+library is the fixed per-item rules (:data:`envs.item_rules.FIXED_RULES`) plus their state-aware versions
+(clickbait harm read from the user's fatigue).
 
 References:
     - Chang, H. S., Givan, R. & Chong, E. K. P. (2004). "Parallel rollout for online solution of partially
       observable Markov decision processes." Discrete Event Dynamic Systems 14.
     - Bertsekas, D. P. (2019). "Reinforcement Learning and Optimal Control", ch. 2 (rollout, MPC).
+    - Ie, E. et al. (2019). "RecSim: A Configurable Simulation Platform for Recommender Systems" (the
+      long-term satisfaction world where this matters).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
@@ -27,6 +37,10 @@ from envs.simulator import SlateSimulator
 from rayrec.baselines import ScoringPolicy
 from rayrec.errors import ConfigError
 from rayrec.slate_policy import Observation
+
+REVISION = 2
+"""The planner's algorithm (1: each rule scored as if followed for the whole horizon, 6 rollouts; 2: rules
+scored as first moves before the base policy, 12 rollouts): results of another revision are not reused."""
 
 LIBRARY = (
     *FIXED_RULES,
@@ -83,7 +97,7 @@ class CommonRandomNumbers:
 
 
 class PlannerPolicy(ScoringPolicy):
-    """Simulation-only upper bound: parallel rollouts of :data:`LIBRARY` on copies of each user (module doc)."""
+    """Simulation-only upper bound: the rollout algorithm over :data:`LIBRARY` on copies of each user (module doc)."""
 
     name = "planner"
 
@@ -91,7 +105,7 @@ class PlannerPolicy(ScoringPolicy):
         self,
         sim: SlateSimulator,
         horizon: int = 20,
-        rollouts: int = 6,
+        rollouts: int = 12,
         replan_every: int = 3,
         confidence: float = 2.0,
         library: tuple[ItemRule, ...] = LIBRARY,
@@ -106,6 +120,8 @@ class PlannerPolicy(ScoringPolicy):
         self.rng = np.random.default_rng(seed)
         self._copies: SlateSimulator | None = None
         self._plan = np.zeros(sim.batch, dtype=np.int64)  # [B] the library rule each user follows
+        self.base: int | None = None
+        """Index into the library of the base policy (chosen at the first plan, kept for the run)."""
 
     def scores(self, obs: Observation) -> np.ndarray:
         sim = self.sim
@@ -124,12 +140,19 @@ class PlannerPolicy(ScoringPolicy):
         return out
 
     def best_rules(self) -> np.ndarray:
-        """[B] index into the library of the base policy with the best simulated return for each user."""
+        """[B] index into the library of the best first move for each user (module doc)."""
+        if self.base is None:
+            whole = self.rollout_returns(first_steps=self.horizon)  # every rule followed for the horizon
+            self.base = int(whole.mean(axis=(0, 2)).argmax())
+        return self.choose(self.rollout_returns(first_steps=self.replan_every), self.base)
+
+    def rollout_returns(self, first_steps: int) -> np.ndarray:
+        """[B, M, R] simulated returns: library rule m for ``first_steps`` steps, then the base policy."""
         sim = self.sim
         batch, m, r, k = sim.batch, len(self.library), self.rollouts, sim.config.slate_size
         copies = self._scratch(batch * m * r)
         source = np.repeat(np.arange(batch), m * r)  # [N] the user each copy continues
-        rule = np.tile(np.repeat(np.arange(m), r), batch)  # [N] the base policy each copy follows
+        rule = np.tile(np.repeat(np.arange(m), r), batch)  # [N] the first move each copy makes
         group = np.repeat(np.arange(batch * r).reshape(batch, 1, r), m, axis=1).ravel()  # [N] (user, rollout)
         random = CommonRandomNumbers(group, self.rng)
         copies.users = sim.users.take(source)
@@ -137,11 +160,13 @@ class PlannerPolicy(ScoringPolicy):
         copies.candidate_scores = sim.candidate_scores[source]
         value = np.zeros(len(source))
         alive = np.ones(len(source), dtype=bool)
-        rows_of = [np.flatnonzero(rule == i) for i in range(m)]
-        for _ in range(self.horizon):
+        for step in range(self.horizon):
+            if step == first_steps:
+                rule = np.full_like(rule, self.base)
             terms = ItemTerms.of(copies)
             scores = np.empty(copies.candidate_items.shape)
-            for i, rows in enumerate(rows_of):
+            for i in np.unique(rule):
+                rows = np.flatnonzero(rule == i)
                 scores[rows] = self.library[i].scores(_rows(terms, rows))
             positions = np.argsort(-scores, axis=1, kind="stable")[:, :k]
             outcome = copies.show(np.take_along_axis(copies.candidate_items, positions, axis=1), random)
@@ -150,18 +175,17 @@ class PlannerPolicy(ScoringPolicy):
             if not alive.any():
                 break
             copies.refresh_candidates(random)
-        return self.choose(value.reshape(batch, m, r))
+        return value.reshape(batch, m, r)
 
-    def choose(self, value: np.ndarray) -> np.ndarray:
-        """[B] the rule each user follows, from rollout returns ``value`` [B, M, R].
+    def choose(self, value: np.ndarray, default: int) -> np.ndarray:
+        """[B] the rule each user follows, from rollout returns ``value`` [B, M, R] and the ``default`` rule.
 
-        The rule with the best return over all users is the default; a user switches to another rule only
-        where its paired advantage over the default (same random numbers, rollout by rollout) exceeds
-        ``confidence`` standard errors. Taking the per-user maximum of noisy estimates instead would pick
-        whichever rule got lucky (the winner's curse) and lose to the best fixed rule.
+        A user switches from ``default`` to another rule only where its paired advantage (same random
+        numbers, rollout by rollout) exceeds ``confidence`` standard errors. Taking the per-user maximum of
+        noisy estimates instead would pick whichever rule got lucky (the winner's curse) and lose to the
+        best fixed rule.
         """
         batch, _, r = value.shape
-        default = int(value.mean(axis=(0, 2)).argmax())
         advantage = value - value[:, default : default + 1, :]  # [B, M, R]
         mean = advantage.mean(axis=2)  # [B, M]
         se = advantage.std(axis=2, ddof=1) / np.sqrt(r) if r > 1 else np.full_like(mean, np.inf)
@@ -177,6 +201,4 @@ class PlannerPolicy(ScoringPolicy):
 
 
 def _rows(terms: ItemTerms, rows: np.ndarray) -> ItemTerms:
-    return ItemTerms(
-        *(getattr(terms, f)[rows] for f in ("logits", "value_classic", "value_state", "clickbait"))
-    )
+    return ItemTerms(*(getattr(terms, f.name)[rows] for f in dataclasses.fields(ItemTerms)))

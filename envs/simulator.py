@@ -204,10 +204,11 @@ class SlateSimulator:
         )
         clicked = position != NO_CLICK
         chosen = np.where(clicked, slate_items[np.arange(len(position)), np.maximum(position, 0)], -1)
+        shown_to = users.satisfaction.copy()  # [B] the satisfaction the slate met (watch time reads it)
         left = self.response.apply(users, chosen, self.catalog, rng)
         session_ended = left | (users.budget <= 0)
         returned, days = self.response.end_sessions(users, session_ended, rng)
-        reward = self.reward_fn(StepEvents(chosen, returned, days, slate_items), self.catalog)
+        reward = self.reward_fn(StepEvents(chosen, returned, days, slate_items, shown_to), self.catalog)
         terminated = session_ended & ~returned
         info = {
             "clicked": clicked,

@@ -42,8 +42,12 @@ class SlateRecEnv(gym.Env):
       the user comes back with a probability, and after a delay in days, that depend on the satisfaction it
       ended with (``return_bias``, ``return_slope``, ``return_delay``), and recovers part of the lost
       satisfaction meanwhile.
-    - **Objectives** (``reward``): clicks, engagement (the clicked item's hidden quality), or return
-      (``1 / days`` until the next session).
+    - **Objectives** (``reward``): clicks, engagement (the clicked item's hidden quality), return
+      (``1 / days`` until the next session), or watch time (RecSim's long-term satisfaction world,
+      "chocolate vs kale"): a click is watched for as long as the user's satisfaction allows, clickbait
+      ``1 + clickbait_watch`` times longer. Satisfaction becomes a stock: build it with quality while it is
+      low, spend it on clickbait while it is high — a policy that depends on the user's state, which no
+      fixed per-item rule is (preset ``long-term``).
 
     ## Action Space
 
@@ -65,7 +69,9 @@ class SlateRecEnv(gym.Env):
     ## Rewards
 
     ``reward="clicks"`` (default): 1 per click. ``reward="engagement"``: the clicked item's hidden quality
-    in [0, 1]. Nothing without a click.
+    in [0, 1]. ``reward="watch"``: the user's satisfaction before the click, times ``1 + clickbait_watch``
+    for clickbait. Nothing without a click. ``reward="return"``: ``1 / days`` when a session ends and the
+    user comes back ``days`` later.
 
     ## Starting State
 
@@ -104,7 +110,7 @@ class SlateRecEnv(gym.Env):
     ## References
 
     - Ie, E. et al. (2019). "RecSim: A Configurable Simulation Platform for Recommender Systems."
-      arXiv:1909.04847 (user state, choice model, interest evolution).
+      arXiv:1909.04847 (user state, choice model, interest evolution, long-term satisfaction).
     - Zhao, K. et al. (2023). "KuaiSim: A Comprehensive Simulator for Recommender Systems." NeurIPS Datasets
       and Benchmarks (leave and return, retention).
     - McFadden, D. (1973). "Conditional logit analysis of qualitative choice behavior."

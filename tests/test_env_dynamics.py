@@ -11,6 +11,7 @@ import envs
 from envs.choice import ConditionalLogitChoice
 from envs.config import SlateEnvConfig
 from envs.users import split_of_users
+from rayrec.errors import ConfigError
 
 SMALL = {"num_items": 600, "num_topics": 6, "leave_base": 0.0, "leave_scale": 0.0}
 
@@ -71,6 +72,37 @@ def test_clickbait_harm_grows_with_recent_clickbait_and_is_constant_without_fati
     growing = _clickbait_harm(2.0)
     # f' = 1, then 0.5 + 1, then 0.75 + 1: harm 0.05 * (1 + 2 f').
     np.testing.assert_allclose(growing, [0.05 * 3, 0.05 * 4, 0.05 * 4.5], atol=1e-5)
+
+
+def test_watch_time_is_the_satisfaction_the_slate_met_and_clickbait_is_watched_longer():
+    """Each click earns the satisfaction before it, times ``1 + clickbait_watch`` for clickbait (long-term world)."""
+    env, sim = _env(
+        0,
+        reward="watch",
+        clickbait_watch=3.0,
+        satisfaction_gain=0.5,
+        clickbait_penalty=0.1,
+        boredom=0.0,
+        initial_satisfaction=(0.4, 0.4),
+        candidates="random",
+        clickbait_rate=0.5,
+    )
+    seen, moved = set(), []
+    for _ in range(8):
+        bait = sim.catalog.clickbait[sim.candidate_items[0]] > 0.5  # [K]
+        kind = len(seen) % 2 == 0  # alternate: clickbait first, then not
+        first = int(np.flatnonzero(bait == kind)[0])
+        item = sim.candidate_items[0, first]
+        before = float(sim.users.satisfaction[0])
+        _, reward, _, _, info = env.step(np.r_[first, [j for j in range(6) if j != first][:4]])
+        assert info["chosen_item"] == item
+        assert reward == pytest.approx(before * (1.0 + 3.0 * kind), rel=1e-5)
+        moved.append(abs(float(info["satisfaction"]) - before))
+        seen.add(kind)
+    assert seen == {True, False}
+    assert max(moved) > 0.01  # clicks moved satisfaction, and each reward read it before the move
+    with pytest.raises(ConfigError, match="clickbait_watch must be >= 0"):
+        SlateEnvConfig(reward="watch", clickbait_watch=-1.0)
 
 
 def test_users_return_for_another_session_after_a_good_one_and_not_after_a_bad_one():

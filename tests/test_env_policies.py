@@ -8,6 +8,7 @@ import pytest
 import envs
 from envs.config import SlateEnvConfig
 from envs.factory import build_simulator
+from envs.planner import PlannerPolicy
 from envs.policies import OraclePolicy, fitted_greedy, make_policy
 from envs.rollout import evaluate_policy
 from rayrec.baselines import GreedyPolicy, RandomPolicy, RetrievalPolicy
@@ -108,3 +109,27 @@ def test_env_from_a_real_index_and_logs(tmp_path):
         envs.make_env(index_dir=str(index_dir), data_dir=str(data), dim=dim + 1)
     with pytest.raises(ConfigError, match="catalog"):
         envs.make_env(index_dir=str(index_dir), data_dir=str(data), num_candidates=290)
+
+
+def test_the_planner_leaves_its_base_policy_only_for_a_clearly_better_first_move():
+    sim = build_simulator(SlateEnvConfig(num_items=600, num_topics=6), batch=3)
+    planner = PlannerPolicy(sim, rollouts=4, confidence=2.0)
+    base = np.array([5.0, 6.0, 5.5, 6.5])  # [R] the base policy's returns, rollout by rollout
+    value = np.stack(
+        [
+            [base, base + 1.0, base - 1.0],  # first move 1 is better in every rollout: take it
+            [base, base + np.array([3.0, -2.0, 2.5, -3.0]), base - 1.0],  # better on average, by luck only
+            [base, base - 0.5, base - 1.0],  # nothing beats the base policy
+        ]
+    )  # [B, M, R]
+    np.testing.assert_array_equal(planner.choose(value, default=0), [1, 0, 0])
+    # Against a worse default the same rows switch to its clearly better moves; a lucky best stays unproven.
+    np.testing.assert_array_equal(planner.choose(value, default=2), [1, 2, 0])
+
+
+def test_the_planner_plans_on_the_best_fixed_rule_of_its_first_plan():
+    sim = build_simulator(SlateEnvConfig(num_items=600, num_topics=6, budget=6.0), batch=8)
+    planner = PlannerPolicy(sim, rollouts=3, horizon=6)
+    outcomes = evaluate_policy(planner, sim, 8, seed=0)
+    assert planner.base is not None and 0 <= planner.base < len(planner.library)
+    assert np.isfinite(outcomes.session_return).all()

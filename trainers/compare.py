@@ -38,6 +38,7 @@ import matplotlib
 import numpy as np
 
 from envs.beyond import run_values
+from envs.planner import REVISION as PLANNER_REVISION
 from envs.policies import SIMULATION_POLICIES
 from envs.spec import SimulatorOptions, parse_overrides, resolve_env_config
 from rayrec.errors import ConfigError
@@ -97,6 +98,8 @@ def job_settings(cfg: CompareConfig, job: Job) -> dict[str, Any]:
         settings |= {"train": sorted(cfg.train), "iterations": cfg.iterations}
     elif job.kind == "linear":
         settings |= {"cem": [cfg.cem_iterations, cfg.cem_population, cfg.cem_users]}
+    elif job.name == "planner":
+        settings |= {"planner": PLANNER_REVISION}
     return json.loads(json.dumps(settings))  # as a record holds it (tuples as lists)
 
 
