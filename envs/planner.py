@@ -10,7 +10,7 @@ step of policy improvement on the best fixed rule: it does at least as well as t
 state, up to the rollouts' noise and horizon, and better wherever another rule is the better thing to do
 *now* — for example spending a satisfied user's satisfaction on clickbait and rebuilding it with quality
 when it is low, which no fixed rule can do and which scoring each rule as if it were followed for the whole
-horizon does not find either. To keep the rollouts' noise from costing more than switching gains, a user
+horizon finds only in part. To keep the rollouts' noise from costing more than switching gains, a user
 leaves the base policy only where another first move's advantage is clear (:meth:`PlannerPolicy.choose`).
 Copies of one user share their random numbers (common random numbers), so two first moves that would show
 the same slates are scored the same, and the comparison is between policies, not between lucky draws. The

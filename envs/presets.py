@@ -59,8 +59,8 @@ PRESETS: dict[str, Preset] = {
             "every click is watched for as long as the user's satisfaction allows, clickbait is clicked and "
             "watched more now and lowers satisfaction, quality raises it. Users arrive lukewarm and seldom "
             "leave. Satisfaction is a stock: the best slate builds it with quality while it is low and spends "
-            "it on clickbait while it is high, which no fixed per-item rule can do: the planner beats the "
-            "best of them by more than the 15% this module asks for (python -m benchmarks.presets).",
+            "it on clickbait while it is high, which no fixed per-item rule can do: the best of them reaches "
+            "about the 85% of the planner this module asks for, no more (python -m benchmarks.presets).",
             {
                 "reward": "watch",
                 "clickbait_watch": 3.0,
