@@ -6,7 +6,7 @@ same held-out users (one seed: user ``i`` starts the same way under every policy
 policy's mean return with its 95% interval and its share of the planner's; the last line says whether the
 preset needs planning: the best fixed per-item rule at or below 85% of the planner.
 
-    python -m benchmarks.presets --users 1000 --preset default --preset classic
+    python -m benchmarks.presets --users 1000 --preset long-term --preset default
 """
 
 from __future__ import annotations
