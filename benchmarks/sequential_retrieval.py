@@ -14,7 +14,8 @@ Tables: (1) the chosen model (mean pooling, chosen on validation) and the sequen
 (2) paired per-user Recall@10 differences against item-kNN, ALS and zero-shot text (a variant's hits averaged
 over its seeds); (3) the ablation ladder, every variant, and what each step buys (paired per user); (4) beyond
 accuracy of the same lists; (5) the cold-item split (``--cold-fraction``, default 0.2): warm and cold targets
-apart, and the paired difference on the cold targets against zero-shot text. Every run's eval JSON is kept under ``--work`` and reused by ``--resume``.
+apart, and the paired difference on the cold targets against zero-shot text. Every run's eval JSON is kept
+under ``--work`` and reused by ``--resume``.
 
     python -m benchmarks.sequential_retrieval --data runs/encoder-quality/data \
         --text-index runs/encoder-quality/index-zero-shot [--seeds 3] [--resume]
@@ -29,6 +30,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from rayrec.metrics.session import mean_interval
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT_VARIANTS: dict[str, tuple[str, dict]] = {
@@ -198,8 +201,6 @@ BEYOND_COLUMNS = [
 
 
 def _interval(values: list[float]) -> str:
-    from rayrec.metrics.session import mean_interval
-
     if len(values) < 2:
         return f"{values[0]:.4f}" if values else "–"
     ci = mean_interval(np.asarray(values))
@@ -247,8 +248,6 @@ def _paired_table(
     """Per-user paired Recall@k differences (each k of ``ks``) of each variant, its hits averaged over seeds,
     against each method of ``against`` (key in the peers' eval → title), with a 95% Student-t interval over
     users; ``cold``: over the users whose held-out item is cold only."""
-    from rayrec.metrics.session import mean_interval
-
     users = np.asarray(peers["per_user"]["cold"], dtype=bool) if cold else slice(None)
     titles = [f"R@{k} vs {title}" for k in ks for title in against.values()]
     lines = ["| model | seeds | " + " | ".join(titles) + " |", "|" + " --- |" * (len(titles) + 2)]
@@ -269,7 +268,6 @@ def _paired_table(
 def _steps_table(peers: dict, runs: dict[str, list[dict]], k: int) -> list[str]:
     """Per-user paired Recall@k difference of each ladder step (:data:`STEPS`) whose two variants were run, each
     variant's hits averaged over its seeds, with a 95% Student-t interval over users."""
-    from rayrec.metrics.session import mean_interval
 
     def hits(variant: str) -> np.ndarray | None:
         if variant == "zero-shot":

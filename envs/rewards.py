@@ -88,12 +88,10 @@ def diversity_bonus(events: StepEvents, catalog: ItemCatalog) -> np.ndarray:
 
 def reward_function(name: str, diversity_weight: float = 0.0, clickbait_watch: float = 0.0) -> RewardFn:
     """The reward ``name``, plus ``diversity_weight`` times the slate's intra-list diversity when > 0."""
-    if name == "watch":
-        base = functools.partial(watch_reward, clickbait_watch=clickbait_watch)
-    elif name in REWARDS:
-        base = REWARDS[name]
-    else:
+    rewards = {**REWARDS, "watch": functools.partial(watch_reward, clickbait_watch=clickbait_watch)}
+    if name not in rewards:
         raise ConfigError(f"unknown reward {name!r}; choose from {sorted(REWARD_NAMES)}")
+    base = rewards[name]
     if diversity_weight < 0:
         raise ConfigError(f"diversity_weight must be >= 0, got {diversity_weight}")
     if diversity_weight == 0:

@@ -143,9 +143,8 @@ class _Worker:
         for name, param in model.named_parameters():
             if name.startswith("pooler."):
                 param.requires_grad_(False)
-        self.gradient_only: list[
-            torch.nn.Parameter
-        ] = []  # frozen, yet given a gradient: no optimizer holds them
+        # frozen, yet given a gradient: no optimizer holds them
+        self.gradient_only: list[torch.nn.Parameter] = []
         if self.cfg.freeze_layers > 0:
             model.get_input_embeddings().requires_grad_(False)
             if hasattr(model, "embeddings"):
