@@ -1,10 +1,11 @@
 """Every preset's policy table: does planning pay there? (``python -m benchmarks.presets``)
 
 For each preset (:mod:`envs.presets`), every baseline, the simulation-only references (``myopic-true``,
-``oracle``, the fixed per-item rules of :data:`envs.item_rules.FIXED_RULES`) and the ``planner`` meet the
-same held-out users (one seed: user ``i`` starts the same way under every policy). The table gives each
-policy's mean return with its 95% interval and its share of the planner's; the last line says whether the
-preset needs planning: the best fixed per-item rule at or below 85% of the planner.
+``oracle``, the fixed per-item rules of :data:`envs.item_rules.FIXED_RULES`, the planner's satisfaction
+switches) and the ``planner`` meet the same held-out users (one seed: user ``i`` starts the same way under
+every policy). The table gives each policy's mean return with its 95% interval and its share of the
+planner's; the last lines say whether the preset needs planning (the best fixed per-item rule at or below
+85% of the planner) and which library policy the planner took as its base.
 
     python -m benchmarks.presets --users 1000 --preset long-term --preset default
 """
@@ -16,7 +17,8 @@ import time
 
 from envs import build_simulator, make_policy
 from envs.beyond import evaluate_beyond, run_values
-from envs.item_rules import FIXED_RULES
+from envs.item_rules import FIXED_RULES, SatisfactionSwitch
+from envs.planner import LIBRARY, PlannerPolicy
 from envs.policies import ItemRulePolicy
 from envs.presets import PRESETS, preset
 from envs.spec import parse_overrides
@@ -24,24 +26,30 @@ from rayrec.metrics.beyond import Exposure, table_cells, table_header
 from rayrec.metrics.session import SessionOutcomes, mean_interval, paired_difference
 
 POLICIES = ("random", "retrieval", "greedy", "myopic-true", "oracle")
+SWITCHES = tuple(rule for rule in LIBRARY if isinstance(rule, SatisfactionSwitch))
+"""The planner's satisfaction switches, shown beside it: state-aware rules it should match or beat."""
 NEEDS_PLANNING = 0.85
 """A preset needs planning when its best fixed per-item rule reaches at most this share of the planner."""
 
 
 def run_preset(
     name: str, users: int, seed: int, overrides: dict[str, object] | None = None
-) -> dict[str, tuple[SessionOutcomes, Exposure]]:
+) -> tuple[dict[str, tuple[SessionOutcomes, Exposure]], str]:
     """Outcomes and exposure of every policy, every fixed rule and the planner on ``users`` users of ``name``
-    (with the simulator settings ``overrides``, e.g. ``{"candidates": "faiss-diverse"}``)."""
+    (with the simulator settings ``overrides``, e.g. ``{"candidates": "faiss-diverse"}``), and the name of
+    the library policy the planner took as its base."""
     config = preset(name).replace(**(overrides or {}))
     runs = {}
-    for spec in (*POLICIES, "planner"):
+    for spec in POLICIES:
         sim = build_simulator(config, batch=users)
         runs[spec] = evaluate_beyond(make_policy(spec, sim), sim, users, seed)
-    for rule in FIXED_RULES:
+    sim = build_simulator(config, batch=users)
+    planner = PlannerPolicy(sim)
+    runs["planner"] = evaluate_beyond(planner, sim, users, seed)
+    for rule in (*FIXED_RULES, *SWITCHES):
         sim = build_simulator(config, batch=users)
         runs[rule.name] = evaluate_beyond(ItemRulePolicy(sim, rule), sim, users, seed)
-    return runs
+    return runs, planner.base_name
 
 
 def table(name: str, runs: dict[str, tuple[SessionOutcomes, Exposure]]) -> str:
@@ -86,8 +94,9 @@ def main() -> None:
     overrides = parse_overrides(args.env)
     for name in args.preset or list(PRESETS):
         started = time.perf_counter()
-        runs = run_preset(name, args.users, args.seed, overrides)
+        runs, base = run_preset(name, args.users, args.seed, overrides)
         print(table(name, runs))
+        print(f"The planner's base policy: {base}.")
         print(
             f"\n({args.users} users, seed {args.seed}{''.join(f', {o}' for o in args.env)}, "
             f"{time.perf_counter() - started:.0f} s)\n",

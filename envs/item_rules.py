@@ -31,6 +31,8 @@ class ItemTerms:
     value_state: np.ndarray
     """The same with the clickbait harm the user's current fatigue implies (as the true response does)."""
     clickbait: np.ndarray
+    satisfaction: np.ndarray
+    """[B, 1] the user's hidden satisfaction (what :class:`SatisfactionSwitch` reads)."""
 
     @classmethod
     def of(cls, sim: SlateSimulator) -> ItemTerms:
@@ -47,6 +49,7 @@ class ItemTerms:
             value_classic=(gain - harm) / config.temperature,
             value_state=(gain - harm * (1.0 + config.clickbait_fatigue * fatigue)) / config.temperature,
             clickbait=clickbait,
+            satisfaction=users.satisfaction[:, None],
         )
 
 
@@ -70,6 +73,35 @@ class ItemRule:
         scores = terms.logits + terms.log_reward + self.patience * value
         return np.where(terms.clickbait > 0.5, scores - 1e6, scores) if self.clickbait_ban else scores
 
+
+@dataclass(frozen=True)
+class SatisfactionSwitch:
+    """A state-aware rule: ``spend`` while the user's hidden satisfaction is above ``threshold``, ``build`` below.
+
+    Not a fixed per-item rule: it reads the user's changing state. In a world where satisfaction is a stock
+    (the ``long-term`` preset: RecSim's "chocolate vs kale"), spending it on what earns most now while it is
+    high and rebuilding it with quality while it is low is what planning finds; as a base policy of the
+    planner (:data:`envs.planner.LIBRARY`) it lets the rollouts start from that pattern instead of
+    rediscovering it three steps at a time.
+    """
+
+    spend: ItemRule
+    build: ItemRule
+    threshold: float
+
+    @property
+    def name(self) -> str:
+        return f"switch(satisfaction > {self.threshold:g}: {self.spend.name}, else {self.build.name})"
+
+    def scores(self, terms: ItemTerms) -> np.ndarray:
+        """[B, K] ``spend``'s scores for satisfied users, ``build``'s for the others."""
+        return np.where(
+            terms.satisfaction > self.threshold, self.spend.scores(terms), self.build.scores(terms)
+        )
+
+
+Rule = ItemRule | SatisfactionSwitch
+"""What :class:`envs.policies.ItemRulePolicy` follows and the planner's library holds."""
 
 FIXED_RULES = tuple(ItemRule(p, ban) for p in (0.0, 1.0, 2.0, 4.0, 8.0) for ban in (False, True))
 """The fixed per-item rules a preset is measured against: "true logits", "true logits, never clickbait",

@@ -14,8 +14,10 @@ horizon finds only in part. To keep the rollouts' noise from costing more than s
 leaves the base policy only where another first move's advantage is clear (:meth:`PlannerPolicy.choose`).
 Copies of one user share their random numbers (common random numbers), so two first moves that would show
 the same slates are scored the same, and the comparison is between policies, not between lucky draws. The
-library is the fixed per-item rules (:data:`envs.item_rules.FIXED_RULES`) plus their state-aware versions
-(clickbait harm read from the user's fatigue).
+library is the fixed per-item rules (:data:`envs.item_rules.FIXED_RULES`), their state-aware versions
+(clickbait harm read from the user's fatigue) and satisfaction switches
+(:class:`envs.item_rules.SatisfactionSwitch`): one step of improvement finds only part of a spend-and-rebuild
+pattern that a switch follows from the start, so the planner is only as good as its best base policy.
 
 References:
     - Chang, H. S., Givan, R. & Chong, E. K. P. (2004). "Parallel rollout for online solution of partially
@@ -32,22 +34,30 @@ import dataclasses
 import numpy as np
 
 from envs.factory import build_simulator
-from envs.item_rules import FIXED_RULES, ItemRule, ItemTerms
+from envs.item_rules import FIXED_RULES, ItemRule, ItemTerms, Rule, SatisfactionSwitch
 from envs.simulator import SlateSimulator
 from rayrec.baselines import ScoringPolicy
 from rayrec.errors import ConfigError
 from rayrec.slate_policy import Observation
 
-REVISION = 2
+REVISION = 3
 """The planner's algorithm (1: each rule scored as if followed for the whole horizon, 6 rollouts; 2: rules
-scored as first moves before the base policy, 12 rollouts): results of another revision are not reused."""
+scored as first moves before the base policy, 12 rollouts; 3: the library adds satisfaction switches, which
+on ``long-term`` beat revision 2 outright): results of another revision are not reused."""
 
-LIBRARY = (
+LIBRARY: tuple[Rule, ...] = (
     *FIXED_RULES,
     *(ItemRule(p, ban, state_aware=True) for p in (1.0, 2.0, 4.0) for ban in (False, True)),
+    *(
+        SatisfactionSwitch(spend=ItemRule(0.0), build=ItemRule(p, clickbait_ban=True), threshold=t)
+        for p in (1.0, 4.0)
+        for t in (0.75, 0.9)
+    ),
 )
 """The base policies the planner chooses among, state by state: every fixed per-item rule (so it is at least
-as good as the best of them) and patient rules that read the user's clickbait fatigue."""
+as good as the best of them), patient rules that read the user's clickbait fatigue, and switches that spend
+a satisfied user's satisfaction on the immediately best items and rebuild it with quality below a threshold
+(on ``long-term`` a switch alone scored above revision 2's planner on the same users)."""
 
 
 class CommonRandomNumbers:
@@ -108,7 +118,7 @@ class PlannerPolicy(ScoringPolicy):
         rollouts: int = 12,
         replan_every: int = 3,
         confidence: float = 2.0,
-        library: tuple[ItemRule, ...] = LIBRARY,
+        library: tuple[Rule, ...] = LIBRARY,
         seed: int = 0,
     ) -> None:
         if min(horizon, rollouts, replan_every) < 1:
@@ -122,6 +132,11 @@ class PlannerPolicy(ScoringPolicy):
         self._plan = np.zeros(sim.batch, dtype=np.int64)  # [B] the library rule each user follows
         self.base: int | None = None
         """Index into the library of the base policy (chosen at the first plan, kept for the run)."""
+
+    @property
+    def base_name(self) -> str:
+        """The name of the base policy ("none yet" before the first plan)."""
+        return "none yet" if self.base is None else self.library[self.base].name
 
     def scores(self, obs: Observation) -> np.ndarray:
         sim = self.sim

@@ -14,7 +14,7 @@ import numpy as np
 from envs.catalog import ItemCatalog
 from envs.config import SlateEnvConfig
 from envs.factory import build_simulator
-from envs.item_rules import ItemRule, ItemTerms
+from envs.item_rules import ItemRule, ItemTerms, Rule
 from envs.planner import PlannerPolicy
 from envs.rollout import StepRecord, evaluate_policy
 from envs.simulator import SlateSimulator
@@ -46,7 +46,7 @@ class ItemRulePolicy(ScoringPolicy):
     reads the simulator's *current* state: pass it the observation the simulator just produced.
     """
 
-    def __init__(self, sim: SlateSimulator, rule: ItemRule, name: str | None = None) -> None:
+    def __init__(self, sim: SlateSimulator, rule: Rule, name: str | None = None) -> None:
         self.sim, self.rule = sim, rule
         self.name = name or rule.name
 

@@ -60,7 +60,7 @@ PRESETS: dict[str, Preset] = {
             "watched more now and lowers satisfaction, quality raises it. Users arrive lukewarm and seldom "
             "leave. Satisfaction is a stock: the best slate builds it with quality while it is low and spends "
             "it on clickbait while it is high, which no fixed per-item rule can do: the best of them reaches "
-            "about the 85% of the planner this module asks for, no more (python -m benchmarks.presets).",
+            "about three quarters of the planner (python -m benchmarks.presets).",
             {
                 "reward": "watch",
                 "clickbait_watch": 3.0,

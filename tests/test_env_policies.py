@@ -8,6 +8,7 @@ import pytest
 import envs
 from envs.config import SlateEnvConfig
 from envs.factory import build_simulator
+from envs.item_rules import ItemRule, ItemTerms, SatisfactionSwitch
 from envs.planner import PlannerPolicy
 from envs.policies import OraclePolicy, fitted_greedy, make_policy
 from envs.rollout import evaluate_policy
@@ -127,7 +128,21 @@ def test_the_planner_leaves_its_base_policy_only_for_a_clearly_better_first_move
     np.testing.assert_array_equal(planner.choose(value, default=2), [1, 2, 0])
 
 
-def test_the_planner_plans_on_the_best_fixed_rule_of_its_first_plan():
+def test_a_satisfaction_switch_spends_on_satisfied_users_and_builds_on_the_others():
+    sim = build_simulator(SlateEnvConfig(num_items=600, num_topics=6), batch=4)
+    sim.start_users(np.arange(4), np.random.default_rng(0))
+    sim.refresh_candidates(np.random.default_rng(0))
+    sim.users.satisfaction[:] = [0.95, 0.5, 0.91, 0.9]  # the threshold itself is not above it
+    spend, build = ItemRule(0.0), ItemRule(4.0, clickbait_ban=True)
+    terms = ItemTerms.of(sim)
+    scores = SatisfactionSwitch(spend, build, threshold=0.9).scores(terms)
+    for row, satisfied in enumerate([True, False, True, False]):
+        expected = (spend if satisfied else build).scores(terms)[row]
+        np.testing.assert_array_equal(scores[row], expected)
+    assert not np.array_equal(spend.scores(terms), build.scores(terms))  # the two rules rank differently
+
+
+def test_the_planner_plans_on_the_best_library_rule_of_its_first_plan():
     sim = build_simulator(SlateEnvConfig(num_items=600, num_topics=6, budget=6.0), batch=8)
     planner = PlannerPolicy(sim, rollouts=3, horizon=6)
     outcomes = evaluate_policy(planner, sim, 8, seed=0)

@@ -1,7 +1,9 @@
 """The ``long-term`` preset needs planning: the planner beats every fixed per-item rule, on the same users,
-paired. (The README's figure, 400 users, puts the best rule at 81.5% of the planner, interval about 75-88%;
-on these 300 users it is 86%. The test asserts what holds on both: a paired gain above 0 and a share below
-90%; a planner that stopped switching would equal its base rule and fail both.)"""
+paired, and the best of them stays at or below the 85% of the planner that :mod:`envs.presets` asks of a
+preset. (On these 300 users the planner of revision 3 puts the best rule at 78.9%, paired gain +1.88
+[+1.02, +2.74]; the README's 400 users are measured by ``python -m benchmarks.presets``. A planner without
+its satisfaction switches scored 86% here and fails the share; one reduced to a fixed rule would fail
+both.)"""
 
 from __future__ import annotations
 
@@ -31,4 +33,4 @@ def test_the_planner_beats_every_fixed_rule_on_the_long_term_preset():
     share = rules[best].session_return.mean() / planner.session_return.mean()
     gain = paired_difference(planner, rules[best], "session_return")
     assert gain["ci95_low"] > 0, (best, gain)
-    assert share < 0.90, (best, share)
+    assert share <= 0.85, (best, share)
