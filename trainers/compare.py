@@ -273,6 +273,7 @@ def summarize(cfg: CompareConfig, results: dict[str, dict[str, Any]]) -> dict[st
         "seeds": cfg.seeds,
         "iterations": cfg.iterations,
         "preset": cfg.preset,
+        "world": world_label(cfg),
         **stats,
         "curves": curves,
     }
@@ -282,11 +283,22 @@ def _ci(lo_hi: list[float]) -> str:
     return f"[{lo_hi[0]:.2f}, {lo_hi[1]:.2f}]"
 
 
+def world_label(cfg: CompareConfig) -> str:
+    """The simulator world of a comparison as the report names it: the preset and whatever replaced or
+    changed its fields (``--env-config``, ``--index``, ``--data``, ``--env``; :mod:`envs.spec`'s order)."""
+    changes = [
+        f"{flag} `{value}`"
+        for flag, value in (("--env-config", cfg.env_config), ("--index", cfg.index), ("--data", cfg.data))
+        if value
+    ] + [f"--env `{spec}`" for spec in cfg.env]
+    return f"preset `{cfg.preset}`" + (f" with {', '.join(changes)}" if changes else "")
+
+
 def markdown(summary: dict[str, Any], command: str) -> str:
     lines = [
         f"Command: `{command}`",
         "",
-        f"Preset `{summary['preset']}`; {summary['test_users']} held-out test users (seed "
+        f"World: {summary['world']}; {summary['test_users']} held-out test users (seed "
         f"{summary['test_seed']}) play every policy once, so comparisons are paired. Learning methods: "
         f"{summary['seeds']} training seeds × {summary['iterations']} iterations. Intervals: 95% bootstrap "
         "over runs and users (Agarwal et al. 2021's stratified bootstrap, with paired users). Beyond "
