@@ -369,7 +369,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     right.invert_yaxis()
     right.set_xlabel("mean session return on test users (95% CI)")
     right.grid(alpha=0.3, axis="x")
-    fig.suptitle(f"rayrec compare: preset {summary['preset']}, {summary['seeds']} seeds")
+    fig.suptitle(f"rayrec compare: {summary['world'].replace('`', '')}, {summary['seeds']} seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
