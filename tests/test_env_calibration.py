@@ -39,6 +39,7 @@ from rayrec.cli import main
 from rayrec.commands import simulate as simulate_command
 from rayrec.config import load_config
 from rayrec.errors import ConfigError
+from rayrec.privacy import KEY_FILE
 from rayrec.synth import WorldConfig, write_world
 
 
@@ -59,6 +60,11 @@ def interactions_table(users, items, timestamps, events=None) -> pa.Table:
 def small_world(tmp_path_factory) -> str:
     """A small synthetic world written as data: its users' histories start the simulated sessions."""
     directory = tmp_path_factory.mktemp("world")
+    # A fixed pseudonymization key: a fresh one renames the users, which reorders the histories the sessions
+    # start from, so every run would draw other sessions.
+    key = directory / KEY_FILE
+    key.write_text("5eed" * 16 + "\n")
+    key.chmod(0o600)
     write_world(WorldConfig(items=1000, users=300, topics=8, dim=16, seed=0), str(directory))
     return str(directory)
 
@@ -173,16 +179,18 @@ def test_the_satisfaction_replay_is_the_simulators():
 def test_sim_to_sim_recovery_within_ten_percent(small_world):
     """Logs generated with known parameters under an exploring policy are fitted back within ±10%.
 
-    5,000 users under the ``random`` logging policy (every retrieved candidate at every position), fitted
-    from the preset values with 8 draws per user (the command's default is 16; 8 adds a bias of a few
-    percent to the drift); ``interest_noise`` is held at its true value here (the slow test fits it too).
+    10,000 users under the ``random`` logging policy (every retrieved candidate at every position), fitted
+    from the preset values with 16 draws per user (the command's default); ``interest_noise`` is held at its
+    true value here (the slow test fits it too). Sized so that the bar holds for any draw, not one: over
+    seven worlds that differ only in their pseudonymization key, the worst parameter was 2-6% off, where
+    5,000 users and 8 draws broke ±10% in two worlds of six.
     """
     truth = SlateEnvConfig(data_dir=small_world, **TRUTH)
-    log, _ = simulate_log(truth, "random", 5000, seed=1)
+    log, _ = simulate_log(truth, "random", 10_000, seed=1)
     start = SlateEnvConfig(data_dir=small_world)
     catalog = load_world(truth).catalog
     choice_free = [n for n in TRUTH if n in choice_values(truth)]
-    fit = fit_choice(slate_choice_data(log, truth), catalog, start, choice_free, draws=8, seed=0)
+    fit = fit_choice(slate_choice_data(log, truth), catalog, start, choice_free, draws=16, seed=0)
     dynamics_free = [n for n in TRUTH if n not in choice_free]
     dynamics = DynamicsLikelihood(session_steps(log, catalog, truth), start, particles=16).fit(
         dynamics_values(start), dynamics_free

@@ -3,7 +3,11 @@ training, OPE, a simulated A/B test and the rollout of the winner through the ``
 
 Small on purpose (a 240-item index, 60 users calling the server): it checks that every step runs on the
 previous one's real output and that the server ends up answering with the winner. The incumbent is
-``random``, which any candidate beats clearly, so the rollout really swaps the policy.
+``random``. The challenger is the candidate with the highest OPE estimate on 60 users' log: usually
+``retrieval``, which wins the A/B clearly, and the rollout swaps the policy; sometimes the policy trained on
+that log (whose OPE estimate is level with ``random``'s at this size), which can lose the A/B, and then the
+incumbent stays. Either way the server must end up answering with the A/B's winner. (The swap itself,
+under load and with bad artifacts, is tested in ``test_serving_rollout.py``.)
 """
 
 from __future__ import annotations
@@ -34,11 +38,14 @@ def test_the_closed_loop_rolls_out_the_winner_on_the_live_server(ray_session, tm
         # every candidate was estimated, the A/B decided, and the winner is what the server now serves
         assert set(summary["ope"]) == {"random", "retrieval", str(out / "train" / "policy")}
         assert summary["challenger"] in summary["ope"] and summary["challenger"] != "random"
-        assert summary["ab"]["challenger_wins"] and summary["winner"] == summary["challenger"]
+        wins = summary["ab"]["ci95"][0] > 0
+        assert summary["ab"]["challenger_wins"] == wins
+        assert summary["winner"] == (summary["challenger"] if wins else "random")
         rollout = yaml.safe_load((out / "serve-rollout.yaml").read_text())
         policies = rollout["applications"][0]["deployments"][0]["user_config"]["policies"]
         assert policies == {"main": summary["winner"], "explore": "epsilon-greedy"}
         from rayrec.assignment import assign_arm
+        from rayrec.rerank import load_policy_for_index
 
         user = next(
             u
@@ -50,7 +57,8 @@ def test_the_closed_loop_rolls_out_the_winner_on_the_live_server(ray_session, tm
             json={"user_id": user, "history": ["item-0001"], "k": 3},
             timeout=30,
         ).json()
-        assert answer["arm"] == "main" and answer["policy"] != "random", answer
+        winner = load_policy_for_index(summary["winner"], str(index)).name
+        assert answer["arm"] == "main" and answer["policy"] == winner, answer
     finally:
         from ray import serve
 

@@ -181,10 +181,11 @@ def test_an_index_not_built_from_the_model_is_refused_at_build_time(world, tmp_p
     with pytest.raises(ArtifactError, match="was not built from user model") as error:
         resolve_config(config)
     assert "\n" not in str(error.value)
-    # `rayrec serve --user-model` (in a subprocess: a failed serve stops the Ray it finds, the session's here)
+    # `rayrec serve --user-model` (in a subprocess: a failed serve stops the Ray it finds, the session's here).
+    # The fault handler prints the Python stacks if the process aborts (CI saw one abort, once, at exit).
     served = subprocess.run(
-        [sys.executable, "-m", "rayrec", "serve", "--index", str(world["text_index"]), "--arm", "a=retrieval",
-         "--user-model", str(world["model"]), "--pseudonym-key", str(tmp_path / "key")],
+        [sys.executable, "-X", "faulthandler", "-m", "rayrec", "serve", "--index", str(world["text_index"]),
+         "--arm", "a=retrieval", "--user-model", str(world["model"]), "--pseudonym-key", str(tmp_path / "key")],
         capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent,
     )  # fmt: skip
     err = served.stderr.strip()
