@@ -112,7 +112,7 @@ class CalibrationOptions:
     """Uniformly drawn alternatives added to the retrieved ones in the sampled-exposure likelihood."""
     recovery_users: int = 3000
     """Users of the sim-to-sim recovery check's generated log (0: skip the check)."""
-    recovery_requests: int = 40_000
+    recovery_requests: int = 140_000
     """Where sessions are short, the recovery check simulates more users (up to 8 times ``recovery_users``)
     until its log has this many requests."""
     seed: int = 0
@@ -610,7 +610,9 @@ RECOVERY_TRUTH = {
     "leave_scale": 0.5,
 }
 """True parameters of the recovery test's logs: the defaults, with popularity appeal, drift, gain and boredom
-raised so that 5,000 users pin each to a standard error of at most about 3.5% (±10% is then about 3 of them)."""
+raised so that 5,000 users (about 70,000 requests) pin each to a standard error of at most about 3.5%. That
+is ±10% at about 3 of them, which one of ten parameters misses in a fair share of draws: the check and the
+test use twice that, where ±10% is about 4."""
 
 
 def recovery_check(

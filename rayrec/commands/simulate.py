@@ -74,7 +74,7 @@ class CalibrateConfig(SimulatorOptions):
     """At most this many interactions per user enter the likelihood of plain interactions."""
     recovery_users: int = 3000
     """Users of the sim-to-sim recovery check on a small world (0: skip it)."""
-    recovery_requests: int = 40_000
+    recovery_requests: int = 140_000
     """Where sessions are short the recovery check simulates more users, up to 8x, for this many requests."""
     seed: int = 0
     """Seed of the likelihood's draws, the simulations and the recovery world."""
