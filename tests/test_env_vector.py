@@ -97,7 +97,8 @@ def test_random_candidates_are_distinct_and_ranked_by_profile_score():
 
 
 def test_unchanged_users_keep_their_candidates_exactly():
-    """Re-retrieving only the users whose profile changed gives the candidates a full search gives."""
+    """Re-retrieving only the users whose profile changed gives the candidates a full search gives (the
+    items exactly, their scores to float precision)."""
     for mode in ("faiss", "faiss-diverse"):
         config = SlateEnvConfig(num_items=800, num_topics=4, candidates=mode, num_candidates=12)
         reused = envs.make_vector_env(config, 24)
@@ -115,7 +116,9 @@ def test_unchanged_users_keep_their_candidates_exactly():
             np.testing.assert_array_equal(
                 reused.unwrapped.sim.candidate_items, full.unwrapped.sim.candidate_items
             )
-            np.testing.assert_array_equal(
-                reused.unwrapped.sim.candidate_scores, full.unwrapped.sim.candidate_scores
+            # The same inner products, summed in another order: FAISS takes its BLAS path for a batch of
+            # 20 queries or more and its per-query path below, so a score can differ in the last bit.
+            np.testing.assert_allclose(
+                reused.unwrapped.sim.candidate_scores, full.unwrapped.sim.candidate_scores, rtol=0, atol=1e-6
             )
         assert 0 < np.mean(searched) < 1  # some users clicked (searched again), some kept their candidates
