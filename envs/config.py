@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rayrec.errors import ConfigError
+from rayrec.features import hidden_feature_selection
 
 REWARD_NAMES = ("clicks", "engagement", "return", "watch")
 USER_SPLITS = ("all", "train", "validation", "test")
@@ -144,6 +145,14 @@ class SlateEnvConfig:
     cosine distance of its items, :func:`rayrec.metrics.beyond.intra_list_diversity`); 0 leaves the reward
     as it is. A policy trained with it learns to trade the reward for varied slates."""
 
+    # --- diagnostics -------------------------------------------------------------------------------
+    observe_hidden: tuple[str, ...] = ()
+    """Diagnostic, simulation only: hidden state appended to every candidate's features, some or all of
+    :data:`rayrec.features.HIDDEN_FEATURE_NAMES` (each candidate's true click logit, quality and clickbait, the
+    user's satisfaction; ``true`` or ``all``: every one). A policy trained with it sees (part of) what
+    ``planner`` and ``oracle`` read, so the gap between it and the same method on the observable features is
+    what that information costs. It cannot be served."""
+
     # --- limits ------------------------------------------------------------------------------------
     max_episode_steps: int = 100
     """Truncation cap on steps per session (registered with the env; above ``budget`` it rarely binds)."""
@@ -210,6 +219,10 @@ class SlateEnvConfig:
             problems.append(f"sessions must be >= 1 (got {self.sessions})")
         if self.return_delay < 1:
             problems.append(f"return_delay must be >= 1 day (got {self.return_delay})")
+        try:
+            self.observe_hidden = hidden_feature_selection(self.observe_hidden)
+        except ConfigError as exc:
+            problems.append(str(exc))
         if self.user_split not in USER_SPLITS:
             problems.append(f"user_split must be one of {USER_SPLITS} (got {self.user_split!r})")
         if problems:

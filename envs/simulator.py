@@ -19,7 +19,7 @@ from envs.config import SlateEnvConfig
 from envs.response import UserResponse
 from envs.rewards import RewardFn, StepEvents
 from envs.users import UserSampler, UserState
-from rayrec.features import NUM_FEATURES, build_observation
+from rayrec.features import build_observation, feature_names
 
 INFO_KEYS = (
     "clicked",
@@ -33,14 +33,24 @@ INFO_KEYS = (
 """Per-step info keys (arrays over the batch in the vector env, scalars in the single env)."""
 
 
-def observation_space(num_candidates: int, dim: int) -> spaces.Dict:
-    """One user's observation space: :mod:`rayrec.features`'s contract with B dropped."""
+def observation_space(num_candidates: int, dim: int, hidden: tuple[str, ...] = ()) -> spaces.Dict:
+    """One user's observation space: :mod:`rayrec.features`'s contract with B dropped.
+
+    ``hidden``: the simulation-only columns (:data:`rayrec.features.HIDDEN_FEATURE_NAMES`) appended to the
+    features (``SlateEnvConfig.observe_hidden``).
+    """
+    names = feature_names(hidden)
+    # retrieval_score is an inner product of unit vectors, the other observable features are in [0, 1];
+    # the true click logit is unbounded.
+    low = np.full((num_candidates, len(names)), -1.0, dtype=np.float32)
+    high = np.ones_like(low)
+    if "true_click_logit" in names:
+        low[:, names.index("true_click_logit")], high[:, names.index("true_click_logit")] = -np.inf, np.inf
     return spaces.Dict(
         {
             "profile": spaces.Box(-1.0, 1.0, shape=(dim,), dtype=np.float32),
             "candidates": spaces.Box(-1.0, 1.0, shape=(num_candidates, dim), dtype=np.float32),
-            # retrieval_score is an inner product of unit vectors, the other features are in [0, 1].
-            "features": spaces.Box(-1.0, 1.0, shape=(num_candidates, NUM_FEATURES), dtype=np.float32),
+            "features": spaces.Box(low, high, dtype=np.float32),
             "budget": spaces.Box(0.0, 1.0, shape=(1,), dtype=np.float32),
         }
     )
@@ -177,8 +187,11 @@ class SlateSimulator:
         stale[:] = False
 
     def observation(self) -> dict[str, np.ndarray]:
-        """The batched observation of :func:`rayrec.features.build_observation` for the current candidates."""
-        return build_observation(
+        """The batched observation of :func:`rayrec.features.build_observation` for the current candidates.
+
+        With ``observe_hidden`` the features gain :meth:`hidden_features` (simulation only).
+        """
+        obs = build_observation(
             profile=self.users.profile(),
             candidates=self.catalog.embeddings[self.candidate_items],  # [B, K, d]
             retrieval_scores=self.candidate_scores,
@@ -186,6 +199,25 @@ class SlateSimulator:
             session_step=self.users.steps,
             budget=self.config.budget,
         )
+        if self.config.observe_hidden:
+            obs["features"] = np.concatenate(
+                [obs["features"], self.hidden_features(self.config.observe_hidden)], axis=-1
+            )
+        return obs
+
+    def hidden_features(self, names: tuple[str, ...]) -> np.ndarray:
+        """[B, K, len(names)] float32 hidden features (:data:`rayrec.features.HIDDEN_FEATURE_NAMES`) of the
+        current candidates, in the order of ``names``."""
+        items, users = self.candidate_items, self.users  # [B, K]
+        columns = {
+            "true_click_logit": lambda: self.choice_model.item_logits(
+                users.interest, items, self.catalog, satiation=users.satiation
+            ),
+            "quality": lambda: self.catalog.quality[items],
+            "clickbait": lambda: self.catalog.clickbait[items],
+            "satisfaction": lambda: np.broadcast_to(users.satisfaction[:, None], items.shape),
+        }
+        return np.stack([columns[name]() for name in names], axis=-1).astype(np.float32)  # [B, K, H]
 
     def step(self, actions: np.ndarray, rng: np.random.Generator) -> StepOutcome:
         """Show slates ``actions`` [B, k] (candidate positions), let users respond, update their state."""

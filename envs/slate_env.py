@@ -129,7 +129,9 @@ class SlateRecEnv(gym.Env):
         self.config = config_with(config, **overrides)
         self.render_mode = render_mode
         self.sim: SlateSimulator = build_simulator(self.config, batch=1, choice_model=choice_model)
-        self.observation_space = observation_space(self.config.num_candidates, self.sim.catalog.dim)
+        self.observation_space = observation_space(
+            self.config.num_candidates, self.sim.catalog.dim, self.config.observe_hidden
+        )
         self.action_space = action_space(self.config.num_candidates, self.config.slate_size)
 
     @property

@@ -48,7 +48,9 @@ class SlateRecVectorEnv(VectorEnv):
         self.num_envs = num_envs
         self.render_mode = render_mode
         self.sim: SlateSimulator = build_simulator(self.config, batch=num_envs, choice_model=choice_model)
-        self.single_observation_space = observation_space(self.config.num_candidates, self.sim.catalog.dim)
+        self.single_observation_space = observation_space(
+            self.config.num_candidates, self.sim.catalog.dim, self.config.observe_hidden
+        )
         self.single_action_space = action_space(self.config.num_candidates, self.config.slate_size)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)

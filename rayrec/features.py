@@ -15,16 +15,63 @@ Observation (batched; B requests, K candidates, d embedding dims, F = len(FEATUR
   from the exported policy, so both compute the same number with the same function.
 
 :func:`build_observation` assembles the whole observation; the simulator and the server both call it.
+
+Simulation only: a simulator built with ``observe_hidden`` (:class:`envs.config.SlateEnvConfig`) appends some
+or all of :data:`HIDDEN_FEATURE_NAMES` to each candidate's features, the hidden state that ``planner`` and
+``oracle`` read. A policy trained on them measures how much of a learner's gap to the planner is missing
+information, and which piece of it; no server has them, so the server refuses such a policy.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from rayrec.errors import ConfigError
+
 Observation = dict[str, np.ndarray]
 
 FEATURE_NAMES = ("retrieval_score", "popularity", "retrieval_rank")
 NUM_FEATURES = len(FEATURE_NAMES)
+HIDDEN_FEATURE_NAMES = ("true_click_logit", "quality", "clickbait", "satisfaction")
+"""Per-candidate columns a simulator with ``observe_hidden`` appends after :data:`FEATURE_NAMES`: the true
+click logit of the candidate for this user now (choice model, interest and satiation), the item's hidden
+quality and clickbait trait, and the user's satisfaction (the same in every row of a request)."""
+
+
+def hidden_feature_selection(value: object) -> tuple[str, ...]:
+    """``observe_hidden``'s value → the hidden feature names it selects, in :data:`HIDDEN_FEATURE_NAMES` order.
+
+    ``true`` or ``"all"``: all of them; ``false``, ``None`` or empty: none; a name or a list of names: those.
+
+    Raises:
+        ConfigError: an unknown name or another kind of value.
+    """
+    if value is True or value == "all":
+        return HIDDEN_FEATURE_NAMES
+    if value is False or value is None:
+        return ()
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list | tuple) or not all(isinstance(name, str) for name in names):
+        raise ConfigError(
+            f"observe_hidden must be true, false, 'all' or names of {list(HIDDEN_FEATURE_NAMES)}"
+        )
+    unknown = sorted(set(names) - set(HIDDEN_FEATURE_NAMES))
+    if unknown:
+        raise ConfigError(
+            f"observe_hidden: unknown {unknown}; the hidden features are {list(HIDDEN_FEATURE_NAMES)}"
+        )
+    return tuple(name for name in HIDDEN_FEATURE_NAMES if name in names)
+
+
+def feature_names(hidden: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The per-candidate feature names of an observation: :data:`FEATURE_NAMES`, then the selected hidden ones."""
+    return (*FEATURE_NAMES, *hidden_feature_selection(list(hidden)))
+
+
+def is_simulation_feature_set(names: tuple[str, ...]) -> bool:
+    """Whether ``names`` is a feature set some simulator provides: :data:`FEATURE_NAMES`, then hidden ones."""
+    head, hidden = names[:NUM_FEATURES], names[NUM_FEATURES:]
+    return head == FEATURE_NAMES and hidden == tuple(n for n in HIDDEN_FEATURE_NAMES if n in hidden)
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1, eps: float = 1e-12) -> np.ndarray:

@@ -28,7 +28,7 @@ from torch import nn
 from rayrec import plackett_luce, slate_q, storage
 from rayrec.click_logit import SlateClickModel
 from rayrec.errors import ArtifactError, ConfigError
-from rayrec.features import FEATURE_NAMES, NUM_FEATURES
+from rayrec.features import FEATURE_NAMES, NUM_FEATURES, is_simulation_feature_set
 from rayrec.slate_policy import Observation, Slate
 
 EXPORT_FORMAT = "rayrec-slate-policy"
@@ -144,7 +144,8 @@ class ExportConfig:
     name: str = "trained"
     """Name in logs, reports and the event log's ``policy`` column."""
     feature_names: tuple[str, ...] = FEATURE_NAMES
-    """Per-candidate feature names, in order; must equal ``rayrec.features.FEATURE_NAMES`` at load time."""
+    """Per-candidate feature names, in order; at load time ``rayrec.features.FEATURE_NAMES``, or those and
+    the simulation-only ``HIDDEN_FEATURE_NAMES`` (a policy trained with ``observe_hidden``)."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """Free-form provenance (training config, iterations, seed, final metrics)."""
     choice_model: SlateClickModel | None = None
@@ -212,9 +213,15 @@ class ExportedPolicy:
                 f"([B, K, d]): the index does not match the one the policy was trained with"
             )
         if feats != (*cand[:2], self.config.scorer.num_features):
+            hidden = list(self.config.feature_names[NUM_FEATURES:])
+            hint = (
+                f": it was trained on the simulator's hidden state (run it in a simulator with observe_hidden={hidden})"
+                if hidden
+                else ""
+            )
             raise ArtifactError(
                 f"policy {self.name!r}: features {feats} do not match candidates {cand} and "
-                f"{self.config.scorer.num_features} features {list(self.config.feature_names)}"
+                f"{self.config.scorer.num_features} features {list(self.config.feature_names)}{hint}"
             )
         if not 1 <= slate_size <= cand[1]:
             raise ConfigError(f"slate size {slate_size} must be in 1..{cand[1]} (the candidate count)")
@@ -386,7 +393,7 @@ def load_exported_policy(
         )
     except (KeyError, TypeError, ValueError, ConfigError) as exc:
         raise ArtifactError(f"{meta_uri}: invalid policy config ({exc})") from None
-    if config.feature_names != FEATURE_NAMES:
+    if not is_simulation_feature_set(config.feature_names):
         raise ArtifactError(
             f"{uri}: trained on features {list(config.feature_names)}, this rayrec provides {list(FEATURE_NAMES)}"
         )

@@ -77,7 +77,7 @@ from serving.deployments import (
 from serving.haproxy import install_error_page
 from serving.local import LocalStages, stages_user_config
 from serving.metrics import IngressMetrics
-from serving.pipeline import Candidates, Ranked, failover, trained_config
+from serving.pipeline import Candidates, Ranked, check_servable, failover
 from serving.settings import MAX_MERGED, AppConfig, app_config_from_args
 from serving.user_model import UserModel, load_user_model
 
@@ -431,12 +431,13 @@ def check_policies(config: AppConfig, index_dim: int) -> dict[str, int]:
     Raises:
         ArtifactError: a policy trained on another embedding dimension, or (from
             :func:`rayrec.slate_scorer.load_exported_policy`) on features other than
-            :data:`rayrec.features.FEATURE_NAMES`; a ``fair`` re-ranker over an index without item
+            :data:`rayrec.features.FEATURE_NAMES`, or on the simulator's hidden state
+            (:func:`serving.pipeline.check_servable`); a ``fair`` re-ranker over an index without item
             categories (:func:`rayrec.rerank.index_category_lookup`).
     """
     trained: dict[str, int] = {}
     for arm in config.parsed_arms():
-        export = trained_config(load_policy_for_index(arm.policy, config.index))
+        export = check_servable(load_policy_for_index(arm.policy, config.index), arm.policy)
         if export is None:
             continue  # a baseline: any index, any K
         if export.scorer.dim != index_dim:

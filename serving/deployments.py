@@ -33,6 +33,7 @@ from serving.pipeline import (
     Ranked,
     RequestContext,
     Retrieval,
+    check_servable,
     index_version,
     rank,
     request_contexts,
@@ -345,7 +346,7 @@ class Ranker(_SafeRollout):
     def _load(self, spec: str):
         policy = load_policy_for_index(spec, self.index)
         check_candidate_count(policy, spec, self.num_candidates)
-        trained = trained_config(policy)
+        trained = check_servable(policy, spec)
         if trained is not None and self.dim is not None and trained.scorer.dim != self.dim:
             raise ArtifactError(
                 f"policy {spec} was trained on {trained.scorer.dim}-d embeddings, this application serves "

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rayrec.errors import ArtifactError
 from rayrec.explain import (
     FeatureAttribution,
     HistoryAttribution,
@@ -23,7 +24,7 @@ from rayrec.explain import (
     feature_attribution,
     history_attribution,
 )
-from rayrec.features import build_observation, l2_normalize, popularity_feature, profile_vector
+from rayrec.features import FEATURE_NAMES, build_observation, l2_normalize, popularity_feature, profile_vector
 from rayrec.rerank import innermost_policy
 from rayrec.slate_policy import SlatePolicy
 
@@ -55,6 +56,23 @@ def trained_config(policy: SlatePolicy) -> ExportConfig | None:
     if scorer is not None and isinstance(policy, scorer.ExportedPolicy):
         return policy.config
     return None
+
+
+def check_servable(policy: SlatePolicy, spec: str) -> ExportConfig | None:
+    """:func:`trained_config`, after refusing a policy trained on the simulator's hidden state.
+
+    Raises:
+        ArtifactError: the policy reads :data:`rayrec.features.HIDDEN_FEATURE_NAMES`, which only a
+            simulator built with ``observe_hidden`` has.
+    """
+    config = trained_config(policy)
+    if config is not None and config.feature_names != FEATURE_NAMES:
+        hidden = [name for name in config.feature_names if name not in FEATURE_NAMES]
+        raise ArtifactError(
+            f"policy {spec} was trained on the simulator's hidden state {hidden}, which no server has: it is a "
+            f"diagnostic for `rayrec simulate --env observe_hidden={hidden}`, not a servable policy"
+        )
+    return config
 
 
 def budget_scale(policy: SlatePolicy) -> float:
@@ -494,8 +512,6 @@ def check_slate(slate, rows: int, num_candidates: int, k: int, name: str) -> Non
     elif not (np.isfinite(slate.scores).all() and np.isfinite(slate.propensities).all()):
         problem = "non-finite scores or propensities"
     if problem is not None:
-        from rayrec.errors import ArtifactError
-
         raise ArtifactError(f"policy {name} chose an invalid slate: {problem}")
 
 

@@ -125,6 +125,53 @@ def test_compare_run_again_reuses_finished_runs(compare_dir, capsys):
     assert after["methods"] == before["methods"]
 
 
+def test_compare_runs_puts_groups_of_runs_side_by_side_with_compares_statistics(
+    compare_dir, tmp_path, capsys
+):
+    """``python -m trainers.compare_runs``: the same means and paired difference as the compare, and a
+    clear error for groups that were not evaluated on the same test users."""
+    from trainers import compare_runs
+
+    summary = json.loads((compare_dir / "compare.json").read_text())
+    groups = [
+        "--group",
+        f"p={compare_dir / 'runs' / 'ppo'}",
+        "--group",
+        f"s={compare_dir / 'runs' / 'slateq'}",
+    ]
+    assert compare_runs.main(groups) == 0
+    out = capsys.readouterr().out
+    ppo, slateq = summary["methods"]["ppo"], summary["methods"]["slateq"]
+    assert out.startswith("32 test users")
+    assert f"| p | 1 | {ppo['mean']:.2f} [" in out and f"| s | 1 | {slateq['mean']:.2f} [" in out
+    assert f"- p - s (paired): {summary['differences']['ppo - slateq']['mean']:+.2f} [" in out
+    assert "Settings that differ: none" in out
+    other = tmp_path / "other"
+    other.mkdir()
+    record = json.loads((compare_dir / "runs" / "ppo" / "seed0.json").read_text())
+    (other / "seed0.json").write_text(json.dumps({**record, "test_seed": record["test_seed"] + 1}))
+    assert compare_runs.main([*groups[:2], "--group", f"o={other}"]) == 2
+    assert "different test users" in capsys.readouterr().err
+    assert compare_runs.main(groups[:2]) == 2
+    assert "at least twice" in capsys.readouterr().err
+
+
+def test_with_observe_hidden_every_policy_that_reads_the_features_sees_hidden_state(compare_dir):
+    from trainers.compare import summarize
+
+    records = {p: json.loads(p.read_text()) for p in (compare_dir / "runs").glob("*/seed0.json")}
+    methods, baselines = ["ppo", "slateq"], ["random", "linear-cem", "myopic-true"]
+    for env, readers in (
+        ([], {"myopic-true"}),
+        (["observe_hidden=true"], {"ppo", "slateq", "linear-cem", "myopic-true"}),
+    ):
+        cfg = CompareConfig(
+            out=str(compare_dir), methods=methods, baselines=baselines, env=env, bootstrap_reps=10
+        )
+        summary = summarize(cfg, records)
+        assert {name for name, m in summary["methods"].items() if m["hidden_state"]} == readers
+
+
 def test_a_record_or_checkpoint_of_other_settings_is_not_reused(tmp_path):
     from trainers.compare import SETTINGS_FILE, Job, _load_result, job_settings, train_config
 

@@ -11,7 +11,7 @@ import envs
 from envs.config import SlateEnvConfig
 from envs.simulator import dedupe_slates
 from rayrec.errors import ConfigError
-from rayrec.features import l2_normalize
+from rayrec.features import FEATURE_NAMES, HIDDEN_FEATURE_NAMES, feature_names, l2_normalize
 
 SMALL = {"num_items": 600, "num_topics": 6}
 
@@ -40,6 +40,47 @@ def test_registered_env_passes_the_gymnasium_checker():
     assert obs["candidates"].shape == (20, 32) and obs["features"].shape == (20, 3)
     assert isinstance(env.action_space, gym.spaces.MultiDiscrete)
     assert list(env.action_space.nvec) == [20] * 5
+
+
+@pytest.mark.filterwarnings("ignore:.*Box observation space m..imum value is .*infinity")  # the true logit
+def test_observe_hidden_appends_the_hidden_state_to_the_observable_features():
+    """The diagnostic columns are the simulator's own hidden state; the observable ones are unchanged."""
+    plain = envs.make_vector_env(SlateEnvConfig(**SMALL), num_envs=6)
+    hidden = envs.make_vector_env(SlateEnvConfig(**SMALL, observe_hidden=True), num_envs=6)
+    for env in (plain, hidden):
+        check_env(envs.make_env(env.config).unwrapped)
+    obs_plain, _ = plain.reset(seed=5)
+    obs, _ = hidden.reset(seed=5)
+    actions = np.tile(np.arange(5), (6, 1))
+    for _ in range(3):  # a few steps in: satisfaction and satiation have moved
+        obs_plain, *_ = plain.step(actions)
+        obs, *_ = hidden.step(actions)
+    assert hidden.single_observation_space.contains({key: value[0] for key, value in obs.items()})
+    assert obs["features"].shape == (6, 20, len(FEATURE_NAMES) + len(HIDDEN_FEATURE_NAMES))
+    np.testing.assert_array_equal(obs["features"][..., : len(FEATURE_NAMES)], obs_plain["features"])
+    sim = hidden.sim
+    items, users = sim.candidate_items, sim.users  # [B, K]
+    column = dict(zip(feature_names(HIDDEN_FEATURE_NAMES), np.moveaxis(obs["features"], -1, 0), strict=True))
+    np.testing.assert_allclose(
+        column["true_click_logit"],
+        sim.choice_model.item_logits(users.interest, items, sim.catalog, satiation=users.satiation),
+        rtol=1e-6,
+    )
+    np.testing.assert_array_equal(column["quality"], sim.catalog.quality[items])
+    np.testing.assert_array_equal(column["clickbait"], sim.catalog.clickbait[items])
+    np.testing.assert_array_equal(column["satisfaction"], np.repeat(users.satisfaction[:, None], 20, axis=1))
+    assert len(np.unique(users.satisfaction)) > 1
+    # An ablation: some of the hidden columns, always in HIDDEN_FEATURE_NAMES order.
+    some = envs.make_vector_env(
+        SlateEnvConfig(**SMALL, observe_hidden=["satisfaction", "quality"]), num_envs=6
+    )
+    assert some.config.observe_hidden == ("quality", "satisfaction")
+    obs_some, _ = some.reset(seed=5)
+    for _ in range(3):
+        obs_some, *_ = some.step(actions)
+    np.testing.assert_array_equal(obs_some["features"], obs["features"][..., [0, 1, 2, 4, 6]])
+    assert SlateEnvConfig(observe_hidden="all").observe_hidden == HIDDEN_FEATURE_NAMES
+    assert SlateEnvConfig(observe_hidden=False).observe_hidden == ()
 
 
 def test_keyword_arguments_reach_the_config():
@@ -213,6 +254,8 @@ def test_engagement_reward_is_the_clicked_items_quality():
         ({"candidates": "faiss-diverse", "category_quota": 0}, "category_quota"),
         ({"candidates": "faiss-diverse", "category_quota": 3}, "category_quota=3 over the catalog's 6"),
         ({"bogus": 1}, "unknown"),
+        ({"observe_hidden": ["quality", "mood"]}, r"observe_hidden: unknown \['mood'\]"),
+        ({"observe_hidden": 3}, "observe_hidden must be true, false, 'all' or names"),
     ],
 )
 def test_bad_config_is_a_config_error_at_construction(overrides, message):

@@ -17,6 +17,7 @@ from ray.rllib.core.rl_module.rl_module import RLModule
 from envs import make_vector_env
 from rayrec.cli import build_parser, main
 from rayrec.config import config_from_args
+from rayrec.features import FEATURE_NAMES, HIDDEN_FEATURE_NAMES, feature_names
 from rayrec.slate_scorer import load_exported_policy
 from trainers import policy as trainer
 from trainers import run_dir as layout
@@ -115,6 +116,30 @@ def test_resume_continues_and_refuses_another_configuration(run_dir, capsys):
     rows = [json.loads(line) for line in (run_dir / layout.PROGRESS_JSONL).read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [1.0, 2.0]
     assert (run_dir / layout.CHECKPOINT_DIR / "iter_00002").is_dir()
+
+
+def test_a_policy_trained_on_the_hidden_state_runs_only_where_the_simulator_provides_it(
+    ray_session, tmp_path, capsys
+):
+    """``--env observe_hidden=true``: the network and the export take the hidden columns; ``simulate``
+    runs the policy in such a simulator and refuses it, with the reason, in one without them."""
+    out = tmp_path / "privileged"
+    slate = TINY[:4]  # --num-candidates 10 --slate-size 3
+    quick = [*TINY[4:16], "--validate-every", "0", "--eval-users", "0"]  # TINY's batches and network
+    args = [*slate, *quick, "--env", "observe_hidden=true"]
+    assert main(["train-policy", "--out", str(out), "--iterations", "1", *args]) == 0
+    policy = load_exported_policy(str(out / layout.POLICY_DIR))
+    assert policy.config.feature_names == feature_names(HIDDEN_FEATURE_NAMES)
+    assert policy.config.scorer.num_features == len(FEATURE_NAMES) + len(HIDDEN_FEATURE_NAMES)
+    assert policy.config.metadata["env"]["observe_hidden"] == list(HIDDEN_FEATURE_NAMES)
+    report = tmp_path / "sim.json"
+    simulate = ["simulate", "--policy", str(out / layout.POLICY_DIR), "--users", "8", *slate]
+    assert main([*simulate, "--env", "observe_hidden=true", "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["policies"]
+    capsys.readouterr()
+    assert main(simulate) == 2
+    error = capsys.readouterr().err
+    assert "hidden state" in error and "observe_hidden=['true_click_logit', 'quality'" in error
 
 
 def test_bad_arguments_are_config_errors(tmp_path, capsys):

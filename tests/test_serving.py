@@ -567,3 +567,23 @@ def test_a_trained_arm_sees_the_budget_feature_of_its_session_step(small_index, 
     logged = {step: float(requests.loc[a.request_id, "budget"]) for step, a in answers}
     assert logged == {5: 0.75, 0: 1.0, 40: 0.0, 10: 0.5}  # the cold start: what the policy would have seen
     assert all(len(requests.loc[a.request_id, "candidate_ids"]) == 12 for _, a in answers[:3])
+
+
+def test_a_policy_trained_on_the_simulators_hidden_state_is_refused(small_index, tmp_path):
+    """``observe_hidden`` policies are diagnostics: the server has no hidden state to give them."""
+    from rayrec.features import HIDDEN_FEATURE_NAMES, feature_names
+    from rayrec.slate_scorer import ExportConfig, ScorerConfig, SlateScorer, save_exported_policy
+    from serving.app import resolve_config
+
+    index_dir, dim = small_index
+    names = feature_names(HIDDEN_FEATURE_NAMES)
+    scorer = ScorerConfig(dim=dim, num_features=len(names), hidden=8, attention_layers=0)
+    config = ExportConfig(
+        scorer=scorer, slate_size=3, num_candidates=NUM_CANDIDATES, feature_names=names, name="privileged"
+    )
+    policy = save_exported_policy(SlateScorer(scorer), config, str(tmp_path / "privileged"))
+    with pytest.raises(ArtifactError) as refused:
+        resolve_config(AppConfig(index=str(index_dir), arms=[f"a={policy}"], encoder=None))
+    message = str(refused.value)
+    assert "\n" not in message and "hidden state" in message and "satisfaction" in message
+    assert "rayrec simulate --env observe_hidden=" in message

@@ -39,6 +39,7 @@ from envs.spec import resolve_env_config
 from rayrec import storage
 from rayrec.config import add_config_args, save_config, to_plain
 from rayrec.errors import ArtifactError, RayrecError
+from rayrec.features import feature_names
 from rayrec.runtime import init_ray
 from rayrec.slate_scorer import ExportConfig, ScorerConfig, save_exported_policy
 from trainers.policy_config import TrainPolicyConfig
@@ -76,8 +77,13 @@ def train(
         return train_offline(cfg)
     env_config = resolve_env_config(cfg, user_split="train")  # validation and evaluation meet other users
     dim, num_candidates, slate_size = probe_env(env_config)
+    features = feature_names(env_config.observe_hidden)
     scorer_config = ScorerConfig(
-        dim=dim, hidden=cfg.hidden, attention_layers=cfg.attention_layers, attention_heads=cfg.attention_heads
+        dim=dim,
+        num_features=len(features),
+        hidden=cfg.hidden,
+        attention_layers=cfg.attention_layers,
+        attention_heads=cfg.attention_heads,
     )
     binding = run_binding(env_config, scorer_config) | {"algo": cfg.algo}
     check_run_binding(cfg.out, binding, cfg.resume)
@@ -103,6 +109,7 @@ def train(
                 num_candidates=num_candidates,
                 budget=env_config.budget,
                 name=cfg.policy_name,
+                feature_names=features,
                 choice_model=choice_model,
                 metadata={
                     "trainer": f"rllib-{cfg.algo}",
