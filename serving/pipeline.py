@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rayrec.baselines import LinearRankerPolicy
 from rayrec.errors import ArtifactError
 from rayrec.explain import (
     FeatureAttribution,
@@ -24,7 +25,14 @@ from rayrec.explain import (
     feature_attribution,
     history_attribution,
 )
-from rayrec.features import FEATURE_NAMES, build_observation, l2_normalize, popularity_feature, profile_vector
+from rayrec.features import (
+    FEATURE_NAMES,
+    NUM_FEATURES,
+    build_observation,
+    l2_normalize,
+    popularity_feature,
+    profile_vector,
+)
 from rayrec.rerank import innermost_policy
 from rayrec.slate_policy import SlatePolicy
 
@@ -63,16 +71,24 @@ def check_servable(policy: SlatePolicy, spec: str) -> ExportConfig | None:
 
     Raises:
         ArtifactError: the policy reads :data:`rayrec.features.HIDDEN_FEATURE_NAMES`, which only a
-            simulator built with ``observe_hidden`` has.
+            simulator built with ``observe_hidden`` has: an export that names them, or a linear ranker
+            with weights for more features than :data:`rayrec.features.FEATURE_NAMES`.
     """
     config = trained_config(policy)
+    inner = innermost_policy(policy)
     if config is not None and config.feature_names != FEATURE_NAMES:
-        hidden = [name for name in config.feature_names if name not in FEATURE_NAMES]
-        raise ArtifactError(
-            f"policy {spec} was trained on the simulator's hidden state {hidden}, which no server has: it is a "
-            f"diagnostic for `rayrec simulate --env observe_hidden={hidden}`, not a servable policy"
+        what = f"was trained on the simulator's hidden state {list(config.feature_names[NUM_FEATURES:])}"
+    elif isinstance(inner, LinearRankerPolicy) and len(inner.feature_weights) != NUM_FEATURES:
+        what = (
+            f"is a linear ranker with {len(inner.feature_weights)} feature weights where the server provides "
+            f"{NUM_FEATURES} {list(FEATURE_NAMES)} (one fitted with observe_hidden reads the hidden state)"
         )
-    return config
+    else:
+        return config
+    raise ArtifactError(
+        f"policy {spec} {what}, which no server has: it is a diagnostic for "
+        "`rayrec simulate --env observe_hidden=...`, not a servable policy"
+    )
 
 
 def budget_scale(policy: SlatePolicy) -> float:

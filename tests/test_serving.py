@@ -587,3 +587,17 @@ def test_a_policy_trained_on_the_simulators_hidden_state_is_refused(small_index,
     message = str(refused.value)
     assert "\n" not in message and "hidden state" in message and "satisfaction" in message
     assert "rayrec simulate --env observe_hidden=" in message
+    # A linear ranker fitted with observe_hidden: refused while the application is built, not at a request.
+    from rayrec.baselines import LinearRankerPolicy
+    from rayrec.features import NUM_FEATURES
+
+    weights = np.zeros(NUM_FEATURES + 1)
+    ranker = LinearRankerPolicy(weights, np.zeros(dim)).save(str(tmp_path / "linear-hidden"))
+    with pytest.raises(ArtifactError) as refused:
+        resolve_config(AppConfig(index=str(index_dir), arms=[f"a={ranker}"], encoder=None))
+    message = str(refused.value)
+    assert (
+        "\n" not in message
+        and "linear ranker with 4 feature weights" in message
+        and "not a servable" in message
+    )
