@@ -64,8 +64,9 @@ def hidden_feature_selection(value: object) -> tuple[str, ...]:
 
 
 def feature_names(hidden: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The per-candidate feature names of an observation: :data:`FEATURE_NAMES`, then the selected hidden ones."""
-    return (*FEATURE_NAMES, *hidden_feature_selection(list(hidden)))
+    """The per-candidate feature names of an observation: :data:`FEATURE_NAMES`, then ``hidden``, a selection
+    made by :func:`hidden_feature_selection` (``SlateEnvConfig.observe_hidden`` holds one)."""
+    return (*FEATURE_NAMES, *hidden)
 
 
 def is_simulation_feature_set(names: tuple[str, ...]) -> bool:
