@@ -75,6 +75,15 @@ def parse_rerank_spec(spec: str) -> RerankSpec | None:
     return RerankSpec(name=name, param=value, base=base)
 
 
+def innermost_spec(spec: str) -> str:
+    """The policy at the bottom of ``spec``'s re-rankers (``mmr:fair@2:greedy`` → ``greedy``); ``spec``
+    itself when it is no re-ranker spec. Bad parameters → ConfigError."""
+    wrapped = parse_rerank_spec(spec)
+    while wrapped is not None:
+        spec, wrapped = wrapped.base, parse_rerank_spec(wrapped.base)
+    return spec
+
+
 def needs_categories(spec: str) -> bool:
     """True when ``spec`` has a ``fair`` re-ranker at any depth (``fair:greedy``, ``mmr:fair@2:retrieval``):
     loading it needs the catalog's :class:`CategoryLookup`. Bad parameters → ConfigError."""

@@ -157,13 +157,21 @@ def test_compare_runs_puts_groups_of_runs_side_by_side_with_compares_statistics(
 
 
 def test_with_observe_hidden_every_policy_that_reads_the_features_sees_hidden_state(compare_dir):
+    """A re-ranker sees what its base sees."""
     from trainers.compare import summarize
 
     records = {p: json.loads(p.read_text()) for p in (compare_dir / "runs").glob("*/seed0.json")}
-    methods, baselines = ["ppo", "slateq"], ["random", "linear-cem", "myopic-true"]
+    random = next(r for r in records.values() if r["name"] == "random")
+    for wrapped in ("mmr:greedy", "fair@2:mmr:myopic-true", "mmr:random"):  # re-rankers around a base
+        records[compare_dir / wrapped] = {**random, "name": wrapped}
+    methods = ["ppo", "slateq"]
+    baselines = ["random", "linear-cem", "myopic-true", "mmr:greedy", "fair@2:mmr:myopic-true", "mmr:random"]
     for env, readers in (
-        ([], {"myopic-true"}),
-        (["observe_hidden=true"], {"ppo", "slateq", "linear-cem", "myopic-true"}),
+        ([], {"myopic-true", "fair@2:mmr:myopic-true"}),
+        (
+            ["observe_hidden=true"],
+            {"ppo", "slateq", "linear-cem", "myopic-true", "mmr:greedy", "fair@2:mmr:myopic-true"},
+        ),
     ):
         cfg = CompareConfig(
             out=str(compare_dir), methods=methods, baselines=baselines, env=env, bootstrap_reps=10

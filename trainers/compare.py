@@ -44,6 +44,7 @@ from envs.spec import SimulatorOptions, parse_overrides, resolve_env_config
 from rayrec.errors import ConfigError
 from rayrec.html_report import write_html_report
 from rayrec.metrics.beyond import TABLE_COLUMNS, table_cells, table_header
+from rayrec.rerank import innermost_spec
 from trainers.compare_config import BANDIT_SUFFIX, LINEAR, CompareConfig
 from trainers.compare_stats import bootstrap_intervals, curve_band
 
@@ -246,11 +247,13 @@ def summarize(cfg: CompareConfig, results: dict[str, dict[str, Any]]) -> dict[st
     primary = [m for m in cfg.methods if not m.endswith(BANDIT_SUFFIX)] or list(cfg.methods)
     pairs = [(m, other) for m in primary for other in names if other != m]
     stats = bootstrap_intervals(scores, pairs, reps=cfg.bootstrap_reps, seed=0)
-    # With observe_hidden every policy that reads all of the candidates' features reads the hidden state too.
+    # With observe_hidden every policy that reads all of the candidates' features reads the hidden state too,
+    # and so does a re-ranker around one (`mmr:greedy` ranks by greedy's scores).
     feature_readers = {*cfg.methods, LINEAR, "greedy"} if resolve_env_config(cfg).observe_hidden else set()
     for name, entry in stats["methods"].items():
         entry["kind"] = "learned" if name in cfg.methods else ("fitted" if name == LINEAR else "fixed")
-        entry["hidden_state"] = name in SIMULATION_POLICIES or name in feature_readers
+        base = innermost_spec(name)
+        entry["hidden_state"] = base in SIMULATION_POLICIES or base in feature_readers
         runs = sorted((r for r in results.values() if r["name"] == name), key=lambda r: r["seed"])
         entry["beyond_runs"] = [r["beyond"] for r in runs]
         entry["beyond"] = {
