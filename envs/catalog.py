@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rayrec.errors import ConfigError, DataError
-from rayrec.features import l2_normalize, popularity_feature
+from rayrec.features import l2_normalize, popularity_feature, rating_feature
 
 MIN_RATINGS_FOR_TRAITS = 5
 """Items with fewer logged ratings than this get neutral derived traits (quality 0.5, no clickbait)."""
@@ -25,6 +25,8 @@ class ItemCatalog:
         clickbait: [N] float32 in [0, 1], hidden: 1 for clickbait.
         quality: [N] float32 in [0, 1], hidden.
         categories: [N] str or None (for the category mix in calibration reports).
+        rating: [N] float32 :func:`rayrec.features.rating_feature` of the items' logged ratings (observed),
+            or None: only a simulator with ``observe_rating`` needs it (:func:`envs.factory.load_world`).
     """
 
     item_ids: np.ndarray
@@ -34,6 +36,7 @@ class ItemCatalog:
     clickbait: np.ndarray
     quality: np.ndarray
     categories: np.ndarray | None = None
+    rating: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.item_ids)
@@ -42,8 +45,10 @@ class ItemCatalog:
         for name in ("popularity_counts", "popularity", "clickbait", "quality"):
             if getattr(self, name).shape != (n,):
                 raise DataError(f"catalog: {name} {getattr(self, name).shape} must be [{n}]")
-        if self.categories is not None and self.categories.shape != (n,):
-            raise DataError(f"catalog: categories {self.categories.shape} must be [{n}]")
+        for name in ("categories", "rating"):
+            value = getattr(self, name)
+            if value is not None and value.shape != (n,):
+                raise DataError(f"catalog: {name} {value.shape} must be [{n}]")
         if n == 0:
             raise DataError("catalog: no items")
 
@@ -91,11 +96,37 @@ def synthetic_catalog(world) -> ItemCatalog:
     )
 
 
+def logged_rating_totals(
+    item_ids: np.ndarray, interactions
+) -> tuple[np.ndarray, np.ndarray, float, float] | None:
+    """``(count [N], total [N], low, high)``: each catalog item's number and sum of logged ratings, and the
+    log's lowest and highest rating (the arguments of :func:`rayrec.features.rating_feature`); None when the
+    log has no rating of a catalog item.
+
+    Args:
+        item_ids: [N] catalog item ids.
+        interactions: pa.Table with the data contract's columns.
+    """
+    events = np.asarray(interactions.column("event").to_numpy(zero_copy_only=False)).astype(str)
+    rated = events == "rating"
+    position = {item: i for i, item in enumerate(np.asarray(item_ids).astype(str))}
+    items = np.asarray(interactions.column("item_id").to_numpy(zero_copy_only=False)).astype(str)
+    idx = np.fromiter((position.get(i, -1) for i in items[rated]), dtype=np.int64, count=int(rated.sum()))
+    values = interactions.column("value").to_numpy(zero_copy_only=False)[rated].astype(np.float64)
+    keep = idx >= 0
+    if not keep.any():
+        return None
+    idx, values = idx[keep], values[keep]
+    count = np.bincount(idx, minlength=len(item_ids)).astype(np.float64)
+    total = np.bincount(idx, weights=values, minlength=len(item_ids))
+    return count, total, float(values.min()), float(values.max())
+
+
 def derived_traits(item_ids: np.ndarray, interactions) -> tuple[np.ndarray, np.ndarray]:
     """Quality and clickbait of items without those columns, derived from logged ratings.
 
-    - ``quality``: the item's mean rating, min-max scaled over the catalog's rated items, shrunk toward
-      0.5 with ``MIN_RATINGS_FOR_TRAITS`` pseudo-ratings (a few ratings say little).
+    - ``quality``: the item's mean rating, min-max scaled over the log's ratings and shrunk toward 0.5
+      (:func:`rayrec.features.rating_feature`; the observable ``item_rating`` is the same number).
     - ``clickbait``: 1 for "popular but disappointing" items — interaction count in the top half and
       quality in the bottom quarter of items with at least ``MIN_RATINGS_FOR_TRAITS`` ratings — the
       logged footprint of items that attract more than they satisfy.
@@ -110,24 +141,12 @@ def derived_traits(item_ids: np.ndarray, interactions) -> tuple[np.ndarray, np.n
         ([N] float32 quality, [N] float32 clickbait).
     """
     n = len(item_ids)
-    quality = np.full(n, 0.5, dtype=np.float32)
     clickbait = np.zeros(n, dtype=np.float32)
-    events = np.asarray(interactions.column("event").to_numpy(zero_copy_only=False)).astype(str)
-    rated = events == "rating"
-    if not rated.any():
-        return quality, clickbait
-    position = {item: i for i, item in enumerate(np.asarray(item_ids).astype(str))}
-    items = np.asarray(interactions.column("item_id").to_numpy(zero_copy_only=False)).astype(str)
-    idx = np.fromiter((position.get(i, -1) for i in items[rated]), dtype=np.int64, count=int(rated.sum()))
-    values = interactions.column("value").to_numpy(zero_copy_only=False)[rated].astype(np.float64)
-    keep = idx >= 0
-    idx, values = idx[keep], values[keep]
-    count = np.bincount(idx, minlength=n).astype(np.float64)
-    total = np.bincount(idx, weights=values, minlength=n)
-    low, high = values.min(), values.max()
-    scaled = (total - low * count) / max(high - low, 1e-9)  # sum of ratings scaled to [0, 1]
-    shrunk = (scaled + 0.5 * MIN_RATINGS_FOR_TRAITS) / (count + MIN_RATINGS_FOR_TRAITS)
-    quality = shrunk.astype(np.float32)
+    totals = logged_rating_totals(item_ids, interactions)
+    if totals is None:
+        return np.full(n, 0.5, dtype=np.float32), clickbait
+    quality = rating_feature(*totals)
+    count = totals[0]
     solid = count >= MIN_RATINGS_FOR_TRAITS
     if solid.sum() >= 4:
         popular = count >= np.median(count[solid])

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rayrec.errors import ConfigError
-from rayrec.features import hidden_feature_selection
+from rayrec.features import feature_names, hidden_feature_selection
 
 REWARD_NAMES = ("clicks", "engagement", "return", "watch")
 USER_SPLITS = ("all", "train", "validation", "test")
@@ -145,6 +145,17 @@ class SlateEnvConfig:
     cosine distance of its items, :func:`rayrec.metrics.beyond.intra_list_diversity`); 0 leaves the reward
     as it is. A policy trained with it learns to trade the reward for varied slates."""
 
+    # --- observation -------------------------------------------------------------------------------
+    observe_rating: bool = False
+    """Append :data:`rayrec.features.ITEM_RATING` to every candidate's features: the item's mean logged
+    rating, scaled and shrunk by :func:`rayrec.features.rating_feature`. The ratings come from the data's
+    ``interactions.parquet`` (``data_dir``), or for the built-in world from its own log of
+    ``rating_log_users`` users (:func:`rayrec.synth.behaviour.logged_ratings`). Any catalog with ratings has
+    this signal, but the server does not build it yet, so such a policy runs in simulation only."""
+    rating_log_users: int = 10_000
+    """Users in the built-in world's log that ``observe_rating`` reads (about 8 ratings each); fewer users,
+    sparser and noisier ratings."""
+
     # --- diagnostics -------------------------------------------------------------------------------
     observe_hidden: tuple[str, ...] = ()
     """Diagnostic, simulation only: hidden state appended to every candidate's features, some or all of
@@ -162,7 +173,14 @@ class SlateEnvConfig:
     def __post_init__(self) -> None:
         self.initial_satisfaction = tuple(float(v) for v in self.initial_satisfaction)  # type: ignore[assignment]
         problems: list[str] = []
-        for name in ("num_items", "num_topics", "num_candidates", "slate_size", "history_pool"):
+        for name in (
+            "num_items",
+            "num_topics",
+            "num_candidates",
+            "slate_size",
+            "history_pool",
+            "rating_log_users",
+        ):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
         if self.dim is not None and self.dim < 2:
@@ -176,6 +194,8 @@ class SlateEnvConfig:
             )
         if self.category_quota < 1:
             problems.append(f"category_quota must be >= 1 (got {self.category_quota})")
+        if not isinstance(self.observe_rating, bool):
+            problems.append(f"observe_rating must be true or false (got {self.observe_rating!r})")
         if self.candidates not in CANDIDATE_MODES:
             problems.append(f"candidates must be one of {CANDIDATE_MODES} (got {self.candidates!r})")
         if self.reward not in REWARD_NAMES:
@@ -227,6 +247,11 @@ class SlateEnvConfig:
             problems.append(f"user_split must be one of {USER_SPLITS} (got {self.user_split!r})")
         if problems:
             raise ConfigError("SlateEnvConfig: " + "; ".join(problems))
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The per-candidate feature names of this simulator's observation (:func:`rayrec.features.feature_names`)."""
+        return feature_names(self.observe_hidden, self.observe_rating)
 
     def replace(self, **changes: Any) -> SlateEnvConfig:
         """A copy with ``changes`` applied (validated again); unknown names → ConfigError."""

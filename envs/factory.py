@@ -6,6 +6,7 @@ envs over the same catalog; their arrays are made read-only so no env can change
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from envs.candidates import (
     RandomCandidates,
     RetrievalCandidates,
 )
-from envs.catalog import ItemCatalog, catalog_from_index, synthetic_catalog
+from envs.catalog import ItemCatalog, catalog_from_index, logged_rating_totals, synthetic_catalog
 from envs.choice import ChoiceModel, ConditionalLogitChoice
 from envs.config import SlateEnvConfig
 from envs.response import UserResponse
@@ -36,8 +37,10 @@ from envs.users import (
 from rayrec import storage
 from rayrec.data.io import read_interactions, read_items
 from rayrec.errors import ConfigError
+from rayrec.features import rating_feature
 from rayrec.index import ItemIndex
 from rayrec.synth import SyntheticWorld, WorldConfig, read_world_config
+from rayrec.synth.behaviour import logged_ratings
 
 DEFAULT_DIM = 32
 """Embedding dimension of the built-in synthetic world when ``dim`` is not given."""
@@ -144,6 +147,49 @@ def load_world(config: SlateEnvConfig) -> World:
     return _logged_world(config.index_dir, config.data_dir, config.history_length)
 
 
+@functools.lru_cache(maxsize=4)
+def _synthetic_rating(
+    num_items: int, num_topics: int, dim: int, clickbait_rate: float, seed: int, users: int
+) -> np.ndarray:
+    world = SyntheticWorld(
+        WorldConfig(
+            items=num_items, topics=num_topics, dim=dim, clickbait_rate=clickbait_rate, seed=seed, users=users
+        )
+    )
+    count, total, low, high = logged_ratings(world)
+    if not count.any():
+        raise ConfigError(f"observe_rating: the built-in world's log of {users} users has no rating")
+    rating = rating_feature(count, total, low, high)
+    rating.flags.writeable = False
+    return rating
+
+
+def observed_rating(config: SlateEnvConfig, world: World) -> np.ndarray:
+    """[N] float32 :func:`rayrec.features.rating_feature` of the world's logged ratings: the data's
+    ``interactions.parquet``, or the built-in world's own log of ``config.rating_log_users`` users."""
+    if world.interactions is not None:
+        totals = logged_rating_totals(world.catalog.item_ids, world.interactions)
+        if totals is None:
+            raise ConfigError(
+                f"observe_rating: the interactions at {config.data_dir} have no rating event of a catalog "
+                "item; set observe_rating=false or log ratings"
+            )
+        return rating_feature(*totals)
+    if world.synthetic is None:
+        raise ConfigError(
+            f"observe_rating: the index at {config.index_dir} carries no ratings; give the data_dir whose "
+            "interactions.parquet has them"
+        )
+    return _synthetic_rating(
+        config.num_items,
+        config.num_topics,
+        config.dim or DEFAULT_DIM,
+        config.clickbait_rate,
+        config.world_seed,
+        config.rating_log_users,
+    )
+
+
 def check_against_world(config: SlateEnvConfig, world: World) -> None:
     """Errors that need the catalog: K against its size, the requested dimension against the index's."""
     catalog = world.catalog
@@ -180,6 +226,8 @@ def build_simulator(
     world = load_world(config)
     check_against_world(config, world)
     catalog = world.catalog
+    if config.observe_rating:
+        catalog = dataclasses.replace(catalog, rating=observed_rating(config, world))
     choice = choice_model if choice_model is not None else ConditionalLogitChoice.from_config(config)
     sampler: UserSampler
     if world.histories is not None:

@@ -19,7 +19,7 @@ from envs.config import SlateEnvConfig
 from envs.response import UserResponse
 from envs.rewards import RewardFn, StepEvents
 from envs.users import UserSampler, UserState
-from rayrec.features import build_observation, feature_names
+from rayrec.features import FEATURE_NAMES, ITEM_RATING, NUM_FEATURES, build_observation
 
 INFO_KEYS = (
     "clicked",
@@ -33,13 +33,12 @@ INFO_KEYS = (
 """Per-step info keys (arrays over the batch in the vector env, scalars in the single env)."""
 
 
-def observation_space(num_candidates: int, dim: int, hidden: tuple[str, ...] = ()) -> spaces.Dict:
+def observation_space(num_candidates: int, dim: int, names: tuple[str, ...] = FEATURE_NAMES) -> spaces.Dict:
     """One user's observation space: :mod:`rayrec.features`'s contract with B dropped.
 
-    ``hidden``: the simulation-only columns (:data:`rayrec.features.HIDDEN_FEATURE_NAMES`) appended to the
-    features (``SlateEnvConfig.observe_hidden``).
+    ``names``: the per-candidate features (``SlateEnvConfig.feature_names``: :data:`rayrec.features.FEATURE_NAMES`,
+    and the appended ``item_rating`` and hidden columns the config asks for).
     """
-    names = feature_names(hidden)
     # retrieval_score is an inner product of unit vectors, the other observable features are in [0, 1];
     # the true click logit is unbounded.
     low = np.full((num_candidates, len(names)), -1.0, dtype=np.float32)
@@ -189,7 +188,7 @@ class SlateSimulator:
     def observation(self) -> dict[str, np.ndarray]:
         """The batched observation of :func:`rayrec.features.build_observation` for the current candidates.
 
-        With ``observe_hidden`` the features gain :meth:`hidden_features` (simulation only).
+        With ``observe_rating`` and ``observe_hidden`` the features gain :meth:`appended_features`.
         """
         obs = build_observation(
             profile=self.users.profile(),
@@ -199,17 +198,18 @@ class SlateSimulator:
             session_step=self.users.steps,
             budget=self.config.budget,
         )
-        if self.config.observe_hidden:
-            obs["features"] = np.concatenate(
-                [obs["features"], self.hidden_features(self.config.observe_hidden)], axis=-1
-            )
+        appended = self.config.feature_names[NUM_FEATURES:]
+        if appended:
+            obs["features"] = np.concatenate([obs["features"], self.appended_features(appended)], axis=-1)
         return obs
 
-    def hidden_features(self, names: tuple[str, ...]) -> np.ndarray:
-        """[B, K, len(names)] float32 hidden features (:data:`rayrec.features.HIDDEN_FEATURE_NAMES`) of the
-        current candidates, in the order of ``names``."""
+    def appended_features(self, names: tuple[str, ...]) -> np.ndarray:
+        """[B, K, len(names)] float32 features of the current candidates beyond :data:`rayrec.features.FEATURE_NAMES`,
+        in the order of ``names``: ``item_rating`` (the catalog's observed ratings) and the simulation-only
+        :data:`rayrec.features.HIDDEN_FEATURE_NAMES`."""
         items, users = self.candidate_items, self.users  # [B, K]
         columns = {
+            ITEM_RATING: lambda: self.catalog.rating[items],
             "true_click_logit": lambda: self.choice_model.item_logits(
                 users.interest, items, self.catalog, satiation=users.satiation
             ),

@@ -66,6 +66,10 @@ class SlateRecEnv(gym.Env):
     | ``features`` | ``(K, 3)`` | retrieval_score (profile · item), popularity (log-scaled, [0, 1]), retrieval_rank ([0, 1]) |
     | ``budget`` | ``(1,)`` | remaining session budget as a fraction of ``budget`` |
 
+    ``observe_rating=True`` appends ``item_rating`` to ``features`` (each candidate's mean logged rating,
+    :func:`rayrec.features.rating_feature`), and ``observe_hidden`` then appends the simulation-only hidden
+    columns: ``features`` is ``(K, len(config.feature_names))``.
+
     ## Rewards
 
     ``reward="clicks"`` (default): 1 per click. ``reward="engagement"``: the clicked item's hidden quality
@@ -130,7 +134,7 @@ class SlateRecEnv(gym.Env):
         self.render_mode = render_mode
         self.sim: SlateSimulator = build_simulator(self.config, batch=1, choice_model=choice_model)
         self.observation_space = observation_space(
-            self.config.num_candidates, self.sim.catalog.dim, self.config.observe_hidden
+            self.config.num_candidates, self.sim.catalog.dim, self.config.feature_names
         )
         self.action_space = action_space(self.config.num_candidates, self.config.slate_size)
 

@@ -49,7 +49,7 @@ class SlateRecVectorEnv(VectorEnv):
         self.render_mode = render_mode
         self.sim: SlateSimulator = build_simulator(self.config, batch=num_envs, choice_model=choice_model)
         self.single_observation_space = observation_space(
-            self.config.num_candidates, self.sim.catalog.dim, self.config.observe_hidden
+            self.config.num_candidates, self.sim.catalog.dim, self.config.feature_names
         )
         self.single_action_space = action_space(self.config.num_candidates, self.config.slate_size)
         self.observation_space = batch_space(self.single_observation_space, num_envs)

@@ -16,6 +16,11 @@ Observation (batched; B requests, K candidates, d embedding dims, F = len(FEATUR
 
 :func:`build_observation` assembles the whole observation; the simulator and the server both call it.
 
+Observable in principle, simulation only for now: a simulator built with ``observe_rating`` appends
+:data:`ITEM_RATING`, each candidate's mean logged rating (:func:`rating_feature`), after
+:data:`FEATURE_NAMES`. Every catalog with rating logs has it, but the server does not build it yet, so it
+refuses such a policy; the column measures in simulation what an item-quality signal is worth first.
+
 Simulation only: a simulator built with ``observe_hidden`` (:class:`envs.config.SlateEnvConfig`) appends some
 or all of :data:`HIDDEN_FEATURE_NAMES` to each candidate's features, the hidden state that ``planner`` and
 ``oracle`` read. A policy trained on them measures how much of a learner's gap to the planner is missing
@@ -32,6 +37,12 @@ Observation = dict[str, np.ndarray]
 
 FEATURE_NAMES = ("retrieval_score", "popularity", "retrieval_rank")
 NUM_FEATURES = len(FEATURE_NAMES)
+ITEM_RATING = "item_rating"
+"""The per-candidate column a simulator with ``observe_rating`` appends after :data:`FEATURE_NAMES`: the
+item's mean logged rating as :func:`rating_feature` scales and shrinks it."""
+RATING_PRIOR_COUNT = 5.0
+"""Pseudo-ratings at the middle of the scale that every item's mean rating is shrunk with: an item with a
+few ratings says little (the Bayesian average of the IMDb top list)."""
 HIDDEN_FEATURE_NAMES = ("true_click_logit", "quality", "clickbait", "satisfaction")
 """Per-candidate columns a simulator with ``observe_hidden`` appends after :data:`FEATURE_NAMES`: the true
 click logit of the candidate for this user now (choice model, interest and satiation), the item's hidden
@@ -63,16 +74,34 @@ def hidden_feature_selection(value: object) -> tuple[str, ...]:
     return tuple(name for name in HIDDEN_FEATURE_NAMES if name in names)
 
 
-def feature_names(hidden: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The per-candidate feature names of an observation: :data:`FEATURE_NAMES`, then ``hidden``, a selection
-    made by :func:`hidden_feature_selection` (``SlateEnvConfig.observe_hidden`` holds one)."""
-    return (*FEATURE_NAMES, *hidden)
+def feature_names(hidden: tuple[str, ...] = (), rating: bool = False) -> tuple[str, ...]:
+    """The per-candidate feature names of an observation: :data:`FEATURE_NAMES`, then :data:`ITEM_RATING`
+    with ``rating`` (``SlateEnvConfig.observe_rating``), then ``hidden``, a selection made by
+    :func:`hidden_feature_selection` (``SlateEnvConfig.observe_hidden`` holds one)."""
+    return (*FEATURE_NAMES, *((ITEM_RATING,) if rating else ()), *hidden)
 
 
 def is_simulation_feature_set(names: tuple[str, ...]) -> bool:
-    """Whether ``names`` is a feature set some simulator provides: :data:`FEATURE_NAMES`, then hidden ones."""
-    head, hidden = names[:NUM_FEATURES], names[NUM_FEATURES:]
-    return head == FEATURE_NAMES and hidden == tuple(n for n in HIDDEN_FEATURE_NAMES if n in hidden)
+    """Whether ``names`` is a feature set some simulator provides: :func:`feature_names` of some selection."""
+    rating = ITEM_RATING in names
+    hidden = names[NUM_FEATURES + rating :]
+    return names == feature_names(tuple(n for n in HIDDEN_FEATURE_NAMES if n in hidden), rating)
+
+
+def rating_feature(count: np.ndarray, total: np.ndarray, low: float, high: float) -> np.ndarray:
+    """[N] float32 in [0, 1]: each item's mean rating scaled to the log's scale and shrunk to its middle.
+
+    ``((total - low * count) / (high - low) + 0.5 * m) / (count + m)`` with m = :data:`RATING_PRIOR_COUNT`:
+    an unrated item gets 0.5, an item rated ``high`` a thousand times about 1.
+
+    Args:
+        count: [N] ratings per item.
+        total: [N] sum of each item's ratings.
+        low, high: the lowest and highest rating of the log (its scale).
+    """
+    count = np.asarray(count, dtype=np.float64)
+    scaled = (np.asarray(total, dtype=np.float64) - low * count) / max(high - low, 1e-9)  # [N] in [0, count]
+    return ((scaled + 0.5 * RATING_PRIOR_COUNT) / (count + RATING_PRIOR_COUNT)).astype(np.float32)
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1, eps: float = 1e-12) -> np.ndarray:

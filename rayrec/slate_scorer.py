@@ -28,7 +28,13 @@ from torch import nn
 from rayrec import plackett_luce, slate_q, storage
 from rayrec.click_logit import SlateClickModel
 from rayrec.errors import ArtifactError, ConfigError
-from rayrec.features import FEATURE_NAMES, NUM_FEATURES, is_simulation_feature_set
+from rayrec.features import (
+    FEATURE_NAMES,
+    HIDDEN_FEATURE_NAMES,
+    ITEM_RATING,
+    NUM_FEATURES,
+    is_simulation_feature_set,
+)
 from rayrec.slate_policy import Observation, Slate
 
 EXPORT_FORMAT = "rayrec-slate-policy"
@@ -145,7 +151,7 @@ class ExportConfig:
     """Name in logs, reports and the event log's ``policy`` column."""
     feature_names: tuple[str, ...] = FEATURE_NAMES
     """Per-candidate feature names, in order; at load time ``rayrec.features.FEATURE_NAMES``, or those and
-    the simulation-only ``HIDDEN_FEATURE_NAMES`` (a policy trained with ``observe_hidden``)."""
+    the simulator's appended ones (:func:`rayrec.features.feature_names`: ``observe_rating``, ``observe_hidden``)."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """Free-form provenance (training config, iterations, seed, final metrics)."""
     choice_model: SlateClickModel | None = None
@@ -213,10 +219,20 @@ class ExportedPolicy:
                 f"([B, K, d]): the index does not match the one the policy was trained with"
             )
         if feats != (*cand[:2], self.config.scorer.num_features):
-            hidden = list(self.config.feature_names[NUM_FEATURES:])
+            appended = list(self.config.feature_names[NUM_FEATURES:])
+            hidden = [name for name in appended if name in HIDDEN_FEATURE_NAMES]
+            flags = [
+                f
+                for f, on in (
+                    ("observe_rating=true", ITEM_RATING in appended),
+                    (f"observe_hidden={hidden}", hidden),
+                )
+                if on
+            ]
             hint = (
-                f": it was trained on the simulator's hidden state (run it in a simulator with observe_hidden={hidden})"
-                if hidden
+                f": it was trained with the appended features {appended} (run it in a simulator with "
+                f"{' and '.join(flags)})"
+                if appended
                 else ""
             )
             raise ArtifactError(

@@ -27,6 +27,7 @@ from rayrec.explain import (
 )
 from rayrec.features import (
     FEATURE_NAMES,
+    HIDDEN_FEATURE_NAMES,
     NUM_FEATURES,
     build_observation,
     l2_normalize,
@@ -67,28 +68,35 @@ def trained_config(policy: SlatePolicy) -> ExportConfig | None:
 
 
 def check_servable(policy: SlatePolicy, spec: str) -> ExportConfig | None:
-    """:func:`trained_config`, after refusing a policy trained on the simulator's hidden state.
+    """:func:`trained_config`, after refusing a policy that reads features this server does not build.
 
     Raises:
-        ArtifactError: the policy reads :data:`rayrec.features.HIDDEN_FEATURE_NAMES`, which only a
-            simulator built with ``observe_hidden`` has: an export that names them, or a linear ranker
-            with weights for more features than :data:`rayrec.features.FEATURE_NAMES`.
+        ArtifactError: the policy reads more than :data:`rayrec.features.FEATURE_NAMES`: the simulator's
+            hidden state (:data:`rayrec.features.HIDDEN_FEATURE_NAMES`, ``observe_hidden``), which no server
+            has, or :data:`rayrec.features.ITEM_RATING` (``observe_rating``), which this server does not
+            build yet; an export that names them, or a linear ranker with more feature weights.
     """
     config = trained_config(policy)
     inner = innermost_policy(policy)
     if config is not None and config.feature_names != FEATURE_NAMES:
-        what = f"was trained on the simulator's hidden state {list(config.feature_names[NUM_FEATURES:])}"
+        appended = config.feature_names[NUM_FEATURES:]
+        hidden = [name for name in appended if name in HIDDEN_FEATURE_NAMES]
+        what = (
+            f"was trained on the simulator's hidden state {hidden}, which no server has: it is a diagnostic "
+            "for `rayrec simulate --env observe_hidden=...`"
+            if hidden
+            else f"reads {list(appended)}, which this server does not build yet: run it with "
+            "`rayrec simulate --env observe_rating=true`"
+        )
     elif isinstance(inner, LinearRankerPolicy) and len(inner.feature_weights) != NUM_FEATURES:
         what = (
             f"is a linear ranker with {len(inner.feature_weights)} feature weights where the server provides "
-            f"{NUM_FEATURES} {list(FEATURE_NAMES)} (one fitted with observe_hidden reads the hidden state)"
+            f"{NUM_FEATURES} {list(FEATURE_NAMES)}: one fitted with observe_rating or observe_hidden runs in "
+            "`rayrec simulate` only"
         )
     else:
         return config
-    raise ArtifactError(
-        f"policy {spec} {what}, which no server has: it is a diagnostic for "
-        "`rayrec simulate --env observe_hidden=...`, not a servable policy"
-    )
+    raise ArtifactError(f"policy {spec} {what}, not a servable policy")
 
 
 def budget_scale(policy: SlatePolicy) -> float:

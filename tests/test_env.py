@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from gymnasium.utils.env_checker import check_env
 
@@ -11,7 +13,17 @@ import envs
 from envs.config import SlateEnvConfig
 from envs.simulator import dedupe_slates
 from rayrec.errors import ConfigError
-from rayrec.features import FEATURE_NAMES, HIDDEN_FEATURE_NAMES, feature_names, l2_normalize
+from rayrec.features import (
+    FEATURE_NAMES,
+    HIDDEN_FEATURE_NAMES,
+    ITEM_RATING,
+    NUM_FEATURES,
+    RATING_PRIOR_COUNT,
+    feature_names,
+    l2_normalize,
+    rating_feature,
+)
+from rayrec.synth import WorldConfig, write_world
 
 SMALL = {"num_items": 600, "num_topics": 6}
 
@@ -81,6 +93,74 @@ def test_observe_hidden_appends_the_hidden_state_to_the_observable_features():
     np.testing.assert_array_equal(obs_some["features"], obs["features"][..., [0, 1, 2, 4, 6]])
     assert SlateEnvConfig(observe_hidden="all").observe_hidden == HIDDEN_FEATURE_NAMES
     assert SlateEnvConfig(observe_hidden=False).observe_hidden == ()
+
+
+def test_observe_rating_appends_each_candidates_mean_logged_rating(tmp_path):
+    """``item_rating`` is the catalog's observed mean rating: the column sits between the observable
+    features and the hidden ones, it tracks the hidden quality it is evidence of, and the built-in world's
+    in-memory log gives exactly the ratings of the same world written to Parquet."""
+    plain = envs.make_vector_env(SlateEnvConfig(**SMALL), num_envs=6)
+    rated = envs.make_vector_env(SlateEnvConfig(**SMALL, observe_rating=True), num_envs=6)
+    both = envs.make_vector_env(
+        SlateEnvConfig(**SMALL, observe_rating=True, observe_hidden=["quality"]), num_envs=6
+    )
+    check_env(envs.make_env(rated.config).unwrapped)
+    actions = np.tile(np.arange(5), (6, 1))
+    obs_plain, obs, obs_both = (env.reset(seed=5)[0] for env in (plain, rated, both))
+    for _ in range(3):
+        obs_plain, obs, obs_both = (env.step(actions)[0] for env in (plain, rated, both))
+    assert rated.config.feature_names == (*FEATURE_NAMES, ITEM_RATING)
+    assert both.config.feature_names == (*FEATURE_NAMES, ITEM_RATING, "quality")
+    assert rated.single_observation_space.contains({key: value[0] for key, value in obs.items()})
+    np.testing.assert_array_equal(obs["features"][..., :NUM_FEATURES], obs_plain["features"])
+    sim = rated.sim
+    np.testing.assert_array_equal(obs["features"][..., NUM_FEATURES], sim.catalog.rating[sim.candidate_items])
+    np.testing.assert_array_equal(obs_both["features"][..., :-1], obs["features"])
+    rating, quality = sim.catalog.rating, sim.catalog.quality
+    rated_items = rating != 0.5
+    assert rated_items.mean() > 0.5  # most items are rated in the log of 10,000 users
+    assert np.corrcoef(rating[rated_items], quality[rated_items])[0, 1] > 0.5
+    assert plain.sim.catalog.rating is None  # computed only when asked for
+
+    world = WorldConfig(items=400, users=300, topics=4, dim=8, seed=3, clickbait_rate=0.2)
+    write_world(world, str(tmp_path / "world"))
+    on_disk = envs.make_vector_env(
+        SlateEnvConfig(data_dir=str(tmp_path / "world"), observe_rating=True, history_length=5), num_envs=2
+    )
+    in_memory = envs.make_vector_env(
+        SlateEnvConfig(
+            num_items=400, num_topics=4, dim=8, world_seed=3, rating_log_users=300, observe_rating=True
+        ),
+        num_envs=2,
+    )
+    np.testing.assert_array_equal(on_disk.sim.catalog.rating, in_memory.sim.catalog.rating)
+
+
+def test_rating_feature_is_the_shrunk_scaled_mean_rating():
+    count = np.array([0.0, 1.0, 1000.0, 4.0])
+    total = np.array([0.0, 5.0, 5000.0, 4.0])  # no rating; one 5; a thousand 5s; four 1s
+    got = rating_feature(count, total, low=1.0, high=5.0)
+    prior = RATING_PRIOR_COUNT
+    np.testing.assert_allclose(
+        got,
+        [0.5, (1 + 0.5 * prior) / (1 + prior), (1000 + 0.5 * prior) / 1005, 0.5 * prior / (4 + prior)],
+        rtol=1e-6,
+    )
+    assert got.dtype == np.float32
+
+
+def test_observe_rating_without_ratings_in_the_log_is_a_config_error(tmp_path):
+    world = WorldConfig(items=300, users=50, topics=4, dim=8, seed=1)
+    write_world(world, str(tmp_path / "world"))
+    clicks_only = tmp_path / "world" / "interactions.parquet"
+    table = pq.read_table(clicks_only)
+    pq.write_table(table.filter(pc.not_equal(table.column("event"), "rating")), clicks_only)
+    with pytest.raises(ConfigError, match=r"observe_rating: the interactions at .* have no rating event"):
+        envs.make_vector_env(
+            SlateEnvConfig(data_dir=str(tmp_path / "world"), observe_rating=True), num_envs=2
+        )
+    with pytest.raises(ConfigError, match="observe_rating must be true or false"):
+        SlateEnvConfig(observe_rating="yes")
 
 
 def test_keyword_arguments_reach_the_config():

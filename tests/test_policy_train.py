@@ -17,7 +17,7 @@ from ray.rllib.core.rl_module.rl_module import RLModule
 from envs import make_vector_env
 from rayrec.cli import build_parser, main
 from rayrec.config import config_from_args
-from rayrec.features import FEATURE_NAMES, HIDDEN_FEATURE_NAMES, feature_names
+from rayrec.features import FEATURE_NAMES, HIDDEN_FEATURE_NAMES, ITEM_RATING
 from rayrec.slate_scorer import load_exported_policy
 from trainers import policy as trainer
 from trainers import run_dir as layout
@@ -118,28 +118,35 @@ def test_resume_continues_and_refuses_another_configuration(run_dir, capsys):
     assert (run_dir / layout.CHECKPOINT_DIR / "iter_00002").is_dir()
 
 
-def test_a_policy_trained_on_the_hidden_state_runs_only_where_the_simulator_provides_it(
-    ray_session, tmp_path, capsys
+@pytest.mark.parametrize(
+    ("flag", "appended"),
+    [("observe_hidden=true", HIDDEN_FEATURE_NAMES), ("observe_rating=true", (ITEM_RATING,))],
+    ids=["hidden", "rating"],
+)
+def test_a_policy_trained_on_appended_features_runs_only_where_the_simulator_provides_them(
+    ray_session, tmp_path, capsys, flag, appended
 ):
-    """``--env observe_hidden=true``: the network and the export take the hidden columns; ``simulate``
-    runs the policy in such a simulator and refuses it, with the reason, in one without them."""
-    out = tmp_path / "privileged"
+    """``--env observe_hidden=true`` or ``observe_rating=true``: the network and the export take the
+    appended columns; ``simulate`` runs the policy in such a simulator and refuses it, with the reason, in
+    one without them."""
+    out = tmp_path / "appended"
     slate = TINY[:4]  # --num-candidates 10 --slate-size 3
     quick = [*TINY[4:16], "--validate-every", "0", "--eval-users", "0"]  # TINY's batches and network
-    args = [*slate, *quick, "--env", "observe_hidden=true"]
+    args = [*slate, *quick, "--env", flag]
     assert main(["train-policy", "--out", str(out), "--iterations", "1", *args]) == 0
     policy = load_exported_policy(str(out / layout.POLICY_DIR))
-    assert policy.config.feature_names == feature_names(HIDDEN_FEATURE_NAMES)
-    assert policy.config.scorer.num_features == len(FEATURE_NAMES) + len(HIDDEN_FEATURE_NAMES)
-    assert policy.config.metadata["env"]["observe_hidden"] == list(HIDDEN_FEATURE_NAMES)
+    assert policy.config.feature_names == (*FEATURE_NAMES, *appended)
+    assert policy.config.scorer.num_features == len(FEATURE_NAMES) + len(appended)
+    assert policy.config.metadata["env"][flag.split("=")[0]] in (True, list(appended))
     report = tmp_path / "sim.json"
     simulate = ["simulate", "--policy", str(out / layout.POLICY_DIR), "--users", "8", *slate]
-    assert main([*simulate, "--env", "observe_hidden=true", "--json", str(report)]) == 0
+    assert main([*simulate, "--env", flag, "--json", str(report)]) == 0
     assert json.loads(report.read_text())["policies"]
     capsys.readouterr()
     assert main(simulate) == 2
     error = capsys.readouterr().err
-    assert "hidden state" in error and "observe_hidden=['true_click_logit', 'quality'" in error
+    assert f"appended features {list(appended)}" in error
+    assert (flag if appended == (ITEM_RATING,) else f"observe_hidden={list(appended)}") in error
 
 
 def test_bad_arguments_are_config_errors(tmp_path, capsys):

@@ -569,35 +569,38 @@ def test_a_trained_arm_sees_the_budget_feature_of_its_session_step(small_index, 
     assert all(len(requests.loc[a.request_id, "candidate_ids"]) == 12 for _, a in answers[:3])
 
 
-def test_a_policy_trained_on_the_simulators_hidden_state_is_refused(small_index, tmp_path):
-    """``observe_hidden`` policies are diagnostics: the server has no hidden state to give them."""
-    from rayrec.features import HIDDEN_FEATURE_NAMES, feature_names
+def test_a_policy_reading_features_the_server_does_not_build_is_refused(small_index, tmp_path):
+    """``observe_hidden`` policies are diagnostics: the server has no hidden state to give them; an
+    ``observe_rating`` policy reads a column this server does not build yet. Either is refused while the
+    application is built, with the reason on one line."""
+    from rayrec.baselines import LinearRankerPolicy
+    from rayrec.features import HIDDEN_FEATURE_NAMES, NUM_FEATURES, feature_names
     from rayrec.slate_scorer import ExportConfig, ScorerConfig, SlateScorer, save_exported_policy
     from serving.app import resolve_config
 
     index_dir, dim = small_index
-    names = feature_names(HIDDEN_FEATURE_NAMES)
-    scorer = ScorerConfig(dim=dim, num_features=len(names), hidden=8, attention_layers=0)
-    config = ExportConfig(
-        scorer=scorer, slate_size=3, num_candidates=NUM_CANDIDATES, feature_names=names, name="privileged"
-    )
-    policy = save_exported_policy(SlateScorer(scorer), config, str(tmp_path / "privileged"))
-    with pytest.raises(ArtifactError) as refused:
-        resolve_config(AppConfig(index=str(index_dir), arms=[f"a={policy}"], encoder=None))
-    message = str(refused.value)
-    assert "\n" not in message and "hidden state" in message and "satisfaction" in message
-    assert "rayrec simulate --env observe_hidden=" in message
-    # A linear ranker fitted with observe_hidden: refused while the application is built, not at a request.
-    from rayrec.baselines import LinearRankerPolicy
-    from rayrec.features import NUM_FEATURES
 
-    weights = np.zeros(NUM_FEATURES + 1)
-    ranker = LinearRankerPolicy(weights, np.zeros(dim)).save(str(tmp_path / "linear-hidden"))
-    with pytest.raises(ArtifactError) as refused:
-        resolve_config(AppConfig(index=str(index_dir), arms=[f"a={ranker}"], encoder=None))
-    message = str(refused.value)
-    assert (
-        "\n" not in message
-        and "linear ranker with 4 feature weights" in message
-        and "not a servable" in message
-    )
+    def refusal(policy_dir: str) -> str:
+        with pytest.raises(ArtifactError) as refused:
+            resolve_config(AppConfig(index=str(index_dir), arms=[f"a={policy_dir}"], encoder=None))
+        assert "\n" not in str(refused.value)
+        return str(refused.value)
+
+    def exported(names: tuple[str, ...], name: str) -> str:
+        scorer = ScorerConfig(dim=dim, num_features=len(names), hidden=8, attention_layers=0)
+        config = ExportConfig(
+            scorer=scorer, slate_size=3, num_candidates=NUM_CANDIDATES, feature_names=names, name=name
+        )
+        return save_exported_policy(SlateScorer(scorer), config, str(tmp_path / name))
+
+    message = refusal(exported(feature_names(HIDDEN_FEATURE_NAMES), "privileged"))
+    assert "hidden state" in message and "satisfaction" in message
+    assert "rayrec simulate --env observe_hidden=" in message
+    # item_rating is observable, but this server does not build it: refused, and told where it runs.
+    message = refusal(exported(feature_names(rating=True), "rated"))
+    assert "['item_rating']" in message and "does not build yet" in message
+    assert "rayrec simulate --env observe_rating=true" in message
+    # A linear ranker fitted with an appended column.
+    ranker = LinearRankerPolicy(np.zeros(NUM_FEATURES + 1), np.zeros(dim)).save(str(tmp_path / "linear"))
+    message = refusal(ranker)
+    assert "linear ranker with 4 feature weights" in message and "not a servable" in message

@@ -33,7 +33,7 @@ from envs.spec import SimulatorOptions, resolve_env_config
 from rayrec.baselines import LinearRankerPolicy
 from rayrec.config import add_config_args, config_from_args, to_plain
 from rayrec.errors import ConfigError, RayrecError
-from rayrec.features import FEATURE_NAMES, feature_names
+from rayrec.features import FEATURE_NAMES
 
 TRAIN_SEED_OFFSET = 7_000_001
 """Seeds of the CEM's training users start here (validation and evaluation use ``1_000_003`` and up)."""
@@ -126,7 +126,7 @@ def fit_linear_ranker(
     if env_config.user_split in ("validation", "test"):
         raise ConfigError(f"the linear ranker is fitted on training users, not {env_config.user_split!r}")
     sim = build_simulator(env_config, batch=users)
-    num_features = len(feature_names(env_config.observe_hidden))
+    num_features = len(env_config.feature_names)
     dim = sim.catalog.dim
     start = np.zeros(num_features + dim)
     start[FEATURE_NAMES.index("retrieval_score")] = 1.0

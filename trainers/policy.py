@@ -39,7 +39,6 @@ from envs.spec import resolve_env_config
 from rayrec import storage
 from rayrec.config import add_config_args, save_config, to_plain
 from rayrec.errors import ArtifactError, RayrecError
-from rayrec.features import feature_names
 from rayrec.runtime import init_ray
 from rayrec.slate_scorer import ExportConfig, ScorerConfig, save_exported_policy
 from trainers.policy_config import TrainPolicyConfig
@@ -77,7 +76,7 @@ def train(
         return train_offline(cfg)
     env_config = resolve_env_config(cfg, user_split="train")  # validation and evaluation meet other users
     dim, num_candidates, slate_size = probe_env(env_config)
-    features = feature_names(env_config.observe_hidden)
+    features = env_config.feature_names
     scorer_config = ScorerConfig(
         dim=dim,
         num_features=len(features),

@@ -21,7 +21,6 @@ from envs.policies import make_policy
 from envs.rollout import evaluate_policy
 from envs.spec import users_used
 from rayrec.click_logit import SlateClickModel
-from rayrec.features import feature_names
 from rayrec.html_report import write_html_report
 from rayrec.metrics.beyond import Exposure
 from rayrec.metrics.session import (
@@ -61,7 +60,7 @@ def validation_return(
             slate_size=env_config.slate_size,
             num_candidates=env_config.num_candidates,
             budget=env_config.budget,
-            feature_names=feature_names(env_config.observe_hidden),
+            feature_names=env_config.feature_names,
             choice_model=choice_model,
         ),
     )

@@ -286,3 +286,24 @@ def simulate_block(
         clock[later] += rng.exponential(SESSION_GAP_MEAN_S, size=later.size).astype(np.int64)
 
     return log.events(first_user, mixtures)
+
+
+def logged_ratings(world: SyntheticWorld) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """``(count [N], total [N], low, high)``: each item's number and sum of ratings in the log of
+    ``world.config.users`` users, and the lowest and highest rating in it: the ratings
+    :func:`rayrec.synth.write_world` would write, without writing them (the same blocks, the same draws)."""
+    cfg = world.config
+    attributes = world.item_attributes(np.arange(cfg.items))
+    catalog = CatalogView(world, attributes)
+    sampler = CandidateSampler(attributes.topic, attributes.popularity, cfg.topics)
+    count, total = np.zeros(cfg.items), np.zeros(cfg.items)
+    low, high = np.inf, -np.inf
+    for block in range((cfg.users + USER_BLOCK - 1) // USER_BLOCK):
+        events = simulate_block(world, catalog, sampler, block)
+        rated = events.event == RATING
+        values = events.value[rated].astype(np.float64)
+        count += np.bincount(events.item[rated], minlength=cfg.items)
+        total += np.bincount(events.item[rated], weights=values, minlength=cfg.items)
+        if values.size:
+            low, high = min(low, values.min()), max(high, values.max())
+    return count, total, float(low), float(high)
