@@ -153,7 +153,7 @@ class SlateEnvConfig:
     ``rating_log_users`` users (:func:`rayrec.synth.behaviour.logged_ratings`). Any catalog with ratings has
     this signal, but the server does not build it yet, so such a policy runs in simulation only."""
     rating_log_users: int = 10_000
-    """Users in the built-in world's log that ``observe_rating`` reads (about 8 ratings each); fewer users,
+    """Users in the built-in world's log that ``observe_rating`` reads (about 6 ratings each); fewer users,
     sparser and noisier ratings."""
 
     # --- diagnostics -------------------------------------------------------------------------------
