@@ -10,7 +10,8 @@ from rayrec.errors import ConfigError, DataError
 from rayrec.features import l2_normalize, popularity_feature, rating_feature
 
 MIN_RATINGS_FOR_TRAITS = 5
-"""Items with fewer logged ratings than this get neutral derived traits (quality 0.5, no clickbait)."""
+"""Items with fewer logged ratings than this are never derived clickbait; their derived quality is their
+mean rating shrunk toward 0.5 like every item's (:func:`derived_traits`)."""
 
 
 @dataclass(frozen=True)
