@@ -164,17 +164,26 @@ def _synthetic_rating(
     return rating
 
 
+@functools.lru_cache(maxsize=4)
+def _logged_rating(index_dir: str | None, data_dir: str, history_length: int) -> np.ndarray:
+    world = _logged_world(index_dir, data_dir, history_length)
+    totals = logged_rating_totals(world.catalog.item_ids, world.interactions)
+    if totals is None:
+        raise ConfigError(
+            f"observe_rating: the interactions at {data_dir} have no rating event of a catalog item; set "
+            "observe_rating=false or log ratings"
+        )
+    rating = rating_feature(*totals)
+    rating.flags.writeable = False
+    return rating
+
+
 def observed_rating(config: SlateEnvConfig, world: World) -> np.ndarray:
     """[N] float32 :func:`rayrec.features.rating_feature` of the world's logged ratings: the data's
-    ``interactions.parquet``, or the built-in world's own log of ``config.rating_log_users`` users."""
+    ``interactions.parquet``, or the built-in world's own log of ``config.rating_log_users`` users (cached per
+    process, like the world, so the many simulators of one run compute it once)."""
     if world.interactions is not None:
-        totals = logged_rating_totals(world.catalog.item_ids, world.interactions)
-        if totals is None:
-            raise ConfigError(
-                f"observe_rating: the interactions at {config.data_dir} have no rating event of a catalog "
-                "item; set observe_rating=false or log ratings"
-            )
-        return rating_feature(*totals)
+        return _logged_rating(config.index_dir, config.data_dir, config.history_length)
     if world.synthetic is None:
         raise ConfigError(
             f"observe_rating: the index at {config.index_dir} carries no ratings; give the data_dir whose "

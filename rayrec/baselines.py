@@ -181,8 +181,9 @@ class LinearRankerPolicy(ScoringPolicy):
     cross-entropy method); the policy itself needs only the observation, so the server can run it.
 
     Args:
-        feature_weights: [F] weights of :data:`rayrec.features.FEATURE_NAMES` (and of the hidden features
-            when fitted in a simulator with ``observe_hidden``, a diagnostic the server cannot run).
+        feature_weights: [F] weights of :data:`rayrec.features.FEATURE_NAMES` (and of the appended columns
+            when fitted in a simulator with ``observe_rating`` or ``observe_hidden``, which the server does
+            not build).
         embedding_weights: [d] weights of the candidate embedding (empty: not used).
     """
 

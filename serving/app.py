@@ -431,8 +431,8 @@ def check_policies(config: AppConfig, index_dim: int) -> dict[str, int]:
     Raises:
         ArtifactError: a policy trained on another embedding dimension, or (from
             :func:`rayrec.slate_scorer.load_exported_policy`) on features other than
-            :data:`rayrec.features.FEATURE_NAMES`, or on the simulator's hidden state
-            (:func:`serving.pipeline.check_servable`); a ``fair`` re-ranker over an index without item
+            :data:`rayrec.features.FEATURE_NAMES`, or on columns the server does not build (the simulator's
+            hidden state, ``item_rating``: :func:`serving.pipeline.check_servable`); a ``fair`` re-ranker over an index without item
             categories (:func:`rayrec.rerank.index_category_lookup`).
     """
     trained: dict[str, int] = {}
