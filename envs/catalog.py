@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from rayrec.errors import ConfigError, DataError
-from rayrec.features import l2_normalize, popularity_feature, rating_feature
+from rayrec.features import l2_normalize, logged_rating_totals, popularity_feature, rating_feature
 
 MIN_RATINGS_FOR_TRAITS = 5
 """Items with fewer logged ratings than this are never derived clickbait; their derived quality is their
@@ -97,32 +97,6 @@ def synthetic_catalog(world) -> ItemCatalog:
     )
 
 
-def logged_rating_totals(
-    item_ids: np.ndarray, interactions
-) -> tuple[np.ndarray, np.ndarray, float, float] | None:
-    """``(count [N], total [N], low, high)``: each catalog item's number and sum of logged ratings, and the
-    log's lowest and highest rating (the arguments of :func:`rayrec.features.rating_feature`); None when the
-    log has no rating of a catalog item.
-
-    Args:
-        item_ids: [N] catalog item ids.
-        interactions: pa.Table with the data contract's columns.
-    """
-    events = np.asarray(interactions.column("event").to_numpy(zero_copy_only=False)).astype(str)
-    rated = events == "rating"
-    position = {item: i for i, item in enumerate(np.asarray(item_ids).astype(str))}
-    items = np.asarray(interactions.column("item_id").to_numpy(zero_copy_only=False)).astype(str)
-    idx = np.fromiter((position.get(i, -1) for i in items[rated]), dtype=np.int64, count=int(rated.sum()))
-    values = interactions.column("value").to_numpy(zero_copy_only=False)[rated].astype(np.float64)
-    keep = idx >= 0
-    if not keep.any():
-        return None
-    idx, values = idx[keep], values[keep]
-    count = np.bincount(idx, minlength=len(item_ids)).astype(np.float64)
-    total = np.bincount(idx, weights=values, minlength=len(item_ids))
-    return count, total, float(values.min()), float(values.max())
-
-
 def derived_traits(item_ids: np.ndarray, interactions) -> tuple[np.ndarray, np.ndarray]:
     """Quality and clickbait of items without those columns, derived from logged ratings.
 
@@ -190,7 +164,7 @@ def catalog_from_index(index, items=None, interactions=None) -> ItemCatalog:
         if "category" in names:
             cats = items.column("category").to_pylist()
             categories = np.asarray(["" if cats[r] is None else cats[r] for r in rows])
-    return ItemCatalog.build(
+    catalog = ItemCatalog.build(
         item_ids=item_ids,
         embeddings=np.asarray(index.embeddings, dtype=np.float32),
         popularity_counts=np.asarray(index.popularity, dtype=np.float64),
@@ -198,3 +172,5 @@ def catalog_from_index(index, items=None, interactions=None) -> ItemCatalog:
         quality=quality,
         categories=categories,
     )
+    rating = getattr(index, "rating", None)  # stored by `rayrec index build` from rated data
+    return catalog if rating is None else replace(catalog, rating=np.asarray(rating, np.float32))

@@ -149,9 +149,9 @@ class SlateEnvConfig:
     observe_rating: bool = False
     """Append :data:`rayrec.features.ITEM_RATING` to every candidate's features: the item's mean logged
     rating, scaled and shrunk by :func:`rayrec.features.rating_feature`. The ratings come from the data's
-    ``interactions.parquet`` (``data_dir``), or for the built-in world from its own log of
-    ``rating_log_users`` users (:func:`rayrec.synth.behaviour.logged_ratings`). Any catalog with ratings has
-    this signal, but the server does not build it yet, so such a policy runs in simulation only."""
+    ``interactions.parquet`` (``data_dir``), an index built from rated data (``index_dir`` alone), or for the
+    built-in world its own log of ``rating_log_users`` users (:func:`rayrec.synth.behaviour.logged_ratings`).
+    Any catalog with ratings has this signal; the server builds it over an index that stores it."""
     rating_log_users: int = 10_000
     """Users in the built-in world's log that ``observe_rating`` reads (about 6 ratings each); fewer users,
     sparser and noisier ratings."""

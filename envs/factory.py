@@ -19,7 +19,7 @@ from envs.candidates import (
     RandomCandidates,
     RetrievalCandidates,
 )
-from envs.catalog import ItemCatalog, catalog_from_index, logged_rating_totals, synthetic_catalog
+from envs.catalog import ItemCatalog, catalog_from_index, synthetic_catalog
 from envs.choice import ChoiceModel, ConditionalLogitChoice
 from envs.config import SlateEnvConfig
 from envs.response import UserResponse
@@ -37,7 +37,7 @@ from envs.users import (
 from rayrec import storage
 from rayrec.data.io import read_interactions, read_items
 from rayrec.errors import ConfigError
-from rayrec.features import rating_feature
+from rayrec.features import logged_rating_totals, rating_feature
 from rayrec.index import ItemIndex
 from rayrec.synth import SyntheticWorld, WorldConfig, read_world_config
 from rayrec.synth.behaviour import logged_ratings
@@ -180,14 +180,16 @@ def _logged_rating(index_dir: str | None, data_dir: str, history_length: int) ->
 
 def observed_rating(config: SlateEnvConfig, world: World) -> np.ndarray:
     """[N] float32 :func:`rayrec.features.rating_feature` of the world's logged ratings: the data's
-    ``interactions.parquet``, or the built-in world's own log of ``config.rating_log_users`` users (cached per
+    ``interactions.parquet``, the ones an index built from rated data stores, or the built-in world's own log of ``config.rating_log_users`` users (cached per
     process, like the world, so the many simulators of one run compute it once)."""
     if world.interactions is not None:
         return _logged_rating(config.index_dir, config.data_dir, config.history_length)
+    if world.catalog.rating is not None:  # an index built from rated data stores them
+        return world.catalog.rating
     if world.synthetic is None:
         raise ConfigError(
-            f"observe_rating: the index at {config.index_dir} carries no ratings; give the data_dir whose "
-            "interactions.parquet has them"
+            f"observe_rating: the index at {config.index_dir} carries no ratings (it was built from data "
+            "without rating events); give the data_dir whose interactions.parquet has them"
         )
     return _synthetic_rating(
         config.num_items,

@@ -17,7 +17,7 @@ import numpy as np
 from rayrec import storage
 from rayrec.click_logit import SlateClickModel
 from rayrec.errors import ArtifactError, ConfigError
-from rayrec.features import FEATURE_NAMES
+from rayrec.features import FEATURE_NAMES, is_simulation_feature_set
 from rayrec.slate_policy import Observation, Slate, SlatePolicy
 
 BASELINES = ("random", "retrieval", "greedy", "epsilon-greedy", "popularity")
@@ -181,18 +181,31 @@ class LinearRankerPolicy(ScoringPolicy):
     cross-entropy method); the policy itself needs only the observation, so the server can run it.
 
     Args:
-        feature_weights: [F] weights of :data:`rayrec.features.FEATURE_NAMES` (and of the appended columns
-            when fitted in a simulator with ``observe_rating`` or ``observe_hidden``, which the server does
-            not build).
+        feature_weights: [F] weights of the features ``feature_names``.
         embedding_weights: [d] weights of the candidate embedding (empty: not used).
+        feature_names: the F features the weights are for, in order: :data:`rayrec.features.FEATURE_NAMES`
+            (the default), or those and the columns a simulator with ``observe_rating`` or ``observe_hidden``
+            appends (:func:`rayrec.features.feature_names`).
     """
 
     def __init__(
-        self, feature_weights: np.ndarray, embedding_weights: np.ndarray, name: str = "linear-cem"
+        self,
+        feature_weights: np.ndarray,
+        embedding_weights: np.ndarray,
+        name: str = "linear-cem",
+        feature_names: tuple[str, ...] = FEATURE_NAMES,
     ) -> None:
         self.feature_weights = np.asarray(feature_weights, dtype=np.float32)
         self.embedding_weights = np.asarray(embedding_weights, dtype=np.float32)
         self.name = name
+        self.feature_names = tuple(feature_names)
+        if len(self.feature_names) != len(self.feature_weights) or not is_simulation_feature_set(
+            self.feature_names
+        ):
+            raise ConfigError(
+                f"policy {name!r}: {len(self.feature_weights)} feature weights for the features "
+                f"{list(self.feature_names)} (the names must be rayrec.features.feature_names of a selection)"
+            )
 
     @staticmethod
     def split(weights: np.ndarray, num_features: int) -> tuple[np.ndarray, np.ndarray]:
@@ -221,6 +234,7 @@ class LinearRankerPolicy(ScoringPolicy):
         record = {
             "format": "rayrec-linear-ranker",
             "name": self.name,
+            "feature_names": list(self.feature_names),
             "feature_weights": self.feature_weights.tolist(),
             "embedding_weights": self.embedding_weights.tolist(),
             "metadata": metadata or {},
@@ -230,11 +244,16 @@ class LinearRankerPolicy(ScoringPolicy):
 
     @classmethod
     def load(cls, uri: str) -> LinearRankerPolicy:
-        """The ranker saved under ``uri`` by :meth:`save`; a broken file → ArtifactError."""
+        """The ranker saved under ``uri`` by :meth:`save`; a broken file → ArtifactError.
+
+        A file without ``feature_names`` (written before they were recorded) holds weights of
+        :data:`rayrec.features.FEATURE_NAMES`.
+        """
         try:
             record = json.loads(storage.read_text(storage.join(uri, LINEAR_RANKER_FILE)))
-            return cls(record["feature_weights"], record["embedding_weights"], str(record["name"]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            names = tuple(record.get("feature_names", FEATURE_NAMES))
+            return cls(record["feature_weights"], record["embedding_weights"], str(record["name"]), names)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, ConfigError) as exc:
             raise ArtifactError(f"{uri}: invalid {LINEAR_RANKER_FILE} ({exc})") from None
 
 

@@ -120,8 +120,9 @@ class FeatureAttribution:
     """Per-feature contributions to a ranker's scores of the shown items.
 
     Attributes:
-        names: the credited inputs (:data:`rayrec.features.FEATURE_NAMES`, plus ``embedding`` for a click
-            model with embedding weights; empty for ``random``).
+        names: the credited inputs (the policy's features, :data:`rayrec.features.FEATURE_NAMES` and
+            ``item_rating`` where it reads it, plus ``embedding`` for a click model with embedding weights;
+            empty for ``random``).
         values: [B, k, len(names)] contribution of each input to each shown item's score.
         base: [B, k] the rest: ``score == base + values.sum(-1)``.
         method: ``linear`` (exact terms), ``shapley`` (exact Shapley values, all coalitions) or ``none``.
@@ -175,7 +176,9 @@ def _feature_attribution(policy: SlatePolicy, obs: Observation, indices: np.ndar
     if isinstance(policy, RandomPolicy) or not callable(getattr(policy, "scores", None)):
         zeros = np.zeros(indices.shape, dtype=np.float32)
         return FeatureAttribution((), np.zeros((*indices.shape, 0), np.float32), zeros, "none")
-    return shapley_features(policy.scores, obs, indices)
+    from rayrec.rerank import policy_feature_names
+
+    return shapley_features(policy.scores, obs, indices, policy_feature_names(policy))
 
 
 def _linear(
@@ -190,7 +193,9 @@ def _linear(
     return FeatureAttribution(names, values.astype(np.float32), base, "linear")
 
 
-def shapley_features(scores, obs: Observation, indices: np.ndarray) -> FeatureAttribution:
+def shapley_features(
+    scores, obs: Observation, indices: np.ndarray, names: tuple[str, ...] = FEATURE_NAMES
+) -> FeatureAttribution:
     """Exact Shapley values of the F per-candidate features for the scores of the shown candidates.
 
     The game: a coalition S of features keeps their observed values for every candidate; a feature out
@@ -201,9 +206,12 @@ def shapley_features(scores, obs: Observation, indices: np.ndarray) -> FeatureAt
         scores: ``scores(obs) -> [B, K]`` (the policy's candidate scores).
         obs: [B]-batched observation.
         indices: [B, k] the shown candidates.
+        names: the F features' names (a policy's :func:`rayrec.rerank.policy_feature_names`).
     """
     features = np.asarray(obs["features"], dtype=np.float32)  # [B, K, F]
     batch, _, num = features.shape
+    if len(names) != num:
+        raise ValueError(f"shapley_features: {len(names)} names {list(names)} for {num} features")
     if num > MAX_SHAPLEY_FEATURES:
         from rayrec.errors import ConfigError
 
@@ -236,7 +244,7 @@ def shapley_features(scores, obs: Observation, indices: np.ndarray) -> FeatureAt
             )
             phi[..., f] += weight * gain
     base = values[row[(0,) * num]]  # [B, k]
-    return FeatureAttribution(FEATURE_NAMES[:num], phi.astype(np.float32), base.astype(np.float32), "shapley")
+    return FeatureAttribution(tuple(names), phi.astype(np.float32), base.astype(np.float32), "shapley")
 
 
 def explanation(

@@ -16,10 +16,11 @@ Observation (batched; B requests, K candidates, d embedding dims, F = len(FEATUR
 
 :func:`build_observation` assembles the whole observation; the simulator and the server both call it.
 
-Observable in principle, simulation only for now: a simulator built with ``observe_rating`` appends
-:data:`ITEM_RATING`, each candidate's mean logged rating (:func:`rating_feature`), after
-:data:`FEATURE_NAMES`. Every catalog with rating logs has it, but the server does not build it yet, so it
-refuses such a policy; the column measures in simulation what an item-quality signal is worth first.
+Observable where the logs have ratings: :data:`ITEM_RATING`, each candidate's mean logged rating
+(:func:`rating_feature` of :func:`logged_rating_totals`), after :data:`FEATURE_NAMES`. A simulator built
+with ``observe_rating`` appends it; an item index built from data with rating events stores it per item
+(``rayrec index build``), and a server over such an index builds it for the policies that read it and logs
+it with every request (:func:`select_features` gives each reader the columns it reads).
 
 Simulation only: a simulator built with ``observe_hidden`` (:class:`envs.config.SlateEnvConfig`) appends some
 or all of :data:`HIDDEN_FEATURE_NAMES` to each candidate's features, the hidden state that ``planner`` and
@@ -86,6 +87,49 @@ def is_simulation_feature_set(names: tuple[str, ...]) -> bool:
     rating = ITEM_RATING in names
     hidden = names[NUM_FEATURES + rating :]
     return names == feature_names(tuple(n for n in HIDDEN_FEATURE_NAMES if n in hidden), rating)
+
+
+def select_features(features: np.ndarray, have: tuple[str, ...], want: tuple[str, ...]) -> np.ndarray:
+    """The columns ``want`` of ``features`` [..., len(have)], whose columns are named ``have``: [..., len(want)].
+
+    A server over a rated index logs :data:`ITEM_RATING` with every request, and each policy reads the
+    columns it was trained on; selecting by name (not by width) keeps a column from being read as another.
+
+    Raises:
+        ConfigError: ``want`` names a column that ``have`` lacks.
+    """
+    if want == have:
+        return features
+    missing = [name for name in want if name not in have]
+    if missing:
+        raise ConfigError(f"the observation lacks the features {missing} (it has {list(have)})")
+    return features[..., [have.index(name) for name in want]]
+
+
+def logged_rating_totals(
+    item_ids: np.ndarray, interactions
+) -> tuple[np.ndarray, np.ndarray, float, float] | None:
+    """``(count [N], total [N], low, high)``: each item's number and sum of logged ratings, and the log's
+    lowest and highest rating (the arguments of :func:`rating_feature`); None when the log has no rating of
+    one of ``item_ids``.
+
+    Args:
+        item_ids: [N] item ids (a catalog's or an index's).
+        interactions: pa.Table with the data contract's ``item_id``, ``event`` and ``value`` columns.
+    """
+    events = np.asarray(interactions.column("event").to_numpy(zero_copy_only=False)).astype(str)
+    rated = events == "rating"
+    position = {item: i for i, item in enumerate(np.asarray(item_ids).astype(str))}
+    items = np.asarray(interactions.column("item_id").to_numpy(zero_copy_only=False)).astype(str)
+    idx = np.fromiter((position.get(i, -1) for i in items[rated]), dtype=np.int64, count=int(rated.sum()))
+    values = interactions.column("value").to_numpy(zero_copy_only=False)[rated].astype(np.float64)
+    keep = idx >= 0
+    if not keep.any():
+        return None
+    idx, values = idx[keep], values[keep]
+    count = np.bincount(idx, minlength=len(item_ids)).astype(np.float64)
+    total = np.bincount(idx, weights=values, minlength=len(item_ids))
+    return count, total, float(values.min()), float(values.max())
 
 
 def rating_feature(count: np.ndarray, total: np.ndarray, low: float, high: float) -> np.ndarray:

@@ -31,6 +31,7 @@ import numpy as np
 
 from rayrec.baselines import load_policy, one_hot_marginals
 from rayrec.errors import ArtifactError, ConfigError
+from rayrec.features import FEATURE_NAMES
 from rayrec.metrics.beyond import encode_categories
 from rayrec.slate_policy import Observation, Slate, SlatePolicy
 
@@ -281,6 +282,13 @@ def innermost_policy(policy: SlatePolicy) -> SlatePolicy:
     while isinstance(policy, _Reranker):
         policy = policy.base
     return policy
+
+
+def policy_feature_names(policy: SlatePolicy) -> tuple[str, ...]:
+    """The per-candidate features ``policy`` reads, in order: a trained policy's or a fitted linear ranker's
+    ``feature_names``, :data:`rayrec.features.FEATURE_NAMES` for every other baseline (a re-ranker reads
+    what the policy it wraps reads). Give it ``select_features(features, have, this)``."""
+    return getattr(innermost_policy(policy), "feature_names", FEATURE_NAMES)
 
 
 def make_reranker(spec: RerankSpec, base: SlatePolicy, lookup: CategoryLookup | None = None) -> SlatePolicy:

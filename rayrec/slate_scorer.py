@@ -206,6 +206,11 @@ class ExportedPolicy:
                 f"policy {config.name!r} is a SlateQ policy (greedy slates of item values): it has no sampled mode"
             )
 
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The per-candidate features the policy reads, in order (its export's)."""
+        return self.config.feature_names
+
     def check_observation(self, obs: Observation, slate_size: int) -> None:
         """Clear errors for an observation the policy cannot score (wrong keys, dimension or slate size)."""
         missing = [key for key in OBS_KEYS if key not in obs]

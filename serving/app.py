@@ -47,6 +47,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from rayrec.assignment import assign_arm
 from rayrec.errors import ArtifactError, ConfigError
 from rayrec.index import ItemIndex
+from rayrec.index.item_index import index_has_ratings
 from rayrec.privacy import Pseudonymizer, key_id, load_key, resolve_key_source
 from rayrec.rerank import load_policy_for_index
 from serving.api import (
@@ -421,9 +422,10 @@ def check_user_model(config: AppConfig) -> UserModel | None:
     return user_model
 
 
-def check_policies(config: AppConfig, index_dim: int) -> dict[str, int]:
+def check_policies(config: AppConfig, index_dim: int, rated_index: bool) -> dict[str, int]:
     """Load every arm's policy once, so that a typo or a policy trained for another index or feature set
-    fails while the application is built, before anything is deployed.
+    fails while the application is built, before anything is deployed. ``rated_index``: the index stores
+    each item's ``item_rating`` (:func:`rayrec.index.item_index.index_has_ratings`).
 
     Returns:
         arm name → K its trained policy was trained with (baselines, which take any K, are left out).
@@ -432,12 +434,12 @@ def check_policies(config: AppConfig, index_dim: int) -> dict[str, int]:
         ArtifactError: a policy trained on another embedding dimension, or (from
             :func:`rayrec.slate_scorer.load_exported_policy`) on features other than
             :data:`rayrec.features.FEATURE_NAMES`, or on columns the server does not build (the simulator's
-            hidden state, ``item_rating``: :func:`serving.pipeline.check_servable`); a ``fair`` re-ranker over an index without item
-            categories (:func:`rayrec.rerank.index_category_lookup`).
+            hidden state; ``item_rating`` from an index without ratings: :func:`serving.pipeline.check_servable`);
+            a ``fair`` re-ranker over an index without item categories (:func:`rayrec.rerank.index_category_lookup`).
     """
     trained: dict[str, int] = {}
     for arm in config.parsed_arms():
-        export = check_servable(load_policy_for_index(arm.policy, config.index), arm.policy)
+        export = check_servable(load_policy_for_index(arm.policy, config.index), arm.policy, rated_index)
         if export is None:
             continue  # a baseline: any index, any K
         if export.scorer.dim != index_dim:
@@ -464,7 +466,8 @@ def resolve_config(config: AppConfig) -> tuple[AppConfig, str | None, int]:
     key_source = resolve_key_source(config.pseudonym_key)
     load_key(key_source, create=True)
     config = dataclasses.replace(config, pseudonym_key=key_source)
-    return config.with_num_candidates(check_policies(config, dim)), encoder_name, dim
+    rated = index_has_ratings(read_index_manifest(config.index))
+    return config.with_num_candidates(check_policies(config, dim, rated)), encoder_name, dim
 
 
 def build_app_from_config(config: AppConfig) -> serve.Application:

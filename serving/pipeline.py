@@ -26,15 +26,17 @@ from rayrec.explain import (
     history_attribution,
 )
 from rayrec.features import (
-    FEATURE_NAMES,
     HIDDEN_FEATURE_NAMES,
+    ITEM_RATING,
     NUM_FEATURES,
     build_observation,
+    feature_names,
     l2_normalize,
     popularity_feature,
     profile_vector,
+    select_features,
 )
-from rayrec.rerank import innermost_policy
+from rayrec.rerank import innermost_policy, policy_feature_names
 from rayrec.slate_policy import SlatePolicy
 
 if TYPE_CHECKING:
@@ -67,32 +69,39 @@ def trained_config(policy: SlatePolicy) -> ExportConfig | None:
     return None
 
 
-def check_servable(policy: SlatePolicy, spec: str) -> ExportConfig | None:
+def served_feature_names(rated_index: bool) -> tuple[str, ...]:
+    """The per-candidate features a server builds and logs: :data:`rayrec.features.FEATURE_NAMES`, and
+    :data:`rayrec.features.ITEM_RATING` over an index that stores each item's rating
+    (:func:`rayrec.index.item_index.index_has_ratings`)."""
+    return feature_names(rating=rated_index)
+
+
+def check_servable(policy: SlatePolicy, spec: str, rated_index: bool) -> ExportConfig | None:
     """:func:`trained_config`, after refusing a policy that reads features this server does not build.
 
+    Args:
+        rated_index: the served index stores each item's ``item_rating``.
+
     Raises:
-        ArtifactError: the policy reads more than :data:`rayrec.features.FEATURE_NAMES`: the simulator's
-            hidden state (:data:`rayrec.features.HIDDEN_FEATURE_NAMES`, ``observe_hidden``), which no server
-            has, or :data:`rayrec.features.ITEM_RATING` (``observe_rating``), which this server does not
-            build yet; an export that names them, or a linear ranker with more feature weights.
+        ArtifactError: the policy (an export or a fitted linear ranker, :func:`rayrec.rerank.policy_feature_names`)
+            reads the simulator's hidden state (:data:`rayrec.features.HIDDEN_FEATURE_NAMES`,
+            ``observe_hidden``), which no server has, or :data:`rayrec.features.ITEM_RATING`
+            (``observe_rating``) from an index that does not store it.
     """
     config = trained_config(policy)
-    inner = innermost_policy(policy)
-    if config is not None and config.feature_names != FEATURE_NAMES:
-        appended = config.feature_names[NUM_FEATURES:]
-        hidden = [name for name in appended if name in HIDDEN_FEATURE_NAMES]
+    names = policy_feature_names(policy)
+    appended = names[NUM_FEATURES:]
+    hidden = [name for name in appended if name in HIDDEN_FEATURE_NAMES]
+    kind = "a linear ranker" if isinstance(innermost_policy(policy), LinearRankerPolicy) else "trained"
+    if hidden:
         what = (
-            f"was trained on the simulator's hidden state {hidden}, which no server has: it is a diagnostic "
-            "for `rayrec simulate --env observe_hidden=...`"
-            if hidden
-            else f"reads {list(appended)}, which this server does not build yet: run it with "
-            "`rayrec simulate --env observe_rating=true`"
+            f"is {kind} on the simulator's hidden state {hidden}, which no server has: it is a diagnostic for "
+            "`rayrec simulate --env observe_hidden=...`"
         )
-    elif isinstance(inner, LinearRankerPolicy) and len(inner.feature_weights) != NUM_FEATURES:
+    elif ITEM_RATING in appended and not rated_index:
         what = (
-            f"is a linear ranker with {len(inner.feature_weights)} feature weights where the server provides "
-            f"{NUM_FEATURES} {list(FEATURE_NAMES)}: one fitted with observe_rating or observe_hidden runs in "
-            "`rayrec simulate` only"
+            f"reads {ITEM_RATING!r}, which this index does not store: build the index (`rayrec index build`) "
+            "from data whose interactions.parquet has rating events"
         )
     else:
         return config
@@ -217,6 +226,7 @@ class Candidates:
         scores: [K] float32 retrieval scores (inner product with the profile).
         popularity: [K] float32 :func:`rayrec.features.popularity_feature` of each candidate.
         profile: [d] float32 the user's profile.
+        rating: [K] float32 each candidate's ``item_rating``, or None from an index without ratings.
         unknown: history ids that were not in the catalog.
         cold_start: True when the candidates are the popular-diverse fallback, in display order.
         session_step: requests already answered in this user's session.
@@ -241,6 +251,7 @@ class Candidates:
     history_ids: tuple[str, ...] = ()
     attribution: HistoryAttribution | None = None
     has_query: bool = False
+    rating: np.ndarray | None = None
 
 
 class Retrieval:
@@ -262,6 +273,7 @@ class Retrieval:
         self.version = index_version(index)
         self.num_candidates = min(num_candidates, len(index.item_ids))
         self.popularity = popularity_feature(index.popularity)  # [N]
+        self.rating = index.rating  # [N] or None
         self.fallback = popular_diverse(index, fallback_size)  # [n]
 
     def context(
@@ -323,6 +335,7 @@ class Retrieval:
             scores=scores.astype(np.float32),
             popularity=self.popularity[rows],
             profile=context.profile,
+            rating=None if self.rating is None else self.rating[rows],
             unknown=context.unknown,
             cold_start=cold_start,
             session_step=context.session_step,
@@ -342,7 +355,8 @@ class Ranked:
         unknown: history ids that were not in the catalog.
         cold_start: True when the popular-diverse fallback answered.
         candidate_ids: [K] the candidates the slate was chosen from, in retrieval order.
-        features: [K, F] float32 their :func:`rayrec.features.candidate_features`.
+        features: [K, F] float32 their features (:func:`served_feature_names`: with ``item_rating`` over a
+            rated index, whatever the policy reads).
         profile: [d] float32 the user's profile.
         budget: the observation's ``budget`` feature (:func:`rayrec.features.budget_feature` of the
             request's session step on the arm's policy's scale).
@@ -409,10 +423,12 @@ class Ranked:
         }
 
 
-def observe(batch: list[Candidates], budget: float) -> dict[str, np.ndarray]:
+def observe(batch: list[Candidates], budget: float) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
     """The observation of requests with the same K: :func:`rayrec.features.build_observation` (the
-    simulator's function), with each request's session step on the policy's ``budget`` scale."""
-    return build_observation(
+    simulator's function), with each request's session step on the policy's ``budget`` scale, and
+    ``item_rating`` appended when every request's candidates have one (a rated index); with the names of its
+    features (:func:`served_feature_names`)."""
+    obs = build_observation(
         np.stack([c.profile for c in batch]),  # [B, d]
         np.stack([c.embeddings for c in batch]),  # [B, K, d]
         np.stack([c.scores for c in batch]),  # [B, K]
@@ -420,6 +436,11 @@ def observe(batch: list[Candidates], budget: float) -> dict[str, np.ndarray]:
         np.array([c.session_step for c in batch], dtype=np.int64),  # [B]
         budget,
     )
+    rated = all(c.rating is not None for c in batch)
+    if rated:
+        rating = np.stack([c.rating for c in batch])[..., None]  # [B, K, 1]
+        obs["features"] = np.concatenate([obs["features"], rating.astype(np.float32)], axis=-1)
+    return obs, served_feature_names(rated)
 
 
 def rank(
@@ -444,7 +465,7 @@ def rank(
         if len(cands.item_ids) and not cands.cold_start:
             groups.setdefault((len(cands.item_ids), min(k, len(cands.item_ids))), []).append(i)
             continue
-        obs = observe([cands], scale)
+        obs, _ = observe([cands], scale)
         n = min(k, len(cands.item_ids))  # 0 for an empty candidate list
         out[i] = Ranked(
             [str(x) for x in cands.item_ids[:n]],
@@ -463,15 +484,17 @@ def rank(
         )
     for (num_candidates, k), rows in groups.items():
         batch = [requests[i][0] for i in rows]
-        obs = observe(batch, scale)
-        slate = policy.select(obs, k, rng=rng)
+        obs, served = observe(batch, scale)  # what the log keeps
+        # the policy sees the columns it was trained on (a rated index adds item_rating for those that read it)
+        seen = {**obs, "features": select_features(obs["features"], served, policy_feature_names(policy))}
+        slate = policy.select(seen, k, rng=rng)
         check_slate(slate, len(rows), num_candidates, k, policy.name)
         explained = [j for j, c in enumerate(batch) if c.explain]
         features = None
         if explained:  # only then: explanations cost nothing when they are off
             features = feature_attribution(
                 policy,
-                {key: value[explained] for key, value in obs.items()},
+                {key: value[explained] for key, value in seen.items()},
                 slate.indices[explained],
                 slate.scores[explained],
             )
@@ -544,7 +567,7 @@ def failover(requests: list[tuple[Candidates, int]], policy_version: str = "") -
     (propensity 1.0, ``policy`` :data:`FAILOVER_POLICY`, ``fallback`` True; cold starts keep their list)."""
     out = []
     for cands, k in requests:
-        obs = observe([cands], BASELINE_BUDGET)
+        obs, _ = observe([cands], BASELINE_BUDGET)
         n = min(k, len(cands.item_ids))
         out.append(
             Ranked(

@@ -39,11 +39,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def build_test_index(out: Path, n_items: int = N_ITEMS, seed: int = 0, categories: bool = False) -> Path:
+def build_test_index(
+    out: Path, n_items: int = N_ITEMS, seed: int = 0, categories: bool = False, rating: bool = False
+) -> Path:
     """A real index directory over a synthetic catalog: four topic clusters, zipf popularity, a flat FAISS
     index with checksums, and a tiny local BERT (built from the item texts) as its query encoder.
 
-    Item ``item-i`` belongs to topic ``i % 4`` (its ``category`` column, with ``categories``). The
+    Item ``item-i`` belongs to topic ``i % 4`` (its ``category`` column, with ``categories``); with
+    ``rating`` every item has an ``item_rating`` in [0, 1] (drawn, as a rated log would give). The
     embeddings are drawn around topic centroids rather than taken from the untrained tiny BERT, whose
     outputs are all alike.
     """
@@ -72,6 +75,7 @@ def build_test_index(out: Path, n_items: int = N_ITEMS, seed: int = 0, categorie
         spec,
         str(encoder_dir),
         categories=[names[t] for t in topics] if categories else None,
+        rating=rng.uniform(size=n_items).astype(np.float32) if rating else None,
     )
     return index_dir
 

@@ -279,3 +279,58 @@ def test_categories_are_optional_in_the_layout_and_covered_by_the_checksum(tmp_p
         ItemIndex.load(str(out))
     with pytest.raises(ArtifactError, match="3 categories for 40 items"):
         write_index(str(tmp_path / "bad"), ids, vectors, np.ones(40), None, spec, "t", categories=["a"] * 3)
+
+
+def test_an_index_built_from_rated_data_stores_each_items_rating(tmp_path, monkeypatch):
+    """``rayrec index build`` over interactions with rating events stores each item's ``item_rating`` (the
+    shrunk mean the simulator's ``observe_rating`` computes from the same log), covered by the checksum; over
+    clicks only it stores none. A simulator built from the rated index alone reads the index's ratings."""
+    from envs.config import SlateEnvConfig
+    from envs.factory import build_simulator
+    from rayrec.data.io import write_interactions
+    from rayrec.features import logged_rating_totals, rating_feature
+    from rayrec.index.build import BuildIndexConfig, build_index
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    data = write_tiny_world(tmp_path / "data")
+    model = build_tiny_encoder(item_texts(pq.read_table(data / "items.parquet")), tmp_path / "tiny")
+    build_index(BuildIndexConfig(data=str(data), out=str(tmp_path / "clicks"), encoder=str(model)))
+    clicks = ItemIndex.load(str(tmp_path / "clicks"))
+    assert (
+        clicks.rating is None and json.loads((tmp_path / "clicks" / META_FILE).read_text())["rating"] is False
+    )
+
+    interactions = pq.read_table(data / "interactions.parquet")
+    rng = np.random.default_rng(0)
+    rated = rng.random(interactions.num_rows) < 0.5  # half the events become ratings of 1..5 stars
+    events = np.where(rated, "rating", "click")
+    values = np.where(rated, rng.integers(1, 6, interactions.num_rows), 1.0).astype(np.float32)
+    interactions = interactions.set_column(3, "event", pa.array(events)).set_column(
+        4, "value", pa.array(values)
+    )
+    write_interactions(interactions, str(data))
+    build_index(BuildIndexConfig(data=str(data), out=str(tmp_path / "rated"), encoder=str(model)))
+    index = ItemIndex.load(str(tmp_path / "rated"))
+    expected = rating_feature(*logged_rating_totals(index.item_ids, interactions))
+    np.testing.assert_array_equal(index.rating, expected)
+    assert 0.0 < index.rating.min() < 0.5 < index.rating.max() < 1.0
+    sim = build_simulator(
+        SlateEnvConfig(
+            index_dir=str(tmp_path / "rated"),
+            observe_rating=True,
+            candidates="random",
+            num_candidates=5,
+            slate_size=2,
+        ),
+        batch=2,
+    )
+    np.testing.assert_array_equal(sim.catalog.rating, expected)
+    # the column is covered by the embeddings file's checksum
+    table = pq.read_table(tmp_path / "rated" / "item_embeddings.parquet")
+    where = table.schema.get_field_index("rating")
+    pq.write_table(
+        table.set_column(where, "rating", pa.array(np.zeros(len(index), np.float32))),
+        tmp_path / "rated" / "item_embeddings.parquet",
+    )
+    with pytest.raises(ArtifactError, match=r"item_embeddings\.parquet does not match index\.json"):
+        ItemIndex.load(str(tmp_path / "rated"))

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from _ab_cli import cli_output
 
+from rayrec.errors import DataError
 from rayrec.events import read_impressions, read_requests
 
 TINY_WORLD = {
@@ -165,3 +166,30 @@ def test_hand_written_impressions_are_one_line_errors(tmp_path, capsys, setup, n
     assert code == 2 and "\nerror:" in "\n" + output, output
     assert needle in output and str(events) in output
     assert "Traceback" not in output
+
+
+def test_logged_features_are_named_by_their_number_and_a_mixed_log_keeps_what_every_row_has():
+    """A server logs FEATURE_NAMES, and item_rating after them over a rated index: a row's width names its
+    features. A log written partly over a rated index (a server restarted on a rebuilt index) keeps the
+    features every row has; a width no server writes is one line naming the table."""
+    from rayrec.features import FEATURE_NAMES, feature_names
+    from rayrec.logs.reader import logged_features
+
+    big_k = 2
+    plain = np.arange(big_k * 3, dtype=np.float32)  # [K * 3]: candidate c's features at 3c..3c+2
+    rated = np.arange(big_k * 4, dtype=np.float32) + 100  # [K * 4]
+
+    def table(*rows: np.ndarray) -> pa.Table:
+        return pa.table({"features": pa.array([r.tolist() for r in rows], pa.list_(pa.float32()))})
+
+    features, names = logged_features(table(rated, rated), big_k, None, "requests")
+    assert names == feature_names(rating=True) and features.shape == (2, big_k, 4)
+    np.testing.assert_array_equal(features[0], rated.reshape(big_k, 4))
+    features, names = logged_features(table(plain, rated, plain), big_k, None, "requests")
+    assert names == FEATURE_NAMES
+    np.testing.assert_array_equal(features[1], rated.reshape(big_k, 4)[:, :3])
+    np.testing.assert_array_equal(features[2], plain.reshape(big_k, 3))
+    with pytest.raises(DataError, match=r"requests: column 'features' has 5 values in a row of 2 candidates"):
+        logged_features(table(plain, np.zeros(5, np.float32)), big_k, None, "requests")
+    with pytest.raises(DataError, match=r"expected 8 \(4 features per candidate\)"):
+        logged_features(table(plain), big_k, ("a", "b", "c", "d"), "requests")

@@ -488,7 +488,7 @@ def test_k_is_the_trained_policies_and_another_k_is_a_one_line_error(small_index
     assert served_k(f"a={k20}", "b=greedy", num_candidates=20) == 20
     assert served_k("a=retrieval", "b=random") == 50  # baselines only: the default K
     assert served_k("a=retrieval", num_candidates=7) == 7
-    assert check_policies(AppConfig(index="unused", arms=[f"a={k20}", "b=greedy"]), dim) == {"a": 20}
+    assert check_policies(AppConfig(index="unused", arms=[f"a={k20}", "b=greedy"]), dim, False) == {"a": 20}
     with pytest.raises(ConfigError) as explicit:
         served_k(f"a={k20}", "b=greedy", num_candidates=50)
     message = str(explicit.value)
@@ -569,38 +569,115 @@ def test_a_trained_arm_sees_the_budget_feature_of_its_session_step(small_index, 
     assert all(len(requests.loc[a.request_id, "candidate_ids"]) == 12 for _, a in answers[:3])
 
 
-def test_a_policy_reading_features_the_server_does_not_build_is_refused(small_index, tmp_path):
-    """``observe_hidden`` policies are diagnostics: the server has no hidden state to give them; an
-    ``observe_rating`` policy reads a column this server does not build yet. Either is refused while the
-    application is built, with the reason on one line."""
-    from rayrec.baselines import LinearRankerPolicy
-    from rayrec.features import HIDDEN_FEATURE_NAMES, NUM_FEATURES, feature_names
+def export_policy_reading(out: Path, dim: int, names: tuple[str, ...], name: str) -> str:
+    """A real exported policy (untrained tiny scorer) over the per-candidate features ``names``."""
     from rayrec.slate_scorer import ExportConfig, ScorerConfig, SlateScorer, save_exported_policy
+
+    scorer = ScorerConfig(dim=dim, num_features=len(names), hidden=8, attention_layers=0)
+    config = ExportConfig(
+        scorer=scorer, slate_size=3, num_candidates=NUM_CANDIDATES, feature_names=names, name=name
+    )
+    return save_exported_policy(SlateScorer(scorer), config, str(out / name))
+
+
+def test_a_policy_reading_features_the_server_does_not_build_is_refused(small_index, tmp_path):
+    """``observe_hidden`` policies are diagnostics: the server has no hidden state to give them. An
+    ``observe_rating`` policy (or linear ranker) needs an index that stores item ratings. Either is refused
+    while the application is built, with the reason on one line; over a rated index the rating readers
+    are served."""
+    from rayrec.baselines import LinearRankerPolicy
+    from rayrec.features import HIDDEN_FEATURE_NAMES, feature_names
     from serving.app import resolve_config
 
-    index_dir, dim = small_index
+    index_dir, dim = small_index  # built without ratings
+    rated_dir = build_test_index(tmp_path / "rated", n_items=60, rating=True)
 
     def refusal(policy_dir: str) -> str:
         with pytest.raises(ArtifactError) as refused:
             resolve_config(AppConfig(index=str(index_dir), arms=[f"a={policy_dir}"], encoder=None))
-        assert "\n" not in str(refused.value)
+        assert "\n" not in str(refused.value) and "not a servable policy" in str(refused.value)
         return str(refused.value)
 
-    def exported(names: tuple[str, ...], name: str) -> str:
-        scorer = ScorerConfig(dim=dim, num_features=len(names), hidden=8, attention_layers=0)
-        config = ExportConfig(
-            scorer=scorer, slate_size=3, num_candidates=NUM_CANDIDATES, feature_names=names, name=name
-        )
-        return save_exported_policy(SlateScorer(scorer), config, str(tmp_path / name))
-
-    message = refusal(exported(feature_names(HIDDEN_FEATURE_NAMES), "privileged"))
+    message = refusal(export_policy_reading(tmp_path, dim, feature_names(HIDDEN_FEATURE_NAMES), "privileged"))
     assert "hidden state" in message and "satisfaction" in message
     assert "rayrec simulate --env observe_hidden=" in message
-    # item_rating is observable, but this server does not build it: refused, and told where it runs.
-    message = refusal(exported(feature_names(rating=True), "rated"))
-    assert "['item_rating']" in message and "does not build yet" in message
-    assert "rayrec simulate --env observe_rating=true" in message
-    # A linear ranker fitted with an appended column.
-    ranker = LinearRankerPolicy(np.zeros(NUM_FEATURES + 1), np.zeros(dim)).save(str(tmp_path / "linear"))
-    message = refusal(ranker)
-    assert "linear ranker with 4 feature weights" in message and "not a servable" in message
+    rated_policy = export_policy_reading(tmp_path, dim, feature_names(rating=True), "rated")
+    message = refusal(rated_policy)
+    assert "'item_rating', which this index does not store" in message and "rayrec index build" in message
+    ranker = LinearRankerPolicy(np.zeros(4), np.zeros(dim), feature_names=feature_names(rating=True))
+    assert "'item_rating'" in refusal(ranker.save(str(tmp_path / "linear")))
+    hidden = LinearRankerPolicy(np.zeros(4), np.zeros(dim), feature_names=feature_names(("quality",)))
+    message = refusal(hidden.save(str(tmp_path / "linear-hidden")))
+    assert "is a linear ranker on the simulator's hidden state ['quality']" in message
+    # Over an index that stores ratings both readers are served.
+    config = AppConfig(
+        index=str(rated_dir), arms=[f"a={rated_policy}", f"b={tmp_path / 'linear'}"], encoder=None
+    )
+    assert resolve_config(config)[0].num_candidates == NUM_CANDIDATES  # the trained arm's K
+
+
+def test_over_a_rated_index_the_server_builds_and_logs_item_rating(tmp_path, monkeypatch):
+    """A policy trained with ``observe_rating`` served over an index that stores item ratings, beside a
+    ``random`` arm: it is shown each candidate's ``item_rating`` from the index, every request's log row
+    keeps that column, and the log reads back with it named, so off-policy evaluation replays the rating
+    reader and the plain policies on the same rows."""
+    from rayrec.ab.off_policy import evaluate_logged
+    from rayrec.baselines import RandomPolicy, RetrievalPolicy, load_policy
+    from rayrec.features import feature_names
+    from rayrec.logs.reader import ItemLookup, logged_requests, read_event_log
+    from serving.app import Recommender, resolve_config
+    from serving.deployments import EventLogger
+    from serving.local import LocalHandle, stages_user_config
+
+    monkeypatch.setenv("RAYREC_PSEUDONYM_KEY", "k" * 32)
+    index_dir = build_test_index(tmp_path / "rated", n_items=60, rating=True)
+    index = ItemIndex.load(str(index_dir))
+    policy = export_policy_reading(tmp_path, index.dim, feature_names(rating=True), "rated")
+    events = str(tmp_path / "events")
+    arms = [f"r={policy}", "u=random"]
+    config = AppConfig(index=str(index_dir), arms=arms, events=events, encoder=None, colocate=True)
+    config = resolve_config(config)[0]
+    logger = EventLogger(events, config.remembered_requests, config.flush_rows, config.flush_seconds)
+    service = Recommender(None, None, None, LocalHandle(logger), None, config)
+    seen: list[np.ndarray] = []
+
+    async def scenario() -> list:
+        await service.reconfigure(stages_user_config(config))
+        trained = service.local.rankers["r"].policy
+        select = trained.select
+
+        def watched(obs, slate_size, rng=None):
+            seen.append(obs["features"])  # [B, K, F]
+            return select(obs, slate_size, rng)
+
+        monkeypatch.setattr(trained, "select", watched)
+        return [
+            await service.recommend(RecommendRequest(user_id=f"u{i}", history=[f"item-{i:04d}"], k=3))
+            for i in range(16)
+        ]
+
+    try:
+        answers = asyncio.run(scenario())
+    finally:
+        logger.log.close()
+    rated = [a for a in answers if a.policy == "rated"]
+    assert len(rated) == len(seen) and 0 < len(rated) < len(answers)  # both arms answered
+    requests = read_requests(events).to_pandas().set_index("request_id")
+    for answer, features in zip(rated, seen, strict=True):
+        assert features.shape == (1, NUM_CANDIDATES, NUM_FEATURES + 1)
+        rows = index.lookup(requests.loc[answer.request_id, "candidate_ids"])
+        np.testing.assert_array_equal(features[0, :, -1], index.rating[rows])  # the index's ratings
+        logged = np.asarray(requests.loc[answer.request_id, "features"]).reshape(NUM_CANDIDATES, -1)
+        np.testing.assert_array_equal(logged, features[0])  # the log keeps what the ranker saw
+    widths = {len(f) for f in requests["features"]}
+    assert widths == {NUM_CANDIDATES * (NUM_FEATURES + 1)}  # the random arm's rows too
+    replay = logged_requests(read_event_log(events), ItemLookup(index.item_ids, index.embeddings))
+    assert replay.feature_names == feature_names(rating=True)
+    np.testing.assert_array_equal(replay.features[..., -1], index.rating[replay.candidates])
+    result = evaluate_logged(
+        replay, RetrievalPolicy(), {"rated": load_policy(str(policy)), "random": RandomPolicy()}, resamples=50
+    )
+    assert result.requests == len(answers) and result.logging_policies == {
+        "random": 16 - len(rated),
+        "rated": len(rated),
+    }

@@ -283,3 +283,30 @@ def test_linear_ranker_scores_saves_and_loads_by_path(tmp_path):
     (tmp_path / "lin" / "linear_ranker.json").write_text("{broken")
     with pytest.raises(ArtifactError, match=r"linear_ranker\.json"):
         load_policy(str(tmp_path / "lin"))
+
+
+def test_a_linear_ranker_records_the_features_its_weights_are_for(tmp_path):
+    """The weights of a ranker fitted with ``observe_rating`` are for ``item_rating`` too: the names are
+    saved with them (what the server checks before serving it); a file written before names were recorded
+    holds :data:`rayrec.features.FEATURE_NAMES` weights, and names that do not fit the weights are refused."""
+    import json
+
+    from rayrec.features import FEATURE_NAMES, feature_names
+    from rayrec.rerank import policy_feature_names
+
+    rated = LinearRankerPolicy(np.arange(4.0), np.zeros(4), feature_names=feature_names(rating=True))
+    loaded = load_policy(rated.save(str(tmp_path / "rated")))
+    assert loaded.feature_names == policy_feature_names(loaded) == (*FEATURE_NAMES, "item_rating")
+    assert policy_feature_names(load_policy(f"mmr:{tmp_path / 'rated'}")) == loaded.feature_names
+    record = json.loads((tmp_path / "rated" / "linear_ranker.json").read_text())
+    del record["feature_names"]
+    (tmp_path / "rated" / "linear_ranker.json").write_text(json.dumps(record))
+    with pytest.raises(ArtifactError, match=r"4 feature weights for the features \['retrieval_score'"):
+        load_policy(str(tmp_path / "rated"))
+    record["feature_weights"] = [1.0, 0.0, 0.0]
+    (tmp_path / "rated" / "linear_ranker.json").write_text(json.dumps(record))
+    assert load_policy(str(tmp_path / "rated")).feature_names == FEATURE_NAMES
+    with pytest.raises(ConfigError, match="feature weights"):
+        LinearRankerPolicy(
+            np.zeros(4), np.zeros(0), feature_names=("popularity", "retrieval_score", "x", "y")
+        )

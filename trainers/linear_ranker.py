@@ -126,7 +126,8 @@ def fit_linear_ranker(
     if env_config.user_split in ("validation", "test"):
         raise ConfigError(f"the linear ranker is fitted on training users, not {env_config.user_split!r}")
     sim = build_simulator(env_config, batch=users)
-    num_features = len(env_config.feature_names)
+    names = env_config.feature_names
+    num_features = len(names)
     dim = sim.catalog.dim
     start = np.zeros(num_features + dim)
     start[FEATURE_NAMES.index("retrieval_score")] = 1.0
@@ -136,14 +137,18 @@ def fit_linear_ranker(
         return np.array(
             [
                 evaluate_policy(
-                    LinearRankerPolicy(*LinearRankerPolicy.split(w, num_features)), sim, users, seed
+                    LinearRankerPolicy(*LinearRankerPolicy.split(w, num_features), feature_names=names),
+                    sim,
+                    users,
+                    seed,
                 ).session_return.mean()
                 for w in weights
             ]
         )
 
     result = cross_entropy_method(objective, start, config)
-    return LinearRankerPolicy(*LinearRankerPolicy.split(result.mean.astype(np.float32), num_features)), result
+    fitted = LinearRankerPolicy.split(result.mean.astype(np.float32), num_features)
+    return LinearRankerPolicy(*fitted, feature_names=names), result
 
 
 @dataclass(kw_only=True)

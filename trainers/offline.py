@@ -128,7 +128,13 @@ def train_offline(cfg: TrainPolicyConfig) -> dict[str, Any]:
     env_config = log_world(cfg.from_events, resolve_env_config(cfg, user_split="train"))
     requests = load_logged(cfg.from_events, env_config)
     data = training_arrays(requests, cfg.gamma, cfg.from_events)
-    env_config = env_config.replace(num_candidates=data.num_candidates, slate_size=data.slate_size)
+    # validated on the features the offline scorer reads (training_arrays: FEATURE_NAMES)
+    env_config = env_config.replace(
+        num_candidates=data.num_candidates,
+        slate_size=data.slate_size,
+        observe_rating=False,
+        observe_hidden=(),
+    )
     scorer_config = ScorerConfig(
         dim=requests.item_embeddings.shape[1],
         hidden=cfg.hidden,

@@ -24,6 +24,7 @@ from envs.factory import build_simulator
 from rayrec import storage
 from rayrec.config import load_config
 from rayrec.errors import DataError
+from rayrec.features import FEATURE_NAMES
 from rayrec.logs.reader import SIMULATOR_FILE, ItemLookup, logged_requests, read_event_log
 from rayrec.logs.requests import LoggedRequests
 from rayrec.slate_scorer import OBS_KEYS
@@ -49,7 +50,10 @@ def load_logged(events: str, env_config: SlateEnvConfig) -> LoggedRequests:
         raise DataError(f"{events}: no such event-log directory")
     log = read_event_log(events)  # checked before the catalog is built
     sim = build_simulator(env_config, batch=1)
-    return logged_requests(log, ItemLookup(sim.catalog.item_ids, sim.catalog.embeddings))
+    # a simulated log holds its simulator's features; a server's are named by their number
+    simulated = storage.exists(storage.join(events, SIMULATOR_FILE))
+    names = env_config.feature_names if simulated else None
+    return logged_requests(log, ItemLookup(sim.catalog.item_ids, sim.catalog.embeddings, names))
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,11 @@ def training_arrays(requests: LoggedRequests, gamma: float, where: str) -> Train
     rtg = discounted_return_to_go(per_request, requests.user, gamma)
     rows = np.flatnonzero(keep)
     return TrainingArrays(
-        obs={key: np.ascontiguousarray(value) for key, value in requests.observation(rows).items()},
+        # the offline scorer reads FEATURE_NAMES (its export's default): a logged item_rating is left out
+        obs={
+            key: np.ascontiguousarray(value)
+            for key, value in requests.observation(rows, FEATURE_NAMES).items()
+        },
         slate=requests.shown[rows, :k],
         propensity=requests.propensity[rows, :k],
         reward=requests.reward[rows, :k],

@@ -9,6 +9,7 @@ import numpy as np
 
 from envs.rollout import StepRecord
 from rayrec.errors import DataError
+from rayrec.features import FEATURE_NAMES
 from rayrec.logs.requests import LoggedRequests
 
 __all__ = ["LoggedRequests", "RequestRecorder"]
@@ -30,8 +31,11 @@ class RequestRecorder:
             raise DataError("RequestRecorder: the slate source did not say which candidates it showed")
         self._steps.append(step)
 
-    def requests(self, item_embeddings: np.ndarray) -> LoggedRequests:
-        """Everything recorded so far; ``item_embeddings`` [N, d] are the catalog rows candidates refer to."""
+    def requests(
+        self, item_embeddings: np.ndarray, feature_names: tuple[str, ...] = FEATURE_NAMES
+    ) -> LoggedRequests:
+        """Everything recorded so far; ``item_embeddings`` [N, d] are the catalog rows candidates refer to,
+        ``feature_names`` the simulator's (``SlateEnvConfig.feature_names``)."""
         if not self._steps:
             raise DataError("RequestRecorder: no steps were recorded")
         steps = self._steps
@@ -57,4 +61,5 @@ class RequestRecorder:
             mask=np.ones(shown.shape, dtype=bool),
             propensity=np.concatenate([s.shown.propensities for s in steps])[order].astype(np.float64),
             reward=reward,
+            feature_names=feature_names,
         )

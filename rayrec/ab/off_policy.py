@@ -28,8 +28,10 @@ from rayrec.ab.ope import LoggedSlates, OpeEstimate, estimate_all
 from rayrec.ab.reward_model import EmbeddingBasis, SlateRewardModel, fit_reward_model
 from rayrec.ab.session_ope import LoggedEpisodes, estimate_episodes, q_features
 from rayrec.errors import ConfigError, DataError, RayrecError
+from rayrec.features import select_features
 from rayrec.logs.mixture import LoggingMixture, WeightDiagnostics, slate_log_prob, within_user_cumsum
 from rayrec.logs.requests import LoggedRequests
+from rayrec.rerank import policy_feature_names
 from rayrec.slate_policy import Observation, SlatePolicy
 
 REPLAY_BATCH = 2048
@@ -83,6 +85,17 @@ def _scored(policy: SlatePolicy, source: str, call: Callable[..., T], *args) -> 
         raise DataError(f"{source}: the logged requests do not fit policy {policy.name!r}: {exc}") from None
 
 
+def _seen(policy: SlatePolicy, requests: LoggedRequests, obs: Observation) -> Observation:
+    """``obs`` with the logged features ``policy`` reads: a server over a rated index logs ``item_rating``
+    beside the features of the policies that do not read it (:func:`rayrec.features.select_features`)."""
+    names = policy_feature_names(policy)
+    return _scored(
+        policy,
+        requests.source,
+        lambda: {**obs, "features": select_features(obs["features"], requests.feature_names, names)},
+    )
+
+
 def _logger_policies(requests: LoggedRequests, loggers: Mapping[str, SlatePolicy]) -> list[SlatePolicy]:
     """The policies of ``requests.logger_names``; every user must have been ranked by one of them only."""
     missing = [name for name in requests.logger_names if name not in loggers]
@@ -111,7 +124,8 @@ def _slate_log_probs(
     for rows, k in _batches(requests):
         obs, shown = requests.observation(rows), requests.shown[rows, :k]
         for a, policy in enumerate(policies):
-            out[a, rows] = _scored(policy, requests.source, slate_log_prob, policy, obs, shown)
+            seen = _seen(policy, requests, obs)
+            out[a, rows] = _scored(policy, requests.source, slate_log_prob, policy, seen, shown)
     return out
 
 
@@ -200,10 +214,15 @@ def replay(
     for rows, k in _batches(requests):
         obs, shown = requests.observation(rows), requests.shown[rows, :k]
         marginals = np.stack(
-            [_scored(policies[a], requests.source, policies[a].position_marginals, obs, k) for a in active]
+            [
+                _scored(policies[a], requests.source, policies[a].position_marginals, seen, k)
+                for a in active
+                for seen in [_seen(policies[a], requests, obs)]
+            ]
         ).astype(np.float64)  # [A', b, k, K]
+        target_obs = _seen(target, requests, obs)
         behaviour = np.einsum("ba,abpj->bpj", posterior[rows], marginals)  # [b, k, K]
-        theirs = _scored(target, requests.source, target.position_marginals, obs, k).astype(np.float64)
+        theirs = _scored(target, requests.source, target.position_marginals, target_obs, k).astype(np.float64)
         target_prop[rows, :k] = np.take_along_axis(theirs, shown[:, :, None], axis=2)[..., 0]
         logging_prop[rows, :k] = np.take_along_axis(behaviour, shown[:, :, None], axis=2)[..., 0]
         unsupported[rows] = (theirs * (theirs > n * behaviour)).sum(axis=(1, 2))  # weight above n
@@ -213,7 +232,7 @@ def replay(
             target_slates = theirs.argmax(axis=2)[:, None, :]  # [b, 1, k]
         else:
             target_slates = np.stack(
-                [target.select(obs, k, rng).indices for _ in range(TARGET_SAMPLES)], axis=1
+                [target.select(target_obs, k, rng).indices for _ in range(TARGET_SAMPLES)], axis=1
             )
         candidates = projected[requests.candidates[rows]]  # [b, K, r]
         logits = model.candidate_logits(obs["features"], candidates)  # [b, K]

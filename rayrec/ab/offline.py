@@ -48,7 +48,7 @@ def policy_source(config: OpeConfig) -> tuple[Callable[[str], SlatePolicy], Item
         )
     sim = build_simulator(load_config(SlateEnvConfig, sim_file), batch=1)
     return lambda spec: make_policy(replayable(spec), sim), ItemLookup(
-        sim.catalog.item_ids, sim.catalog.embeddings
+        sim.catalog.item_ids, sim.catalog.embeddings, sim.config.feature_names
     )
 
 

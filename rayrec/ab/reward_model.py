@@ -5,8 +5,8 @@ A conditional logit over the shown slate plus a no-click option, on what the log
     P(click on the item at position p | slate) = exp(z_p) / (1 + sum_q exp(z_q)),
     z_p = bias + features · w + basis(embedding) · v + position_logit[p]
 
-with the candidate's observed features (:data:`rayrec.features.FEATURE_NAMES`), its embedding projected
-on the leading principal directions of the logged items' embeddings (item traits that attract clicks,
+with the candidate's logged features (:data:`rayrec.features.FEATURE_NAMES`, and ``item_rating`` where
+logged), its embedding projected on the leading principal directions of the logged items' embeddings (item traits that attract clicks,
 clickbait among them, are directions in the embedding space) and one logit per slate position. Items of a
 slate compete for the click, as they do for users (and in the simulator's choice model): under strong
 competition the value of a slate is not the sum of its items' values, which is what the item-position

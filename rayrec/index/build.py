@@ -16,6 +16,7 @@ from rayrec.data.io import read_interactions, read_items
 from rayrec.data.schema import INTERACTIONS_FILE, ITEMS_FILE
 from rayrec.encoding import DEFAULT_MODEL, check_model_dir, encoder_reference, item_texts, resolve_model
 from rayrec.errors import ConfigError, DataError
+from rayrec.features import logged_rating_totals, rating_feature
 from rayrec.index.faiss_index import IndexSpec, IndexType, build_faiss_index
 from rayrec.index.item_index import item_categories, write_index
 from rayrec.runtime import init_ray
@@ -97,15 +98,19 @@ class BuildIndexConfig(RayConfig):
         )
 
 
-def interaction_counts(data_dir: str, item_ids: list[str]) -> np.ndarray:
-    """[N] int64 interactions per item from ``interactions.parquet`` (zeros when the file is absent)."""
+def interaction_stats(data_dir: str, item_ids: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    """From ``interactions.parquet``: ([N] int64 interactions per item, zeros when the file is absent;
+    [N] float32 each item's ``item_rating`` (:func:`rayrec.features.rating_feature` of its logged ratings),
+    None when the interactions have no rating event)."""
     uri = storage.join(data_dir, INTERACTIONS_FILE)
     if not storage.exists(uri):
-        return np.zeros(len(item_ids), dtype=np.int64)
+        return np.zeros(len(item_ids), dtype=np.int64), None
     table = read_interactions(uri, item_ids=set(item_ids))
     position = {item: row for row, item in enumerate(item_ids)}
     rows = np.fromiter((position[i] for i in table.column("item_id").to_pylist()), dtype=np.int64)
-    return np.bincount(rows, minlength=len(item_ids)).astype(np.int64)
+    totals = logged_rating_totals(np.asarray(item_ids), table)
+    rating = None if totals is None else rating_feature(*totals)
+    return np.bincount(rows, minlength=len(item_ids)).astype(np.int64), rating
 
 
 def embed_items(config: BuildIndexConfig, texts: list[str], model: str) -> tuple[np.ndarray, float]:
@@ -179,7 +184,7 @@ def build_index(config: BuildIndexConfig) -> dict[str, Any]:
 
     catalog = None
     if is_model_dir(config.encoder):  # a train-retrieval-model output: its item tower makes the vectors
-        popularity = interaction_counts(config.data, item_ids)
+        popularity, rating = interaction_stats(config.data, item_ids)
         catalog = model_item_vectors(config.encoder, item_ids, texts, embed)
         embeddings, encoder = catalog.vectors, catalog.encoder
     else:
@@ -187,7 +192,7 @@ def build_index(config: BuildIndexConfig) -> dict[str, Any]:
         if storage.is_remote(model):
             with storage.local_input_dir(model) as local:
                 check_model_dir(local)
-        popularity = interaction_counts(config.data, item_ids)
+        popularity, rating = interaction_stats(config.data, item_ids)
         embeddings, encoder = embed(texts, model), encoder_reference(config.encoder)
     embedded, embed_seconds = sum(n for n, _ in spent), sum(seconds for _, seconds in spent)
     spec = spec.resolved(len(item_ids), embeddings.shape[1])
@@ -207,6 +212,7 @@ def build_index(config: BuildIndexConfig) -> dict[str, Any]:
         spec,
         encoder=encoder,
         categories=item_categories(items, item_ids),
+        rating=rating,
     )
     save_config(config, config.out)
     embedding = (

@@ -1,8 +1,9 @@
 """An item index directory: embeddings Parquet + FAISS index + ``index.json``, written and loaded with checks.
 
 Layout: ``item_embeddings.parquet`` (``item_id`` string, ``embedding`` fixed-size list<float32>,
-``popularity`` int64 interaction count, and ``category`` string when the data's ``items.parquet`` has
-one; an index without it loads with ``categories`` None), ``items.faiss`` (FAISS ids are the Parquet's row
+``popularity`` int64 interaction count, ``category`` string when the data's ``items.parquet`` has
+one, and ``rating`` float32 (:func:`rayrec.features.rating_feature`, the observable ``item_rating``) when
+the data's interactions have rating events; an index without either loads it as None), ``items.faiss`` (FAISS ids are the Parquet's row
 numbers) and ``index.json`` (encoder, dim, metric, type and parameters, item count, sha256 of both files).
 """
 
@@ -31,6 +32,7 @@ FORMAT_VERSION = 1
 
 
 CATEGORY_COLUMN = "category"
+RATING_COLUMN = "rating"
 
 
 def item_categories(items: pa.Table, item_ids: np.ndarray | list[str]) -> np.ndarray | None:
@@ -49,9 +51,10 @@ def embeddings_table(
     embeddings: np.ndarray,
     popularity: np.ndarray,
     categories: np.ndarray | list[str] | None = None,
+    rating: np.ndarray | None = None,
 ) -> pa.Table:
-    """The ``item_embeddings.parquet`` table for ``embeddings`` [N, d] float32, ``popularity`` [N] counts and
-    optional ``categories`` [N] str (no ``category`` column when None)."""
+    """The ``item_embeddings.parquet`` table for ``embeddings`` [N, d] float32, ``popularity`` [N] counts,
+    optional ``categories`` [N] str and optional ``rating`` [N] float32 (no such column when None)."""
     vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
     flat = pa.array(vectors.reshape(-1), type=pa.float32())
     columns = {
@@ -63,6 +66,11 @@ def embeddings_table(
         if len(categories) != len(vectors):
             raise ArtifactError(f"index: {len(categories)} categories for {len(vectors)} items")
         columns[CATEGORY_COLUMN] = pa.array(["" if c is None else str(c) for c in categories], pa.string())
+    if rating is not None:
+        rating = np.asarray(rating, dtype=np.float32)
+        if rating.shape != (len(vectors),) or not np.isfinite(rating).all():
+            raise ArtifactError(f"index: ratings of shape {rating.shape} (finite) expected ({len(vectors)},)")
+        columns[RATING_COLUMN] = pa.array(rating, pa.float32())
     return pa.table(columns)
 
 
@@ -81,14 +89,16 @@ def write_index(
     spec: IndexSpec,
     encoder: str,
     categories: np.ndarray | list[str] | None = None,
+    rating: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Write the three files of an index directory (local path or URI); returns the ``index.json`` content.
 
-    ``categories`` [N] (optional) becomes the embeddings file's ``category`` column, covered by its sha256.
+    ``categories`` [N] and ``rating`` [N] (optional) become the embeddings file's ``category`` and ``rating``
+    columns, covered by its sha256.
     """
     import faiss  # heavy (FAISS): rayrec.index loads at `rayrec --help` time
 
-    parquet = _parquet_bytes(embeddings_table(item_ids, embeddings, popularity, categories))
+    parquet = _parquet_bytes(embeddings_table(item_ids, embeddings, popularity, categories, rating))
     index_bytes = faiss.serialize_index(faiss_index).tobytes()
     meta = {
         "format_version": FORMAT_VERSION,
@@ -98,6 +108,7 @@ def write_index(
         "index_type": spec.type,
         "params": spec.params(),
         "items": len(item_ids),
+        "rating": rating is not None,
         "files": {
             EMBEDDINGS_FILE: hashlib.sha256(parquet).hexdigest(),
             FAISS_FILE: hashlib.sha256(index_bytes).hexdigest(),
@@ -122,6 +133,9 @@ class IndexItems:
     """[N] int64 interaction counts from the data the index was built with (zeros when not stored)."""
     categories: np.ndarray | None
     """[N] str category of each item (``""`` unknown); None for an index built without categories."""
+    rating: np.ndarray | None
+    """[N] float32 each item's ``item_rating`` (:func:`rayrec.features.rating_feature`); None for an index
+    built from data without rating events."""
     meta: dict[str, Any]
     """The content of ``index.json``."""
 
@@ -158,13 +172,28 @@ def load_index_items(uri: str, verify: bool = True) -> IndexItems:
     categories = None
     if CATEGORY_COLUMN in table.column_names:
         categories = np.array([c or "" for c in table.column(CATEGORY_COLUMN).to_pylist()], dtype=object)
+    rating = None
+    if RATING_COLUMN in table.column_names:
+        rating = table.column(RATING_COLUMN).to_numpy().astype(np.float32)
+    if (rating is not None) != index_has_ratings(meta):
+        raise ArtifactError(
+            f"index {uri}: {META_FILE} says rating={index_has_ratings(meta)} but {EMBEDDINGS_FILE} "
+            f"{'has' if rating is not None else 'lacks'} a {RATING_COLUMN!r} column: rebuild the index"
+        )
     return IndexItems(
         item_ids=np.array(table.column("item_id").to_pylist(), dtype=object),
         embeddings=embeddings,
         popularity=popularity,
         categories=categories,
+        rating=rating,
         meta=meta,
     )
+
+
+def index_has_ratings(meta: dict[str, Any]) -> bool:
+    """Whether the index with ``index.json`` content ``meta`` stores each item's ``item_rating`` (an index
+    written before ratings were stored has no such key, and no ratings)."""
+    return bool(meta.get("rating", False))
 
 
 def _read_meta(uri: str) -> dict[str, Any]:
@@ -199,7 +228,8 @@ def _read_file(uri: str, meta: dict[str, Any], name: str, verify: bool) -> bytes
 
 @dataclass
 class ItemIndex:
-    """A loaded item index: ids, embeddings, popularity, optional categories and the FAISS index over them."""
+    """A loaded item index: ids, embeddings, popularity, optional categories and ratings, and the FAISS index
+    over them."""
 
     item_ids: np.ndarray
     """[N] str item ids; row i is FAISS id i."""
@@ -213,6 +243,9 @@ class ItemIndex:
     """The FAISS index (ids = rows)."""
     categories: np.ndarray | None = field(default=None, repr=False)
     """[N] str category of each item (``""`` unknown); None for an index built without categories."""
+    rating: np.ndarray | None = field(default=None, repr=False)
+    """[N] float32 each item's ``item_rating`` (:func:`rayrec.features.rating_feature`); None for an index
+    built from data without rating events."""
     _positions: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -260,6 +293,7 @@ class ItemIndex:
             meta=items.meta,
             faiss_index=faiss_index,
             categories=items.categories,
+            rating=items.rating,
         )
 
     def check_queries(self, queries: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ from rayrec.events import (
     read_impressions,
     read_requests,
 )
-from rayrec.features import NUM_FEATURES
+from rayrec.features import NUM_FEATURES, feature_names
 from rayrec.logs.requests import LoggedRequests
 
 SIMULATOR_FILE = "simulator.yaml"
@@ -48,10 +48,14 @@ class ItemLookup:
     Attributes:
         item_ids: [N] str.
         embeddings: [N, d] float32 normalised.
+        feature_names: the per-candidate features a simulated log holds (its simulator's
+            ``SlateEnvConfig.feature_names``); None for a server's log, whose features are named by their
+            number (:func:`logged_features`).
     """
 
     item_ids: np.ndarray
     embeddings: np.ndarray
+    feature_names: tuple[str, ...] | None = None
 
     def rows(self, item_ids: np.ndarray) -> np.ndarray:
         """[m] catalog rows of ``item_ids`` [m] (-1 for unknown ids)."""
@@ -70,6 +74,45 @@ def list_column(table: pa.Table, name: str, where: str, width: int | None = None
         )
     values = column.flatten().to_numpy(zero_copy_only=False)
     return values.reshape(len(table), int(lengths[0]) if len(lengths) else 0)
+
+
+def logged_features(
+    requests: pa.Table, big_k: int, names: tuple[str, ...] | None, where: str
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The requests table's ``features`` as [n, K, F] float32, and their names.
+
+    ``names`` (a simulated log's) must match every row. A server logs :data:`rayrec.features.FEATURE_NAMES`,
+    and ``item_rating`` after them over a rated index (:func:`serving.pipeline.served_feature_names`), so
+    without ``names`` a row's width says which; a log whose rows differ (a server restarted over an index
+    with ratings) keeps the features every row has.
+
+    Raises:
+        DataError: a row whose length is not K times a feature count the log can hold.
+    """
+    column = requests.column("features").combine_chunks()
+    lengths = column.value_lengths().to_numpy(zero_copy_only=False)  # [n]
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    offsets = column.offsets.to_numpy()
+    offsets = offsets[:-1] - offsets[0]  # [n] where each row's values start in ``values``
+    allowed = {len(names)} if names is not None else {NUM_FEATURES, NUM_FEATURES + 1}
+    widths = lengths // max(big_k, 1)
+    bad = (widths * big_k != lengths) | ~np.isin(widths, sorted(allowed))
+    if bad.any():
+        raise DataError(
+            f"{where}: column 'features' has {int(lengths[bad][0])} values in a row of {big_k} candidates; "
+            f"expected {' or '.join(str(big_k * w) for w in sorted(allowed))} "
+            f"({' or '.join(str(w) for w in sorted(allowed))} features per candidate)"
+        )
+    width = int(widths.min()) if len(widths) else NUM_FEATURES
+    if names is None:
+        names = feature_names(rating=width == NUM_FEATURES + 1)
+    keep = np.arange(width)
+    features = np.empty((len(lengths), big_k, width), dtype=np.float32)
+    for w in np.unique(widths):  # one vectorised gather per row width
+        rows = np.flatnonzero(widths == w)
+        at = offsets[rows, None, None] + np.arange(big_k)[None, :, None] * w + keep[None, None, :]
+        features[rows] = values[at]
+    return features, tuple(names)
 
 
 def _check_complete(table: pa.Table, where: str) -> None:
@@ -174,9 +217,7 @@ def logged_requests(log: EventTables, items: ItemLookup) -> LoggedRequests:
         raise DataError(f"{where_requests}: request ids repeat (the log holds some requests twice)")
     candidate_ids = list_column(requests, "candidate_ids", where_requests)  # [n, K]
     big_k = candidate_ids.shape[1]
-    features = list_column(requests, "features", where_requests, big_k * NUM_FEATURES).reshape(
-        n, big_k, NUM_FEATURES
-    )
+    features, features_named = logged_features(requests, big_k, items.feature_names, where_requests)
     profile = list_column(requests, "profile", where_requests).astype(np.float32)  # [n, d]
     dim = items.embeddings.shape[1]
     if profile.shape[1] != dim:
@@ -257,7 +298,7 @@ def logged_requests(log: EventTables, items: ItemLookup) -> LoggedRequests:
         logger_names=tuple(names.tolist()),
         candidates=rows,
         item_embeddings=np.asarray(items.embeddings, dtype=np.float32),
-        features=features.astype(np.float32),
+        features=features,
         profile=profile,
         budget=requests.column("budget").to_numpy().astype(np.float32)[:, None],
         shown=shown,
@@ -265,4 +306,5 @@ def logged_requests(log: EventTables, items: ItemLookup) -> LoggedRequests:
         propensity=propensity,
         reward=reward,
         source=str(log.directory),
+        feature_names=features_named,
     )

@@ -14,7 +14,8 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-from rayrec.errors import DataError
+from rayrec.errors import ConfigError, DataError
+from rayrec.features import FEATURE_NAMES, select_features
 from rayrec.slate_policy import Observation
 
 
@@ -29,7 +30,7 @@ class LoggedRequests:
         logger_names: A policy names.
         candidates: [n, K] int64 rows of ``item_embeddings``: the candidates in retrieval order.
         item_embeddings: [N, d] float32 the catalog's (or index's) normalised embeddings.
-        features: [n, K, F] float32 candidate features (:data:`rayrec.features.FEATURE_NAMES`).
+        features: [n, K, F] float32 candidate features named ``feature_names``.
         profile: [n, d] float32 the user's profile as the ranker saw it.
         budget: [n, 1] float32 the ``budget`` feature the ranker saw.
         shown: [n, k] int64 candidate index shown at each position (0 where ``mask`` is False).
@@ -37,6 +38,8 @@ class LoggedRequests:
         propensity: [n, k] float64 logged propensity of each shown item (1.0 where ``mask`` is False).
         reward: [n, k] float64 reward each shown item earned (click value; 0 without a click).
         source: where the rows come from, for messages (an events directory, or ``simulation``).
+        feature_names: the F logged features, in order: :data:`rayrec.features.FEATURE_NAMES`, and
+            ``item_rating`` from a server over a rated index (or a simulator's appended columns).
     """
 
     user: np.ndarray
@@ -52,9 +55,15 @@ class LoggedRequests:
     propensity: np.ndarray
     reward: np.ndarray
     source: str = "simulation"
+    feature_names: tuple[str, ...] = FEATURE_NAMES
 
     def __post_init__(self) -> None:
         n, big_k = self.candidates.shape
+        if len(self.feature_names) != self.features.shape[-1]:
+            raise DataError(
+                f"{self.source}: {self.features.shape[-1]} features per candidate but "
+                f"{len(self.feature_names)} names {list(self.feature_names)}"
+            )
         k = self.shown.shape[1] if self.shown.ndim == 2 else -1
         expected = {
             "user": (n,),
@@ -101,12 +110,23 @@ class LoggedRequests:
         """[n] positions shown per request."""
         return self.mask.sum(axis=1)
 
-    def observation(self, rows: np.ndarray) -> Observation:
-        """The observation the ranker saw at ``rows`` [b] (:mod:`rayrec.features`; [b, ...] per key)."""
+    def observation(self, rows: np.ndarray, names: tuple[str, ...] | None = None) -> Observation:
+        """The observation the ranker saw at ``rows`` [b] (:mod:`rayrec.features`; [b, ...] per key), with
+        the logged features ``names`` (:func:`rayrec.features.select_features`; None: all of them).
+
+        Raises:
+            DataError: ``names`` asks for a feature the log does not hold.
+        """
+        features = self.features[rows]
+        if names is not None:
+            try:
+                features = select_features(features, self.feature_names, names)
+            except ConfigError as exc:
+                raise DataError(f"{self.source}: {exc}") from None
         return {
             "profile": self.profile[rows],
             "candidates": self.item_embeddings[self.candidates[rows]],
-            "features": self.features[rows],
+            "features": features,
             "budget": self.budget[rows],
         }
 
@@ -117,13 +137,16 @@ class LoggedRequests:
         per_row = {
             f.name: getattr(self, f.name)[rows]
             for f in fields(self)
-            if f.name not in ("logger_names", "item_embeddings", "source")
+            if f.name not in ("logger_names", "item_embeddings", "source", "feature_names")
         }
         return replace(self, **per_row | {"user": renumber[self.user[rows]]})
 
     @classmethod
     def concat(cls, parts: Sequence[LoggedRequests]) -> LoggedRequests:
-        """The users of ``parts`` one after another (one catalog; slates padded to the longest)."""
+        """The users of ``parts`` one after another (one catalog and feature set; slates padded to the longest)."""
+        features = {part.feature_names for part in parts}
+        if len(features) > 1:
+            raise DataError(f"{parts[0].source}: parts with different features {sorted(features)}")
         names = tuple(sorted({name for part in parts for name in part.logger_names}))
         width = max(part.shown.shape[1] for part in parts)
 
@@ -147,4 +170,5 @@ class LoggedRequests:
             propensity=np.concatenate([pad(part.propensity, 1.0) for part in parts]),
             reward=np.concatenate([pad(part.reward, 0.0) for part in parts]),
             source=parts[0].source,
+            feature_names=parts[0].feature_names,
         )
