@@ -3,10 +3,9 @@ training, OPE, a simulated A/B test and the rollout of the winner through the ``
 
 Small on purpose (a 240-item index, 60 users calling the server): it checks that every step runs on the
 previous one's real output and that the server ends up answering with the winner. The incumbent is
-``random``. The challenger is the candidate with the highest OPE estimate on 60 users' log: usually
-``retrieval``, which wins the A/B clearly, and the rollout swaps the policy; sometimes the policy trained on
-that log (whose OPE estimate is level with ``random``'s at this size), which can lose the A/B, and then the
-incumbent stays. Either way the server must end up answering with the A/B's winner. (The swap itself,
+``random``. The challenger is the candidate whose OPE interval on 60 users' log has the highest lower bound:
+usually ``retrieval``, which wins the A/B clearly, and the rollout swaps the policy; sometimes the policy
+trained on that log, which can lose the A/B, and then the incumbent stays. Either way the server must end up answering with the A/B's winner. (The swap itself,
 under load and with bad artifacts, is tested in ``test_serving_rollout.py``.)
 """
 
@@ -15,9 +14,13 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 import yaml
 from _ab_cli import cli_output
 from _serve_app import build_test_index, free_port
+
+from rayrec.commands.loop import pick_challenger
+from rayrec.errors import ConfigError
 
 
 def test_the_closed_loop_rolls_out_the_winner_on_the_live_server(ray_session, tmp_path, capsys):
@@ -63,3 +66,25 @@ def test_the_closed_loop_rolls_out_the_winner_on_the_live_server(ray_session, tm
         from ray import serve
 
         serve.delete("rayrec-loop")
+
+
+def test_the_challenger_is_the_candidate_with_the_highest_lower_bound():
+    """Not the highest point estimate: a noisy estimate that came out high loses to a sure one, ties of the
+    bound go to the higher estimate, a bound that is not finite counts as the lowest, and the incumbent is
+    never its own challenger."""
+    estimates = {
+        "incumbent": {"value": 9.0, "ci95": [8.5, 9.5]},
+        "trained": {"value": 6.0, "ci95": [2.0, 10.0]},  # highest estimate, wide interval
+        "retrieval": {"value": 5.0, "ci95": [4.5, 5.5]},
+        "greedy": {"value": 4.8, "ci95": [4.5, 5.1]},
+        "broken": {"value": 7.0, "ci95": [float("nan"), float("nan")]},
+    }
+    assert pick_challenger(estimates, "incumbent") == "retrieval"
+    assert (
+        pick_challenger(
+            {"a": {"value": 1.0, "ci95": [0.0, 2.0]}, "b": {"value": 0.5, "ci95": [0.0, 1.0]}}, "x"
+        )
+        == "a"
+    )
+    with pytest.raises(ConfigError, match="no candidate to challenge the incumbent 'a'"):
+        pick_challenger({"a": estimates["incumbent"]}, "a")

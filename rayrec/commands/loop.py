@@ -8,8 +8,8 @@
 2. **collect**: ``--users`` simulated users (the index's world) call ``/recommend`` and ``/feedback``;
 3. **train offline** on the server's log (``rayrec train-policy --from-events``, ``--offline-algo``);
 4. **OPE** of the candidates (``--candidate`` policies, the trained one) on the same log
-   (``rayrec ope``'s estimates; ``OUT/ope.json``); the one with the highest per-user ``sdr`` estimate is the
-   challenger;
+   (``rayrec ope``'s estimates; ``OUT/ope.json``); the one whose per-user ``sdr`` estimate has the highest
+   lower 95% bound is the challenger (:func:`pick_challenger`);
 5. **simulated A/B** of the incumbent against the challenger on ``--ab-users`` simulated users
    (``rayrec ab``; ``OUT/ab``);
 6. **roll out** the winner — the challenger when its session-return lift's interval is above 0, else the
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,33 @@ from rayrec.errors import ConfigError
 APP = "rayrec-loop"
 MAIN_ARM = "main"
 EXPLORE_ARM = "explore"
+
+
+def pick_challenger(estimates: dict[str, dict], incumbent: str) -> str:
+    """The candidate (any policy but ``incumbent``) whose OPE interval has the highest lower bound.
+
+    Choosing by the point estimate is a winner's curse: among several candidates the one whose estimate
+    came out highest is, more often than not, one whose estimate is noisy and too high (an offline-trained
+    policy far from the logging policy has the widest intervals). The lower confidence bound is the
+    pessimistic choice of high-confidence policy improvement (Thomas, Theocharous and Ghavamzadeh, ICML
+    2015); the A/B test that follows decides whether it ships. Ties go to the higher estimate.
+
+    Args:
+        estimates: policy spec → an estimate with ``value`` and ``ci95`` ([low, high]), as ``rayrec ope``
+            writes it; a bound that is not finite counts as the lowest.
+
+    Raises:
+        ConfigError: no candidate besides the incumbent.
+    """
+    candidates = [spec for spec in estimates if spec != incumbent]
+    if not candidates:
+        raise ConfigError(f"no candidate to challenge the incumbent {incumbent!r}: add --candidate")
+
+    def pessimistic(spec: str) -> tuple[float, float]:
+        low = float(estimates[spec]["ci95"][0])
+        return (low if math.isfinite(low) else -math.inf, float(estimates[spec]["value"]))
+
+    return max(candidates, key=pessimistic)
 
 
 @dataclass(kw_only=True)
@@ -249,8 +277,7 @@ def run_loop(cfg: LoopConfig) -> dict[str, Any]:
             session = result["session_estimators"]["sdr"]
             print(f"4. OPE {spec}: sdr {session['value']:.3f} ci95 {session['ci95']}", flush=True)
         (out / "ope.json").write_text(json.dumps(ope, indent=2, default=str) + "\n")
-        challengers = [spec for spec in ope if spec != cfg.incumbent]
-        challenger = max(challengers, key=lambda s: ope[s]["session_estimators"]["sdr"]["value"])
+        challenger = pick_challenger({s: ope[s]["session_estimators"]["sdr"] for s in ope}, cfg.incumbent)
         summary["ope"] = {s: ope[s]["session_estimators"]["sdr"] for s in ope}
         summary["challenger"] = challenger
 
