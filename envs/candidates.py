@@ -51,8 +51,7 @@ class FlatRetriever:
         # users is far smaller, and the per-query path is ~4x slower at 10k-100k items (benchmarks/env.py).
         faiss.cvar.distance_compute_blas_threshold = min(faiss.cvar.distance_compute_blas_threshold, 20)
         # It keeps each query's top k in a heap below k=100 and in a reservoir from there; at a step's width
-        # (K plus the consumed items, ~70 at K=50) the reservoir gives the same results ~7% faster
-        # (benchmarks/env.py, FAISS from 10k items).
+        # (K plus the consumed items, ~70 at K=50) the reservoir gives the same results faster.
         faiss.cvar.distance_compute_min_k_reservoir = min(faiss.cvar.distance_compute_min_k_reservoir, 64)
         self.size = len(embeddings)
         self.ids = None if ids is None else np.asarray(ids, np.int64)
