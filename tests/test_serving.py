@@ -523,12 +523,42 @@ def test_a_policy_trained_on_other_features_is_a_one_line_error(small_index, tmp
     assert "\n" not in message and "freshness" in message and "retrieval_rank" in message
 
 
-def test_a_trained_arm_sees_the_budget_feature_of_its_session_step(small_index, tmp_path, monkeypatch):
-    """A colocated ingress (the very stages of the deployments, in process) serving a trained policy whose
-    simulator had a session budget of 20: step 5 is a budget feature of 0.75, as in training."""
-    from serving.app import Recommender, resolve_config
+def serve_colocated(
+    config: AppConfig, arm: str, requests: list[RecommendRequest], monkeypatch
+) -> tuple[list, list[dict[str, np.ndarray]]]:
+    """Answer ``requests`` in order with a colocated ingress (the very stages of the deployments, in process,
+    logging to ``config.events``): (the answers, every observation the policy of ``arm`` was shown)."""
+    from serving.app import Recommender
     from serving.deployments import EventLogger
     from serving.local import LocalHandle, stages_user_config
+
+    logger = EventLogger(config.events, config.remembered_requests, config.flush_rows, config.flush_seconds)
+    service = Recommender(None, None, None, LocalHandle(logger), None, config)
+    seen: list[dict[str, np.ndarray]] = []
+
+    async def scenario() -> list:
+        await service.reconfigure(stages_user_config(config))
+        policy = service.local.rankers[arm].policy
+        select = policy.select
+
+        def watched(obs, slate_size, rng=None):
+            seen.append(obs)
+            return select(obs, slate_size, rng)
+
+        monkeypatch.setattr(policy, "select", watched)
+        return [await service.recommend(request) for request in requests]
+
+    try:
+        answers = asyncio.run(scenario())
+    finally:
+        logger.log.close()
+    return answers, seen
+
+
+def test_a_trained_arm_sees_the_budget_feature_of_its_session_step(small_index, tmp_path, monkeypatch):
+    """A colocated ingress serving a trained policy whose simulator had a session budget of 20: step 5 is a
+    budget feature of 0.75, as in training."""
+    from serving.app import resolve_config
 
     monkeypatch.setenv("RAYREC_PSEUDONYM_KEY", "k" * 32)
     index_dir, dim = small_index
@@ -537,32 +567,12 @@ def test_a_trained_arm_sees_the_budget_feature_of_its_session_step(small_index, 
     config = AppConfig(index=str(index_dir), arms=[f"t={policy}"], events=events, encoder=None, colocate=True)
     config = resolve_config(config)[0]
     assert config.num_candidates == 12
-    logger = EventLogger(events, config.remembered_requests, config.flush_rows, config.flush_seconds)
-    service = Recommender(None, None, None, LocalHandle(logger), None, config)
-    seen: list[np.ndarray] = []
-
-    async def scenario() -> list:
-        await service.reconfigure(stages_user_config(config))
-        trained = service.local.rankers["t"].policy
-        select = trained.select
-
-        def watched(obs, slate_size, rng=None):
-            seen.append(obs["budget"])  # [B, 1]
-            return select(obs, slate_size, rng)
-
-        monkeypatch.setattr(trained, "select", watched)
-        answers = []
-        for step, history in [(5, ["item-0001"]), (0, ["item-0002"]), (40, ["item-0003"]), (10, [])]:
-            request = RecommendRequest(user_id=f"u{step}", history=history, k=3, session_step=step)
-            answers.append((step, await service.recommend(request)))
-        return answers
-
-    try:
-        answers = asyncio.run(scenario())
-    finally:
-        logger.log.close()
+    steps = [(5, ["item-0001"]), (0, ["item-0002"]), (40, ["item-0003"]), (10, [])]
+    asks = [RecommendRequest(user_id=f"u{s}", history=h, k=3, session_step=s) for s, h in steps]
+    replies, seen = serve_colocated(config, "t", asks, monkeypatch)
+    answers = [(step, answer) for (step, _), answer in zip(steps, replies, strict=True)]
     assert [a.policy for _, a in answers] == ["tiny", "tiny", "tiny", "popular-diverse"]
-    assert [float(b[0, 0]) for b in seen] == [0.75, 1.0, 0.0]  # what the policy was shown
+    assert [float(obs["budget"][0, 0]) for obs in seen] == [0.75, 1.0, 0.0]  # what the policy was shown
     requests = read_requests(events).to_pandas().set_index("request_id")
     logged = {step: float(requests.loc[a.request_id, "budget"]) for step, a in answers}
     assert logged == {5: 0.75, 0: 1.0, 40: 0.0, 10: 0.5}  # the cold start: what the policy would have seen
@@ -625,9 +635,7 @@ def test_over_a_rated_index_the_server_builds_and_logs_item_rating(tmp_path, mon
     from rayrec.baselines import RandomPolicy, RetrievalPolicy, load_policy
     from rayrec.features import feature_names
     from rayrec.logs.reader import ItemLookup, logged_requests, read_event_log
-    from serving.app import Recommender, resolve_config
-    from serving.deployments import EventLogger
-    from serving.local import LocalHandle, stages_user_config
+    from serving.app import resolve_config
 
     monkeypatch.setenv("RAYREC_PSEUDONYM_KEY", "k" * 32)
     index_dir = build_test_index(tmp_path / "rated", n_items=60, rating=True)
@@ -637,29 +645,9 @@ def test_over_a_rated_index_the_server_builds_and_logs_item_rating(tmp_path, mon
     arms = [f"r={policy}", "u=random"]
     config = AppConfig(index=str(index_dir), arms=arms, events=events, encoder=None, colocate=True)
     config = resolve_config(config)[0]
-    logger = EventLogger(events, config.remembered_requests, config.flush_rows, config.flush_seconds)
-    service = Recommender(None, None, None, LocalHandle(logger), None, config)
-    seen: list[np.ndarray] = []
-
-    async def scenario() -> list:
-        await service.reconfigure(stages_user_config(config))
-        trained = service.local.rankers["r"].policy
-        select = trained.select
-
-        def watched(obs, slate_size, rng=None):
-            seen.append(obs["features"])  # [B, K, F]
-            return select(obs, slate_size, rng)
-
-        monkeypatch.setattr(trained, "select", watched)
-        return [
-            await service.recommend(RecommendRequest(user_id=f"u{i}", history=[f"item-{i:04d}"], k=3))
-            for i in range(16)
-        ]
-
-    try:
-        answers = asyncio.run(scenario())
-    finally:
-        logger.log.close()
+    asks = [RecommendRequest(user_id=f"u{i}", history=[f"item-{i:04d}"], k=3) for i in range(16)]
+    answers, shown = serve_colocated(config, "r", asks, monkeypatch)
+    seen = [obs["features"] for obs in shown]  # [B, K, F] each
     rated = [a for a in answers if a.policy == "rated"]
     assert len(rated) == len(seen) and 0 < len(rated) < len(answers)  # both arms answered
     requests = read_requests(events).to_pandas().set_index("request_id")
