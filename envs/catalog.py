@@ -172,5 +172,5 @@ def catalog_from_index(index, items=None, interactions=None) -> ItemCatalog:
         quality=quality,
         categories=categories,
     )
-    rating = getattr(index, "rating", None)  # stored by `rayrec index build` from rated data
+    rating = getattr(index, "rating", None)  # stored by `rayrec build-index` from rated data
     return catalog if rating is None else replace(catalog, rating=np.asarray(rating, np.float32))

@@ -19,7 +19,7 @@ Observation (batched; B requests, K candidates, d embedding dims, F = len(FEATUR
 Observable where the logs have ratings: :data:`ITEM_RATING`, each candidate's mean logged rating
 (:func:`rating_feature` of :func:`logged_rating_totals`), after :data:`FEATURE_NAMES`. A simulator built
 with ``observe_rating`` appends it; an item index built from data with rating events stores it per item
-(``rayrec index build``), and a server over such an index builds it for the policies that read it and logs
+(``rayrec build-index``), and a server over such an index builds it for the policies that read it and logs
 it with every request (:func:`select_features` gives each reader the columns it reads).
 
 Simulation only: a simulator built with ``observe_hidden`` (:class:`envs.config.SlateEnvConfig`) appends some

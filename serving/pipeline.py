@@ -100,7 +100,7 @@ def check_servable(policy: SlatePolicy, spec: str, rated_index: bool) -> ExportC
         )
     elif ITEM_RATING in appended and not rated_index:
         what = (
-            f"reads {ITEM_RATING!r}, which this index does not store: build the index (`rayrec index build`) "
+            f"reads {ITEM_RATING!r}, which this index does not store: build the index (`rayrec build-index`) "
             "from data whose interactions.parquet has rating events"
         )
     else:

@@ -282,7 +282,7 @@ def test_categories_are_optional_in_the_layout_and_covered_by_the_checksum(tmp_p
 
 
 def test_an_index_built_from_rated_data_stores_each_items_rating(tmp_path, monkeypatch):
-    """``rayrec index build`` over interactions with rating events stores each item's ``item_rating`` (the
+    """``rayrec build-index`` over interactions with rating events stores each item's ``item_rating`` (the
     shrunk mean the simulator's ``observe_rating`` computes from the same log), covered by the checksum; over
     clicks only it stores none. A simulator built from the rated index alone reads the index's ratings."""
     from envs.config import SlateEnvConfig

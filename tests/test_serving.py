@@ -613,7 +613,7 @@ def test_a_policy_reading_features_the_server_does_not_build_is_refused(small_in
     assert "rayrec simulate --env observe_hidden=" in message
     rated_policy = export_policy_reading(tmp_path, dim, feature_names(rating=True), "rated")
     message = refusal(rated_policy)
-    assert "'item_rating', which this index does not store" in message and "rayrec index build" in message
+    assert "'item_rating', which this index does not store" in message and "rayrec build-index" in message
     ranker = LinearRankerPolicy(np.zeros(4), np.zeros(dim), feature_names=feature_names(rating=True))
     assert "'item_rating'" in refusal(ranker.save(str(tmp_path / "linear")))
     hidden = LinearRankerPolicy(np.zeros(4), np.zeros(dim), feature_names=feature_names(("quality",)))
