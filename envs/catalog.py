@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -70,6 +70,7 @@ class ItemCatalog:
         clickbait: np.ndarray,
         quality: np.ndarray,
         categories: np.ndarray | None = None,
+        rating: np.ndarray | None = None,
     ) -> ItemCatalog:
         """A catalog with normalised float32 embeddings and the popularity feature computed once."""
         counts = np.asarray(popularity_counts, dtype=np.float64)
@@ -81,6 +82,7 @@ class ItemCatalog:
             clickbait=np.clip(np.asarray(clickbait, dtype=np.float32), 0.0, 1.0),
             quality=np.clip(np.asarray(quality, dtype=np.float32), 0.0, 1.0),
             categories=None if categories is None else np.asarray(categories).astype(str),
+            rating=None if rating is None else np.asarray(rating, dtype=np.float32),
         )
 
 
@@ -134,7 +136,7 @@ def catalog_from_index(index, items=None, interactions=None) -> ItemCatalog:
     """The catalog of an item index, with traits from ``items.parquet`` columns or derived from logs.
 
     Args:
-        index: a :class:`rayrec.index.ItemIndex` (item ids, embeddings, popularity counts).
+        index: a :class:`rayrec.index.ItemIndex` (item ids, embeddings, popularity counts, ratings).
         items: optional pa.Table of ``items.parquet``; ``clickbait``/``quality``/``category`` columns
             are used when present.
         interactions: optional pa.Table of ``interactions.parquet`` for :func:`derived_traits`.
@@ -164,13 +166,12 @@ def catalog_from_index(index, items=None, interactions=None) -> ItemCatalog:
         if "category" in names:
             cats = items.column("category").to_pylist()
             categories = np.asarray(["" if cats[r] is None else cats[r] for r in rows])
-    catalog = ItemCatalog.build(
+    return ItemCatalog.build(
         item_ids=item_ids,
         embeddings=np.asarray(index.embeddings, dtype=np.float32),
         popularity_counts=np.asarray(index.popularity, dtype=np.float64),
         clickbait=clickbait,
         quality=quality,
         categories=categories,
+        rating=index.rating,  # stored by `rayrec build-index` from rated data, else None
     )
-    rating = getattr(index, "rating", None)  # stored by `rayrec build-index` from rated data
-    return catalog if rating is None else replace(catalog, rating=np.asarray(rating, np.float32))

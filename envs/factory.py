@@ -180,8 +180,9 @@ def _logged_rating(index_dir: str | None, data_dir: str, history_length: int) ->
 
 def observed_rating(config: SlateEnvConfig, world: World) -> np.ndarray:
     """[N] float32 :func:`rayrec.features.rating_feature` of the world's logged ratings: the data's
-    ``interactions.parquet``, the ones an index built from rated data stores, or the built-in world's own log of ``config.rating_log_users`` users (cached per
-    process, like the world, so the many simulators of one run compute it once)."""
+    ``interactions.parquet``, the ones an index built from rated data stores, or the built-in world's own
+    log of ``config.rating_log_users`` users (cached per process, like the world, so the many simulators of
+    one run compute it once)."""
     if world.interactions is not None:
         return _logged_rating(config.index_dir, config.data_dir, config.history_length)
     if world.catalog.rating is not None:  # an index built from rated data stores them

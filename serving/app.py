@@ -378,10 +378,12 @@ def _cancel(response) -> None:
             cancel()
 
 
-def resolve_encoder(config: AppConfig, user_model: UserModel | None = None) -> tuple[str | None, int]:
-    """(encoder name or path, index dim) from the config and the index's ``index.json``; with a
-    ``user_model``, ``encoder: index`` means the model's text encoder (:func:`model_text_encoder`)."""
-    manifest = read_index_manifest(config.index)
+def resolve_encoder(
+    config: AppConfig, manifest: dict[str, Any], user_model: UserModel | None = None
+) -> tuple[str | None, int]:
+    """(encoder name or path, index dim) from the config and the index's ``index.json`` content
+    ``manifest``; with a ``user_model``, ``encoder: index`` means the model's text encoder
+    (:func:`model_text_encoder`)."""
     if config.encoder != "index":
         encoder = config.encoder
     elif user_model is not None:
@@ -460,13 +462,14 @@ def resolve_config(config: AppConfig) -> tuple[AppConfig, str | None, int]:
         ConfigError: a K that is not the trained policies' (see :meth:`AppConfig.with_num_candidates`).
     """
     config = config.with_absolute_paths()
-    encoder_name, dim = resolve_encoder(config, check_user_model(config))
+    manifest = read_index_manifest(config.index)
+    encoder_name, dim = resolve_encoder(config, manifest, check_user_model(config))
     # The pseudonymization key is settled here, once: created if missing (atomically), so that every
     # replica reads the same one (a replica that cannot find it fails rather than make its own).
     key_source = resolve_key_source(config.pseudonym_key)
     load_key(key_source, create=True)
     config = dataclasses.replace(config, pseudonym_key=key_source)
-    rated = index_has_ratings(read_index_manifest(config.index))
+    rated = index_has_ratings(manifest)
     return config.with_num_candidates(check_policies(config, dim, rated)), encoder_name, dim
 
 

@@ -69,13 +69,6 @@ def trained_config(policy: SlatePolicy) -> ExportConfig | None:
     return None
 
 
-def served_feature_names(rated_index: bool) -> tuple[str, ...]:
-    """The per-candidate features a server builds and logs: :data:`rayrec.features.FEATURE_NAMES`, and
-    :data:`rayrec.features.ITEM_RATING` over an index that stores each item's rating
-    (:func:`rayrec.index.item_index.index_has_ratings`)."""
-    return feature_names(rating=rated_index)
-
-
 def check_servable(policy: SlatePolicy, spec: str, rated_index: bool) -> ExportConfig | None:
     """:func:`trained_config`, after refusing a policy that reads features this server does not build.
 
@@ -355,8 +348,8 @@ class Ranked:
         unknown: history ids that were not in the catalog.
         cold_start: True when the popular-diverse fallback answered.
         candidate_ids: [K] the candidates the slate was chosen from, in retrieval order.
-        features: [K, F] float32 their features (:func:`served_feature_names`: with ``item_rating`` over a
-            rated index, whatever the policy reads).
+        features: [K, F] float32 their features (:func:`observe`: with ``item_rating`` over a rated index,
+            whatever the policy reads).
         profile: [d] float32 the user's profile.
         budget: the observation's ``budget`` feature (:func:`rayrec.features.budget_feature` of the
             request's session step on the arm's policy's scale).
@@ -427,7 +420,7 @@ def observe(batch: list[Candidates], budget: float) -> tuple[dict[str, np.ndarra
     """The observation of requests with the same K: :func:`rayrec.features.build_observation` (the
     simulator's function), with each request's session step on the policy's ``budget`` scale, and
     ``item_rating`` appended when every request's candidates have one (a rated index); with the names of its
-    features (:func:`served_feature_names`)."""
+    features (:func:`rayrec.features.feature_names`)."""
     obs = build_observation(
         np.stack([c.profile for c in batch]),  # [B, d]
         np.stack([c.embeddings for c in batch]),  # [B, K, d]
@@ -440,7 +433,7 @@ def observe(batch: list[Candidates], budget: float) -> tuple[dict[str, np.ndarra
     if rated:
         rating = np.stack([c.rating for c in batch])[..., None]  # [B, K, 1]
         obs["features"] = np.concatenate([obs["features"], rating.astype(np.float32)], axis=-1)
-    return obs, served_feature_names(rated)
+    return obs, feature_names(rating=rated)
 
 
 def rank(

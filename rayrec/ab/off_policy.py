@@ -215,9 +215,14 @@ def replay(
         obs, shown = requests.observation(rows), requests.shown[rows, :k]
         marginals = np.stack(
             [
-                _scored(policies[a], requests.source, policies[a].position_marginals, seen, k)
+                _scored(
+                    policies[a],
+                    requests.source,
+                    policies[a].position_marginals,
+                    _seen(policies[a], requests, obs),
+                    k,
+                )
                 for a in active
-                for seen in [_seen(policies[a], requests, obs)]
             ]
         ).astype(np.float64)  # [A', b, k, K]
         target_obs = _seen(target, requests, obs)

@@ -6,10 +6,10 @@ A conditional logit over the shown slate plus a no-click option, on what the log
     z_p = bias + features · w + basis(embedding) · v + position_logit[p]
 
 with the candidate's logged features (:data:`rayrec.features.FEATURE_NAMES`, and ``item_rating`` where
-logged), its embedding projected on the leading principal directions of the logged items' embeddings (item traits that attract clicks,
-clickbait among them, are directions in the embedding space) and one logit per slate position. Items of a
-slate compete for the click, as they do for users (and in the simulator's choice model): under strong
-competition the value of a slate is not the sum of its items' values, which is what the item-position
+logged), its embedding projected on the leading principal directions of the logged items' embeddings (item
+traits that attract clicks, clickbait among them, are directions in the embedding space) and one logit per
+slate position. Items of a slate compete for the click, as they do for users (and in the simulator's
+choice model): under strong competition the value of a slate is not the sum of its items' values, which is what the item-position
 estimators assume, and a model of this form is what lets the doubly robust estimator stay close to the
 truth there. A request with several clicks counts each as one choice (a pseudo-likelihood). The expected
 reward of a position is its click probability times the mean logged reward of a click.

@@ -82,7 +82,7 @@ def logged_features(
     """The requests table's ``features`` as [n, K, F] float32, and their names.
 
     ``names`` (a simulated log's) must match every row. A server logs :data:`rayrec.features.FEATURE_NAMES`,
-    and ``item_rating`` after them over a rated index (:func:`serving.pipeline.served_feature_names`), so
+    and ``item_rating`` after them over a rated index (:func:`serving.pipeline.observe`), so
     without ``names`` a row's width says which; a log whose rows differ (a server restarted over an index
     with ratings) keeps the features every row has.
 
