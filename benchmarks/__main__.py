@@ -28,7 +28,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "serve": [],
     "encoder_quality": [],
     "sequential_retrieval": [],  # after encoder_quality: it reads that run's data and zero-shot index
-    "presets": ["--users", "400", "--preset", "long-term", "--preset", "default", "--preset", "satiation"],
+    "presets": ["--users", "400", "--preset", "long-term", "--preset", "classic", "--preset", "satiation"],
     "ope_coverage": ["--replications", "50", "--workers", "2"],
     "offline_learning": ["--log-users", "5000", "--eval-users", "4000", "--iterations", "1000"],
     "fairness": ["--users", "2000"],

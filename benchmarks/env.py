@@ -8,7 +8,7 @@ retrieval from 10k and 100k items (exact inner product, one batched search per s
 ``gymnasium.make("rayrec/SlateRec-v0")`` stepped in a Python loop, in the same run. Policy cost is
 excluded: every step shows the same fixed slate. A second table steps every preset (:mod:`envs.presets`) on
 the random-candidate path, so the cost of the richer dynamics (satiation, fatigue, returning users) is a
-ratio against ``default`` measured in the same run (target: at most 2x); FAISS from 10k items has its own
+ratio against ``classic`` (the SlateEnvConfig defaults) measured in the same run (target: at most 2x); FAISS from 10k items has its own
 target (>= 30,000).
 """
 
@@ -29,7 +29,7 @@ TARGET = 50_000
 FAISS_TARGET = 30_000
 """User-steps/s with FAISS retrieval from 10k items (K=50, k=5, one core)."""
 DYNAMICS_COST = 2.0
-"""Largest slow-down a preset's dynamics may cost against ``default`` on the random-candidate path."""
+"""Largest slow-down a preset's dynamics may cost against ``classic`` on the random-candidate path."""
 K, SLATE = 50, 5
 
 
@@ -92,12 +92,12 @@ def main(argv: list[str] | None = None) -> int:
             envs.make_vector_env(config, args.users), args.users, args.seconds
         )
     print("\n### Cost of each preset's dynamics (random candidates, 10k items, same run)\n")
-    print("| preset | vector env user-steps/s | slow-down vs default |")
+    print("| preset | vector env user-steps/s | slow-down vs classic |")
     print("| --- | --- | --- |")
     for name, rate in presets.items():
-        print(f"| {name} | {rate:,.0f} | {presets['default'] / rate:.2f}x |")
-    worst = max(presets, key=lambda name: presets["default"] / presets[name])
-    cost = presets["default"] / presets[worst]
+        print(f"| {name} | {rate:,.0f} | {presets['classic'] / rate:.2f}x |")
+    worst = max(presets, key=lambda name: presets["classic"] / presets[name])
+    cost = presets["classic"] / presets[worst]
     verdict = "within" if cost <= DYNAMICS_COST else "OVER"
     print(f"\nThe costliest dynamics ({worst}, {cost:.2f}x) are {verdict} the {DYNAMICS_COST:g}x budget.")
     return 0

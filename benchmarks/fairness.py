@@ -1,7 +1,7 @@
-"""Beyond accuracy on the default preset: each policy and its re-ranked versions (``python -m benchmarks.fairness``).
+"""Beyond accuracy on one preset (``classic`` unless ``--preset``): each policy and its re-ranked versions (``python -m benchmarks.fairness``).
 
 Every policy meets the same held-out users (one seed: user ``i`` starts the same way under every policy) of
-the default preset, once per candidate mode: the preset's own FAISS candidates (K=20 nearest unseen items
+the preset, once per candidate mode: the preset's own FAISS candidates (K=20 nearest unseen items
 to the user's profile), diversified FAISS candidates (the same with at most 4 per category:
 ``candidates=faiss-diverse``) and RecSim's uniformly random candidates (K=50). The first table gives return,
 coverage, exposure Gini over items and categories, intra-list diversity, novelty and calibration, each
@@ -24,7 +24,7 @@ import numpy as np
 
 from envs import build_simulator, make_policy
 from envs.beyond import evaluate_beyond
-from envs.presets import DEFAULT_PRESET, preset
+from envs.presets import preset
 from envs.rollout import StepRecord
 from rayrec.metrics.beyond import Exposure, encode_categories, paired_corpus_difference
 from rayrec.metrics.session import SessionOutcomes, paired_difference
@@ -50,11 +50,11 @@ Run = tuple[SessionOutcomes, Exposure, dict]
 
 
 def run_mode(
-    mode: str, specs: list[str], users: int, seed: int, resamples: int
+    world: str, mode: str, specs: list[str], users: int, seed: int, resamples: int
 ) -> tuple[dict[str, Run], float]:
     """Every policy's outcomes, exposure and summary on ``users`` users with ``mode`` candidates, and the
     mean number of distinct categories among a request's K candidates (what any re-ranker can choose from)."""
-    config = preset(DEFAULT_PRESET).replace(candidates=mode, num_candidates=MODES[mode])
+    config = preset(world).replace(candidates=mode, num_candidates=MODES[mode])
     runs, distinct = {}, []
     for spec in specs:
         sim = build_simulator(config, batch=users)
@@ -136,6 +136,7 @@ def fairness_table(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="classic", help="simulator world (envs.presets)")
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1_000_003)
     parser.add_argument("--resamples", type=int, default=200, help="bootstrap resamples of users")
@@ -155,9 +156,9 @@ def main() -> None:
     by_mode = {}
     for mode in args.mode or list(MODES):
         started = time.perf_counter()
-        runs, distinct = run_mode(mode, specs, args.users, args.seed, args.resamples)
+        runs, distinct = run_mode(args.preset, mode, specs, args.users, args.seed, args.resamples)
         by_mode[mode] = runs
-        print(f"### default preset, {mode} candidates (K={MODES[mode]}, k=5)\n")
+        print(f"### preset {args.preset}, {mode} candidates (K={MODES[mode]}, k=5)\n")
         print(f"A request's K candidates span {distinct:.2f} categories on average ({specs[0]} run).\n")
         print(policy_table(runs))
         table, met = fairness_table(runs, betas, args.resamples, args.seed)

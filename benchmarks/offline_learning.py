@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", default="default", help="simulator world (envs.presets)")
+    parser.add_argument("--preset", default="classic", help="simulator world (envs.presets)")
     parser.add_argument(
         "--log-users", type=int, default=2000, help="training users the logging policy serves"
     )

@@ -16,7 +16,7 @@ Settings:
   rare-click world (``no_click_utility`` 1.4: the item-position model nearly holds) and with the default
   click rates (items compete for a click: the item-position model does not hold);
 - session level, whole sessions: the truth is the target's on-policy return per user, in the
-  rare-click world and in the default world.
+  rare-click world and in the classic world (the SlateEnvConfig defaults).
 
 Beside rayrec's estimators the item-level table shows ``ips (own arm)``: IPS weighted by each request's
 own logged propensity, as ``rayrec ope`` did before the multi-logger weights — the greedy arm's requests
@@ -120,7 +120,7 @@ SETTINGS = (
     Setting("rare-click, one step", "item", {"no_click_utility": 1.4, "max_episode_steps": 1}),
     Setting("default clicks, one step", "item", {"max_episode_steps": 1}),
     Setting("rare-click, sessions", "session", {"no_click_utility": 1.4}),
-    Setting("default world, sessions", "session", {}),
+    Setting("classic world, sessions", "session", {}),
 )
 
 

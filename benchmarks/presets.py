@@ -7,7 +7,7 @@ every policy). The table gives each policy's mean return with its 95% interval a
 planner's; the last lines say whether the preset needs planning (the best fixed per-item rule at or below
 85% of the planner) and which library policy the planner took as its base.
 
-    python -m benchmarks.presets --users 1000 --preset long-term --preset default
+    python -m benchmarks.presets --users 1000 --preset long-term --preset classic
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ USERS = 128
 
 
 def simulator_steps_per_second(seconds: float) -> float:
-    """User-steps/s of the default world's vector env (128 users), policy cost excluded."""
+    """User-steps/s of the classic world's vector env (128 users), policy cost excluded."""
     import envs
     from envs.config import SlateEnvConfig
 

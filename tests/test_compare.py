@@ -107,14 +107,14 @@ def test_beyond_values_of_several_seeds_are_their_mean_not_pooled():
     table = markdown(summary, "x")
     row = next(line for line in table.splitlines() if line.startswith("| ppo |"))
     assert row.endswith("| 0.200 | 11.00 | 0.300 | 0.600 | 0.300 |")
-    assert "World: preset `default`;" in table
+    assert "World: preset `long-term`;" in table  # the default preset
 
 
 def test_the_report_names_what_replaced_the_presets_world():
     from trainers.compare import world_label
 
-    cfg = CompareConfig(out="x", env_config="calib/env_config.yaml", env=["budget=30"])
-    assert world_label(cfg) == "preset `default` with --env-config `calib/env_config.yaml`, --env `budget=30`"
+    cfg = CompareConfig(out="x", preset="classic", env_config="calib/env_config.yaml", env=["budget=30"])
+    assert world_label(cfg) == "preset `classic` with --env-config `calib/env_config.yaml`, --env `budget=30`"
 
 
 def test_compare_run_again_reuses_finished_runs(compare_dir, capsys):

@@ -182,6 +182,10 @@ def test_presets_are_listed_and_unknown_ones_refused(capsys):
 
     assert main(["simulate", "--list-presets"]) == 0
     listed = capsys.readouterr().out
-    assert all(name in listed for name in ("default", "satiation", "retention"))
+    assert all(f"{name}: " in listed for name in ("long-term", "classic", "satiation", "retention"))
     assert main(["simulate", "--preset", "no-such-world", "--users", "4"]) == 2
     assert "unknown preset 'no-such-world'" in capsys.readouterr().err
+    # the first world's old name: the error lists the presets and says which one is the default now
+    assert main(["simulate", "--preset", "default", "--users", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "classic" in err and "long-term is the default" in err

@@ -47,7 +47,7 @@ def test_intervals_cover_the_on_policy_truth():
         "rare-click, one step": ("ips", "snips", "dr"),
         "default clicks, one step": ("dr",),
         "rare-click, sessions": ("pdis", "sdr"),
-        "default world, sessions": ("pdis", "sdr"),
+        "classic world, sessions": ("pdis", "sdr"),
     }
     for setting, names in claimed.items():
         for name in names:

@@ -1,4 +1,4 @@
-"""A learner that learns: PPO trained on the default world beats ``random`` and ``retrieval`` on held-out users
+"""A learner that learns: PPO trained on ``classic`` (the world it was measured on) beats ``random`` and ``retrieval`` on held-out users
 with a paired 95% interval above 0 over 2 seeds (catches a broken loss, export or evaluation). Slow: minutes."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from trainers.compare_config import CompareConfig
 def test_ppo_beats_random_and_retrieval_on_held_out_users(ray_session, tmp_path):
     cfg = CompareConfig(
         out=str(tmp_path),
+        preset="classic",
         methods=["ppo"],
         seeds=2,
         iterations=10,

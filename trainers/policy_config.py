@@ -66,7 +66,7 @@ class TrainPolicyConfig(SimulatorOptions):
     """Env steps sampled per iteration."""
     minibatch_size: int = 256
     """Env steps per SGD minibatch (PPO; SlateQ: transitions per replayed batch). Small minibatches give
-    more Adam steps for the same compute: 256 learned faster than 1024 on the default world."""
+    more Adam steps for the same compute: 256 learned faster than 1024 on ``classic``."""
     num_epochs: int = 4
     """PPO: passes over each iteration's batch. SlateQ: replay ratio (transitions trained per transition sampled)."""
     epsilon: float = 0.3
