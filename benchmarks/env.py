@@ -8,8 +8,8 @@ retrieval from 10k and 100k items (exact inner product, one batched search per s
 ``gymnasium.make("rayrec/SlateRec-v0")`` stepped in a Python loop, in the same run. Policy cost is
 excluded: every step shows the same fixed slate. A second table steps every preset (:mod:`envs.presets`) on
 the random-candidate path, so the cost of the richer dynamics (satiation, fatigue, returning users) is a
-ratio against ``classic`` (the SlateEnvConfig defaults) measured in the same run (target: at most 2x); FAISS from 10k items has its own
-target (>= 30,000).
+ratio against ``classic`` (the SlateEnvConfig defaults) measured in the same run (target: at most 2x);
+FAISS from 10k items has its own target (>= 30,000).
 """
 
 from __future__ import annotations

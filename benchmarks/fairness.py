@@ -1,9 +1,9 @@
-"""Beyond accuracy on one preset (``classic`` unless ``--preset``): each policy and its re-ranked versions (``python -m benchmarks.fairness``).
+"""Beyond accuracy: each policy and its re-ranked versions (``python -m benchmarks.fairness``).
 
 Every policy meets the same held-out users (one seed: user ``i`` starts the same way under every policy) of
-the preset, once per candidate mode: the preset's own FAISS candidates (K=20 nearest unseen items
-to the user's profile), diversified FAISS candidates (the same with at most 4 per category:
-``candidates=faiss-diverse``) and RecSim's uniformly random candidates (K=50). The first table gives return,
+the ``--preset`` world (default ``classic``), once per candidate mode: the preset's own FAISS candidates
+(K=20 nearest unseen items to the user's profile), diversified FAISS candidates (the same with at most 4
+per category: ``candidates=faiss-diverse``) and RecSim's uniformly random candidates (K=50). The first table gives return,
 coverage, exposure Gini over items and categories, intra-list diversity, novelty and calibration, each
 with its 95% interval (Student-t over users; bootstrap over users for the corpus-level ones). The second
 gives the paired difference of every exposure-fair re-ranker against its base — session return (paired

@@ -123,7 +123,7 @@ class CategoryQuotaCandidates:
     """The K nearest unseen items to the observed profile with at most ``quota`` from any one category.
 
     A diversifying retrieval stage: plain nearest-neighbour candidates come from the user's dominant
-    category (in `classic` the 20 nearest items span 1.01 of 16 categories), so no re-ranker
+    category (in ``classic`` the 20 nearest items span 1.01 of 16 categories), so no re-ranker
     downstream can change category exposure. Here each category has an exact FAISS index of its own;
     every category is searched for its ``quota`` nearest unseen items and the ``C · quota`` results are
     cut to the K best by score. ``quota = K`` is plain retrieval; ``quota = ceil(K / C)`` spreads the K

@@ -1,5 +1,5 @@
-"""The default preset (``long-term``) needs planning: the planner beats every fixed per-item rule, on the same users,
-paired, and the best of them stays at or below the 85% of the planner that :mod:`envs.presets` asks of a
+"""The default preset (``long-term``) needs planning: the planner beats every fixed per-item rule, on the
+same users, paired, and the best of them stays at or below the 85% of the planner that :mod:`envs.presets` asks of a
 preset. (On these 300 users the planner of revision 3 puts the best rule at 78.9%, paired gain +1.88
 [+1.02, +2.74]; the README's 400 users are measured by ``python -m benchmarks.presets``. A planner without
 its satisfaction switches scored 86% here and fails the share; one reduced to a fixed rule would fail

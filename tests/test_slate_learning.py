@@ -1,5 +1,6 @@
-"""A learner that learns: PPO trained on ``classic`` (the world it was measured on) beats ``random`` and ``retrieval`` on held-out users
-with a paired 95% interval above 0 over 2 seeds (catches a broken loss, export or evaluation). Slow: minutes."""
+"""A learner that learns: PPO trained on ``classic`` (the world it was measured on) beats ``random`` and
+``retrieval`` on held-out users with a paired 95% interval above 0 over 2 seeds (catches a broken loss,
+export or evaluation). Slow: minutes."""
 
 from __future__ import annotations
 
