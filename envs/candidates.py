@@ -7,6 +7,7 @@ from typing import Protocol
 import numpy as np
 
 from envs.catalog import ItemCatalog
+from envs.shortlist import SHORTLIST_PER_CANDIDATE, shortlist_top_k
 from envs.users import UserState
 from rayrec.errors import ConfigError
 from rayrec.metrics.beyond import encode_categories
@@ -19,6 +20,10 @@ class Retriever(Protocol):
         self, queries: np.ndarray, k: int, excluded: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Queries [B, d], excluded [B, H] (padded with -1) → (scores [B, k] float32, items [B, k] int64)."""
+        ...
+
+    def exact(self) -> FlatRetriever | None:
+        """The same search as an exact :class:`FlatRetriever` over the catalog's rows, or None (approximate)."""
         ...
 
 
@@ -58,6 +63,10 @@ class FlatRetriever:
         self.index = faiss.IndexFlatIP(embeddings.shape[1])
         self.index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
 
+        self.embeddings = self.index.reconstruct_n(0, self.size)  # [N, d] float32, as the index holds them
+        self._neighbours: np.ndarray | None = None  # [N, L] filled as rows are asked for (neighbours)
+        self._beyond = np.empty(0, np.float32)  # [N] NaN until filled
+
     def search_excluding(
         self, queries: np.ndarray, k: int, excluded: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -67,12 +76,70 @@ class FlatRetriever:
             items = np.where(items >= 0, self.ids[np.maximum(items, 0)], -1)
         return drop_excluded(scores, items, excluded, k)
 
+    def exact(self) -> FlatRetriever | None:
+        return self if self.ids is None else None
+
+    def scores_of(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Queries [B, d] · their own index rows [B, m] (-1 padded) → [B, m] float32, -inf at padding."""
+        import faiss
+
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        labels = np.ascontiguousarray(np.maximum(rows, 0), dtype=np.int64)
+        out = np.empty(rows.shape, np.float32)
+        self.index.compute_distance_subset(
+            len(queries), faiss.swig_ptr(queries), rows.shape[1], faiss.swig_ptr(out), faiss.swig_ptr(labels)
+        )
+        out[rows < 0] = -np.inf
+        return out
+
+    def neighbours(self, rows: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each index row's ``width`` most similar other rows, and a bound on the rest.
+
+        Args:
+            rows: [n] index rows.
+            width: neighbours per row (fixed by the first call; lists are computed once per row, when first
+                asked for, with one batched search, and kept).
+
+        Returns:
+            (neighbours [n, width] int64, -1 padded; beyond [n] float32: no row other than the row itself
+            and its neighbours has a larger inner product with it, -inf when there is none).
+        """
+        if self._neighbours is None:
+            self._neighbours = np.full((self.size, width), -1, np.int64)
+            self._beyond = np.full(self.size, np.nan, np.float32)
+        elif self._neighbours.shape[1] != width:
+            raise ValueError(f"neighbour lists are {self._neighbours.shape[1]} wide, asked for {width}")
+        missing = np.unique(rows[np.isnan(self._beyond[rows])])
+        if len(missing):
+            scores, found = self.index.search(self.embeddings[missing], min(width + 2, self.size))  # [m, w+2]
+            # Drop the row itself (the last result where another row ties with it for first place).
+            self_at = (found == missing[:, None]).argmax(axis=1)
+            self_at[(found != missing[:, None]).all(axis=1)] = found.shape[1] - 1
+            others = np.argsort(np.arange(found.shape[1]) == self_at[:, None], axis=1, kind="stable")[:, :-1]
+            found = np.take_along_axis(found, others, axis=1)  # [m, w+1] best first
+            scores = np.take_along_axis(scores, others, axis=1)
+            found = np.pad(found, ((0, 0), (0, width + 1 - found.shape[1])), constant_values=-1)
+            scores = np.pad(scores, ((0, 0), (0, width + 1 - scores.shape[1])), constant_values=-np.inf)
+            self._neighbours[missing] = found[:, :width]
+            self._beyond[missing] = np.where(found[:, width] >= 0, scores[:, width], -np.inf)
+        return self._neighbours[rows], self._beyond[rows]
+
 
 class IndexRetriever:
     """A :class:`rayrec.index.ItemIndex` (flat, IVF, HNSW, ...) behind the :class:`Retriever` protocol."""
 
     def __init__(self, index) -> None:
         self.index = index
+        self._exact: FlatRetriever | None = None
+
+    def exact(self) -> FlatRetriever | None:
+        """A flat index's own vectors behind a :class:`FlatRetriever` (built once); None for IVF, HNSW, ..."""
+        if self.index.index_type != "flat":
+            return None
+        if self._exact is None:
+            stored = self.index.faiss_index
+            self._exact = FlatRetriever(stored.reconstruct_n(0, stored.ntotal))
+        return self._exact
 
     def search_excluding(
         self, queries: np.ndarray, k: int, excluded: np.ndarray
@@ -87,6 +154,10 @@ class CandidateGenerator(Protocol):
     """The K candidates are a function of the user's observed profile and consumed items alone (no draws):
     a user whose profile did not change keeps them (:meth:`envs.simulator.SlateSimulator.refresh_candidates`)."""
 
+    shortlist_width: int
+    """Items each user keeps for :mod:`envs.shortlist` (0: none; the simulator sizes
+    :class:`envs.users.UserState` by it)."""
+
     def generate(self, users: UserState, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(items [B, K] int64 catalog indices in retrieval order, scores [B, K] float32 profile · item)."""
         ...
@@ -98,19 +169,36 @@ class RetrievalCandidates:
     Retrieval never sees the hidden interest: only what the user has clicked (history and this session),
     as a production retriever would. Users with an empty profile (no history) get a zero query, for which
     every item scores 0 and FAISS returns the lowest item indices; give users a history to avoid that.
+
+    With ``shortlist`` a click is served from the user's kept shortlist wherever that is certified to give
+    the K items a search gives (:mod:`envs.shortlist`); it needs the exact flat index of the catalog.
     """
 
     deterministic = True
 
-    def __init__(self, retriever: Retriever, num_candidates: int, catalog: ItemCatalog) -> None:
+    def __init__(
+        self, retriever: Retriever, num_candidates: int, catalog: ItemCatalog, shortlist: bool = False
+    ) -> None:
         self.retriever = retriever
         self.k = num_candidates
         self.catalog = catalog
+        self.shortlist_width = 0
+        if shortlist:
+            exact = retriever.exact()
+            if exact is None:
+                raise ConfigError(
+                    "retrieval_shortlist needs an exact (flat) index: an approximate one can miss items a "
+                    "certificate would rule out; build the index with --index-type flat or drop the setting"
+                )
+            self.retriever, self.shortlist_width = exact, SHORTLIST_PER_CANDIDATE * num_candidates
 
     def generate(self, users: UserState, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        width = int(users.consumed_len.max()) if len(users.consumed_len) else 0
-        excluded = users.consumed[:, :width]
-        scores, items = self.retriever.search_excluding(users.profile(), self.k, excluded)
+        if self.shortlist_width:
+            items, scores = shortlist_top_k(users, self.retriever, self.k)
+        else:
+            width = int(users.consumed_len.max()) if len(users.consumed_len) else 0
+            excluded = users.consumed[:, :width]
+            scores, items = self.retriever.search_excluding(users.profile(), self.k, excluded)
         if (items < 0).any():
             raise ConfigError(
                 f"retrieval returned fewer than K={self.k} unseen items (catalog of {self.catalog.size}); "
@@ -135,6 +223,7 @@ class CategoryQuotaCandidates:
     """
 
     deterministic = True
+    shortlist_width = 0
 
     def __init__(self, catalog: ItemCatalog, num_candidates: int, quota: int) -> None:
         codes, names = encode_categories(catalog.categories, catalog.size)
@@ -174,6 +263,7 @@ class RandomCandidates:
     """
 
     deterministic = False
+    shortlist_width = 0
 
     def __init__(self, catalog: ItemCatalog, num_candidates: int) -> None:
         if num_candidates > catalog.size:

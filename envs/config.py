@@ -56,6 +56,13 @@ class SlateEnvConfig:
     measuring the simulator alone."""
     category_quota: int = 4
     """``faiss-diverse`` only: the most candidates one item category may contribute to the K."""
+    retrieval_shortlist: bool = False
+    """``faiss`` over the simulator's own catalog only: after a click, take the user's K candidates from the
+    items kept at the last search wherever that is certified to find the same K, and search only where it
+    is not (:mod:`envs.shortlist`; ``python -m benchmarks.env`` measures the speed-up). The K items are the
+    ones a search finds; within them, items whose scores agree to ~1e-6 may swap places, and scores differ
+    in the last float bits, so a run is statistically the same as without it but not digit for digit. Off
+    by default so that the figures published with earlier commands reproduce digit for digit."""
 
     # --- users ---------------------------------------------------------------------------------------
     history_length: int = 5
@@ -194,8 +201,11 @@ class SlateEnvConfig:
             )
         if self.category_quota < 1:
             problems.append(f"category_quota must be >= 1 (got {self.category_quota})")
-        if not isinstance(self.observe_rating, bool):
-            problems.append(f"observe_rating must be true or false (got {self.observe_rating!r})")
+        for name in ("observe_rating", "retrieval_shortlist"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be true or false (got {getattr(self, name)!r})")
+        if self.retrieval_shortlist and self.candidates != "faiss":
+            problems.append(f"retrieval_shortlist applies to candidates=faiss only (got {self.candidates!r})")
         if self.candidates not in CANDIDATE_MODES:
             problems.append(f"candidates must be one of {CANDIDATE_MODES} (got {self.candidates!r})")
         if self.reward not in REWARD_NAMES:

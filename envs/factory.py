@@ -251,7 +251,9 @@ def build_simulator(
         else:
             sampler = AnchorItemSampler(catalog, history, config.interest_noise)
     if config.candidates == "faiss":
-        candidates = RetrievalCandidates(world.retriever, config.num_candidates, catalog)
+        candidates = RetrievalCandidates(
+            world.retriever, config.num_candidates, catalog, config.retrieval_shortlist
+        )
     elif config.candidates == "faiss-diverse":
         candidates = CategoryQuotaCandidates(catalog, config.num_candidates, config.category_quota)
     else:

@@ -134,7 +134,9 @@ class SlateSimulator:
         self.response = response
         self.reward_fn = reward_fn
         self.batch = batch
-        self.users = UserState.empty(batch, catalog.dim, config.history_length + config.max_episode_steps)
+        self.users = UserState.empty(
+            batch, catalog.dim, config.history_length + config.max_episode_steps, candidates.shortlist_width
+        )
         self.candidate_items = np.zeros((batch, config.num_candidates), np.int64)
         """[B, K] catalog indices of the current candidates (retrieval order); the oracle reads these."""
         self.candidate_scores = np.zeros((batch, config.num_candidates), np.float32)
@@ -176,7 +178,9 @@ class SlateSimulator:
             self.candidate_items, self.candidate_scores = generator.generate(users, rng)
         elif stale.any():
             rows = np.flatnonzero(stale)
-            items, scores = generator.generate(users.take(rows), rng)
+            part = users.take(rows)
+            items, scores = generator.generate(part, rng)
+            users.put(rows, part)  # what the generator keeps per user (envs.shortlist)
             # New arrays, not in-place writes: an earlier step's record may still hold the old ones.
             self.candidate_items, self.candidate_scores = (
                 self.candidate_items.copy(),

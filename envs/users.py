@@ -38,6 +38,9 @@ class UserState:
         consumed_len: [B] int64 valid entries of ``consumed`` per row.
         retrieval_stale: [B] bool the observed profile or the consumed items changed since the row's
             candidates were last retrieved (a retrieval that is a function of them can keep the others).
+        shortlist: [B, M] int64 the items retrieval keeps per user (:mod:`envs.shortlist`; M may be 0).
+        shortlist_bound: [B] float32 the most ``profile_sum · x`` of any unconsumed item x not in it.
+        shortlist_count: [B] int64 ``profile_count`` the shortlist and bound are for; -1: no shortlist.
     """
 
     interest: np.ndarray
@@ -53,9 +56,12 @@ class UserState:
     consumed: np.ndarray
     consumed_len: np.ndarray
     retrieval_stale: np.ndarray
+    shortlist: np.ndarray
+    shortlist_bound: np.ndarray
+    shortlist_count: np.ndarray
 
     @classmethod
-    def empty(cls, batch: int, dim: int, capacity: int) -> UserState:
+    def empty(cls, batch: int, dim: int, capacity: int, shortlist_width: int = 0) -> UserState:
         return cls(
             interest=np.zeros((batch, dim), np.float32),
             satisfaction=np.zeros(batch, np.float32),
@@ -70,11 +76,19 @@ class UserState:
             consumed=np.full((batch, max(capacity, 1)), NO_ITEM, np.int64),
             consumed_len=np.zeros(batch, np.int64),
             retrieval_stale=np.ones(batch, dtype=bool),
+            shortlist=np.full((batch, shortlist_width), NO_ITEM, np.int64),
+            shortlist_bound=np.full(batch, np.inf, np.float32),
+            shortlist_count=np.full(batch, -1, np.int64),
         )
 
     def take(self, rows: np.ndarray) -> UserState:
         """A copy holding the users at ``rows`` [n] (repeats allowed), e.g. to simulate their futures."""
         return UserState(**{name: np.array(value[rows]) for name, value in vars(self).items()})
+
+    def put(self, rows: np.ndarray, part: UserState) -> None:
+        """Write ``part`` (a :meth:`take` of ``rows``, since changed) back into ``rows``."""
+        for name, value in vars(part).items():
+            getattr(self, name)[rows] = value
 
     def profile(self) -> np.ndarray:
         """[B, d] observed profile: normalised mean of engaged items' embeddings (zeros without any)."""
@@ -124,6 +138,7 @@ class UserState:
         self.profile_sum[rows] = (embeddings[safe] * valid[..., None]).sum(axis=1)  # [n, d]
         self.profile_count[rows] = valid.sum(axis=1)
         self.retrieval_stale[rows] = True
+        self.shortlist_count[rows] = -1
 
 
 class UserSampler(Protocol):

@@ -62,7 +62,7 @@ def test_greedy_wins_clicks_but_the_patient_oracle_wins_the_session():
     assert o["sim/session_length"]["mean"] > g["sim/session_length"]["mean"]
 
 
-def _tiny_index(tmp_path, items: int = 300):
+def _tiny_index(tmp_path, items: int = 300, index_type: str = "flat"):
     """A synthetic data dir and a real index over it, embedded by a tiny local text encoder."""
     encoding = pytest.importorskip("rayrec.encoding")
     item_index = pytest.importorskip("rayrec.index.item_index")
@@ -76,7 +76,7 @@ def _tiny_index(tmp_path, items: int = 300):
     texts = encoding.item_texts(table)
     model_dir = encoding.build_tiny_encoder(texts, tmp_path / "encoder")
     embeddings = encoding.TextEncoder.load(str(model_dir)).encode(texts)
-    spec = faiss_index.IndexSpec(type="flat").resolved(len(texts), embeddings.shape[1])
+    spec = faiss_index.IndexSpec(type=index_type).resolved(len(texts), embeddings.shape[1])
     index_dir = tmp_path / "index"
     item_index.write_index(
         str(index_dir),
@@ -110,6 +110,32 @@ def test_env_from_a_real_index_and_logs(tmp_path):
         envs.make_env(index_dir=str(index_dir), data_dir=str(data), dim=dim + 1)
     with pytest.raises(ConfigError, match="catalog"):
         envs.make_env(index_dir=str(index_dir), data_dir=str(data), num_candidates=290)
+
+
+def test_the_retrieval_shortlist_runs_over_a_flat_index_and_refuses_an_approximate_one(tmp_path):
+    data, index_dir, _, _ = _tiny_index(tmp_path / "flat")
+    worlds = {
+        shortlist: envs.make_vector_env(
+            None,
+            16,
+            index_dir=str(index_dir),
+            data_dir=str(data),
+            num_candidates=10,
+            retrieval_shortlist=shortlist,
+        )
+        for shortlist in (False, True)
+    }
+    for env in worlds.values():
+        env.reset(seed=4)
+    for _ in range(12):
+        for env in worlds.values():
+            env.step(np.tile(np.arange(3), (16, 1)))
+        plain, listed = (worlds[flag].unwrapped.sim for flag in (False, True))
+        np.testing.assert_array_equal(np.sort(plain.candidate_items, 1), np.sort(listed.candidate_items, 1))
+    data, ivf_dir, _, _ = _tiny_index(tmp_path / "ivf", index_type="ivf")
+    with pytest.raises(ConfigError, match="retrieval_shortlist needs an exact"):
+        envs.make_env(index_dir=str(ivf_dir), data_dir=str(data), retrieval_shortlist=True)
+    envs.make_env(index_dir=str(ivf_dir), data_dir=str(data))  # without it the approximate index serves
 
 
 def test_the_planner_leaves_its_base_policy_only_for_a_clearly_better_first_move():
