@@ -153,6 +153,17 @@ class UserStream:
         return self._cached[1]
 
 
+def _seeds(seed: int) -> list[np.random.SeedSequence]:
+    """The users', the dynamics' and the slate source's seeds of a rollout seeded with ``seed``."""
+    return np.random.SeedSequence(seed).spawn(3)
+
+
+def arrival_histories(sim: SlateSimulator, num_users: int, seed: int) -> np.ndarray:
+    """[num_users, h] the history each user of ``run_sessions(sim, ..., num_users, seed)`` arrives with
+    (catalog rows, -1 padded): users are drawn before any policy acts, so this is the same for every policy."""
+    return UserStream(sim, _seeds(seed)[0], block=sim.batch).draw(np.arange(num_users)).history
+
+
 def run_sessions(
     sim: SlateSimulator,
     source: SlateSource,
@@ -173,7 +184,7 @@ def run_sessions(
     """
     if num_users < 1:
         raise ConfigError(f"a rollout needs at least one user, got {num_users}")
-    users_seed, dynamics_seed, source_seed = np.random.SeedSequence(seed).spawn(3)
+    users_seed, dynamics_seed, source_seed = _seeds(seed)
     dynamics, source_rng = np.random.default_rng(dynamics_seed), np.random.default_rng(source_seed)
     stream = UserStream(sim, users_seed, block=sim.batch)
     batch, max_steps = sim.batch, sim.config.max_episode_steps

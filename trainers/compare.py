@@ -246,7 +246,10 @@ def summarize(cfg: CompareConfig, results: dict[str, dict[str, Any]]) -> dict[st
     }
     primary = [m for m in cfg.methods if not m.endswith(BANDIT_SUFFIX)] or list(cfg.methods)
     pairs = [(m, other) for m in primary for other in names if other != m]
-    stats = bootstrap_intervals(scores, pairs, reps=cfg.bootstrap_reps, seed=0)
+    from trainers.policy_eval import session_clusters  # heavy (plots): only where runs are summarised
+
+    clusters = session_clusters(resolve_env_config(cfg, user_split="test"), cfg.test_users, cfg.test_seed)
+    stats = bootstrap_intervals(scores, pairs, reps=cfg.bootstrap_reps, seed=0, clusters=clusters)
     # With observe_hidden every policy that reads all of the candidates' features reads the hidden state too,
     # and so does a re-ranker around one (`mmr:greedy` ranks by greedy's scores).
     feature_readers = {*cfg.methods, LINEAR, "greedy"} if resolve_env_config(cfg).observe_hidden else set()
@@ -275,6 +278,7 @@ def summarize(cfg: CompareConfig, results: dict[str, dict[str, Any]]) -> dict[st
     return {
         "test_users": cfg.test_users,
         "test_seed": cfg.test_seed,
+        "histories": None if clusters is None else int(clusters.max()) + 1,
         "seeds": cfg.seeds,
         "iterations": cfg.iterations,
         "preset": cfg.preset,
@@ -306,7 +310,14 @@ def markdown(summary: dict[str, Any], command: str) -> str:
         f"World: {summary['world']}; {summary['test_users']} held-out test users (seed "
         f"{summary['test_seed']}) play every policy once, so comparisons are paired. Learning methods: "
         f"{summary['seeds']} training seeds × {summary['iterations']} iterations. Intervals: 95% bootstrap "
-        "over runs and users (Agarwal et al. 2021's stratified bootstrap, with paired users). Beyond "
+        "over runs and users (Agarwal et al. 2021's stratified bootstrap, with paired users"
+        + (
+            f"; the sessions start from {summary['histories']} logged histories, so users are resampled by "
+            "history, a cluster bootstrap"
+            if summary.get("histories")
+            else ""
+        )
+        + "). Beyond "
         "accuracy, the mean over a policy's runs (not pooled) of each run's values on the test users: ILD "
         "and novelty averaged over users, coverage and exposure Gini over items and over categories of "
         "all the run's impressions.",

@@ -11,7 +11,8 @@ Each group is one directory of ``seedS.json`` records (:mod:`trainers.compare`);
 same test users (count and seed). Printed: each group's mean and IQM over its runs with stratified-bootstrap
 95% intervals, its per-seed means, the paired difference of the first group minus each other one
 (:func:`trainers.compare_stats.bootstrap_intervals`: runs resampled within each group, users with shared
-indices), and the run settings that differ between the groups.
+indices, or the logged histories they start from in a world of logged users), and the run settings that
+differ between the groups.
 """
 
 from __future__ import annotations
@@ -73,6 +74,18 @@ def setting_differences(settings: dict[str, dict]) -> list[str]:
     ]
 
 
+def test_clusters(settings: dict, count: int, seed: int) -> np.ndarray | None:
+    """The test sessions' clusters (:func:`trainers.policy_eval.session_clusters`) of a run's world, None for
+    a record without its simulator settings."""
+    if "simulator" not in settings:
+        return None
+    from envs.spec import SimulatorOptions, resolve_env_config
+    from trainers.policy_eval import session_clusters  # heavy (plots): only once records are loaded
+
+    config = resolve_env_config(SimulatorOptions(**settings["simulator"]), user_split="test")
+    return session_clusters(config, count, seed)
+
+
 def report(cfg: CompareRunsConfig) -> str:
     """The markdown comparison of :class:`CompareRunsConfig`'s groups."""
     loaded = {name: load_group(path) for name, path in cfg.groups().items()}
@@ -81,12 +94,20 @@ def report(cfg: CompareRunsConfig) -> str:
         raise DataError(f"the groups were evaluated on different test users (count, seed): {users}")
     names = list(loaded)
     pairs = [(names[0], other) for other in names[1:]]
-    stats = bootstrap_intervals(
-        {name: group[1] for name, group in loaded.items()}, pairs, reps=cfg.bootstrap_reps, seed=0
-    )
     count, seed = users[names[0]]
+    clusters = test_clusters(loaded[names[0]][3], count, seed)
+    stats = bootstrap_intervals(
+        {name: group[1] for name, group in loaded.items()},
+        pairs,
+        reps=cfg.bootstrap_reps,
+        seed=0,
+        clusters=clusters,
+    )
+    resampled = (
+        "users" if clusters is None else f"the {clusters.max() + 1} logged histories the sessions start from"
+    )
     lines = [
-        f"{count} test users (seed {seed}); stratified bootstrap over runs and users, 95% intervals",
+        f"{count} test users (seed {seed}); stratified bootstrap over runs and {resampled}, 95% intervals",
         "",
         "| group | runs | mean return [95% CI] | IQM [95% CI] | per seed |",
         "| --- | ---: | --- | --- | --- |",

@@ -13,6 +13,8 @@ References:
     - Agarwal, R., Schwarzer, M., Castro, P. S., Courville, A. & Bellemare, M. G. (2021). "Deep
       Reinforcement Learning at the Edge of the Statistical Precipice." NeurIPS (IQM, stratified bootstrap).
     - Efron, B. & Tibshirani, R. (1993). An Introduction to the Bootstrap (percentile intervals).
+    - Davison, A. C. & Hinkley, D. V. (1997). Bootstrap Methods and their Application, sec. 3.8
+      (resampling clusters of dependent observations).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def bootstrap_intervals(
     reps: int = 2000,
     seed: int = 0,
     alpha: float = 0.05,
+    clusters: np.ndarray | None = None,
 ) -> dict[str, dict]:
     """Mean and IQM over runs (with intervals) of every method, and paired differences ``a - b``.
 
@@ -56,23 +59,41 @@ def bootstrap_intervals(
         scores: ``{name: [runs, users]}`` per-user session returns, the same users (columns) for all.
         pairs: ``(a, b)`` differences to report (mean over runs of ``a`` minus mean over runs of ``b``).
         reps: bootstrap replicates.
+        clusters: [users] a cluster label per user, where users are not independent (sessions started
+            from the same logged history): whole clusters are resampled (the cluster bootstrap; Davison &
+            Hinkley 1997, sec. 3.8), each replicate weighting a user by how often its cluster was drawn.
+            None: users are independent and resampled one by one.
 
     Returns:
         ``{"methods": {name: {"runs", "mean", "iqm", "mean_ci": [lo, hi], "iqm_ci": [lo, hi]}},
         "differences": {"a - b": {"mean", "ci": [lo, hi], "above_zero": bool}}}``.
     """
     num_users = _check(scores)
+    if clusters is not None:
+        if np.shape(clusters) != (num_users,):
+            raise DataError(
+                f"clusters must label each of the {num_users} users, got shape {np.shape(clusters)}"
+            )
+        _, members = np.unique(clusters, return_inverse=True)  # [users] cluster index of each user
+        num_clusters = int(members.max()) + 1
     rng = np.random.default_rng(seed)
     run_means = {k: np.asarray(v, dtype=np.float64).mean(axis=1) for k, v in scores.items()}  # [runs]
     boot_mean = {k: np.empty(reps) for k in scores}
     boot_iqm = {k: np.empty(reps) for k in scores}
     boot_diff = {pair: np.empty(reps) for pair in pairs}
     for r in range(reps):
-        users = rng.integers(0, num_users, num_users)  # shared by every method: keeps the pairing
+        # The users (or clusters) drawn are shared by every method: that keeps the pairing.
+        if clusters is None:
+            users = rng.integers(0, num_users, num_users)
+        else:
+            weight = np.bincount(rng.integers(0, num_clusters, num_clusters), minlength=num_clusters)[members]
         replicate = {}
         for name, matrix in scores.items():
             runs = rng.integers(0, matrix.shape[0], matrix.shape[0])  # stratified: within this method
-            per_run = np.asarray(matrix)[np.ix_(runs, users)].mean(axis=1)  # [runs]
+            if clusters is None:
+                per_run = np.asarray(matrix)[np.ix_(runs, users)].mean(axis=1)  # [runs]
+            else:
+                per_run = np.asarray(matrix, dtype=np.float64)[runs] @ weight / weight.sum()  # [runs]
             replicate[name] = per_run
             boot_mean[name][r] = per_run.mean()
             boot_iqm[name][r] = iqm(per_run)

@@ -18,8 +18,9 @@ from envs.beyond import evaluate_beyond
 from envs.config import SlateEnvConfig
 from envs.factory import build_simulator
 from envs.policies import make_policy
-from envs.rollout import evaluate_policy
+from envs.rollout import arrival_histories, evaluate_policy
 from envs.spec import users_used
+from envs.users import LoggedUserSampler
 from rayrec.click_logit import SlateClickModel
 from rayrec.html_report import write_html_report
 from rayrec.metrics.beyond import Exposure
@@ -81,6 +82,22 @@ def play_beyond(
     sim = build_simulator(env_config, batch=min(num_users, ROLLOUT_SLOTS))
     policy = make_policy(spec, sim) if isinstance(spec, str) else spec
     return evaluate_beyond(policy, sim, num_users, seed)
+
+
+def session_clusters(env_config: SlateEnvConfig, num_users: int, seed: int) -> np.ndarray | None:
+    """[num_users] which logged history each of :func:`play`'s sessions starts from, or None.
+
+    In a world of logged users (``data_dir`` with interactions) sessions are started from the logged users'
+    histories, so with more sessions than histories several sessions share one and are not independent:
+    an interval must resample histories (clusters), not sessions. Sessions that arrive with the same
+    history share a cluster. None where users are drawn afresh (the built-in worlds), as every user is
+    its own cluster there.
+    """
+    sim = build_simulator(env_config, batch=min(num_users, ROLLOUT_SLOTS))
+    if not isinstance(sim.sampler, LoggedUserSampler):
+        return None
+    _, clusters = np.unique(arrival_histories(sim, num_users, seed), axis=0, return_inverse=True)
+    return clusters.ravel()
 
 
 def evaluate_policies(
