@@ -60,10 +60,9 @@ class FlatRetriever:
         faiss.cvar.distance_compute_min_k_reservoir = min(faiss.cvar.distance_compute_min_k_reservoir, 64)
         self.size = len(embeddings)
         self.ids = None if ids is None else np.asarray(ids, np.int64)
+        self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)  # [N, d]
         self.index = faiss.IndexFlatIP(embeddings.shape[1])
-        self.index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
-
-        self.embeddings = self.index.reconstruct_n(0, self.size)  # [N, d] float32, as the index holds them
+        self.index.add(self.embeddings)
         self._neighbours: np.ndarray | None = None  # [N, L] filled as rows are asked for (neighbours)
         self._beyond = np.empty(0, np.float32)  # [N] NaN until filled
 
