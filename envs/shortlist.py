@@ -14,7 +14,7 @@ so the pool "shortlist ∪ N(e)", re-scored against the new profile, holds every
 catalog's top K, and the search is skipped; the new shortlist is the pool's best ``M`` and its bound the
 larger of ``β'`` and the best score cut. When the K-th best does not beat the bound (it grows with every
 click), and for new users, the user is searched again and gets a fresh shortlist. Re-scoring
-``M + L`` items costs a small part of scoring the catalog (``python -m benchmarks.env`` measures both).
+``M + L`` items costs a small part of scoring the catalog (the speed-up: ``python -m benchmarks.env``).
 
 The certificate asks for a margin of :data:`MARGIN` over float32 rounding, at the bound and between the
 K-th and the (K+1)-th score, so the K items are the ones a full search finds; within the K, items are
@@ -71,9 +71,10 @@ def shortlist_top_k(users: UserState, retriever: FlatRetriever, k: int) -> tuple
     kept = np.flatnonzero((users.shortlist_count >= 0) & (fresh >= 0) & (fresh <= 1) & (norm > 0))
     if len(kept):
         pool, bound = _pool(users, kept, fresh[kept] == 1, retriever)
-        certified = _certify(users, kept, pool, bound, profile[kept], norm[kept], retriever, k)
-        items[certified[0]], scores[certified[0]] = certified[1], certified[2]
-        kept = certified[0]
+        kept, top_items, top_scores = _certify(
+            users, kept, pool, bound, profile[kept], norm[kept], retriever, k
+        )
+        items[kept], scores[kept] = top_items, top_scores
     search = np.setdiff1d(np.arange(batch), kept, assume_unique=True)
     if len(search):
         items[search], scores[search] = _search(users, search, profile[search], norm[search], retriever, k)
