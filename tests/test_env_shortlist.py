@@ -35,17 +35,18 @@ class CountingRetriever:
         return getattr(self.inner, name)
 
 
-def assert_a_search_finds_the_same(sim, retriever: FlatRetriever) -> None:
+def assert_a_search_finds_the_same(sim, retriever: FlatRetriever) -> int:
+    """Every row's K candidates are a full search's; returns how many rows had a near-tie at the K-th place."""
     users = sim.users
     excluded = users.consumed[:, : int(users.consumed_len.max())]
     scores, items = retriever.search_excluding(users.profile(), K + 1, excluded)  # [B, K + 1]
     tie = scores[:, K - 1] - scores[:, K] < TIE
     same = (np.sort(sim.candidate_items, axis=1) == np.sort(items[:, :K], axis=1)).all(axis=1)
     assert (same | tie).all(), np.flatnonzero(~(same | tie))
-    assert tie.mean() < 0.05  # the comparison is not vacuous
     np.testing.assert_allclose(
         np.sort(sim.candidate_scores, axis=1), np.sort(scores[:, :K], axis=1), rtol=0, atol=TIE
     )
+    return int(tie.sum())
 
 
 @pytest.mark.parametrize("preset", ["classic", "long-term"])
@@ -58,12 +59,14 @@ def test_the_shortlist_gives_the_items_a_search_gives_from_fewer_searches(preset
     env.reset(seed=3)
     rng = np.random.default_rng(0)
     changed = 0  # user-steps whose profile changed (a click or a new user): a search without the shortlist
+    ties = 0
     for _ in range(40):
         before = sim.users.profile_count.copy()
         actions = rng.permuted(np.tile(np.arange(K), (64, 1)), axis=1)[:, :5]
         env.step(actions)
         changed += int((sim.users.profile_count != before).sum())
-        assert_a_search_finds_the_same(sim, exact)
+        ties += assert_a_search_finds_the_same(sim, exact)
+    assert ties < 0.05 * 40 * 64  # the comparison is not vacuous: few rows are near-ties
     assert sim.users.session.max() > 1 or (sim.users.total_steps < 40).any()  # users ended and were replaced
     assert 0 < counting.searched - 64 < 0.6 * changed  # most changed users were certified, not searched
 
