@@ -77,7 +77,8 @@ def bootstrap_intervals(
         _, members = np.unique(clusters, return_inverse=True)  # [users] cluster index of each user
         num_clusters = int(members.max()) + 1
     rng = np.random.default_rng(seed)
-    run_means = {k: np.asarray(v, dtype=np.float64).mean(axis=1) for k, v in scores.items()}  # [runs]
+    scores = {k: np.asarray(v, dtype=np.float64) for k, v in scores.items()}  # once, not per replicate
+    run_means = {k: v.mean(axis=1) for k, v in scores.items()}  # [runs]
     boot_mean = {k: np.empty(reps) for k in scores}
     boot_iqm = {k: np.empty(reps) for k in scores}
     boot_diff = {pair: np.empty(reps) for pair in pairs}
@@ -91,9 +92,9 @@ def bootstrap_intervals(
         for name, matrix in scores.items():
             runs = rng.integers(0, matrix.shape[0], matrix.shape[0])  # stratified: within this method
             if clusters is None:
-                per_run = np.asarray(matrix)[np.ix_(runs, users)].mean(axis=1)  # [runs]
+                per_run = matrix[np.ix_(runs, users)].mean(axis=1)  # [runs]
             else:
-                per_run = np.asarray(matrix, dtype=np.float64)[runs] @ weight / weight.sum()  # [runs]
+                per_run = matrix[runs] @ weight / weight.sum()  # [runs]
             replicate[name] = per_run
             boot_mean[name][r] = per_run.mean()
             boot_iqm[name][r] = iqm(per_run)
