@@ -102,12 +102,27 @@ def _pool(
         item = users.consumed[rows[moved], last]  # [c] the item e added to S
         near, beyond = retriever.neighbours(item, NEIGHBOURS)  # [c, L], [c]
         history = users.consumed[rows[moved], : int(last.max()) + 1]  # [c, H] item e included
-        seen = (near[:, :, None] == history[:, None, :]).any(axis=2)  # [c, L]
-        listed = (near[:, :, None] == shortlist[moved, None, :]).any(axis=2)  # [c, L]
-        extra[moved] = np.where(seen | listed, NO_ITEM, near)
+        known = np.concatenate([history, shortlist[moved]], axis=1)  # [c, H + M] consumed or listed
+        extra[moved] = np.where(row_member(near, known), NO_ITEM, near)
         shortlist[moved] = np.where(shortlist[moved] == item[:, None], NO_ITEM, shortlist[moved])
         bound[moved] += beyond
     return np.concatenate([shortlist, extra], axis=1), bound
+
+
+def row_member(values: np.ndarray, sets: np.ndarray) -> np.ndarray:
+    """[c, L] bool: ``values[i, j]`` is in ``sets[i]`` ([c, L] and [c, S] item ids, NO_ITEM allowed).
+
+    Each row's ids are shifted into their own range, so one sort and one binary search serve all rows
+    (a broadcast comparison would cost c·L·S).
+    """
+    if sets.size == 0:
+        return np.zeros(values.shape, dtype=bool)
+    span = int(max(values.max(initial=0), sets.max(initial=0))) + 2  # ids + 1 lie in [0, span)
+    offset = np.arange(len(values), dtype=np.int64)[:, None] * span  # [c, 1]
+    keys = np.sort(sets + 1 + offset, axis=None)  # [c·S] sorted: rows in order, each row sorted
+    wanted = (values + 1 + offset).ravel()  # [c·L]
+    at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    return (keys[at] == wanted).reshape(values.shape)
 
 
 def _certify(
@@ -127,13 +142,16 @@ def _certify(
     """
     width = users.shortlist.shape[1]  # M
     rescored = retriever.scores_of(profile, pool)  # [n, W], -inf at NO_ITEM
-    order = np.argpartition(-rescored, (k, width), axis=1)  # [n, W] best k + 1, then best M + 1 first
+    # One sort of the W scores (numpy's SIMD sort) is faster than partitioning at k and M and sorting the k.
+    order = np.argsort(-rescored, axis=1)  # [n, W] best first
     best = order[:, : k + 1]
     best_scores = np.take_along_axis(rescored, best, axis=1)  # [n, k + 1]
     best_items = np.take_along_axis(pool, best, axis=1)
-    ranked = np.lexsort((best_items, -best_scores), axis=1)  # by score, ties by item id
-    best_scores = np.take_along_axis(best_scores, ranked, axis=1)
-    best_items = np.take_along_axis(best_items, ranked, axis=1)
+    tied = np.flatnonzero((best_scores[:, 1:] == best_scores[:, :-1]).any(axis=1))
+    if len(tied):  # equal scores are ordered by item id, as a search orders them
+        ranked = np.lexsort((best_items[tied], -best_scores[tied]), axis=1)
+        best_scores[tied] = np.take_along_axis(best_scores[tied], ranked, axis=1)
+        best_items[tied] = np.take_along_axis(best_items[tied], ranked, axis=1)
     kth, after = best_scores[:, k - 1], best_scores[:, k]  # [n]
     with np.errstate(invalid="ignore"):  # -inf - -inf where the catalog is exhausted
         certified = (kth >= bound / norm + MARGIN) & ~(kth - after <= MARGIN) & np.isfinite(kth)

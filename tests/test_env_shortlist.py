@@ -12,6 +12,7 @@ from envs.config import SlateEnvConfig
 from envs.planner import PlannerPolicy
 from envs.presets import with_preset
 from envs.rollout import evaluate_policy
+from envs.shortlist import row_member
 from envs.users import NO_ITEM
 from rayrec.errors import ConfigError
 
@@ -124,6 +125,16 @@ def test_neighbours_are_the_most_similar_other_items_and_bound_the_rest():
     tiny = FlatRetriever(embeddings[:3])
     near, beyond = tiny.neighbours(np.arange(3), 4)
     assert (near[:, 2:] == NO_ITEM).all() and np.isneginf(beyond).all()  # fewer items than neighbours
+
+
+def test_row_membership_matches_a_broadcast_comparison():
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        rows, width, size = rng.integers(1, 12), rng.integers(1, 30), rng.integers(0, 40)
+        values = rng.integers(NO_ITEM, 25, (rows, width))
+        sets = rng.integers(NO_ITEM, 25, (rows, size))
+        expected = (values[:, :, None] == sets[:, None, :]).any(axis=2)  # [rows, width]
+        np.testing.assert_array_equal(row_member(values, sets), expected)
 
 
 @pytest.mark.parametrize(
