@@ -95,6 +95,21 @@ def resolve_env_config(options: SimulatorOptions, user_split: str | None = None)
         raise ConfigError(f"--env: {exc}") from None
 
 
+def world_label(options: SimulatorOptions) -> str:
+    """The simulator world of ``options`` as reports name it: the preset and whatever replaced or changed its
+    fields (``--env-config``, ``--index``, ``--data``, ``--env``), in :func:`resolve_env_config`'s order."""
+    changes = [
+        f"{flag} `{value}`"
+        for flag, value in (
+            ("--env-config", options.env_config),
+            ("--index", options.index),
+            ("--data", options.data),
+        )
+        if value
+    ] + [f"--env `{spec}`" for spec in options.env]
+    return f"preset `{options.preset}`" + (f" with {', '.join(changes)}" if changes else "")
+
+
 def users_used(config: SlateEnvConfig) -> str:
     """Which users a run meets, in words for reports: fresh synthetic users, or a split of the logged ones."""
     if config.data_dir is None:

@@ -111,7 +111,7 @@ def test_beyond_values_of_several_seeds_are_their_mean_not_pooled():
 
 
 def test_the_report_names_what_replaced_the_presets_world():
-    from trainers.compare import world_label
+    from envs.spec import world_label
 
     cfg = CompareConfig(out="x", preset="classic", env_config="calib/env_config.yaml", env=["budget=30"])
     assert world_label(cfg) == "preset `classic` with --env-config `calib/env_config.yaml`, --env `budget=30`"

@@ -175,6 +175,8 @@ def test_simulate_runs_the_planner_and_myopic_true_on_a_preset_and_keeps_the_jso
     for metrics in result["policies"].values():
         assert {"mean", "ci95_low", "ci95_high"} <= set(metrics["sim/session_return"])
     assert result["preset"] == "satiation" and result["users"] == 24
+    assert result["world"] == "preset `satiation` with --env `num_items=600`"  # what changed the preset, too
+    assert "preset `satiation` with --env `num_items=600`, 24 users" in capsys.readouterr().out
 
 
 def test_presets_are_listed_and_unknown_ones_refused(capsys):

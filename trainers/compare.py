@@ -40,7 +40,7 @@ import numpy as np
 from envs.beyond import run_values
 from envs.planner import REVISION as PLANNER_REVISION
 from envs.policies import SIMULATION_POLICIES
-from envs.spec import SimulatorOptions, parse_overrides, resolve_env_config
+from envs.spec import SimulatorOptions, parse_overrides, resolve_env_config, world_label
 from rayrec.errors import ConfigError
 from rayrec.html_report import write_html_report
 from rayrec.metrics.beyond import TABLE_COLUMNS, table_cells, table_header
@@ -290,17 +290,6 @@ def summarize(cfg: CompareConfig, results: dict[str, dict[str, Any]]) -> dict[st
 
 def _ci(lo_hi: list[float]) -> str:
     return f"[{lo_hi[0]:.2f}, {lo_hi[1]:.2f}]"
-
-
-def world_label(cfg: CompareConfig) -> str:
-    """The simulator world of a comparison as the report names it: the preset and whatever replaced or
-    changed its fields (``--env-config``, ``--index``, ``--data``, ``--env``; :mod:`envs.spec`'s order)."""
-    changes = [
-        f"{flag} `{value}`"
-        for flag, value in (("--env-config", cfg.env_config), ("--index", cfg.index), ("--data", cfg.data))
-        if value
-    ] + [f"--env `{spec}`" for spec in cfg.env]
-    return f"preset `{cfg.preset}`" + (f" with {', '.join(changes)}" if changes else "")
 
 
 def markdown(summary: dict[str, Any], command: str) -> str:

@@ -13,7 +13,7 @@ import dataclasses
 import json
 
 from envs.presets import describe_presets
-from envs.spec import SimulatorOptions, resolve_env_config, users_used
+from envs.spec import SimulatorOptions, resolve_env_config, users_used, world_label
 from rayrec import storage
 from rayrec.cli import add_command
 from rayrec.config import add_config_args, config_from_args, save_config
@@ -124,7 +124,7 @@ def run_simulate(args: argparse.Namespace) -> int:
             policy, sim, config.users, config.seed, progress=f"simulate {spec}"
         )
         results[spec] = outcomes.summary() | exposure.summary(seed=config.seed)
-    print(f"preset {config.preset}, {config.users} users ({users_used(env_config)})")
+    print(f"{world_label(config)}, {config.users} users ({users_used(env_config)})")
     print(format_table(results))
     print("\nBeyond accuracy (coverage and Gini: bootstrap over users; the rest: per-user means)")
     print(format_table(results, BEYOND))
@@ -136,6 +136,7 @@ def run_simulate(args: argparse.Namespace) -> int:
                 {
                     "users": config.users,
                     "preset": config.preset,
+                    "world": world_label(config),
                     "user_split": users_used(env_config),
                     "policies": results,
                 },
