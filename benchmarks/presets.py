@@ -8,6 +8,11 @@ planner's; the last lines say whether the preset needs planning (the best fixed 
 85% of the planner) and which library policy the planner took as its base.
 
     python -m benchmarks.presets --users 1000 --preset long-term --preset classic
+    python -m benchmarks.presets --users 100 --preset retention --library-users 4000
+
+``--library-users N`` adds every policy of the planner's library on N users, each minus the base policy the
+planner chose: fixed rules are cheap, so this says whether that base is the library's best or only within
+noise of it where the planner's own table has too few users to tell.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from envs.item_rules import FIXED_RULES, SatisfactionSwitch
 from envs.planner import LIBRARY, PlannerPolicy
 from envs.policies import ItemRulePolicy
 from envs.presets import PRESETS, preset
+from envs.rollout import evaluate_policy
 from envs.spec import parse_overrides
 from rayrec.metrics.beyond import Exposure, table_cells, table_header
 from rayrec.metrics.session import SessionOutcomes, mean_interval, paired_difference
@@ -82,6 +88,41 @@ def table(name: str, runs: dict[str, tuple[SessionOutcomes, Exposure]]) -> str:
     return "\n".join(lines)
 
 
+def library_table(name: str, users: int, seed: int, overrides: dict[str, object], base: str) -> str:
+    """Markdown: every policy of the planner's library on ``users`` users, minus the planner's ``base`` (paired).
+
+    Rules are cheap to run, so many more users than the planner's table can say whether the base the
+    planner's rollouts chose is the best of its library or only within noise of it.
+    """
+    config = preset(name).replace(**overrides)
+    outcomes = {}
+    for rule in LIBRARY:
+        sim = build_simulator(config, batch=min(users, 1000))
+        outcomes[rule.name] = evaluate_policy(ItemRulePolicy(sim, rule), sim, users, seed)
+    lines = [
+        f"The planner's library on {users} users ({name}, seed {seed}), minus its base policy {base}:",
+        "",
+        "| library policy | return [95% CI] | minus the planner's base (paired) |",
+        "| --- | --- | --- |",
+    ]
+    for policy, outcome in sorted(outcomes.items(), key=lambda kv: -kv[1].session_return.mean()):
+        ret = mean_interval(outcome.session_return)
+        diff = paired_difference(outcome, outcomes[base], "session_return")
+        lines.append(
+            f"| {policy} | {ret['mean']:.3f} [{ret['ci95_low']:.3f}, {ret['ci95_high']:.3f}] | "
+            f"{diff['mean']:+.3f} [{diff['ci95_low']:+.3f}, {diff['ci95_high']:+.3f}] |"
+        )
+    best = max(outcomes, key=lambda policy: outcomes[policy].session_return.mean())
+    diff = paired_difference(outcomes[best], outcomes[base], "session_return")
+    verdict = "above it" if diff["ci95_low"] > 0 else "not distinguishable from it"
+    lines += [
+        "",
+        f"Best of the library: {best}, {diff['mean']:+.3f} [{diff['ci95_low']:+.3f}, {diff['ci95_high']:+.3f}] "
+        f"against the planner's base: {verdict}.",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=1000)
@@ -90,6 +131,13 @@ def main() -> None:
     parser.add_argument(
         "--env", action="append", default=[], help="simulator setting KEY=VALUE applied to every preset"
     )
+    parser.add_argument(
+        "--library-users",
+        type=int,
+        default=0,
+        help="also run every policy of the planner's library on this many users (same seed) against the "
+        "base the planner chose (0: skip)",
+    )
     args = parser.parse_args()
     overrides = parse_overrides(args.env)
     for name in args.preset or list(PRESETS):
@@ -97,6 +145,8 @@ def main() -> None:
         runs, base = run_preset(name, args.users, args.seed, overrides)
         print(table(name, runs))
         print(f"The planner's base policy: {base}.")
+        if args.library_users:
+            print("\n" + library_table(name, args.library_users, args.seed, overrides, base))
         print(
             f"\n({args.users} users, seed {args.seed}{''.join(f', {o}' for o in args.env)}, "
             f"{time.perf_counter() - started:.0f} s)\n",

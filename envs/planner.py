@@ -1,9 +1,11 @@
 """``planner``: model-predictive control with rollouts on copies of the hidden state (simulation only).
 
 The rollout algorithm (Bertsekas) over a library of base policies. At the planner's first plan, every base
-policy of the library is evaluated by ``rollouts`` simulated continuations of ``horizon`` steps from copies of
-the users' hidden state, run with the true model (choices, satiation, fatigue, satisfaction, leaving and
-returning); the one with the best mean return over all users becomes the *base policy*. From then on, every
+policy of the library is evaluated by ``rollouts`` simulated continuations of the whole episode from copies
+of the users' hidden state (every session the user has left, up to the episode's ``max_episode_steps``), run
+with the true model (choices, satiation, fatigue, satisfaction, leaving and returning); the one with the best
+mean return over all users becomes the *base policy*. Whole episodes matter where users return: a rule's
+effect on the next sessions is part of its return (``retention``). From then on, every
 ``replan_every`` steps, each library rule is scored as a first move: it is followed for ``replan_every``
 steps and the base policy for the rest of the horizon. The user follows the best first move. This is one
 step of policy improvement on the best fixed rule: it does at least as well as the base policy in every
@@ -40,10 +42,11 @@ from rayrec.baselines import ScoringPolicy
 from rayrec.errors import ConfigError
 from rayrec.slate_policy import Observation
 
-REVISION = 3
+REVISION = 4
 """The planner's algorithm (1: each rule scored as if followed for the whole horizon, 6 rollouts; 2: rules
 scored as first moves before the base policy, 12 rollouts; 3: the library adds satisfaction switches, which
-on ``long-term`` beat revision 2 outright): results of another revision are not reused."""
+on ``long-term`` beat revision 2 outright; 4: the base policy is chosen on whole episodes, not ``horizon``
+steps, which only changes worlds with several sessions): results of another revision are not reused."""
 
 LIBRARY: tuple[Rule, ...] = (
     *FIXED_RULES,
@@ -157,12 +160,14 @@ class PlannerPolicy(ScoringPolicy):
     def best_rules(self) -> np.ndarray:
         """[B] index into the library of the best first move for each user (module doc)."""
         if self.base is None:
-            whole = self.rollout_returns(first_steps=self.horizon)  # every rule followed for the horizon
+            episode = self.sim.config.max_episode_steps  # every rule followed to the end of the episode
+            whole = self.rollout_returns(first_steps=episode, steps=episode)
             self.base = int(whole.mean(axis=(0, 2)).argmax())
         return self.choose(self.rollout_returns(first_steps=self.replan_every), self.base)
 
-    def rollout_returns(self, first_steps: int) -> np.ndarray:
-        """[B, M, R] simulated returns: library rule m for ``first_steps`` steps, then the base policy."""
+    def rollout_returns(self, first_steps: int, steps: int | None = None) -> np.ndarray:
+        """[B, M, R] simulated returns: library rule m for ``first_steps`` steps, then the base policy, for
+        ``steps`` steps (default ``horizon``) or until every copy's episode is over."""
         sim = self.sim
         batch, m, r, k = sim.batch, len(self.library), self.rollouts, sim.config.slate_size
         copies = self._scratch(batch * m * r)
@@ -175,7 +180,7 @@ class PlannerPolicy(ScoringPolicy):
         copies.candidate_scores = sim.candidate_scores[source]
         value = np.zeros(len(source))
         alive = np.ones(len(source), dtype=bool)
-        for step in range(self.horizon):
+        for step in range(self.horizon if steps is None else steps):
             if step == first_steps:
                 rule = np.full_like(rule, self.base)
             terms = ItemTerms.of(copies)

@@ -11,6 +11,7 @@ from envs.factory import build_simulator, load_world
 from envs.item_rules import ItemRule, ItemTerms, SatisfactionSwitch
 from envs.planner import PlannerPolicy
 from envs.policies import OraclePolicy, fitted_greedy, make_policy
+from envs.presets import with_preset
 from envs.rollout import evaluate_policy
 from rayrec.baselines import GreedyPolicy, RandomPolicy, RetrievalPolicy
 from rayrec.errors import ConfigError
@@ -162,6 +163,24 @@ def test_a_satisfaction_switch_spends_on_satisfied_users_and_builds_on_the_other
         expected = (spend if satisfied else build).scores(terms)[row]
         np.testing.assert_array_equal(scores[row], expected)
     assert not np.array_equal(spend.scores(terms), build.scores(terms))  # the two rules rank differently
+
+
+def test_the_planner_chooses_its_base_policy_on_whole_episodes_of_several_sessions():
+    # Returning users: the return objective pays only when a session ends, and sessions last 4 steps.
+    config = with_preset("retention", num_items=600, num_topics=6, budget=4.0, sessions=3)
+    sim = build_simulator(config, batch=4)
+    sim.start_users(np.arange(4), np.random.default_rng(0))
+    sim.refresh_candidates(np.random.default_rng(0))
+    episode = config.max_episode_steps
+    twin = PlannerPolicy(sim, rollouts=3, horizon=2, seed=7)
+    short = twin.rollout_returns(first_steps=2)  # [B, M, R] two steps: at most one session's end
+    whole = twin.rollout_returns(first_steps=episode, steps=episode)  # every session the users have left
+    assert whole.sum() > short.sum()
+    assert short.max() <= 1.0 < whole.max()  # 1 / days pays at most 1 a session: whole episodes see several
+    planner = PlannerPolicy(sim, rollouts=3, horizon=2, seed=7)
+    expected = PlannerPolicy(sim, rollouts=3, horizon=2, seed=7).rollout_returns(episode, episode)
+    planner.best_rules()
+    assert planner.base == int(expected.mean(axis=(0, 2)).argmax())
 
 
 def test_the_planner_plans_on_the_best_library_rule_of_its_first_plan():
