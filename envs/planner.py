@@ -46,7 +46,8 @@ REVISION = 4
 """The planner's algorithm (1: each rule scored as if followed for the whole horizon, 6 rollouts; 2: rules
 scored as first moves before the base policy, 12 rollouts; 3: the library adds satisfaction switches, which
 on ``long-term`` beat revision 2 outright; 4: the base policy is chosen on whole episodes, not ``horizon``
-steps, which only changes worlds with several sessions): results of another revision are not reused."""
+steps, which changes only worlds whose episodes outlast the horizon: several sessions, or a session budget
+above it): results of another revision are not reused."""
 
 LIBRARY: tuple[Rule, ...] = (
     *FIXED_RULES,
