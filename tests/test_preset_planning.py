@@ -3,7 +3,8 @@ same users, paired, and the best of them stays at or below the 85% of the planne
 preset. (On these 300 users the planner of revision 3 puts the best rule at 78.9%, paired gain +1.88
 [+1.02, +2.74]; the README's 400 users are measured by ``python -m benchmarks.presets``. A planner without
 its satisfaction switches scored 86% here and fails the share; one reduced to a fixed rule would fail
-both.)"""
+both.) ``benchmarks.presets``' library table, which checks the planner's base against its whole library on
+more users, is tested here too."""
 
 from __future__ import annotations
 
@@ -34,3 +35,15 @@ def test_the_planner_beats_every_fixed_rule_on_the_default_preset():
     gain = paired_difference(planner, rules[best], "session_return")
     assert gain["ci95_low"] > 0, (best, gain)
     assert share <= 0.85, (best, share)
+
+
+def test_the_library_table_runs_every_library_policy_against_the_planners_base():
+    from benchmarks.presets import library_table
+    from envs.planner import LIBRARY
+
+    base = "rule(p=4)"
+    text = library_table("retention", 30, 5, {"num_items": 600, "num_topics": 6}, base)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert sorted(row.split(" | ")[0][2:] for row in rows) == sorted(rule.name for rule in LIBRARY)
+    assert next(row for row in rows if row.startswith(f"| {base} |")).endswith("| +0.000 [+0.000, +0.000] |")
+    assert "Best of the library: " in text and "against the planner's base" in text
