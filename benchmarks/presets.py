@@ -58,6 +58,12 @@ def run_preset(
     return runs, planner.base_name
 
 
+def _interval(m: dict[str, float], digits: int, sign: str = "") -> str:
+    """``mean [low, high]`` of a :func:`mean_interval` or :func:`paired_difference` result (``sign="+"``: signed)."""
+    f = f"{sign}.{digits}f"
+    return f"{m['mean']:{f}} [{m['ci95_low']:{f}}, {m['ci95_high']:{f}}]"
+
+
 def table(name: str, runs: dict[str, tuple[SessionOutcomes, Exposure]]) -> str:
     """Markdown: return [95% CI], share of planner, paired difference to the planner, ctr, sessions, and the
     beyond-accuracy metrics (ILD, novelty, coverage, exposure Gini over items and categories)."""
@@ -76,8 +82,7 @@ def table(name: str, runs: dict[str, tuple[SessionOutcomes, Exposure]]) -> str:
         ret = mean_interval(outcome.session_return)
         diff = paired_difference(outcome, planner, "session_return")
         lines.append(
-            f"| {policy} | {ret['mean']:.2f} [{ret['ci95_low']:.2f}, {ret['ci95_high']:.2f}] | "
-            f"{ret['mean'] / top:.1%} | {diff['mean']:+.2f} [{diff['ci95_low']:+.2f}, {diff['ci95_high']:+.2f}] | "
+            f"| {policy} | {_interval(ret, 2)} | {ret['mean'] / top:.1%} | {_interval(diff, 2, '+')} | "
             f"{outcome.values('ctr').mean():.3f} | {outcome.sessions.mean():.2f} | "
             f"{table_cells(run_values(*runs[policy]))} |"
         )
@@ -108,17 +113,13 @@ def library_table(name: str, users: int, seed: int, overrides: dict[str, object]
     for policy, outcome in sorted(outcomes.items(), key=lambda kv: -kv[1].session_return.mean()):
         ret = mean_interval(outcome.session_return)
         diff = paired_difference(outcome, outcomes[base], "session_return")
-        lines.append(
-            f"| {policy} | {ret['mean']:.3f} [{ret['ci95_low']:.3f}, {ret['ci95_high']:.3f}] | "
-            f"{diff['mean']:+.3f} [{diff['ci95_low']:+.3f}, {diff['ci95_high']:+.3f}] |"
-        )
+        lines.append(f"| {policy} | {_interval(ret, 3)} | {_interval(diff, 3, '+')} |")
     best = max(outcomes, key=lambda policy: outcomes[policy].session_return.mean())
     diff = paired_difference(outcomes[best], outcomes[base], "session_return")
     verdict = "above it" if diff["ci95_low"] > 0 else "not distinguishable from it"
     lines += [
         "",
-        f"Best of the library: {best}, {diff['mean']:+.3f} [{diff['ci95_low']:+.3f}, {diff['ci95_high']:+.3f}] "
-        f"against the planner's base: {verdict}.",
+        f"Best of the library: {best}, {_interval(diff, 3, '+')} against the planner's base: {verdict}.",
     ]
     return "\n".join(lines)
 
