@@ -159,6 +159,14 @@ class SlateEnvConfig:
     ``interactions.parquet`` (``data_dir``), an index built from rated data (``index_dir`` alone), or for the
     built-in world its own log of ``rating_log_users`` users (:func:`rayrec.synth.behaviour.logged_ratings`).
     Any catalog with ratings has this signal; the server builds it over an index that stores it."""
+    observe_feedback: bool = False
+    """Append :data:`rayrec.features.LAST_ENGAGEMENT` to every candidate's features: the fraction of its length
+    the user watched of the last item they clicked (their satisfaction when they clicked it; watch time is
+    that times the item's length, ``1 + clickbait_watch * c``), 0 before their first click; it carries over
+    to the user's next session. Completion rate is engagement feedback every video service logs; it tells a
+    policy how satisfied the user is, one click late and without noise. Without it no observation says how
+    satisfied the user is (``python -m benchmarks.presets`` shows what a rule that knows the items and only
+    the session's clock can do)."""
     rating_log_users: int = 10_000
     """Users in the built-in world's log that ``observe_rating`` reads (about 6 ratings each); fewer users,
     sparser and noisier ratings."""
@@ -201,7 +209,7 @@ class SlateEnvConfig:
             )
         if self.category_quota < 1:
             problems.append(f"category_quota must be >= 1 (got {self.category_quota})")
-        for name in ("observe_rating", "retrieval_shortlist"):
+        for name in ("observe_rating", "observe_feedback", "retrieval_shortlist"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be true or false (got {getattr(self, name)!r})")
         if self.retrieval_shortlist and self.candidates != "faiss":
@@ -261,7 +269,7 @@ class SlateEnvConfig:
     @property
     def feature_names(self) -> tuple[str, ...]:
         """The per-candidate feature names of this simulator's observation (:func:`rayrec.features.feature_names`)."""
-        return feature_names(self.observe_hidden, self.observe_rating)
+        return feature_names(self.observe_hidden, self.observe_rating, self.observe_feedback)
 
     def replace(self, **changes: Any) -> SlateEnvConfig:
         """A copy with ``changes`` applied (validated again); unknown names → ConfigError."""

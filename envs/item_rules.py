@@ -33,6 +33,9 @@ class ItemTerms:
     clickbait: np.ndarray
     satisfaction: np.ndarray
     """[B, 1] the user's hidden satisfaction (what :class:`SatisfactionSwitch` reads)."""
+    session_step: np.ndarray
+    """[B, 1] steps already shown in the user's session: observable (the ``budget`` feature), what
+    :class:`ClockSwitch` reads."""
 
     @classmethod
     def of(cls, sim: SlateSimulator) -> ItemTerms:
@@ -50,6 +53,7 @@ class ItemTerms:
             value_state=(gain - harm * (1.0 + config.clickbait_fatigue * fatigue)) / config.temperature,
             clickbait=clickbait,
             satisfaction=users.satisfaction[:, None],
+            session_step=users.steps[:, None],
         )
 
 
@@ -100,7 +104,31 @@ class SatisfactionSwitch:
         )
 
 
-Rule = ItemRule | SatisfactionSwitch
+@dataclass(frozen=True)
+class ClockSwitch:
+    """``build`` for the session's first ``step`` steps, ``spend`` from then on: a switch on the clock alone.
+
+    It knows the items' hidden traits as the rules do, but of the user's changing state only what every
+    observation holds, the session's step (the ``budget`` feature). Beside :class:`SatisfactionSwitch` it
+    measures what knowing the user's satisfaction is worth to a spend-and-rebuild policy, so what a learner
+    whose observation says nothing about satisfaction can hope for. Not in the planner's library.
+    """
+
+    spend: ItemRule
+    build: ItemRule
+    step: int
+
+    @property
+    def name(self) -> str:
+        return f"clock(step >= {self.step}: {self.spend.name}, else {self.build.name})"
+
+    def scores(self, terms: ItemTerms) -> np.ndarray:
+        """[B, K] ``build``'s scores early in the session, ``spend``'s from step ``step`` on."""
+        late = terms.session_step >= self.step
+        return np.where(late, self.spend.scores(terms), self.build.scores(terms))
+
+
+Rule = ItemRule | SatisfactionSwitch | ClockSwitch
 """What :class:`envs.policies.ItemRulePolicy` follows and the planner's library holds."""
 
 FIXED_RULES = tuple(ItemRule(p, ban) for p in (0.0, 1.0, 2.0, 4.0, 8.0) for ban in (False, True))

@@ -19,7 +19,7 @@ from envs.config import SlateEnvConfig
 from envs.response import UserResponse
 from envs.rewards import RewardFn, StepEvents
 from envs.users import UserSampler, UserState
-from rayrec.features import FEATURE_NAMES, ITEM_RATING, NUM_FEATURES, build_observation
+from rayrec.features import FEATURE_NAMES, ITEM_RATING, LAST_ENGAGEMENT, NUM_FEATURES, build_observation
 
 INFO_KEYS = (
     "clicked",
@@ -37,7 +37,7 @@ def observation_space(num_candidates: int, dim: int, names: tuple[str, ...] = FE
     """One user's observation space: :mod:`rayrec.features`'s contract with B dropped.
 
     ``names``: the per-candidate features (``SlateEnvConfig.feature_names``: :data:`rayrec.features.FEATURE_NAMES`,
-    and the appended ``item_rating`` and hidden columns the config asks for).
+    and the appended ``item_rating``, ``last_engagement`` and hidden columns the config asks for).
     """
     # retrieval_score is an inner product of unit vectors, the other observable features are in [0, 1];
     # the true click logit is unbounded.
@@ -192,7 +192,7 @@ class SlateSimulator:
     def observation(self) -> dict[str, np.ndarray]:
         """The batched observation of :func:`rayrec.features.build_observation` for the current candidates.
 
-        With ``observe_rating`` and ``observe_hidden`` the features gain :meth:`appended_features`.
+        With ``observe_rating``, ``observe_feedback`` and ``observe_hidden`` the features gain :meth:`appended_features`.
         """
         obs = build_observation(
             profile=self.users.profile(),
@@ -209,7 +209,8 @@ class SlateSimulator:
 
     def appended_features(self, names: tuple[str, ...]) -> np.ndarray:
         """[B, K, len(names)] float32 features of the current candidates beyond :data:`rayrec.features.FEATURE_NAMES`,
-        in the order of ``names``: ``item_rating`` (the catalog's observed ratings) and the simulation-only
+        in the order of ``names``: ``item_rating`` (the catalog's observed ratings), ``last_engagement`` (the
+        users' feedback on their last click) and the simulation-only
         :data:`rayrec.features.HIDDEN_FEATURE_NAMES`."""
         items, users = self.candidate_items, self.users  # [B, K]
         columns = {
@@ -219,6 +220,7 @@ class SlateSimulator:
             ),
             "quality": lambda: self.catalog.quality[items],
             "clickbait": lambda: self.catalog.clickbait[items],
+            LAST_ENGAGEMENT: lambda: np.broadcast_to(users.last_engagement[:, None], items.shape),
             "satisfaction": lambda: np.broadcast_to(users.satisfaction[:, None], items.shape),
         }
         return np.stack([columns[name]() for name in names], axis=-1).astype(np.float32)  # [B, K, H]
@@ -241,6 +243,7 @@ class SlateSimulator:
         clicked = position != NO_CLICK
         chosen = np.where(clicked, slate_items[np.arange(len(position)), np.maximum(position, 0)], -1)
         shown_to = users.satisfaction.copy()  # [B] the satisfaction the slate met (watch time reads it)
+        users.last_engagement[clicked] = shown_to[clicked]
         left = self.response.apply(users, chosen, self.catalog, rng)
         session_ended = left | (users.budget <= 0)
         returned, days = self.response.end_sessions(users, session_ended, rng)

@@ -67,8 +67,10 @@ class SlateRecEnv(gym.Env):
     | ``budget`` | ``(1,)`` | remaining session budget as a fraction of ``budget`` |
 
     ``observe_rating=True`` appends ``item_rating`` to ``features`` (each candidate's mean logged rating,
-    :func:`rayrec.features.rating_feature`), and ``observe_hidden`` then appends the simulation-only hidden
-    columns: ``features`` is ``(K, len(config.feature_names))``.
+    :func:`rayrec.features.rating_feature`), ``observe_feedback=True`` then ``last_engagement`` (the fraction
+    the user watched of the last item they clicked: their satisfaction then, the same in every row; 0 before
+    their first click), and ``observe_hidden`` then appends the simulation-only hidden columns: ``features``
+    is ``(K, len(config.feature_names))``.
 
     ## Rewards
 

@@ -23,6 +23,8 @@ class UserState:
     Attributes:
         interest: [B, d] float32 hidden interest vector, unit norm, in the catalog's embedding space.
         satisfaction: [B] float32 in [0, 1], hidden.
+        last_engagement: [B] float32 the satisfaction the user's last click met (0 before their first click):
+            what ``observe_feedback`` shows of it.
         budget: [B] float32 remaining session time (steps).
         steps: [B] int64 steps taken this session.
         total_steps: [B] int64 steps taken in all of the user's sessions (the episode's truncation counts these).
@@ -45,6 +47,7 @@ class UserState:
 
     interest: np.ndarray
     satisfaction: np.ndarray
+    last_engagement: np.ndarray
     budget: np.ndarray
     steps: np.ndarray
     total_steps: np.ndarray
@@ -65,6 +68,7 @@ class UserState:
         return cls(
             interest=np.zeros((batch, dim), np.float32),
             satisfaction=np.zeros(batch, np.float32),
+            last_engagement=np.zeros(batch, np.float32),
             budget=np.zeros(batch, np.float32),
             steps=np.zeros(batch, np.int64),
             total_steps=np.zeros(batch, np.int64),
@@ -120,6 +124,7 @@ class UserState:
         """Put new users into ``rows``: interest [n, d], history [n, h] (padded), satisfaction [n]."""
         self.interest[rows] = interest
         self.satisfaction[rows] = satisfaction
+        self.last_engagement[rows] = 0.0
         self.budget[rows] = budget
         self.steps[rows] = 0
         self.total_steps[rows] = 0

@@ -44,6 +44,11 @@ item's mean logged rating as :func:`rating_feature` scales and shrinks it."""
 RATING_PRIOR_COUNT = 5.0
 """Pseudo-ratings at the middle of the scale that every item's mean rating is shrunk with: an item with a
 few ratings says little (the Bayesian average of the IMDb top list)."""
+LAST_ENGAGEMENT = "last_engagement"
+"""The per-candidate column a simulator with ``observe_feedback`` appends after :data:`ITEM_RATING`'s place (the
+same value in every row of a request): the fraction of its length the user watched of the last item they
+clicked, their satisfaction when that click happened (0 before the user's first click). Engagement feedback
+such as completion rate is logged by every video service; here it reads the hidden satisfaction one click late."""
 HIDDEN_FEATURE_NAMES = ("true_click_logit", "quality", "clickbait", "satisfaction")
 """Per-candidate columns a simulator with ``observe_hidden`` appends after :data:`FEATURE_NAMES`: the true
 click logit of the candidate for this user now (choice model, interest and satiation), the item's hidden
@@ -75,18 +80,26 @@ def hidden_feature_selection(value: object) -> tuple[str, ...]:
     return tuple(name for name in HIDDEN_FEATURE_NAMES if name in names)
 
 
-def feature_names(hidden: tuple[str, ...] = (), rating: bool = False) -> tuple[str, ...]:
+def feature_names(
+    hidden: tuple[str, ...] = (), rating: bool = False, feedback: bool = False
+) -> tuple[str, ...]:
     """The per-candidate feature names of an observation: :data:`FEATURE_NAMES`, then :data:`ITEM_RATING`
-    with ``rating`` (``SlateEnvConfig.observe_rating``), then ``hidden``, a selection made by
+    with ``rating`` (``SlateEnvConfig.observe_rating``), :data:`LAST_ENGAGEMENT` with ``feedback``
+    (``SlateEnvConfig.observe_feedback``), then ``hidden``, a selection made by
     :func:`hidden_feature_selection` (``SlateEnvConfig.observe_hidden`` holds one)."""
-    return (*FEATURE_NAMES, *((ITEM_RATING,) if rating else ()), *hidden)
+    return (
+        *FEATURE_NAMES,
+        *((ITEM_RATING,) if rating else ()),
+        *((LAST_ENGAGEMENT,) if feedback else ()),
+        *hidden,
+    )
 
 
 def is_simulation_feature_set(names: tuple[str, ...]) -> bool:
     """Whether ``names`` is a feature set some simulator provides: :func:`feature_names` of some selection."""
-    rating = ITEM_RATING in names
-    hidden = names[NUM_FEATURES + rating :]
-    return names == feature_names(tuple(n for n in HIDDEN_FEATURE_NAMES if n in hidden), rating)
+    rating, feedback = ITEM_RATING in names, LAST_ENGAGEMENT in names
+    hidden = names[NUM_FEATURES + rating + feedback :]
+    return names == feature_names(tuple(n for n in HIDDEN_FEATURE_NAMES if n in hidden), rating, feedback)
 
 
 def select_features(features: np.ndarray, have: tuple[str, ...], want: tuple[str, ...]) -> np.ndarray:

@@ -28,6 +28,7 @@ from rayrec.explain import (
 from rayrec.features import (
     HIDDEN_FEATURE_NAMES,
     ITEM_RATING,
+    LAST_ENGAGEMENT,
     NUM_FEATURES,
     build_observation,
     feature_names,
@@ -78,7 +79,8 @@ def check_servable(policy: SlatePolicy, spec: str, rated_index: bool) -> ExportC
     Raises:
         ArtifactError: the policy (an export or a fitted linear ranker, :func:`rayrec.rerank.policy_feature_names`)
             reads the simulator's hidden state (:data:`rayrec.features.HIDDEN_FEATURE_NAMES`,
-            ``observe_hidden``), which no server has, or :data:`rayrec.features.ITEM_RATING`
+            ``observe_hidden``), which no server has, the session feedback :data:`rayrec.features.LAST_ENGAGEMENT`
+            (``observe_feedback``), which requests do not carry yet, or :data:`rayrec.features.ITEM_RATING`
             (``observe_rating``) from an index that does not store it.
     """
     config = trained_config(policy)
@@ -90,6 +92,11 @@ def check_servable(policy: SlatePolicy, spec: str, rated_index: bool) -> ExportC
         what = (
             f"is {kind} on the simulator's hidden state {hidden}, which no server has: it is a diagnostic for "
             "`rayrec simulate --env observe_hidden=...`"
+        )
+    elif LAST_ENGAGEMENT in appended:
+        what = (
+            f"reads the session feedback {LAST_ENGAGEMENT!r} (`observe_feedback`), which /recommend does not "
+            "take yet: run it with `rayrec simulate --env observe_feedback=true`"
         )
     elif ITEM_RATING in appended and not rated_index:
         what = (

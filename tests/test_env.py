@@ -95,6 +95,47 @@ def test_observe_hidden_appends_the_hidden_state_to_the_observable_features():
     assert SlateEnvConfig(observe_hidden=False).observe_hidden == ()
 
 
+def test_observe_feedback_shows_the_satisfaction_the_users_last_click_met():
+    """``last_engagement`` is feedback, not state: after a click it is the satisfaction the user had when they
+    clicked (so one click late), a step without a click leaves it, a new user starts at 0, and it sits after
+    ``item_rating`` and before the hidden columns."""
+    from envs import build_simulator
+    from envs.presets import with_preset
+
+    config = with_preset(
+        "long-term",
+        num_items=400,
+        observe_rating=True,
+        observe_feedback=True,
+        observe_hidden=["satisfaction"],
+    )
+    assert config.feature_names[3:] == ("item_rating", "last_engagement", "satisfaction")
+    check_env(envs.make_env(config).unwrapped)
+    sim = build_simulator(config, batch=32)
+    rng = np.random.default_rng(3)
+    sim.start_users(np.arange(32), rng)
+    sim.refresh_candidates(rng)
+    feedback = sim.observation()["features"][..., 4]  # [B, K]
+    assert (feedback == 0).all()
+    clicks = 0
+    for _ in range(8):
+        before = sim.users.satisfaction.copy()
+        previous = feedback[:, 0].copy()
+        outcome = sim.step(np.tile(np.arange(5), (32, 1)), rng)
+        sim.refresh_candidates(rng)
+        feedback = sim.observation()["features"][..., 4]
+        assert (feedback == feedback[:, :1]).all()  # one value per user, in every candidate's row
+        clicked = outcome.info["clicked"]
+        np.testing.assert_array_equal(feedback[clicked, 0], before[clicked])
+        np.testing.assert_array_equal(feedback[~clicked, 0], previous[~clicked])
+        clicks += int(clicked.sum())
+    assert clicks > 10 and (sim.users.satisfaction != feedback[:, 0]).any()  # it lags the state
+    sim.start_users(np.arange(4), rng)
+    assert (sim.users.last_engagement[:4] == 0).all()
+    with pytest.raises(ConfigError, match="observe_feedback must be true or false"):
+        SlateEnvConfig(observe_feedback="yes")
+
+
 def test_observe_rating_appends_each_candidates_mean_logged_rating(tmp_path):
     """``item_rating`` is the catalog's observed mean rating: the column sits between the observable
     features and the hidden ones, it tracks the hidden quality it is evidence of, and the built-in world's

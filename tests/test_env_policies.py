@@ -8,7 +8,7 @@ import pytest
 import envs
 from envs.config import SlateEnvConfig
 from envs.factory import build_simulator, load_world
-from envs.item_rules import ItemRule, ItemTerms, SatisfactionSwitch
+from envs.item_rules import ClockSwitch, ItemRule, ItemTerms, SatisfactionSwitch
 from envs.planner import PlannerPolicy
 from envs.policies import OraclePolicy, fitted_greedy, make_policy
 from envs.presets import with_preset
@@ -163,6 +163,19 @@ def test_a_satisfaction_switch_spends_on_satisfied_users_and_builds_on_the_other
         expected = (spend if satisfied else build).scores(terms)[row]
         np.testing.assert_array_equal(scores[row], expected)
     assert not np.array_equal(spend.scores(terms), build.scores(terms))  # the two rules rank differently
+
+
+def test_a_clock_switch_builds_early_in_the_session_and_spends_late():
+    sim = build_simulator(SlateEnvConfig(num_items=600, num_topics=6), batch=4)
+    sim.start_users(np.arange(4), np.random.default_rng(0))
+    sim.refresh_candidates(np.random.default_rng(0))
+    sim.users.steps[:] = [0, 7, 8, 15]
+    sim.users.satisfaction[:] = [0.95, 0.95, 0.1, 0.1]  # a clock switch does not read it
+    spend, build = ItemRule(0.0), ItemRule(4.0, clickbait_ban=True)
+    terms = ItemTerms.of(sim)
+    scores = ClockSwitch(spend, build, step=8).scores(terms)
+    for row, late in enumerate([False, False, True, True]):
+        np.testing.assert_array_equal(scores[row], (spend if late else build).scores(terms)[row])
 
 
 def test_the_planner_chooses_its_base_policy_on_whole_episodes_of_several_sessions():
