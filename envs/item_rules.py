@@ -78,6 +78,11 @@ class ItemRule:
         return np.where(terms.clickbait > 0.5, scores - 1e6, scores) if self.clickbait_ban else scores
 
 
+def switched(spending: np.ndarray, spend: ItemRule, build: ItemRule, terms: ItemTerms) -> np.ndarray:
+    """[B, K] ``spend``'s scores in the rows where ``spending`` [B, 1] holds, ``build``'s in the others."""
+    return np.where(spending, spend.scores(terms), build.scores(terms))
+
+
 @dataclass(frozen=True)
 class SatisfactionSwitch:
     """A state-aware rule: ``spend`` while the user's hidden satisfaction is above ``threshold``, ``build`` below.
@@ -99,9 +104,7 @@ class SatisfactionSwitch:
 
     def scores(self, terms: ItemTerms) -> np.ndarray:
         """[B, K] ``spend``'s scores for satisfied users, ``build``'s for the others."""
-        return np.where(
-            terms.satisfaction > self.threshold, self.spend.scores(terms), self.build.scores(terms)
-        )
+        return switched(terms.satisfaction > self.threshold, self.spend, self.build, terms)
 
 
 @dataclass(frozen=True)
@@ -124,8 +127,7 @@ class ClockSwitch:
 
     def scores(self, terms: ItemTerms) -> np.ndarray:
         """[B, K] ``build``'s scores early in the session, ``spend``'s from step ``step`` on."""
-        late = terms.session_step >= self.step
-        return np.where(late, self.spend.scores(terms), self.build.scores(terms))
+        return switched(terms.session_step >= self.step, self.spend, self.build, terms)
 
 
 Rule = ItemRule | SatisfactionSwitch | ClockSwitch

@@ -22,6 +22,10 @@ with ``observe_rating`` appends it; an item index built from data with rating ev
 (``rayrec build-index``), and a server over such an index builds it for the policies that read it and logs
 it with every request (:func:`select_features` gives each reader the columns it reads).
 
+Session feedback: a simulator built with ``observe_feedback`` appends :data:`LAST_ENGAGEMENT` after those, the
+user's completion rate of their last click (the satisfaction it met). It is observable, but the server does
+not take it from requests yet and refuses a policy that reads it.
+
 Simulation only: a simulator built with ``observe_hidden`` (:class:`envs.config.SlateEnvConfig`) appends some
 or all of :data:`HIDDEN_FEATURE_NAMES` to each candidate's features, the hidden state that ``planner`` and
 ``oracle`` read. A policy trained on them measures how much of a learner's gap to the planner is missing
@@ -45,10 +49,11 @@ RATING_PRIOR_COUNT = 5.0
 """Pseudo-ratings at the middle of the scale that every item's mean rating is shrunk with: an item with a
 few ratings says little (the Bayesian average of the IMDb top list)."""
 LAST_ENGAGEMENT = "last_engagement"
-"""The per-candidate column a simulator with ``observe_feedback`` appends after :data:`ITEM_RATING`'s place (the
-same value in every row of a request): the fraction of its length the user watched of the last item they
-clicked, their satisfaction when that click happened (0 before the user's first click). Engagement feedback
-such as completion rate is logged by every video service; here it reads the hidden satisfaction one click late."""
+"""The per-candidate column a simulator with ``observe_feedback`` appends after the observable features and
+:data:`ITEM_RATING`, before any hidden one (the same value in every row of a request): the fraction of its
+length the user watched of the last item they clicked, their satisfaction when that click happened (0
+before the user's first click). Video services log such completion rates; here it reads the hidden
+satisfaction one click late. No server builds it yet (``/recommend`` does not carry it)."""
 HIDDEN_FEATURE_NAMES = ("true_click_logit", "quality", "clickbait", "satisfaction")
 """Per-candidate columns a simulator with ``observe_hidden`` appends after :data:`FEATURE_NAMES`: the true
 click logit of the candidate for this user now (choice model, interest and satiation), the item's hidden
