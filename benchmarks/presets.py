@@ -2,11 +2,11 @@
 
 For each preset (:mod:`envs.presets`), every baseline, the simulation-only references (``myopic-true``,
 ``oracle``, the fixed per-item rules of :data:`envs.item_rules.FIXED_RULES`, the planner's satisfaction
-switches and the same switches on the session's clock) and the ``planner`` meet the same held-out users
-(one seed: user ``i`` starts the same way under every policy). The table gives each policy's mean return
-with its 95% interval and its share of the planner's; the last lines say whether the preset needs planning
-(the best fixed per-item rule at or below 85% of the planner) and which library policy the planner took as
-its base.
+switches, and switches on the session's clock and on the observable session feedback) and the ``planner``
+meet the same held-out users (one seed: user ``i`` starts the same way under every policy). The table gives
+each policy's mean return with its 95% interval and its share of the planner's; the last lines say whether
+the preset needs planning (the best fixed per-item rule at or below 85% of the planner) and which library
+policy the planner took as its base.
 
     python -m benchmarks.presets --users 1000 --preset long-term --preset classic
     python -m benchmarks.presets --users 100 --preset retention --library-users 4000
@@ -23,7 +23,7 @@ import time
 
 from envs import build_simulator, make_policy
 from envs.beyond import evaluate_beyond, run_values
-from envs.item_rules import FIXED_RULES, ClockSwitch, ItemRule, SatisfactionSwitch
+from envs.item_rules import FIXED_RULES, ItemRule, Switch
 from envs.planner import LIBRARY, PlannerPolicy
 from envs.policies import ItemRulePolicy
 from envs.presets import PRESETS, preset
@@ -33,15 +33,28 @@ from rayrec.metrics.beyond import Exposure, table_cells, table_header
 from rayrec.metrics.session import SessionOutcomes, mean_interval, paired_difference
 
 POLICIES = ("random", "retrieval", "greedy", "myopic-true", "oracle")
-SWITCHES = tuple(rule for rule in LIBRARY if isinstance(rule, SatisfactionSwitch))
+SWITCHES = tuple(rule for rule in LIBRARY if isinstance(rule, Switch))
 """The planner's satisfaction switches, shown beside it: state-aware rules it should match or beat."""
 CLOCK_SWITCHES = tuple(
-    ClockSwitch(spend=ItemRule(0.0), build=ItemRule(p, clickbait_ban=True), step=step)
+    Switch(spend=ItemRule(0.0), build=ItemRule(p, clickbait_ban=True), signal=None, endgame=steps)
     for p in (1.0, 4.0)
-    for step in (8, 12)
+    for steps in (12, 8)
 )
-"""The same switches on the session's clock instead of the hidden satisfaction: what a spend-and-rebuild policy
-that knows the items but, of the user, only what the observation says can do."""
+"""Switches on the session's clock instead of the hidden satisfaction: what a spend-and-rebuild policy that
+knows the items but, of the user, only what every observation says can do."""
+FEEDBACK_SWITCHES = tuple(
+    Switch(
+        spend=ItemRule(0.5),
+        build=ItemRule(p, clickbait_ban=True),
+        signal="last_engagement",
+        threshold=0.75,
+        endgame=2,
+    )
+    for p in (1.0, 4.0)
+)
+"""Switches on the observable ``last_engagement`` (the satisfaction the user's last click met): what a policy
+that knows the items and reads the session-feedback column (``--env observe_feedback=true``) can do. The
+threshold and patience were chosen on 2,000 users of seed 17, not on a table's users."""
 NEEDS_PLANNING = 0.85
 """A preset needs planning when its best fixed per-item rule reaches at most this share of the planner."""
 
@@ -60,7 +73,7 @@ def run_preset(
     sim = build_simulator(config, batch=users)
     planner = PlannerPolicy(sim)
     runs["planner"] = evaluate_beyond(planner, sim, users, seed)
-    for rule in (*FIXED_RULES, *SWITCHES, *CLOCK_SWITCHES):
+    for rule in (*FIXED_RULES, *SWITCHES, *CLOCK_SWITCHES, *FEEDBACK_SWITCHES):
         sim = build_simulator(config, batch=users)
         runs[rule.name] = evaluate_beyond(ItemRulePolicy(sim, rule), sim, users, seed)
     return runs, planner.base_name

@@ -11,10 +11,12 @@ clicking it would do to the user's satisfaction. Patience 0 ranks by the true im
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from envs.simulator import SlateSimulator
+from rayrec.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -32,10 +34,13 @@ class ItemTerms:
     """The same with the clickbait harm the user's current fatigue implies (as the true response does)."""
     clickbait: np.ndarray
     satisfaction: np.ndarray
-    """[B, 1] the user's hidden satisfaction (what :class:`SatisfactionSwitch` reads)."""
-    session_step: np.ndarray
-    """[B, 1] steps already shown in the user's session: observable (the ``budget`` feature), what
-    :class:`ClockSwitch` reads."""
+    """[B, 1] the user's hidden satisfaction (a :class:`Switch` on ``"satisfaction"`` reads it)."""
+    last_engagement: np.ndarray
+    """[B, 1] the satisfaction the user's last click met: observable, the ``last_engagement`` feature (a
+    :class:`Switch` on ``"last_engagement"`` reads it)."""
+    steps_left: np.ndarray
+    """[B, 1] steps left in the user's session budget: observable (the ``budget`` feature), what a
+    :class:`Switch`'s ``endgame`` reads."""
 
     @classmethod
     def of(cls, sim: SlateSimulator) -> ItemTerms:
@@ -53,7 +58,8 @@ class ItemTerms:
             value_state=(gain - harm * (1.0 + config.clickbait_fatigue * fatigue)) / config.temperature,
             clickbait=clickbait,
             satisfaction=users.satisfaction[:, None],
-            session_step=users.steps[:, None],
+            last_engagement=users.last_engagement[:, None],
+            steps_left=users.budget[:, None],
         )
 
 
@@ -78,59 +84,55 @@ class ItemRule:
         return np.where(terms.clickbait > 0.5, scores - 1e6, scores) if self.clickbait_ban else scores
 
 
-def switched(spending: np.ndarray, spend: ItemRule, build: ItemRule, terms: ItemTerms) -> np.ndarray:
-    """[B, K] ``spend``'s scores in the rows where ``spending`` [B, 1] holds, ``build``'s in the others."""
-    return np.where(spending, spend.scores(terms), build.scores(terms))
+SIGNALS = ("satisfaction", "last_engagement")
+"""What a :class:`Switch` can read of the user: the hidden satisfaction, or its observable reading one click
+late (the ``last_engagement`` feature)."""
 
 
 @dataclass(frozen=True)
-class SatisfactionSwitch:
-    """A state-aware rule: ``spend`` while the user's hidden satisfaction is above ``threshold``, ``build`` below.
+class Switch:
+    """A state-aware rule: ``spend`` while the user's ``signal`` is above ``threshold`` or in the session's last
+    ``endgame`` steps, ``build`` otherwise.
 
     Not a fixed per-item rule: it reads the user's changing state. In a world where satisfaction is a stock
     (the ``long-term`` preset: RecSim's "chocolate vs kale"), spending it on what earns most now while it is
-    high and rebuilding it with quality while it is low is what planning finds; as a base policy of the
-    planner (:data:`envs.planner.LIBRARY`) it lets the rollouts start from that pattern instead of
-    rediscovering it three steps at a time.
+    high and rebuilding it with quality while it is low is what planning finds, and so is spending whatever
+    is left at the end of the session, when no later click can use it. As base policies of the planner
+    (:data:`envs.planner.LIBRARY`) switches on the hidden satisfaction let the rollouts start from that
+    pattern instead of rediscovering it three steps at a time. Switches on less measure what a learner whose
+    observation holds less can hope for: ``signal=None`` switches on the session's clock alone (what every
+    observation holds, the ``budget`` feature), ``"last_engagement"`` on the observable reading of the
+    satisfaction one click late. Every switch knows the items' hidden traits as the rules do.
     """
 
     spend: ItemRule
     build: ItemRule
-    threshold: float
+    signal: Literal["satisfaction", "last_engagement"] | None = "satisfaction"
+    """One of :data:`SIGNALS`, or ``None``: the clock alone (``endgame`` steps)."""
+    threshold: float = 0.0
+    """Spend where the signal is above it (the threshold itself is not above it)."""
+    endgame: int = 0
+    """Spend in the session's last ``endgame`` steps whatever the signal (0: never on the clock)."""
+
+    def __post_init__(self) -> None:
+        if self.signal is not None and self.signal not in SIGNALS:
+            raise ConfigError(f"Switch signal must be one of {SIGNALS} or None (got {self.signal!r})")
 
     @property
     def name(self) -> str:
-        return f"switch(satisfaction > {self.threshold:g}: {self.spend.name}, else {self.build.name})"
+        when = [f"{self.signal} > {self.threshold:g}"] * (self.signal is not None)
+        when += [f"last {self.endgame} steps"] * (self.endgame > 0)
+        return f"switch({' or '.join(when)}: {self.spend.name}, else {self.build.name})"
 
     def scores(self, terms: ItemTerms) -> np.ndarray:
-        """[B, K] ``spend``'s scores for satisfied users, ``build``'s for the others."""
-        return switched(terms.satisfaction > self.threshold, self.spend, self.build, terms)
+        """[B, K] ``spend``'s scores in the rows where the switch spends, ``build``'s in the others."""
+        spending = (terms.steps_left <= self.endgame) & (self.endgame > 0)  # [B, 1]
+        if self.signal is not None:
+            spending |= getattr(terms, self.signal) > self.threshold
+        return np.where(spending, self.spend.scores(terms), self.build.scores(terms))
 
 
-@dataclass(frozen=True)
-class ClockSwitch:
-    """``build`` for the session's first ``step`` steps, ``spend`` from then on: a switch on the clock alone.
-
-    It knows the items' hidden traits as the rules do, but of the user's changing state only what every
-    observation holds, the session's step (the ``budget`` feature). Beside :class:`SatisfactionSwitch` it
-    measures what knowing the user's satisfaction is worth to a spend-and-rebuild policy, so what a learner
-    whose observation says nothing about satisfaction can hope for. Not in the planner's library.
-    """
-
-    spend: ItemRule
-    build: ItemRule
-    step: int
-
-    @property
-    def name(self) -> str:
-        return f"clock(step >= {self.step}: {self.spend.name}, else {self.build.name})"
-
-    def scores(self, terms: ItemTerms) -> np.ndarray:
-        """[B, K] ``build``'s scores early in the session, ``spend``'s from step ``step`` on."""
-        return switched(terms.session_step >= self.step, self.spend, self.build, terms)
-
-
-Rule = ItemRule | SatisfactionSwitch | ClockSwitch
+Rule = ItemRule | Switch
 """What :class:`envs.policies.ItemRulePolicy` follows and the planner's library holds."""
 
 FIXED_RULES = tuple(ItemRule(p, ban) for p in (0.0, 1.0, 2.0, 4.0, 8.0) for ban in (False, True))

@@ -8,7 +8,7 @@ import pytest
 import envs
 from envs.config import SlateEnvConfig
 from envs.factory import build_simulator, load_world
-from envs.item_rules import ClockSwitch, ItemRule, ItemTerms, SatisfactionSwitch
+from envs.item_rules import ItemRule, ItemTerms, Switch
 from envs.planner import PlannerPolicy
 from envs.policies import OraclePolicy, fitted_greedy, make_policy
 from envs.presets import with_preset
@@ -158,7 +158,7 @@ def test_a_satisfaction_switch_spends_on_satisfied_users_and_builds_on_the_other
     sim.users.satisfaction[:] = [0.95, 0.5, 0.91, 0.9]  # the threshold itself is not above it
     spend, build = ItemRule(0.0), ItemRule(4.0, clickbait_ban=True)
     terms = ItemTerms.of(sim)
-    scores = SatisfactionSwitch(spend, build, threshold=0.9).scores(terms)
+    scores = Switch(spend, build, threshold=0.9).scores(terms)
     for row, satisfied in enumerate([True, False, True, False]):
         expected = (spend if satisfied else build).scores(terms)[row]
         np.testing.assert_array_equal(scores[row], expected)
@@ -169,13 +169,33 @@ def test_a_clock_switch_builds_early_in_the_session_and_spends_late():
     sim = build_simulator(SlateEnvConfig(num_items=600, num_topics=6), batch=4)
     sim.start_users(np.arange(4), np.random.default_rng(0))
     sim.refresh_candidates(np.random.default_rng(0))
-    sim.users.steps[:] = [0, 7, 8, 15]
+    sim.users.budget[:] = [20.0, 13.0, 12.0, 5.0]  # steps left: the first two users are early in the session
     sim.users.satisfaction[:] = [0.95, 0.95, 0.1, 0.1]  # a clock switch does not read it
     spend, build = ItemRule(0.0), ItemRule(4.0, clickbait_ban=True)
     terms = ItemTerms.of(sim)
-    scores = ClockSwitch(spend, build, step=8).scores(terms)
+    scores = Switch(spend, build, signal=None, endgame=12).scores(terms)
     for row, late in enumerate([False, False, True, True]):
         np.testing.assert_array_equal(scores[row], (spend if late else build).scores(terms)[row])
+
+
+def test_a_feedback_switch_reads_the_last_engagement_and_spends_the_session_s_last_steps():
+    sim = build_simulator(SlateEnvConfig(num_items=600, num_topics=6), batch=4)
+    sim.start_users(np.arange(4), np.random.default_rng(0))
+    sim.refresh_candidates(np.random.default_rng(0))
+    sim.users.last_engagement[:] = [0.9, 0.2, 0.2, 0.2]
+    sim.users.satisfaction[:] = [0.1, 0.95, 0.1, 0.1]  # hidden: a switch on the feedback does not read it
+    sim.users.budget[:] = [10.0, 10.0, 2.0, 3.0]  # the third user is in the session's last two steps
+    spend, build = ItemRule(0.5), ItemRule(4.0, clickbait_ban=True)
+    terms = ItemTerms.of(sim)
+    switch = Switch(spend, build, signal="last_engagement", threshold=0.75, endgame=2)
+    scores = switch.scores(terms)
+    for row, spending in enumerate([True, False, True, False]):
+        np.testing.assert_array_equal(scores[row], (spend if spending else build).scores(terms)[row])
+    assert switch.name == (
+        "switch(last_engagement > 0.75 or last 2 steps: rule(p=0.5), else rule(p=4, no clickbait))"
+    )
+    with pytest.raises(ConfigError, match="signal"):
+        Switch(spend, build, signal="interest")
 
 
 def test_the_planner_chooses_its_base_policy_on_whole_episodes_of_several_sessions():
