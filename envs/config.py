@@ -167,6 +167,12 @@ class SlateEnvConfig:
     policy how satisfied the user is, one click late and without noise. Without it no observation says how
     satisfied the user is (``python -m benchmarks.presets`` shows what a rule that knows the items and only
     the session's clock can do)."""
+    observe_last_click: bool = False
+    """Append :data:`rayrec.features.LAST_CLICK_RATING` after ``last_engagement``: the ``item_rating`` of the
+    last item the user clicked (0 before their first click; needs ``observe_rating``, whose ratings it reads).
+    The completion rate says the user's satisfaction when they clicked; what the item then did to it depends
+    on the item, and its logged rating is the observable estimate of that. The two together let a policy
+    estimate the satisfaction now, not one click late."""
     rating_log_users: int = 10_000
     """Users in the built-in world's log that ``observe_rating`` reads (about 6 ratings each); fewer users,
     sparser and noisier ratings."""
@@ -209,9 +215,13 @@ class SlateEnvConfig:
             )
         if self.category_quota < 1:
             problems.append(f"category_quota must be >= 1 (got {self.category_quota})")
-        for name in ("observe_rating", "observe_feedback", "retrieval_shortlist"):
+        for name in ("observe_rating", "observe_feedback", "observe_last_click", "retrieval_shortlist"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be true or false (got {getattr(self, name)!r})")
+        if self.observe_last_click is True and self.observe_rating is not True:
+            problems.append(
+                "observe_last_click shows the rating of the last clicked item: set observe_rating=true"
+            )
         if self.retrieval_shortlist and self.candidates != "faiss":
             problems.append(f"retrieval_shortlist applies to candidates=faiss only (got {self.candidates!r})")
         if self.candidates not in CANDIDATE_MODES:
@@ -269,7 +279,9 @@ class SlateEnvConfig:
     @property
     def feature_names(self) -> tuple[str, ...]:
         """The per-candidate feature names of this simulator's observation (:func:`rayrec.features.feature_names`)."""
-        return feature_names(self.observe_hidden, self.observe_rating, self.observe_feedback)
+        return feature_names(
+            self.observe_hidden, self.observe_rating, self.observe_feedback, self.observe_last_click
+        )
 
     def replace(self, **changes: Any) -> SlateEnvConfig:
         """A copy with ``changes`` applied (validated again); unknown names → ConfigError."""

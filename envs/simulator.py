@@ -19,7 +19,14 @@ from envs.config import SlateEnvConfig
 from envs.response import UserResponse
 from envs.rewards import RewardFn, StepEvents
 from envs.users import UserSampler, UserState
-from rayrec.features import FEATURE_NAMES, ITEM_RATING, LAST_ENGAGEMENT, NUM_FEATURES, build_observation
+from rayrec.features import (
+    FEATURE_NAMES,
+    ITEM_RATING,
+    LAST_CLICK_RATING,
+    LAST_ENGAGEMENT,
+    NUM_FEATURES,
+    build_observation,
+)
 
 INFO_KEYS = (
     "clicked",
@@ -37,7 +44,8 @@ def observation_space(num_candidates: int, dim: int, names: tuple[str, ...] = FE
     """One user's observation space: :mod:`rayrec.features`'s contract with B dropped.
 
     ``names``: the per-candidate features (``SlateEnvConfig.feature_names``: :data:`rayrec.features.FEATURE_NAMES`,
-    and the appended ``item_rating``, ``last_engagement`` and hidden columns the config asks for).
+    and the appended ``item_rating``, ``last_engagement``, ``last_click_rating`` and hidden columns the config
+    asks for).
     """
     # retrieval_score is an inner product of unit vectors, the other observable features are in [0, 1];
     # the true click logit is unbounded.
@@ -210,7 +218,7 @@ class SlateSimulator:
     def appended_features(self, names: tuple[str, ...]) -> np.ndarray:
         """[B, K, len(names)] float32 features of the current candidates beyond :data:`rayrec.features.FEATURE_NAMES`,
         in the order of ``names``: ``item_rating`` (the catalog's observed ratings), ``last_engagement`` (the
-        users' feedback on their last click) and the simulation-only
+        users' feedback on their last click), ``last_click_rating`` (that item's rating) and the simulation-only
         :data:`rayrec.features.HIDDEN_FEATURE_NAMES`."""
         items, users = self.candidate_items, self.users  # [B, K]
         columns = {
@@ -221,9 +229,15 @@ class SlateSimulator:
             "quality": lambda: self.catalog.quality[items],
             "clickbait": lambda: self.catalog.clickbait[items],
             LAST_ENGAGEMENT: lambda: np.broadcast_to(users.last_engagement[:, None], items.shape),
+            LAST_CLICK_RATING: lambda: np.broadcast_to(self.last_click_rating()[:, None], items.shape),
             "satisfaction": lambda: np.broadcast_to(users.satisfaction[:, None], items.shape),
         }
         return np.stack([columns[name]() for name in names], axis=-1).astype(np.float32)  # [B, K, H]
+
+    def last_click_rating(self) -> np.ndarray:
+        """[B] float32 the ``item_rating`` of each user's last clicked item, 0 before their first click."""
+        last = self.users.last_click
+        return np.where(last >= 0, self.catalog.rating[np.maximum(last, 0)], 0.0).astype(np.float32)
 
     def step(self, actions: np.ndarray, rng: np.random.Generator) -> StepOutcome:
         """Show slates ``actions`` [B, k] (candidate positions), let users respond, update their state."""
@@ -244,6 +258,7 @@ class SlateSimulator:
         chosen = np.where(clicked, slate_items[np.arange(len(position)), np.maximum(position, 0)], -1)
         shown_to = users.satisfaction.copy()  # [B] the satisfaction the slate met (watch time reads it)
         users.last_engagement[clicked] = shown_to[clicked]
+        users.last_click[clicked] = chosen[clicked]
         left = self.response.apply(users, chosen, self.catalog, rng)
         session_ended = left | (users.budget <= 0)
         returned, days = self.response.end_sessions(users, session_ended, rng)

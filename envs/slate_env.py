@@ -69,8 +69,9 @@ class SlateRecEnv(gym.Env):
     ``observe_rating=True`` appends ``item_rating`` to ``features`` (each candidate's mean logged rating,
     :func:`rayrec.features.rating_feature`), ``observe_feedback=True`` then ``last_engagement`` (the fraction
     the user watched of the last item they clicked: their satisfaction then, the same in every row; 0 before
-    their first click), and ``observe_hidden`` then appends the simulation-only hidden columns: ``features``
-    is ``(K, len(config.feature_names))``.
+    their first click), ``observe_last_click=True`` then ``last_click_rating`` (the ``item_rating`` of that
+    clicked item, the same in every row; 0 before the first click), and ``observe_hidden`` then appends the
+    simulation-only hidden columns: ``features`` is ``(K, len(config.feature_names))``.
 
     ## Rewards
 

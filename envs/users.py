@@ -25,6 +25,8 @@ class UserState:
         satisfaction: [B] float32 in [0, 1], hidden.
         last_engagement: [B] float32 the satisfaction the user's last click met (0 before their first click):
             what ``observe_feedback`` shows of it.
+        last_click: [B] int64 catalog index of the user's last clicked item (:data:`NO_ITEM` before their
+            first click): ``observe_last_click`` shows its logged rating.
         budget: [B] float32 remaining session time (steps).
         steps: [B] int64 steps taken this session.
         total_steps: [B] int64 steps taken in all of the user's sessions (the episode's truncation counts these).
@@ -48,6 +50,7 @@ class UserState:
     interest: np.ndarray
     satisfaction: np.ndarray
     last_engagement: np.ndarray
+    last_click: np.ndarray
     budget: np.ndarray
     steps: np.ndarray
     total_steps: np.ndarray
@@ -69,6 +72,7 @@ class UserState:
             interest=np.zeros((batch, dim), np.float32),
             satisfaction=np.zeros(batch, np.float32),
             last_engagement=np.zeros(batch, np.float32),
+            last_click=np.full(batch, NO_ITEM, np.int64),
             budget=np.zeros(batch, np.float32),
             steps=np.zeros(batch, np.int64),
             total_steps=np.zeros(batch, np.int64),
@@ -125,6 +129,7 @@ class UserState:
         self.interest[rows] = interest
         self.satisfaction[rows] = satisfaction
         self.last_engagement[rows] = 0.0
+        self.last_click[rows] = NO_ITEM
         self.budget[rows] = budget
         self.steps[rows] = 0
         self.total_steps[rows] = 0

@@ -23,8 +23,9 @@ with ``observe_rating`` appends it; an item index built from data with rating ev
 it with every request (:func:`select_features` gives each reader the columns it reads).
 
 Session feedback: a simulator built with ``observe_feedback`` appends :data:`LAST_ENGAGEMENT` after those, the
-user's completion rate of their last click (the satisfaction it met). It is observable, but the server does
-not take it from requests yet and refuses a policy that reads it.
+user's completion rate of their last click (the satisfaction it met), and one built with
+``observe_last_click`` then :data:`LAST_CLICK_RATING`, the rating of that clicked item. They are observable,
+but the server does not take them from requests yet and refuses a policy that reads them.
 
 Simulation only: a simulator built with ``observe_hidden`` (:class:`envs.config.SlateEnvConfig`) appends some
 or all of :data:`HIDDEN_FEATURE_NAMES` to each candidate's features, the hidden state that ``planner`` and
@@ -54,6 +55,12 @@ LAST_ENGAGEMENT = "last_engagement"
 length the user watched of the last item they clicked, their satisfaction when that click happened (0
 before the user's first click). Video services log such completion rates; here it reads the hidden
 satisfaction one click late. No server builds it yet (``/recommend`` does not carry it)."""
+LAST_CLICK_RATING = "last_click_rating"
+"""The per-candidate column a simulator with ``observe_last_click`` appends after :data:`LAST_ENGAGEMENT` (the
+same value in every row of a request): the :data:`ITEM_RATING` of the last item the user clicked (0 before
+their first click). Beside the completion rate it says what the user just consumed, which the completion
+rate, read before the item was watched, does not; together they let a policy estimate the user's state
+after the click. No server builds it yet."""
 HIDDEN_FEATURE_NAMES = ("true_click_logit", "quality", "clickbait", "satisfaction")
 """Per-candidate columns a simulator with ``observe_hidden`` appends after :data:`FEATURE_NAMES`: the true
 click logit of the candidate for this user now (choice model, interest and satiation), the item's hidden
@@ -86,25 +93,28 @@ def hidden_feature_selection(value: object) -> tuple[str, ...]:
 
 
 def feature_names(
-    hidden: tuple[str, ...] = (), rating: bool = False, feedback: bool = False
+    hidden: tuple[str, ...] = (), rating: bool = False, feedback: bool = False, last_click: bool = False
 ) -> tuple[str, ...]:
     """The per-candidate feature names of an observation: :data:`FEATURE_NAMES`, then :data:`ITEM_RATING`
     with ``rating`` (``SlateEnvConfig.observe_rating``), :data:`LAST_ENGAGEMENT` with ``feedback``
-    (``SlateEnvConfig.observe_feedback``), then ``hidden``, a selection made by
+    (``SlateEnvConfig.observe_feedback``), :data:`LAST_CLICK_RATING` with ``last_click``
+    (``SlateEnvConfig.observe_last_click``), then ``hidden``, a selection made by
     :func:`hidden_feature_selection` (``SlateEnvConfig.observe_hidden`` holds one)."""
     return (
         *FEATURE_NAMES,
         *((ITEM_RATING,) if rating else ()),
         *((LAST_ENGAGEMENT,) if feedback else ()),
+        *((LAST_CLICK_RATING,) if last_click else ()),
         *hidden,
     )
 
 
 def is_simulation_feature_set(names: tuple[str, ...]) -> bool:
     """Whether ``names`` is a feature set some simulator provides: :func:`feature_names` of some selection."""
-    rating, feedback = ITEM_RATING in names, LAST_ENGAGEMENT in names
-    hidden = names[NUM_FEATURES + rating + feedback :]
-    return names == feature_names(tuple(n for n in HIDDEN_FEATURE_NAMES if n in hidden), rating, feedback)
+    rating, feedback, last_click = ITEM_RATING in names, LAST_ENGAGEMENT in names, LAST_CLICK_RATING in names
+    hidden = names[NUM_FEATURES + rating + feedback + last_click :]
+    selection = tuple(n for n in HIDDEN_FEATURE_NAMES if n in hidden)
+    return names == feature_names(selection, rating, feedback, last_click)
 
 
 def select_features(features: np.ndarray, have: tuple[str, ...], want: tuple[str, ...]) -> np.ndarray:

@@ -32,6 +32,7 @@ from rayrec.features import (
     FEATURE_NAMES,
     HIDDEN_FEATURE_NAMES,
     ITEM_RATING,
+    LAST_CLICK_RATING,
     LAST_ENGAGEMENT,
     NUM_FEATURES,
     is_simulation_feature_set,
@@ -232,6 +233,7 @@ class ExportedPolicy:
                 for f, on in (
                     ("observe_rating=true", ITEM_RATING in appended),
                     ("observe_feedback=true", LAST_ENGAGEMENT in appended),
+                    ("observe_last_click=true", LAST_CLICK_RATING in appended),
                     (f"observe_hidden={hidden}", hidden),
                 )
                 if on

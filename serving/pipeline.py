@@ -28,6 +28,7 @@ from rayrec.explain import (
 from rayrec.features import (
     HIDDEN_FEATURE_NAMES,
     ITEM_RATING,
+    LAST_CLICK_RATING,
     LAST_ENGAGEMENT,
     NUM_FEATURES,
     build_observation,
@@ -70,6 +71,10 @@ def trained_config(policy: SlatePolicy) -> ExportConfig | None:
     return None
 
 
+SESSION_FEEDBACK_FLAGS = {LAST_ENGAGEMENT: "observe_feedback", LAST_CLICK_RATING: "observe_last_click"}
+"""The simulator setting that appends each session-feedback column."""
+
+
 def check_servable(policy: SlatePolicy, spec: str, rated_index: bool) -> ExportConfig | None:
     """:func:`trained_config`, after refusing a policy that reads features this server does not build.
 
@@ -80,7 +85,8 @@ def check_servable(policy: SlatePolicy, spec: str, rated_index: bool) -> ExportC
         ArtifactError: the policy (an export or a fitted linear ranker, :func:`rayrec.rerank.policy_feature_names`)
             reads the simulator's hidden state (:data:`rayrec.features.HIDDEN_FEATURE_NAMES`,
             ``observe_hidden``), which no server has, the session feedback :data:`rayrec.features.LAST_ENGAGEMENT`
-            (``observe_feedback``), which requests do not carry yet, or :data:`rayrec.features.ITEM_RATING`
+            (``observe_feedback``) or :data:`rayrec.features.LAST_CLICK_RATING` (``observe_last_click``),
+            which requests do not carry yet, or :data:`rayrec.features.ITEM_RATING`
             (``observe_rating``) from an index that does not store it.
     """
     config = trained_config(policy)
@@ -93,11 +99,9 @@ def check_servable(policy: SlatePolicy, spec: str, rated_index: bool) -> ExportC
             f"is {kind} on the simulator's hidden state {hidden}, which no server has: it is a diagnostic for "
             "`rayrec simulate --env observe_hidden=...`"
         )
-    elif LAST_ENGAGEMENT in appended:
-        what = (
-            f"reads the session feedback {LAST_ENGAGEMENT!r} (`observe_feedback`), which /recommend does not "
-            "take yet: run it with `rayrec simulate --env observe_feedback=true`"
-        )
+    elif feedback := [name for name in (LAST_ENGAGEMENT, LAST_CLICK_RATING) if name in appended]:
+        flags = " ".join(f"--env {SESSION_FEEDBACK_FLAGS[name]}=true" for name in feedback)
+        what = f"reads the session feedback {feedback}, which /recommend does not take yet: run it with `rayrec simulate {flags}`"
     elif ITEM_RATING in appended and not rated_index:
         what = (
             f"reads {ITEM_RATING!r}, which this index does not store: build the index (`rayrec build-index`) "

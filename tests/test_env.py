@@ -11,7 +11,8 @@ from gymnasium.utils.env_checker import check_env
 
 import envs
 from envs.config import SlateEnvConfig
-from envs.simulator import dedupe_slates
+from envs.presets import with_preset
+from envs.simulator import SlateSimulator, dedupe_slates
 from rayrec.errors import ConfigError
 from rayrec.features import (
     FEATURE_NAMES,
@@ -95,26 +96,30 @@ def test_observe_hidden_appends_the_hidden_state_to_the_observable_features():
     assert SlateEnvConfig(observe_hidden=False).observe_hidden == ()
 
 
+def _session_feedback_world(
+    appended: tuple[str, ...], **fields
+) -> tuple[SlateSimulator, np.random.Generator]:
+    """32 users started in a small ``long-term`` world with ``item_rating`` and ``fields``, whose appended
+    feature names must be ``appended``; gymnasium's checker passes on its env."""
+    config = with_preset("long-term", num_items=400, observe_rating=True, **fields)
+    assert config.feature_names[3:] == appended
+    check_env(envs.make_env(config).unwrapped)
+    sim = envs.build_simulator(config, batch=32)
+    rng = np.random.default_rng(3)
+    sim.start_users(np.arange(32), rng)
+    sim.refresh_candidates(rng)
+    return sim, rng
+
+
 def test_observe_feedback_shows_the_satisfaction_the_users_last_click_met():
     """``last_engagement`` is feedback, not state: after a click it is the satisfaction the user had when they
     clicked (so one click late), a step without a click leaves it, a new user starts at 0, and it sits after
     ``item_rating`` and before the hidden columns."""
-    from envs import build_simulator
-    from envs.presets import with_preset
-
-    config = with_preset(
-        "long-term",
-        num_items=400,
-        observe_rating=True,
+    sim, rng = _session_feedback_world(
+        ("item_rating", "last_engagement", "satisfaction"),
         observe_feedback=True,
         observe_hidden=["satisfaction"],
     )
-    assert config.feature_names[3:] == ("item_rating", "last_engagement", "satisfaction")
-    check_env(envs.make_env(config).unwrapped)
-    sim = build_simulator(config, batch=32)
-    rng = np.random.default_rng(3)
-    sim.start_users(np.arange(32), rng)
-    sim.refresh_candidates(rng)
     feedback = sim.observation()["features"][..., 4]  # [B, K]
     assert (feedback == 0).all()
     clicks = 0
@@ -134,6 +139,37 @@ def test_observe_feedback_shows_the_satisfaction_the_users_last_click_met():
     assert (sim.users.last_engagement[:4] == 0).all()
     with pytest.raises(ConfigError, match="observe_feedback must be true or false"):
         SlateEnvConfig(observe_feedback="yes")
+
+
+def test_observe_last_click_shows_the_rating_of_the_item_the_user_clicked_last():
+    """``last_click_rating`` is the ``item_rating`` the clicked candidate showed: a click sets it, a step
+    without a click leaves it, it is 0 before the first click and for a new user, it sits after
+    ``last_engagement``, and it needs ``observe_rating``, whose ratings it reads."""
+    sim, rng = _session_feedback_world(
+        ("item_rating", "last_engagement", "last_click_rating"),
+        observe_feedback=True,
+        observe_last_click=True,
+    )
+    features = sim.observation()["features"]  # [B, K, F]
+    assert (features[..., 5] == 0).all()
+    clicks = 0
+    for _ in range(8):
+        shown = features
+        outcome = sim.step(np.tile(np.arange(5), (32, 1)), rng)  # slate position i is candidate i
+        sim.refresh_candidates(rng)
+        features = sim.observation()["features"]
+        assert (features[..., 5] == features[:, :1, 5]).all()  # one value per user, in every candidate's row
+        clicked, position = outcome.info["clicked"], outcome.info["click_position"]
+        rows = np.flatnonzero(clicked)
+        np.testing.assert_array_equal(features[rows, 0, 5], shown[rows, position[rows], 3])
+        np.testing.assert_array_equal(features[~clicked, 0, 5], shown[~clicked, 0, 5])
+        clicks += len(rows)
+    assert clicks > 10
+    sim.start_users(np.arange(4), rng)
+    sim.refresh_candidates(rng)
+    assert (sim.observation()["features"][:4, :, 5] == 0).all()
+    with pytest.raises(ConfigError, match="set observe_rating=true"):
+        with_preset("long-term", observe_last_click=True)
 
 
 def test_observe_rating_appends_each_candidates_mean_logged_rating(tmp_path):

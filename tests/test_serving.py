@@ -593,7 +593,7 @@ def export_policy_reading(out: Path, dim: int, names: tuple[str, ...], name: str
 def test_a_policy_reading_features_the_server_does_not_build_is_refused(small_index, tmp_path):
     """``observe_hidden`` policies are diagnostics: the server has no hidden state to give them. An
     ``observe_rating`` policy (or linear ranker) needs an index that stores item ratings; an
-    ``observe_feedback`` policy needs session feedback that requests do not carry. Each is refused
+    ``observe_feedback`` or ``observe_last_click`` policy needs session feedback that requests do not carry. Each is refused
     while the application is built, with the reason on one line; over a rated index the rating readers
     are served."""
     from rayrec.baselines import LinearRankerPolicy
@@ -624,6 +624,10 @@ def test_a_policy_reading_features_the_server_does_not_build_is_refused(small_in
     feedback = export_policy_reading(tmp_path, dim, feature_names(rating=True, feedback=True), "feedback")
     message = refusal(feedback)
     assert "'last_engagement'" in message and "rayrec simulate --env observe_feedback=true" in message
+    names = feature_names(rating=True, feedback=True, last_click=True)
+    message = refusal(export_policy_reading(tmp_path, dim, names, "last-click"))
+    assert "['last_engagement', 'last_click_rating']" in message
+    assert "--env observe_feedback=true --env observe_last_click=true" in message
     # Over an index that stores ratings both readers are served.
     config = AppConfig(
         index=str(rated_dir), arms=[f"a={rated_policy}", f"b={tmp_path / 'linear'}"], encoder=None
