@@ -61,6 +61,12 @@ same value in every row of a request): the :data:`ITEM_RATING` of the last item 
 their first click). Beside the completion rate it says what the user just consumed, which the completion
 rate, read before the item was watched, does not; together they let a policy estimate the user's state
 after the click. No server builds it yet."""
+OBSERVE_SETTINGS = {
+    ITEM_RATING: "observe_rating",
+    LAST_ENGAGEMENT: "observe_feedback",
+    LAST_CLICK_RATING: "observe_last_click",
+}
+"""The simulator setting (``SlateEnvConfig``) that appends each observable column beyond :data:`FEATURE_NAMES`."""
 HIDDEN_FEATURE_NAMES = ("true_click_logit", "quality", "clickbait", "satisfaction")
 """Per-candidate columns a simulator with ``observe_hidden`` appends after :data:`FEATURE_NAMES`: the true
 click logit of the candidate for this user now (choice model, interest and satiation), the item's hidden

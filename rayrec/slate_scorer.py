@@ -31,10 +31,8 @@ from rayrec.errors import ArtifactError, ConfigError
 from rayrec.features import (
     FEATURE_NAMES,
     HIDDEN_FEATURE_NAMES,
-    ITEM_RATING,
-    LAST_CLICK_RATING,
-    LAST_ENGAGEMENT,
     NUM_FEATURES,
+    OBSERVE_SETTINGS,
     is_simulation_feature_set,
 )
 from rayrec.slate_policy import Observation, Slate
@@ -228,16 +226,8 @@ class ExportedPolicy:
         if feats != (*cand[:2], self.config.scorer.num_features):
             appended = list(self.config.feature_names[NUM_FEATURES:])
             hidden = [name for name in appended if name in HIDDEN_FEATURE_NAMES]
-            flags = [
-                f
-                for f, on in (
-                    ("observe_rating=true", ITEM_RATING in appended),
-                    ("observe_feedback=true", LAST_ENGAGEMENT in appended),
-                    ("observe_last_click=true", LAST_CLICK_RATING in appended),
-                    (f"observe_hidden={hidden}", hidden),
-                )
-                if on
-            ]
+            flags = [f"{OBSERVE_SETTINGS[name]}=true" for name in appended if name in OBSERVE_SETTINGS]
+            flags += [f"observe_hidden={hidden}"] * bool(hidden)
             hint = (
                 f": it was trained with the appended features {appended} (run it in a simulator with "
                 f"{' and '.join(flags)})"

@@ -31,6 +31,7 @@ from rayrec.features import (
     LAST_CLICK_RATING,
     LAST_ENGAGEMENT,
     NUM_FEATURES,
+    OBSERVE_SETTINGS,
     build_observation,
     feature_names,
     l2_normalize,
@@ -71,10 +72,6 @@ def trained_config(policy: SlatePolicy) -> ExportConfig | None:
     return None
 
 
-SESSION_FEEDBACK_FLAGS = {LAST_ENGAGEMENT: "observe_feedback", LAST_CLICK_RATING: "observe_last_click"}
-"""The simulator setting that appends each session-feedback column."""
-
-
 def check_servable(policy: SlatePolicy, spec: str, rated_index: bool) -> ExportConfig | None:
     """:func:`trained_config`, after refusing a policy that reads features this server does not build.
 
@@ -100,7 +97,7 @@ def check_servable(policy: SlatePolicy, spec: str, rated_index: bool) -> ExportC
             "`rayrec simulate --env observe_hidden=...`"
         )
     elif feedback := [name for name in (LAST_ENGAGEMENT, LAST_CLICK_RATING) if name in appended]:
-        flags = " ".join(f"--env {SESSION_FEEDBACK_FLAGS[name]}=true" for name in feedback)
+        flags = " ".join(f"--env {OBSERVE_SETTINGS[name]}=true" for name in feedback)
         what = f"reads the session feedback {feedback}, which /recommend does not take yet: run it with `rayrec simulate {flags}`"
     elif ITEM_RATING in appended and not rated_index:
         what = (
