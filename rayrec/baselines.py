@@ -1,6 +1,6 @@
 """Baseline slate policies that run anywhere — simulator, A/B runner, server: ``random``, ``retrieval``, ``greedy``,
-``epsilon-greedy`` (exploration), ``popularity``, and a tuned linear ranker (a directory, see
-:class:`LinearRankerPolicy`).
+``epsilon-greedy`` (exploration), ``popularity``, and tuned rankers (a directory: :class:`LinearRankerPolicy`,
+:class:`SwitchRankerPolicy`).
 
 All implement :class:`rayrec.slate_policy.SlatePolicy`. :func:`load_policy` builds one from a spec string: a
 baseline name, or a directory holding a policy exported by ``rayrec train-policy``. Policies that read the
@@ -17,7 +17,7 @@ import numpy as np
 from rayrec import storage
 from rayrec.click_logit import SlateClickModel
 from rayrec.errors import ArtifactError, ConfigError
-from rayrec.features import FEATURE_NAMES, is_simulation_feature_set
+from rayrec.features import FEATURE_NAMES, USER_COLUMNS, is_simulation_feature_set
 from rayrec.slate_policy import Observation, Slate, SlatePolicy
 
 BASELINES = ("random", "retrieval", "greedy", "epsilon-greedy", "popularity")
@@ -257,6 +257,125 @@ class LinearRankerPolicy(ScoringPolicy):
             raise ArtifactError(f"{uri}: invalid {LINEAR_RANKER_FILE} ({exc})") from None
 
 
+class SwitchRankerPolicy(ScoringPolicy):
+    """Two linear rankers and a linear gate on the user: ``spend`` while the gate is open, ``build`` otherwise.
+
+    The gate is open where ``w_g · [1, budget, user columns] > 0``: the remaining session budget and the
+    observation's per-user columns (:data:`rayrec.features.USER_COLUMNS`: ``last_engagement``,
+    ``last_click_rating``, when the features have them). It is the observable form of the planner's
+    satisfaction switches (:class:`envs.item_rules.Switch`): where the user's state decides whether to spend
+    it on what is clicked now or to build it for later, a single linear ranker cannot switch, and a learner
+    that beats it has learned more than the switch. Without per-user columns the gate reads the budget
+    alone, a switch on the session's clock. Both rankers weigh the features only (no embedding weights):
+    every weight costs the black-box search that fits them (``trainers.linear_ranker``).
+
+    Args:
+        spend: the ranker while the gate is open.
+        build: the ranker while it is closed (same ``feature_names``).
+        gate_weights: [G] weights of :meth:`gate_inputs` (G = 2 + the per-user columns of the features).
+        budget: the session budget that scales the observation's ``budget`` (the world it was fitted in);
+            the server computes the gate's clock with it (``serving.pipeline.budget_scale``).
+        name: the policy's name.
+    """
+
+    def __init__(
+        self,
+        spend: LinearRankerPolicy,
+        build: LinearRankerPolicy,
+        gate_weights: np.ndarray,
+        budget: float,
+        name: str = "switch-cem",
+    ) -> None:
+        self.spend, self.build, self.name, self.budget = spend, build, name, float(budget)
+        if self.budget <= 0:
+            raise ConfigError(f"policy {name!r}: budget must be > 0 (got {budget})")
+        self.gate_weights = np.asarray(gate_weights, dtype=np.float32)
+        self.feature_names = spend.feature_names
+        if build.feature_names != self.feature_names:
+            raise ConfigError(
+                f"policy {name!r}: its rankers read different features ({list(self.feature_names)} vs "
+                f"{list(build.feature_names)})"
+            )
+        self.user_columns = tuple(n for n in self.feature_names if n in USER_COLUMNS)
+        if len(self.gate_weights) != 2 + len(self.user_columns):
+            raise ConfigError(
+                f"policy {name!r}: {len(self.gate_weights)} gate weights for the inputs "
+                f"{['bias', 'budget', *self.user_columns]}"
+            )
+
+    @staticmethod
+    def split(
+        weights: np.ndarray, feature_names: tuple[str, ...]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A flat [2 F + G] vector → (spend weights [F], build weights [F], gate weights [G])."""
+        f = len(feature_names)
+        return weights[:f], weights[f : 2 * f], weights[2 * f :]
+
+    @staticmethod
+    def num_weights(feature_names: tuple[str, ...]) -> int:
+        """2 F + G: the length of the flat vector :meth:`split` takes."""
+        return 2 * len(feature_names) + 2 + sum(n in USER_COLUMNS for n in feature_names)
+
+    @classmethod
+    def from_flat(
+        cls, weights: np.ndarray, feature_names: tuple[str, ...], budget: float, name: str = "switch-cem"
+    ) -> SwitchRankerPolicy:
+        """The ranker of a flat weight vector (:meth:`split`)."""
+        spend, build, gate = cls.split(np.asarray(weights, dtype=np.float32), feature_names)
+        empty = np.zeros(0, np.float32)
+        return cls(
+            LinearRankerPolicy(spend, empty, "spend", feature_names),
+            LinearRankerPolicy(build, empty, "build", feature_names),
+            gate,
+            budget,
+            name,
+        )
+
+    def gate_inputs(self, obs: Observation) -> np.ndarray:
+        """[B, G]: 1, the remaining budget and each per-user column (read from the first candidate's row)."""
+        features = obs["features"]  # [B, K, F]
+        columns = [features[:, 0, self.feature_names.index(n)] for n in self.user_columns]
+        ones = np.ones(len(features), np.float32)
+        return np.stack([ones, obs["budget"][:, 0], *columns], axis=1)
+
+    def scores(self, obs: Observation) -> np.ndarray:
+        open_ = self.gate_inputs(obs) @ self.gate_weights > 0  # [B]
+        return np.where(open_[:, None], self.spend.scores(obs), self.build.scores(obs))
+
+    def save(self, out_dir: str, metadata: dict | None = None) -> str:
+        """Write ``linear_ranker.json`` (format ``rayrec-switch-ranker``) under ``out_dir``; returns ``out_dir``."""
+        record = {
+            "format": SWITCH_FORMAT,
+            "name": self.name,
+            "feature_names": list(self.feature_names),
+            "spend": self.spend.feature_weights.tolist(),
+            "build": self.build.feature_weights.tolist(),
+            "gate_inputs": ["bias", "budget", *self.user_columns],
+            "gate_weights": self.gate_weights.tolist(),
+            "budget": self.budget,
+            "metadata": metadata or {},
+        }
+        storage.write_text(storage.join(out_dir, LINEAR_RANKER_FILE), json.dumps(record, indent=2) + "\n")
+        return out_dir
+
+
+SWITCH_FORMAT = "rayrec-switch-ranker"
+"""The ``format`` of a :class:`SwitchRankerPolicy`'s ``linear_ranker.json``."""
+
+
+def load_ranker(uri: str) -> LinearRankerPolicy | SwitchRankerPolicy:
+    """The tuned ranker saved under ``uri``: a switch ranker or a linear one (by the file's ``format``)."""
+    try:
+        record = json.loads(storage.read_text(storage.join(uri, LINEAR_RANKER_FILE)))
+        if record.get("format") != SWITCH_FORMAT:
+            return LinearRankerPolicy.load(uri)
+        names = tuple(record["feature_names"])
+        flat = np.concatenate([record["spend"], record["build"], record["gate_weights"]])
+        return SwitchRankerPolicy.from_flat(flat, names, record["budget"], str(record["name"]))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, ConfigError) as exc:
+        raise ArtifactError(f"{uri}: invalid {LINEAR_RANKER_FILE} ({exc})") from None
+
+
 def is_policy_dir(spec: str) -> bool:
     """True when ``spec`` names an existing directory (local or remote) rather than a baseline."""
     return Path(storage.local_path(spec)).is_dir() or (storage.is_remote(spec) and storage.exists(spec))
@@ -286,7 +405,7 @@ def load_policy(spec: str, categories=None) -> SlatePolicy:
     if spec == "popularity":
         return PopularityPolicy()
     if is_policy_dir(spec) and storage.exists(storage.join(spec, LINEAR_RANKER_FILE)):
-        return LinearRankerPolicy.load(spec)
+        return load_ranker(spec)
     if is_policy_dir(spec):
         from rayrec.slate_scorer import load_exported_policy  # torch: loaded only for a trained policy
 

@@ -71,6 +71,8 @@ HIDDEN_FEATURE_NAMES = ("true_click_logit", "quality", "clickbait", "satisfactio
 """Per-candidate columns a simulator with ``observe_hidden`` appends after :data:`FEATURE_NAMES`: the true
 click logit of the candidate for this user now (choice model, interest and satiation), the item's hidden
 quality and clickbait trait, and the user's satisfaction (the same in every row of a request)."""
+USER_COLUMNS = (LAST_ENGAGEMENT, LAST_CLICK_RATING, "satisfaction")
+"""Feature columns that describe the user, not the candidate: one value per request, repeated in every row."""
 
 
 def hidden_feature_selection(value: object) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rayrec.baselines import LinearRankerPolicy
+from rayrec.baselines import LinearRankerPolicy, SwitchRankerPolicy
 from rayrec.errors import ArtifactError
 from rayrec.explain import (
     FeatureAttribution,
@@ -51,8 +51,8 @@ FALLBACK_POLICY = "popular-diverse"
 FAILOVER_POLICY = "retrieval-fallback"
 """The ``policy`` of answers whose arm's ranker failed or timed out: the candidates in retrieval order."""
 BASELINE_BUDGET = 1.0
-"""Scale of the ``budget`` feature for a baseline policy, which ignores the feature (a trained policy's is
-the session budget it was trained with)."""
+"""Scale of the ``budget`` feature for a baseline policy, which ignores the feature (a trained policy's, and a
+switch ranker's, is the session budget of the world it was trained in)."""
 
 
 def index_version(index) -> str:
@@ -90,7 +90,8 @@ def check_servable(policy: SlatePolicy, spec: str, rated_index: bool) -> ExportC
     names = policy_feature_names(policy)
     appended = names[NUM_FEATURES:]
     hidden = [name for name in appended if name in HIDDEN_FEATURE_NAMES]
-    kind = "a linear ranker" if isinstance(innermost_policy(policy), LinearRankerPolicy) else "trained"
+    tuned = isinstance(innermost_policy(policy), LinearRankerPolicy | SwitchRankerPolicy)
+    kind = "a tuned ranker" if tuned else "trained"
     if hidden:
         what = (
             f"is {kind} on the simulator's hidden state {hidden}, which no server has: it is a diagnostic for "
@@ -112,7 +113,10 @@ def check_servable(policy: SlatePolicy, spec: str, rated_index: bool) -> ExportC
 def budget_scale(policy: SlatePolicy) -> float:
     """The session budget that scales ``policy``'s ``budget`` feature (:func:`rayrec.features.budget_feature`)."""
     config = trained_config(policy)
-    return float(config.budget) if config is not None else BASELINE_BUDGET
+    if config is not None:
+        return float(config.budget)
+    inner = innermost_policy(policy)  # a switch ranker's gate reads the clock of the world it was fitted in
+    return inner.budget if isinstance(inner, SwitchRankerPolicy) else BASELINE_BUDGET
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from trainers.compare_config import CompareConfig
 TINY = [
     "--num-candidates", "10", "--slate-size", "3", "--seeds", "1", "--iterations", "1",
     "--methods", "ppo", "--methods", "slateq",
-    "--baselines", "random", "--baselines", "linear-cem", "--baselines", "myopic-true",
+    "--baselines", "random", "--baselines", "linear-cem", "--baselines", "switch-cem",
+    "--baselines", "myopic-true",
     "--test-users", "32", "--cem-iterations", "1", "--cem-population", "2", "--cem-users", "16",
     "--bootstrap-reps", "200",
     "--train", "train_batch_size=256", "--train", "minibatch_size=128", "--train", "num_epochs=1",
@@ -34,24 +35,26 @@ def compare_dir(ray_session, tmp_path_factory):
 
 def test_compare_writes_per_run_results_table_and_plot(compare_dir):
     summary = json.loads((compare_dir / "compare.json").read_text())
-    assert set(summary["methods"]) == {"ppo", "slateq", "random", "linear-cem", "myopic-true"}
+    assert set(summary["methods"]) == {"ppo", "slateq", "random", "linear-cem", "switch-cem", "myopic-true"}
     for name, m in summary["methods"].items():
         assert m["runs"] == 1
         assert m["mean_ci"][0] <= m["mean"] <= m["mean_ci"][1], name
     assert summary["methods"]["myopic-true"]["hidden_state"] is True
     assert summary["methods"]["random"]["hidden_state"] is False
-    assert summary["methods"]["linear-cem"]["kind"] == "fitted"
+    assert summary["methods"]["linear-cem"]["kind"] == summary["methods"]["switch-cem"]["kind"] == "fitted"
     assert "ppo - random" in summary["differences"] and "slateq - linear-cem" in summary["differences"]
     assert set(summary["curves"]) == {"ppo", "slateq"}
     table = (compare_dir / "compare.md").read_text()
     assert "| myopic-true | fixed | yes | 1 |" in table and "| ppo - random |" in table
     assert (compare_dir / "compare.png").stat().st_size > 0
-    for name in ("ppo", "slateq", "random", "linear-cem", "myopic-true"):
+    for name in ("ppo", "slateq", "random", "linear-cem", "switch-cem", "myopic-true"):
         record = json.loads((compare_dir / "runs" / name / "seed0.json").read_text())
         assert len(record["session_return"]) == 32
     # the trained runs are exported policies, the linear ranker a saved ranker: all usable by path
     assert (compare_dir / "runs" / "slateq" / "seed0" / "policy" / "policy.json").exists()
     assert (compare_dir / "runs" / "linear-cem" / "seed0" / "linear_ranker.json").exists()
+    switch = json.loads((compare_dir / "runs" / "switch-cem" / "seed0" / "linear_ranker.json").read_text())
+    assert switch["format"] == "rayrec-switch-ranker" and switch["gate_inputs"] == ["bias", "budget"]
 
 
 def test_compare_reports_beyond_accuracy_of_every_policy(compare_dir):
@@ -120,7 +123,7 @@ def test_the_report_names_what_replaced_the_presets_world():
 def test_compare_run_again_reuses_finished_runs(compare_dir, capsys):
     before = json.loads((compare_dir / "compare.json").read_text())
     assert main(["compare", "--out", str(compare_dir), *TINY]) == 0
-    assert "5 runs reused, 0 to run" in capsys.readouterr().out
+    assert "6 runs reused, 0 to run" in capsys.readouterr().out
     after = json.loads((compare_dir / "compare.json").read_text())
     assert after["methods"] == before["methods"]
 

@@ -596,9 +596,10 @@ def test_a_policy_reading_features_the_server_does_not_build_is_refused(small_in
     ``observe_feedback`` or ``observe_last_click`` policy needs session feedback that requests do not carry. Each is refused
     while the application is built, with the reason on one line; over a rated index the rating readers
     are served."""
-    from rayrec.baselines import LinearRankerPolicy
+    from rayrec.baselines import LinearRankerPolicy, SwitchRankerPolicy, load_policy
     from rayrec.features import HIDDEN_FEATURE_NAMES, feature_names
     from serving.app import resolve_config
+    from serving.pipeline import BASELINE_BUDGET, budget_scale
 
     index_dir, dim = small_index  # built without ratings
     rated_dir = build_test_index(tmp_path / "rated", n_items=60, rating=True)
@@ -619,7 +620,7 @@ def test_a_policy_reading_features_the_server_does_not_build_is_refused(small_in
     assert "'item_rating'" in refusal(ranker.save(str(tmp_path / "linear")))
     hidden = LinearRankerPolicy(np.zeros(4), np.zeros(dim), feature_names=feature_names(("quality",)))
     message = refusal(hidden.save(str(tmp_path / "linear-hidden")))
-    assert "is a linear ranker on the simulator's hidden state ['quality']" in message
+    assert "is a tuned ranker on the simulator's hidden state ['quality']" in message
     # Session feedback is observable, but /recommend does not carry it: refused, even over a rated index.
     feedback = export_policy_reading(tmp_path, dim, feature_names(rating=True, feedback=True), "feedback")
     message = refusal(feedback)
@@ -633,6 +634,12 @@ def test_a_policy_reading_features_the_server_does_not_build_is_refused(small_in
         index=str(rated_dir), arms=[f"a={rated_policy}", f"b={tmp_path / 'linear'}"], encoder=None
     )
     assert resolve_config(config)[0].num_candidates == NUM_CANDIDATES  # the trained arm's K
+    # A switch ranker reads the session's clock: served, with the budget of the world it was fitted in.
+    switch = SwitchRankerPolicy.from_flat(np.zeros(2 * 3 + 2), feature_names(), budget=12.0)
+    switch_dir = switch.save(str(tmp_path / "switch"))
+    resolve_config(AppConfig(index=str(index_dir), arms=[f"a={switch_dir}"], encoder=None))
+    assert budget_scale(load_policy(switch_dir)) == budget_scale(load_policy(f"mmr:{switch_dir}")) == 12.0
+    assert budget_scale(load_policy(str(tmp_path / "linear"))) == BASELINE_BUDGET
 
 
 def test_over_a_rated_index_the_server_builds_and_logs_item_rating(tmp_path, monkeypatch):

@@ -45,7 +45,7 @@ from rayrec.errors import ConfigError
 from rayrec.html_report import write_html_report
 from rayrec.metrics.beyond import TABLE_COLUMNS, table_cells, table_header
 from rayrec.rerank import innermost_spec
-from trainers.compare_config import BANDIT_SUFFIX, LINEAR, CompareConfig
+from trainers.compare_config import BANDIT_SUFFIX, FITTED, LINEAR, CompareConfig
 from trainers.compare_stats import bootstrap_intervals, curve_band
 
 matplotlib.use("Agg")
@@ -74,7 +74,7 @@ class Job:
 def jobs(cfg: CompareConfig) -> list[Job]:
     out = [Job(m, s, "learn") for m in cfg.methods for s in range(cfg.seeds)]
     for b in cfg.baselines:
-        out += [Job(b, s, "linear") for s in range(cfg.seeds)] if b == LINEAR else [Job(b, 0, "fixed")]
+        out += [Job(b, s, "linear") for s in range(cfg.seeds)] if b in FITTED else [Job(b, 0, "fixed")]
     return out
 
 
@@ -167,10 +167,11 @@ def run_job(cfg: CompareConfig, job: Job) -> dict[str, Any]:
             if "eval/session_return" in r
         ]
     elif job.kind == "linear":
-        from trainers.linear_ranker import CEMConfig, fit_linear_ranker
+        from trainers.linear_ranker import CEMConfig, fit_linear_ranker, fit_switch_ranker
 
         cem = CEMConfig(iterations=cfg.cem_iterations, population=cfg.cem_population, seed=job.seed)
-        policy, result = fit_linear_ranker(resolve_env_config(cfg, user_split="train"), cem, cfg.cem_users)
+        fit = fit_linear_ranker if job.name == LINEAR else fit_switch_ranker
+        policy, result = fit(resolve_env_config(cfg, user_split="train"), cem, cfg.cem_users)
         spec = str(out / "runs" / job.name / f"seed{job.seed}")
         policy.save(spec, {"cem": dataclasses.asdict(cem), "history": result.history})
     elif job.name == "greedy":  # its click model is fitted to exploration clicks of training users, too
@@ -252,9 +253,9 @@ def summarize(cfg: CompareConfig, results: dict[str, dict[str, Any]]) -> dict[st
     stats = bootstrap_intervals(scores, pairs, reps=cfg.bootstrap_reps, seed=0, clusters=clusters)
     # With observe_hidden every policy that reads all of the candidates' features reads the hidden state too,
     # and so does a re-ranker around one (`mmr:greedy` ranks by greedy's scores).
-    feature_readers = {*cfg.methods, LINEAR, "greedy"} if resolve_env_config(cfg).observe_hidden else set()
+    feature_readers = {*cfg.methods, *FITTED, "greedy"} if resolve_env_config(cfg).observe_hidden else set()
     for name, entry in stats["methods"].items():
-        entry["kind"] = "learned" if name in cfg.methods else ("fitted" if name == LINEAR else "fixed")
+        entry["kind"] = "learned" if name in cfg.methods else ("fitted" if name in FITTED else "fixed")
         base = innermost_spec(name)
         entry["hidden_state"] = base in SIMULATION_POLICIES or base in feature_readers
         runs = sorted((r for r in results.values() if r["name"] == name), key=lambda r: r["seed"])

@@ -11,6 +11,9 @@ ALGOS = ("ppo", "slateq")
 BANDIT_SUFFIX = "-bandit"
 LINEAR = "linear-cem"
 """The CEM-tuned linear ranker: a fitted baseline, so it gets seeds like a learning method."""
+SWITCH = "switch-cem"
+"""The CEM-tuned switch ranker (two linear rankers and a gate on the user): fitted per seed, too."""
+FITTED = (LINEAR, SWITCH)
 
 
 @dataclass(kw_only=True)
@@ -38,7 +41,9 @@ class CompareConfig(SimulatorOptions):
         ]
     )
     """Baselines (repeat the flag): names of ``rayrec simulate --policy``, policy directories, and
-    ``linear-cem`` (fitted per seed); ``planner``, ``myopic-true`` and ``oracle`` read hidden state."""
+    ``linear-cem`` and ``switch-cem`` (fitted per seed; the switch ranker is left out by default, as it reads
+    the session feedback only where ``observe_feedback`` shows it); ``planner``, ``myopic-true`` and ``oracle``
+    read hidden state."""
     train: list[str] = field(default_factory=list)
     """Settings of every training run, KEY=VALUE (a field of ``rayrec train-policy``, e.g.
     train_batch_size=2048); repeatable."""
@@ -47,9 +52,9 @@ class CompareConfig(SimulatorOptions):
     test_seed: int = 1_000_003
     """Seed of the held-out users (the training runs validate on ``test_seed + 1``, other users)."""
     cem_iterations: int = 10
-    """CEM iterations of the linear ranker."""
+    """CEM iterations of the linear and the switch ranker."""
     cem_population: int = 16
-    """CEM population of the linear ranker."""
+    """CEM population of the linear and the switch ranker."""
     cem_users: int = 128
     """Training users per CEM candidate evaluation."""
     cpus_per_run: float = 1.0

@@ -1,13 +1,15 @@
-"""The tuned linear ranker baseline: weights over the observation's features fitted by the cross-entropy method.
+"""The tuned ranker baselines: weights over the observation's features fitted by the cross-entropy method.
 
 A hand-written linear rule on observable features already scores above a weak RL policy (issue #16), so a
 win only means something against the *best* such rule. :func:`fit_linear_ranker` searches the weights of
-:class:`rayrec.baselines.LinearRankerPolicy` (``w_f · features + w_e · embedding`` per candidate, top-k)
-by CEM on training users only: every candidate weight vector of one CEM iteration plays the same users
-(common random numbers, so candidates are compared paired), a fresh set of users each iteration, all from
-the ``train`` split and seeds disjoint from validation and evaluation.
+:class:`rayrec.baselines.LinearRankerPolicy` (``w_f · features + w_e · embedding`` per candidate, top-k),
+and :func:`fit_switch_ranker` those of :class:`rayrec.baselines.SwitchRankerPolicy` (two linear rankers and
+a gate on the user's budget and session feedback: the observable form of the planner's spend-and-build
+switches), by CEM on training users only: every candidate weight vector of one CEM iteration plays the
+same users (common random numbers, so candidates are compared paired), a fresh set of users each
+iteration, all from the ``train`` split and seeds disjoint from validation and evaluation.
 
-    python -m trainers.linear_ranker --out runs/linear [--preset NAME]
+    python -m trainers.linear_ranker --out runs/linear [--preset NAME] [--switch]
 
 References:
     - Rubinstein, R. Y. (1999). "The Cross-Entropy Method for Combinatorial and Continuous Optimization."
@@ -30,7 +32,7 @@ from envs.config import SlateEnvConfig
 from envs.factory import build_simulator
 from envs.rollout import evaluate_policy
 from envs.spec import SimulatorOptions, resolve_env_config
-from rayrec.baselines import LinearRankerPolicy
+from rayrec.baselines import LinearRankerPolicy, ScoringPolicy, SwitchRankerPolicy
 from rayrec.config import add_config_args, config_from_args, to_plain
 from rayrec.errors import ConfigError, RayrecError
 from rayrec.features import FEATURE_NAMES
@@ -114,41 +116,66 @@ def cross_entropy_method(
     return CEMResult(mean=mean, std=std, history=history)
 
 
-def fit_linear_ranker(
-    env_config: SlateEnvConfig, config: CEMConfig, users: int = 128
-) -> tuple[LinearRankerPolicy, CEMResult]:
-    """CEM-tuned :class:`LinearRankerPolicy` on ``env_config``'s simulator (pass its ``train`` users).
+def fit_ranker(
+    env_config: SlateEnvConfig,
+    config: CEMConfig,
+    users: int,
+    build: Callable[[np.ndarray], ScoringPolicy],
+    start: Callable[[int], np.ndarray],
+) -> tuple[ScoringPolicy, CEMResult]:
+    """CEM over the flat weights of the ranker ``build(weights)`` on ``env_config``'s simulator (its ``train``
+    users), starting from ``start(d)`` [P] (d: the catalog's embedding dimension).
 
     Each iteration's candidates all play the same ``users`` fresh users (seed ``TRAIN_SEED_OFFSET + 1000 *
-    config.seed + iteration``). The search starts from the retrieval order (weight 1 on
-    ``retrieval_score``, 0 elsewhere).
+    config.seed + iteration``).
     """
     if env_config.user_split in ("validation", "test"):
-        raise ConfigError(f"the linear ranker is fitted on training users, not {env_config.user_split!r}")
+        raise ConfigError(f"a tuned ranker is fitted on training users, not {env_config.user_split!r}")
     sim = build_simulator(env_config, batch=users)
-    names = env_config.feature_names
-    num_features = len(names)
-    dim = sim.catalog.dim
-    start = np.zeros(num_features + dim)
-    start[FEATURE_NAMES.index("retrieval_score")] = 1.0
 
     def objective(weights: np.ndarray, iteration: int) -> np.ndarray:
         seed = TRAIN_SEED_OFFSET + 1000 * config.seed + iteration
-        return np.array(
-            [
-                evaluate_policy(
-                    LinearRankerPolicy(*LinearRankerPolicy.split(w, num_features), feature_names=names),
-                    sim,
-                    users,
-                    seed,
-                ).session_return.mean()
-                for w in weights
-            ]
-        )
+        return np.array([evaluate_policy(build(w), sim, users, seed).session_return.mean() for w in weights])
 
-    result = cross_entropy_method(objective, start, config)
-    fitted = LinearRankerPolicy.split(result.mean.astype(np.float32), num_features)
-    return LinearRankerPolicy(*fitted, feature_names=names), result
+    result = cross_entropy_method(objective, start(sim.catalog.dim), config)
+    return build(result.mean.astype(np.float32)), result
+
+
+def fit_linear_ranker(
+    env_config: SlateEnvConfig, config: CEMConfig, users: int = 128
+) -> tuple[LinearRankerPolicy, CEMResult]:
+    """CEM-tuned :class:`LinearRankerPolicy` (:func:`fit_ranker`), starting from the retrieval order
+    (weight 1 on ``retrieval_score``, 0 elsewhere)."""
+    names = env_config.feature_names
+    num_features = len(names)
+
+    def start(dim: int) -> np.ndarray:
+        weights = np.zeros(num_features + dim)
+        weights[FEATURE_NAMES.index("retrieval_score")] = 1.0
+        return weights
+
+    def build(weights: np.ndarray) -> LinearRankerPolicy:
+        return LinearRankerPolicy(*LinearRankerPolicy.split(weights, num_features), feature_names=names)
+
+    return fit_ranker(env_config, config, users, build, start)
+
+
+def fit_switch_ranker(
+    env_config: SlateEnvConfig, config: CEMConfig, users: int = 128
+) -> tuple[SwitchRankerPolicy, CEMResult]:
+    """CEM-tuned :class:`SwitchRankerPolicy` (:func:`fit_ranker`), starting from both rankers in retrieval
+    order and a gate that is always closed."""
+    names = env_config.feature_names
+
+    def start(dim: int) -> np.ndarray:
+        weights = np.zeros(SwitchRankerPolicy.num_weights(names))
+        for offset in (0, len(names)):  # both rankers
+            weights[offset + FEATURE_NAMES.index("retrieval_score")] = 1.0
+        return weights
+
+    return fit_ranker(
+        env_config, config, users, lambda w: SwitchRankerPolicy.from_flat(w, names, env_config.budget), start
+    )
 
 
 @dataclass(kw_only=True)
@@ -159,12 +186,15 @@ class FitLinearConfig(SimulatorOptions, CEMConfig):
     """Directory to write ``linear_ranker.json`` to (then usable as a policy: ``rayrec simulate --policy DIR``)."""
     users: int = 128
     """Training users each candidate weight vector plays per CEM iteration."""
+    switch: bool = False
+    """Fit the switch ranker (two linear rankers and a gate on the user) instead of one linear ranker."""
 
 
-def fit_and_save(cfg: FitLinearConfig) -> LinearRankerPolicy:
+def fit_and_save(cfg: FitLinearConfig) -> LinearRankerPolicy | SwitchRankerPolicy:
     env_config = resolve_env_config(cfg, user_split="train")
     cem = CEMConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(CEMConfig)})
-    policy, result = fit_linear_ranker(env_config, cem, cfg.users)
+    fit = fit_switch_ranker if cfg.switch else fit_linear_ranker
+    policy, result = fit(env_config, cem, cfg.users)
     policy.save(
         cfg.out,
         {
@@ -186,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     except RayrecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"linear ranker → {cfg.out}")
+    print(f"{'switch' if cfg.switch else 'linear'} ranker → {cfg.out}")
     return 0
 
 
