@@ -46,11 +46,16 @@ def test_a_run_logs_params_and_metrics_to_mlflow_and_tensorboard(tmp_path):
         assert tracker.run_id is not None
         for step in (1, 2):
             tracker.log({"train/loss": 1.0 / step, "val/recall@10": 0.1 * step, "note": "x"}, step=step)
+        # A baseline given as a directory (the demo's tuned rankers): one level of the name, which MLflow takes.
+        path_baseline = {"policies": {str(tmp_path / "switch-ranker"): {"sim/ctr": {"mean": 0.25}}}}
+        tracker.log(evaluation_metrics(path_baseline), step=3)
     uri = (tmp_path / "mlruns").as_uri()
     (run,) = mlflow_runs(uri, "unit")
     assert run.info.status == "FINISHED" and run.info.run_name == "r"
     assert run.data.params == {"lr": "0.1", "model/hidden": "16"}
     assert metric_history(uri, run.info.run_id, "val/recall_at_10") == [(1, 0.1), (2, 0.2)]
+    label = str(tmp_path / "switch-ranker").strip("/").replace("/", "_")
+    assert metric_history(uri, run.info.run_id, f"test/{label}/sim/ctr") == [(3, 0.25)]
     scalars = tensorboard_scalars(tmp_path / "tensorboard")
     assert [(s, pytest.approx(v)) for s, v in scalars["train/loss"]] == [(1, 1.0), (2, 0.5)]
 

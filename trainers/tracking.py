@@ -196,12 +196,15 @@ def start_tracking(
 
 def evaluation_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     """The held-out evaluation's means (:func:`trainers.policy_eval.evaluate_policies`) as metrics named
-    ``test/<policy>/<metric>``."""
+    ``test/<policy>/<metric>``. A baseline given as a directory (``/runs/switch-ranker``) is named by its path
+    with ``_`` for ``/`` (``runs_switch-ranker``): MLflow refuses a name with ``//``, and the policy is one level
+    of the name."""
     out = {}
     for policy, metrics in summary.get("policies", {}).items():
+        label = policy.strip("/").replace("/", "_")
         for metric, stats in metrics.items():
             if isinstance(stats, Mapping) and "mean" in stats:
-                out[f"test/{policy}/{metric}"] = stats["mean"]
+                out[f"test/{label}/{metric}"] = stats["mean"]
             elif isinstance(stats, int | float):
-                out[f"test/{policy}/{metric}"] = stats
+                out[f"test/{label}/{metric}"] = stats
     return numeric_metrics(out)

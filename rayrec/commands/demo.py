@@ -1,7 +1,8 @@
 """``rayrec demo``: the whole pipeline on one machine, stage by stage, with a summary at the end.
 
-data → fine-tune the encoder (Ray Train) → build the FAISS index (Ray Data) → evaluate retrieval →
-train the slate policy (RLlib PPO) → simulated A/B of the trained policy against the strongest baseline → serve
+data → fine-tune the encoder (Ray Train) → build the FAISS index (Ray Data) → evaluate retrieval → fit the
+tuned ranker baselines (CEM on training users) → train the slate policy (RLlib PPO) → simulated A/B of the
+trained policy against the strongest baseline, the tuned rankers included → serve
 (Ray Serve) and send real requests (:mod:`rayrec.commands.demo_serve`) → summary table.
 
 Every stage runs the same ``rayrec`` command a user would type, in this process and on one Ray
@@ -218,11 +219,34 @@ def stage_retrieval(run: DemoRun) -> str:
     return f"recall@10 {result['recall@10']:.3f} (popularity {pop['recall@10']:.3f}), ndcg@10 {result['ndcg@10']:.3f}"
 
 
+TUNED_RANKERS = {"linear-ranker": (), "switch-ranker": ("--switch",)}
+"""The tuned baselines the demo fits (``python -m trainers.linear_ranker``), by output directory: a trained
+policy that does not beat them has learned nothing a team could not get from a black-box search."""
+POLICY_BASELINES = ("random", "retrieval", "greedy", "oracle")
+"""The named baselines of the demo's held-out evaluation, beside the tuned rankers."""
+
+
+def stage_tuned_rankers(run: DemoRun) -> str:
+    from trainers import linear_ranker
+
+    cfg = run.config
+    for name, extra in TUNED_RANKERS.items():
+        argv = ["--index", run.path("index"), "--data", run.data, "--out", run.path(name)]
+        argv += ["--seed", str(cfg.seed), *extra]
+        line = "python -m trainers.linear_ranker " + shlex.join(argv)
+        print(f"$ {line}", flush=True)
+        if linear_ranker.main(argv) != 0:
+            raise RayrecError(f"`{line}` failed")
+    return ", ".join(f"{name} → {run.path(name)}" for name in TUNED_RANKERS) + " (CEM on training users)"
+
+
 def stage_policy(run: DemoRun) -> str:
     cfg = run.config
+    baselines = [*POLICY_BASELINES, *(run.path(name) for name in TUNED_RANKERS)]
     run_rayrec(
         "train-policy", "--index", run.path("index"), "--data", run.data, "--out", run.path("policy"),
         "--iterations", str(cfg.policy_iterations), "--seed", str(cfg.seed),
+        *(arg for spec in baselines for arg in ("--baselines", spec)),
     )  # fmt: skip
     run.policy_eval = read_json(run.path("policy", "eval.json"))
     trained = run.policy_eval["trained"]
@@ -291,6 +315,7 @@ STAGES: tuple[tuple[str, Callable[[DemoRun], str]], ...] = (
     ("encoder fine-tuning (Ray Train)", stage_encoder),
     ("item index (Ray Data + FAISS)", stage_index),
     ("retrieval evaluation", stage_retrieval),
+    ("tuned ranker baselines (CEM)", stage_tuned_rankers),
     ("slate policy (RLlib PPO)", stage_policy),
     ("simulated A/B test", stage_ab),
     ("serving (Ray Serve, HTTP)", stage_serve),
@@ -344,7 +369,7 @@ def summary_table(run: DemoRun) -> str:
     return "\n".join(lines)
 
 
-STAGE_OUTPUTS = ("tiny-encoder", "encoder", "index", "policy", "ab", "serve", "summary.md")
+STAGE_OUTPUTS = ("tiny-encoder", "encoder", "index", *TUNED_RANKERS, "policy", "ab", "serve", "summary.md")
 """What the stages write under OUT (the data stage's ``data`` is kept: it is reused when present)."""
 
 
