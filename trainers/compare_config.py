@@ -35,15 +35,15 @@ class CompareConfig(SimulatorOptions):
             "popularity",
             "greedy",
             LINEAR,
+            SWITCH,
             "myopic-true",
             "oracle",
             "planner",
         ]
     )
     """Baselines (repeat the flag): names of ``rayrec simulate --policy``, policy directories, and
-    ``linear-cem`` and ``switch-cem`` (fitted per seed; the switch ranker is left out by default, as it reads
-    the session feedback only where ``observe_feedback`` shows it); ``planner``, ``myopic-true`` and ``oracle``
-    read hidden state."""
+    ``linear-cem`` and ``switch-cem`` (fitted per seed); ``planner``, ``myopic-true`` and ``oracle`` read
+    hidden state."""
     train: list[str] = field(default_factory=list)
     """Settings of every training run, KEY=VALUE (a field of ``rayrec train-policy``, e.g.
     train_batch_size=2048); repeatable."""
