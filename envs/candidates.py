@@ -39,7 +39,7 @@ def drop_excluded(
     A row with fewer than ``k`` valid results is padded with item -1 at score -inf.
     """
     hit = items < 0  # [B, k']
-    for column in excluded.T:  # one [B, k'] comparison per excluded slot: ~3x faster than one [B, k', H]
+    for column in excluded.T:  # one [B, k'] comparison per excluded slot, no [B, k', H] temporary
         hit |= items == column[:, None]
     keep = np.argsort(hit, axis=1, kind="stable")[:, :k]  # valid results first, in score order
     short = np.take_along_axis(hit, keep, axis=1)  # [B, k] a row with fewer than k valid results

@@ -243,18 +243,14 @@ class LinearRankerPolicy(ScoringPolicy):
         return out_dir
 
     @classmethod
-    def load(cls, uri: str) -> LinearRankerPolicy:
-        """The ranker saved under ``uri`` by :meth:`save`; a broken file → ArtifactError.
+    def from_record(cls, record: dict) -> LinearRankerPolicy:
+        """The ranker of a ``linear_ranker.json`` record written by :meth:`save`.
 
-        A file without ``feature_names`` (written before they were recorded) holds weights of
+        A record without ``feature_names`` (written before they were recorded) holds weights of
         :data:`rayrec.features.FEATURE_NAMES`.
         """
-        try:
-            record = json.loads(storage.read_text(storage.join(uri, LINEAR_RANKER_FILE)))
-            names = tuple(record.get("feature_names", FEATURE_NAMES))
-            return cls(record["feature_weights"], record["embedding_weights"], str(record["name"]), names)
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, ConfigError) as exc:
-            raise ArtifactError(f"{uri}: invalid {LINEAR_RANKER_FILE} ({exc})") from None
+        names = tuple(record.get("feature_names", FEATURE_NAMES))
+        return cls(record["feature_weights"], record["embedding_weights"], str(record["name"]), names)
 
 
 class SwitchRankerPolicy(ScoringPolicy):
@@ -364,11 +360,12 @@ SWITCH_FORMAT = "rayrec-switch-ranker"
 
 
 def load_ranker(uri: str) -> LinearRankerPolicy | SwitchRankerPolicy:
-    """The tuned ranker saved under ``uri``: a switch ranker or a linear one (by the file's ``format``)."""
+    """The tuned ranker saved under ``uri``: a switch ranker or a linear one (by the file's ``format``); a
+    broken file → ArtifactError."""
     try:
         record = json.loads(storage.read_text(storage.join(uri, LINEAR_RANKER_FILE)))
         if record.get("format") != SWITCH_FORMAT:
-            return LinearRankerPolicy.load(uri)
+            return LinearRankerPolicy.from_record(record)
         names = tuple(record["feature_names"])
         flat = np.concatenate([record["spend"], record["build"], record["gate_weights"]])
         return SwitchRankerPolicy.from_flat(flat, names, record["budget"], str(record["name"]))

@@ -11,6 +11,9 @@ from typing import Literal
 from envs.spec import SimulatorOptions
 from rayrec.errors import ConfigError
 
+DEFAULT_BASELINES = ("random", "retrieval", "greedy", "oracle")
+"""The baselines of ``train-policy``'s final evaluation unless ``--baselines`` names others."""
+
 
 @dataclasses.dataclass(kw_only=True)
 class TrainPolicyConfig(SimulatorOptions):
@@ -104,9 +107,7 @@ class TrainPolicyConfig(SimulatorOptions):
     evaluation, as in ``rayrec compare``, which evaluates every run on its own test users)."""
     eval_seed: int = 1_000_003
     """Seed of the final evaluation's users (validation uses ``eval_seed + 1``; training never sees either)."""
-    baselines: list[str] = dataclasses.field(
-        default_factory=lambda: ["random", "retrieval", "greedy", "oracle"]
-    )
+    baselines: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_BASELINES))
     """Baselines of the final evaluation (repeat the flag to choose)."""
     export: Literal["best", "last"] = "best"
     """Which weights ``policy/`` holds: the best on the validation users (checked every ``validate_every``

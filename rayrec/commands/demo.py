@@ -222,8 +222,6 @@ def stage_retrieval(run: DemoRun) -> str:
 TUNED_RANKERS = {"linear-ranker": (), "switch-ranker": ("--switch",)}
 """The tuned baselines the demo fits (``python -m trainers.linear_ranker``), by output directory: a trained
 policy that does not beat them has learned nothing a team could not get from a black-box search."""
-POLICY_BASELINES = ("random", "retrieval", "greedy", "oracle")
-"""The named baselines of the demo's held-out evaluation, beside the tuned rankers."""
 
 
 def stage_tuned_rankers(run: DemoRun) -> str:
@@ -242,7 +240,9 @@ def stage_tuned_rankers(run: DemoRun) -> str:
 
 def stage_policy(run: DemoRun) -> str:
     cfg = run.config
-    baselines = [*POLICY_BASELINES, *(run.path(name) for name in TUNED_RANKERS)]
+    from trainers.policy_config import DEFAULT_BASELINES
+
+    baselines = [*DEFAULT_BASELINES, *(run.path(name) for name in TUNED_RANKERS)]
     run_rayrec(
         "train-policy", "--index", run.path("index"), "--data", run.data, "--out", run.path("policy"),
         "--iterations", str(cfg.policy_iterations), "--seed", str(cfg.seed),
