@@ -87,6 +87,8 @@ REQUESTS_SCHEMA = pa.schema(
         pa.field("profile", pa.list_(pa.float32()), nullable=False),
         pa.field("budget", pa.float32(), nullable=False),
         pa.field("fallback", pa.bool_(), nullable=False),
+        pa.field("last_engagement", pa.float32()),
+        pa.field("last_click_rating", pa.float32()),
         *VERSION_FIELDS,
     ]
 )
@@ -95,8 +97,11 @@ row-major in :data:`rayrec.features.FEATURE_NAMES` order, ``profile`` [d], ``bud
 budget (1.0 where unknown, as in serving), ``fallback`` True when no arm's policy chose the slate (the
 server's cold-start list or, when the arm's ranker failed, the retrieval-order fallback; ``policy`` then
 names the fallback). Candidate embeddings are not logged: they are the index's, looked up by
-``candidate_ids``. The last three columns (null in logs written before them, and in simulated runs)
-say which pseudonymization key made ``user_id`` (:func:`rayrec.privacy.key_id`) and which index and
+``candidate_ids``. ``last_engagement`` and ``last_click_rating`` are the request's session feedback, the
+:data:`rayrec.features.LAST_ENGAGEMENT` and :data:`rayrec.features.LAST_CLICK_RATING` the server built from
+its ``last_click`` (0 without one; ``last_click_rating`` null over an index without ratings, and both null in
+logs written before them and in simulated runs, whose ``features`` hold whatever columns the simulator
+appended). The last three columns (null in logs written before them, and in simulated runs) say which pseudonymization key made ``user_id`` (:func:`rayrec.privacy.key_id`) and which index and
 policy artifacts (content hashes) answered."""
 
 IMPRESSIONS_SCHEMA = pa.schema(
@@ -192,6 +197,8 @@ def requests_table(
             rows(obs["profile"]),
             pa.array(np.asarray(obs["budget"], np.float32).reshape(batch)),
             pa.array(np.zeros(batch, dtype=bool)),
+            pa.nulls(batch, pa.float32()),
+            pa.nulls(batch, pa.float32()),
             *(pa.nulls(batch, pa.string()) for _ in VERSION_FIELDS),
         ],
         schema=REQUESTS_SCHEMA,

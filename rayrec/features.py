@@ -24,8 +24,10 @@ it with every request (:func:`select_features` gives each reader the columns it 
 
 Session feedback: a simulator built with ``observe_feedback`` appends :data:`LAST_ENGAGEMENT` after those, the
 user's completion rate of their last click (the satisfaction it met), and one built with
-``observe_last_click`` then :data:`LAST_CLICK_RATING`, the rating of that clicked item. They are observable,
-but the server does not take them from requests yet and refuses a policy that reads them.
+``observe_last_click`` then :data:`LAST_CLICK_RATING`, the rating of that clicked item. They are observable:
+a client sends the user's last click and its completion rate with each request (``last_click`` in
+``/recommend``), and the server builds both columns from it (the rating from a rated index) for the
+policies that read them and logs them with the request.
 
 Simulation only: a simulator built with ``observe_hidden`` (:class:`envs.config.SlateEnvConfig`) appends some
 or all of :data:`HIDDEN_FEATURE_NAMES` to each candidate's features, the hidden state that ``planner`` and
@@ -54,13 +56,13 @@ LAST_ENGAGEMENT = "last_engagement"
 :data:`ITEM_RATING`, before any hidden one (the same value in every row of a request): the fraction of its
 length the user watched of the last item they clicked, their satisfaction when that click happened (0
 before the user's first click). Video services log such completion rates; here it reads the hidden
-satisfaction one click late. No server builds it yet (``/recommend`` does not carry it)."""
+satisfaction one click late. A server takes it from the request's ``last_click``."""
 LAST_CLICK_RATING = "last_click_rating"
 """The per-candidate column a simulator with ``observe_last_click`` appends after :data:`LAST_ENGAGEMENT` (the
 same value in every row of a request): the :data:`ITEM_RATING` of the last item the user clicked (0 before
 their first click). Beside the completion rate it says what the user just consumed, which the completion
 rate, read before the item was watched, does not; together they let a policy estimate the user's state
-after the click. No server builds it yet."""
+after the click. A server looks the request's ``last_click`` up in a rated index."""
 OBSERVE_SETTINGS = {
     ITEM_RATING: "observe_rating",
     LAST_ENGAGEMENT: "observe_feedback",

@@ -217,6 +217,20 @@ def summary(details: Sequence[Mapping[str, Any]]) -> str:
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN)]
 
 
+class LastClick(BaseModel):
+    """The session feedback of a ``/recommend`` request: what the user last clicked, and how much of it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: ItemId = Field(description="The item the user last clicked (in this session or an earlier one).")
+    engagement: float = Field(
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="The fraction of that item the user consumed (a completion rate: watched / length).",
+    )
+
+
 class RecommendRequest(BaseModel):
     """``POST /recommend`` body (:func:`recommend_request_model` narrows it to a server's limits)."""
 
@@ -254,6 +268,14 @@ class RecommendRequest(BaseModel):
         strict=True,
         description="Also say why each item was recommended (each item's `explanation`); off by default, "
         "and free when off.",
+    )
+    last_click: LastClick | None = Field(
+        default=None,
+        description=(
+            "The user's last click and its completion rate; a client that tracks them sends them so a policy "
+            "trained on session feedback (observe_feedback, observe_last_click) sees it. Absent: the user "
+            "has not clicked yet."
+        ),
     )
 
 

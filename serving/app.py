@@ -78,7 +78,7 @@ from serving.deployments import (
 from serving.haproxy import install_error_page
 from serving.local import LocalStages, stages_user_config
 from serving.metrics import IngressMetrics
-from serving.pipeline import Candidates, Ranked, check_servable, failover
+from serving.pipeline import Candidates, LastClick, Ranked, check_servable, failover
 from serving.settings import MAX_MERGED, AppConfig, app_config_from_args
 from serving.user_model import UserModel, load_user_model
 
@@ -225,6 +225,7 @@ class Recommender:
             [p.request.query for p in batch],
             [p.request.session_step for p in batch],
             [p.request.explain for p in batch],
+            [last_click(p.request) for p in batch],
         )
         try:
             candidates = await self._stage(self.retriever.retrieve.remote(contexts), "retrieval")
@@ -368,6 +369,12 @@ class _Pending:
 
 async def _awaited(response):
     return await response
+
+
+def last_click(request: RecommendRequest) -> LastClick | None:
+    """A request's session feedback as the pipeline takes it."""
+    given = request.last_click
+    return None if given is None else LastClick(given.item_id, given.engagement)
 
 
 def _cancel(response) -> None:

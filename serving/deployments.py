@@ -31,6 +31,7 @@ from serving.batching import batched
 from serving.metrics import EventMetrics, rollout_refused_counter
 from serving.pipeline import (
     Candidates,
+    LastClick,
     Ranked,
     RequestContext,
     Retrieval,
@@ -214,9 +215,11 @@ class UserStep(_SafeRollout):
         queries: list[str | None],
         session_steps: list[int],
         explains: list[bool] | None = None,
+        last_clicks: list[LastClick | None] | None = None,
     ) -> list[RequestContext]:
         """One context per request; the requests' queries are embedded in one encoder call. ``explains``:
-        which requests asked for explanations (none when omitted)."""
+        which requests asked for explanations (none when omitted); ``last_clicks``: their session feedback
+        (none when omitted)."""
         asked = [i for i, query in enumerate(queries) if query is not None]
         vectors: list[np.ndarray | None] = [None] * len(queries)
         if asked:
@@ -227,7 +230,9 @@ class UserStep(_SafeRollout):
                 vectors[i] = vector
         index, version = self.index, self.version  # one index for the whole batch, even mid-rollout
         explains = explains if explains is not None else [False] * len(histories)
-        return request_contexts(index, version, histories, vectors, session_steps, explains, self.user_model)
+        return request_contexts(
+            index, version, histories, vectors, session_steps, explains, self.user_model, last_clicks
+        )
 
     def info(self) -> dict[str, Any]:
         return {

@@ -31,7 +31,6 @@ from rayrec.features import (
     LAST_CLICK_RATING,
     LAST_ENGAGEMENT,
     NUM_FEATURES,
-    OBSERVE_SETTINGS,
     build_observation,
     feature_names,
     l2_normalize,
@@ -50,6 +49,9 @@ FALLBACK_POLICY = "popular-diverse"
 """The ``policy`` of cold-start answers (and of their impressions in the event log)."""
 FAILOVER_POLICY = "retrieval-fallback"
 """The ``policy`` of answers whose arm's ranker failed or timed out: the candidates in retrieval order."""
+UNRATED = 0.5
+"""The ``last_click_rating`` of a clicked item the index does not hold: :func:`rayrec.features.rating_feature`
+of an item without ratings."""
 BASELINE_BUDGET = 1.0
 """Scale of the ``budget`` feature for a baseline policy, which ignores the feature (a trained policy's, and a
 switch ranker's, is the session budget of the world it was trained in)."""
@@ -81,10 +83,10 @@ def check_servable(policy: SlatePolicy, spec: str, rated_index: bool) -> ExportC
     Raises:
         ArtifactError: the policy (an export or a fitted linear ranker, :func:`rayrec.rerank.policy_feature_names`)
             reads the simulator's hidden state (:data:`rayrec.features.HIDDEN_FEATURE_NAMES`,
-            ``observe_hidden``), which no server has, the session feedback :data:`rayrec.features.LAST_ENGAGEMENT`
-            (``observe_feedback``) or :data:`rayrec.features.LAST_CLICK_RATING` (``observe_last_click``),
-            which requests do not carry yet, or :data:`rayrec.features.ITEM_RATING`
-            (``observe_rating``) from an index that does not store it.
+            ``observe_hidden``), which no server has, or :data:`rayrec.features.ITEM_RATING`
+            (``observe_rating``) or :data:`rayrec.features.LAST_CLICK_RATING` (``observe_last_click``, the
+            rating of the request's ``last_click``) from an index that does not store ratings. The session
+            feedback :data:`rayrec.features.LAST_ENGAGEMENT` comes with each request (``last_click``).
     """
     config = trained_config(policy)
     names = policy_feature_names(policy)
@@ -97,13 +99,10 @@ def check_servable(policy: SlatePolicy, spec: str, rated_index: bool) -> ExportC
             f"is {kind} on the simulator's hidden state {hidden}, which no server has: it is a diagnostic for "
             "`rayrec simulate --env observe_hidden=...`"
         )
-    elif feedback := [name for name in (LAST_ENGAGEMENT, LAST_CLICK_RATING) if name in appended]:
-        flags = " ".join(f"--env {OBSERVE_SETTINGS[name]}=true" for name in feedback)
-        what = f"reads the session feedback {feedback}, which /recommend does not take yet: run it with `rayrec simulate {flags}`"
-    elif ITEM_RATING in appended and not rated_index:
+    elif rated := [name for name in (ITEM_RATING, LAST_CLICK_RATING) if name in appended and not rated_index]:
         what = (
-            f"reads {ITEM_RATING!r}, which this index does not store: build the index (`rayrec build-index`) "
-            "from data whose interactions.parquet has rating events"
+            f"reads {', '.join(map(repr, rated))}, which this index does not store: build the index "
+            "(`rayrec build-index`) from data whose interactions.parquet has rating events"
         )
     else:
         return config
@@ -120,6 +119,17 @@ def budget_scale(policy: SlatePolicy) -> float:
 
 
 @dataclass(frozen=True)
+class LastClick:
+    """The session feedback a client sends with a request: the last item the user clicked (in this session
+    or an earlier one) and the fraction of it they watched. It gives a policy trained with
+    ``observe_feedback`` its :data:`rayrec.features.LAST_ENGAGEMENT` and, over a rated index, one trained
+    with ``observe_last_click`` its :data:`rayrec.features.LAST_CLICK_RATING`."""
+
+    item_id: str
+    engagement: float
+
+
+@dataclass(frozen=True)
 class RequestContext:
     """What the server knows about a user for one request.
 
@@ -132,6 +142,8 @@ class RequestContext:
         version: :func:`index_version` of the index the rows refer to.
         session_step: requests already answered in this user's session (as the client reports it).
         explain: the client asked for explanations (:mod:`rayrec.explain`).
+        last_click: the user's last click as the client reports it, or None (none known: the user has
+            not clicked yet, or the client does not track it).
     """
 
     profile: np.ndarray
@@ -142,6 +154,7 @@ class RequestContext:
     version: str
     session_step: int = 0
     explain: bool = False
+    last_click: LastClick | None = None
 
     @property
     def cold_start(self) -> bool:
@@ -156,9 +169,12 @@ def request_context(
     session_step: int = 0,
     explain: bool = False,
     user_model: UserModel | None = None,
+    last_click: LastClick | None = None,
 ) -> RequestContext:
     """One request's :class:`RequestContext` (:func:`request_contexts` of a batch of one)."""
-    return request_contexts(index, version, [history], [query], [session_step], [explain], user_model)[0]
+    return request_contexts(
+        index, version, [history], [query], [session_step], [explain], user_model, [last_click]
+    )[0]
 
 
 def request_contexts(
@@ -169,8 +185,10 @@ def request_contexts(
     session_steps: list[int],
     explains: list[bool],
     user_model: UserModel | None = None,
+    last_clicks: list[LastClick | None] | None = None,
 ) -> list[RequestContext]:
-    """History ids (+ optional [d] query embedding, the session step) of a batch → :class:`RequestContext` each.
+    """History ids (+ optional [d] query embedding, the session step, the last click) of a batch →
+    :class:`RequestContext` each.
 
     The profile is :func:`rayrec.features.profile_vector` of the known history (each item once), as in the
     simulator; with a ``user_model`` it is the model's user tower over the known history in the order sent
@@ -184,16 +202,25 @@ def request_contexts(
         profiles = [profile_vector(index.embeddings[np.unique(r)]) for r in in_order]  # B × [d]
     else:
         profiles = list(user_model.profiles(index.embeddings, in_order))  # B × [d]
+    last_clicks = last_clicks if last_clicks is not None else [None] * len(histories)
     contexts = []
-    for history, row, known, profile, query, step, explain in zip(
-        histories, rows, in_order, profiles, queries, session_steps, explains, strict=True
+    for history, row, known, profile, query, step, explain, last_click in zip(
+        histories, rows, in_order, profiles, queries, session_steps, explains, last_clicks, strict=True
     ):
         if query is not None:
             profile = l2_normalize(profile + query)  # [d]
         known_ids = tuple(str(i) for i, r in zip(history, row, strict=True) if r >= 0)
         contexts.append(
             RequestContext(
-                profile, np.unique(known), known_ids, query, int((row < 0).sum()), version, step, explain
+                profile,
+                np.unique(known),
+                known_ids,
+                query,
+                int((row < 0).sum()),
+                version,
+                step,
+                explain,
+                last_click,
             )
         )
     return contexts
@@ -241,6 +268,10 @@ class Candidates:
         attribution: with ``explain`` (and a history or query), the candidates' retrieval scores attributed
             to the history (:func:`rayrec.explain.history_attribution`, rows in retrieval order).
         has_query: the profile included a text query.
+        last_engagement: the request's :data:`rayrec.features.LAST_ENGAGEMENT` (0 without a last click).
+        last_click_rating: the request's :data:`rayrec.features.LAST_CLICK_RATING`: the index's
+            ``item_rating`` of the last click (0 without one; an item the index does not hold gets an
+            unrated item's 0.5), or None from an index without ratings.
     """
 
     item_ids: np.ndarray
@@ -257,6 +288,8 @@ class Candidates:
     attribution: HistoryAttribution | None = None
     has_query: bool = False
     rating: np.ndarray | None = None
+    last_engagement: float = 0.0
+    last_click_rating: float | None = None
 
 
 class Retrieval:
@@ -287,9 +320,10 @@ class Retrieval:
         query: np.ndarray | None = None,
         session_step: int = 0,
         explain: bool = False,
+        last_click: LastClick | None = None,
     ) -> RequestContext:
         return request_context(
-            self.index, self.version, history, query, session_step, explain, self.user_model
+            self.index, self.version, history, query, session_step, explain, self.user_model, last_click
         )
 
     def retrieve(self, contexts: list[RequestContext]) -> list[Candidates]:
@@ -317,7 +351,9 @@ class Retrieval:
             return context
         query = context.query
         query = query if query is not None and len(query) == self.index.dim else None
-        return self.context(list(context.history_ids), query, context.session_step, context.explain)
+        return self.context(
+            list(context.history_ids), query, context.session_step, context.explain, context.last_click
+        )
 
     def _candidates(
         self, rows: np.ndarray, scores: np.ndarray, context: RequestContext, cold_start: bool
@@ -346,7 +382,18 @@ class Retrieval:
             session_step=context.session_step,
             index_version=self.version,
             **explained,
+            **self._feedback(context.last_click),
         )
+
+    def _feedback(self, last_click: LastClick | None) -> dict[str, float | None]:
+        """The :class:`Candidates` fields of a request's session feedback."""
+        if last_click is None:
+            return {"last_engagement": 0.0, "last_click_rating": None if self.rating is None else 0.0}
+        rating = None
+        if self.rating is not None:
+            row = int(self.index.lookup([last_click.item_id])[0])
+            rating = float(self.rating[row]) if row >= 0 else UNRATED
+        return {"last_engagement": float(last_click.engagement), "last_click_rating": rating}
 
 
 @dataclass(frozen=True)
@@ -368,9 +415,10 @@ class Ranked:
         fallback: True when the arm's ranker failed and the candidates are shown in retrieval order.
         index_version, policy_version: content hashes of the index and policy artifact that answered.
         explanations: [k] with ``explain``, each shown item's :func:`rayrec.explain.explanation`.
+        last_engagement, last_click_rating: the request's session feedback (:class:`Candidates`).
 
-    ``candidate_ids``, ``features``, ``profile`` and ``budget`` are the request's row of the event log's
-    requests table (what off-policy evaluation replays another policy on).
+    ``candidate_ids``, ``features``, ``profile``, ``budget`` and the session feedback are the request's row
+    of the event log's requests table (what off-policy evaluation replays another policy on).
     """
 
     item_ids: list[str]
@@ -387,6 +435,8 @@ class Ranked:
     index_version: str = ""
     policy_version: str = ""
     explanations: list[dict] | None = None
+    last_engagement: float = 0.0
+    last_click_rating: float | None = None
 
     def versions(self) -> dict[str, str]:
         return {"index_version": self.index_version, "policy_version": self.policy_version}
@@ -424,6 +474,8 @@ class Ranked:
             "profile": self.profile,
             "budget": self.budget,
             "fallback": self.cold_start or self.fallback,
+            "last_engagement": self.last_engagement,
+            "last_click_rating": self.last_click_rating,
             **self.versions(),
         }
 
@@ -446,6 +498,29 @@ def observe(batch: list[Candidates], budget: float) -> tuple[dict[str, np.ndarra
         rating = np.stack([c.rating for c in batch])[..., None]  # [B, K, 1]
         obs["features"] = np.concatenate([obs["features"], rating.astype(np.float32)], axis=-1)
     return obs, feature_names(rating=rated)
+
+
+def with_feedback(
+    features: np.ndarray, names: tuple[str, ...], batch: list[Candidates]
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """``features`` [B, K, F] named ``names`` (:func:`observe`) with each request's session feedback
+    appended, the same value in every candidate's row as in the simulator: :data:`rayrec.features.LAST_ENGAGEMENT`,
+    then :data:`rayrec.features.LAST_CLICK_RATING` when every request has one (a rated index).
+
+    Returns:
+        ([B, K, F + 1 or F + 2] float32, their names).
+    """
+    columns = {LAST_ENGAGEMENT: [c.last_engagement for c in batch]}
+    if all(c.last_click_rating is not None for c in batch):
+        columns[LAST_CLICK_RATING] = [c.last_click_rating for c in batch]
+    values = np.asarray(list(columns.values()), dtype=np.float32).T  # [B, n]
+    appended = np.broadcast_to(values[:, None, :], (*features.shape[:2], values.shape[1]))  # [B, K, n]
+    return np.concatenate([features, appended], axis=-1), (*names, *columns)
+
+
+def _feedback(cands: Candidates) -> dict[str, float | None]:
+    """The :class:`Ranked` fields of a request's session feedback."""
+    return {"last_engagement": cands.last_engagement, "last_click_rating": cands.last_click_rating}
 
 
 def rank(
@@ -486,12 +561,15 @@ def rank(
             index_version=cands.index_version,
             policy_version="" if cands.cold_start else policy_version,
             explanations=_fallback_explanations(cands, n, "popularity") if cands.explain else None,
+            **_feedback(cands),
         )
     for (num_candidates, k), rows in groups.items():
         batch = [requests[i][0] for i in rows]
-        obs, served = observe(batch, scale)  # what the log keeps
-        # the policy sees the columns it was trained on (a rated index adds item_rating for those that read it)
-        seen = {**obs, "features": select_features(obs["features"], served, policy_feature_names(policy))}
+        obs, served = observe(batch, scale)  # what the log keeps, beside each request's session feedback
+        built, names = with_feedback(obs["features"], served, batch)
+        # the policy sees the columns it was trained on (a rated index adds item_rating for those that read
+        # it, the session feedback is there for those that read it)
+        seen = {**obs, "features": select_features(built, names, policy_feature_names(policy))}
         slate = policy.select(seen, k, rng=rng)
         check_slate(slate, len(rows), num_candidates, k, policy.name)
         explained = [j for j, c in enumerate(batch) if c.explain]
@@ -521,6 +599,7 @@ def rank(
                 explanations=_explanations(cands, slate.indices[j], features, explained.index(j))
                 if cands.explain
                 else None,
+                **_feedback(cands),
             )
     return out  # type: ignore[return-value]
 
@@ -594,6 +673,7 @@ def failover(requests: list[tuple[Candidates, int]], policy_version: str = "") -
                 )
                 if cands.explain
                 else None,
+                **_feedback(cands),
             )
         )
     return out

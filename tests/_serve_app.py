@@ -92,6 +92,7 @@ class LiveApp:
         impressions: request_id → [item ids] of every answer with status 200.
         feedback: (request_id, item_id, event) of every 202.
         budgets: request_id → the ``budget`` feature its ranker saw, for answers that sent a ``session_step``.
+        engagements: request_id → the ``last_engagement`` its ranker saw (0.0 for answers without ``last_click``).
         stopped: True once the app was deleted (gracefully).
     """
 
@@ -102,6 +103,7 @@ class LiveApp:
     impressions: dict[str, list[str]] = field(default_factory=dict)
     feedback: list[tuple[str, str, str]] = field(default_factory=list)
     budgets: dict[str, float] = field(default_factory=dict)
+    engagements: dict[str, float] = field(default_factory=dict)
     stopped: bool = False
 
     def record(self, answer: dict) -> dict:

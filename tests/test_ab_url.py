@@ -16,7 +16,7 @@ from _ab_cli import cli_output
 from _serve_app import POLICIES
 
 from rayrec.cli import main
-from rayrec.events import read_feedback, read_impressions
+from rayrec.events import read_feedback, read_impressions, read_requests
 
 USERS = 60
 
@@ -80,6 +80,18 @@ def test_client_log_agrees_with_the_server_log(url_run, stopped_live_app, capsys
     as_set = lambda fb: set(zip(fb["request_id"], fb["item_id"], fb["event"], strict=True))  # noqa: E731
     assert len(client_fb) > 0 and as_set(client_fb) == as_set(server_fb)
     assert math.isclose(client_fb["value"].sum(), server_fb["value"].sum(), rel_tol=1e-6)
+    # The client sends each user's last click with its completion rate: the server's request rows carry 0
+    # until the user's first click and the rate of the last one after it.
+    requests = read_requests(str(stopped_live_app.events)).to_pandas()
+    requests = requests[requests["request_id"].isin(set(client_imp["request_id"]))].sort_values(
+        ["user_id", "ts"]
+    )
+    clicked = requests["request_id"].isin(set(client_fb["request_id"]))
+    after_click = clicked.groupby(requests["user_id"]).transform(lambda c: c.shift(fill_value=False).cummax())
+    assert after_click.any() and (~after_click).any()
+    assert (requests.loc[~after_click, "last_engagement"] == 0.0).all()
+    engaged = requests.loc[after_click, "last_engagement"]
+    assert engaged.between(0.0, 1.0).all() and (engaged > 0).mean() > 0.9
     # The client never sees the candidates, so OPE on its log says where to look instead.
     code, output = cli_output(
         capsys, "ope", "--events", client_events, "--target", "greedy", "--index", str(stopped_live_app.index)

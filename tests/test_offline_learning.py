@@ -213,15 +213,16 @@ def test_a_run_that_fails_while_exporting_leaves_no_policy(small_log, tmp_path, 
 
 @pytest.mark.slow  # a 5,000-user exploration log, 1,000 updates, 4,000 test users: about 15 minutes on 2 cores
 def test_a_policy_learned_offline_beats_the_exploration_policy_that_logged(tmp_path):
-    """The README's claim, as ``python -m benchmarks.offline_learning`` measures it (same functions)."""
+    """The README's claim, as ``python -m benchmarks.offline_learning`` measures it (same functions, and its
+    default world, ``classic``)."""
     from benchmarks.offline_learning import LOGGER, evaluate, train_all, write_log
     from envs.presets import preset
     from rayrec.metrics.session import paired_difference
 
-    config = preset("default")
+    config = preset("classic")
     events = str(tmp_path / "events")
     write_log(config.replace(user_split="train"), 5000, 0, events)
-    dirs = train_all(events, tmp_path, ["reinforce-topk"], 1000, 0, "default")
+    dirs = train_all(events, tmp_path, ["reinforce-topk"], 1000, 0, "classic")
     runs = evaluate({LOGGER: LOGGER, **dirs}, config, 4000, 1_000_003)
     diff = paired_difference(runs["reinforce-topk"][0], runs[LOGGER][0], "session_return")
     assert diff["ci95_low"] > 0, diff

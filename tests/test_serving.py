@@ -180,6 +180,18 @@ def test_health_docs_and_openapi(client):
         ({"user_id": "u", "colour": "blue"}, "Extra inputs are not permitted"),
         ({"user_id": "u", "session_step": -1}, "greater than or equal to 0"),
         ({"user_id": "u", "session_step": 10_001}, "less than or equal to 10000"),
+        (
+            {"user_id": "u", "last_click": {"item_id": "item-0001", "engagement": 1.5}},
+            "less than or equal to 1",
+        ),
+        (
+            {"user_id": "u", "last_click": {"item_id": "item-0001", "engagement": -0.1}},
+            "greater than or equal",
+        ),
+        ({"user_id": "u", "last_click": {"item_id": "item-0001"}}, "engagement"),
+        ({"user_id": "u", "last_click": {"item_id": "", "engagement": 0.5}}, "at least 1 character"),
+        ({"user_id": "u", "last_click": {"item_id": "i", "engagement": 0.5, "x": 1}}, "Extra inputs"),
+        ({"user_id": "u", "last_click": "item-0001"}, "valid dictionary"),
     ],
 )
 def test_bad_recommend_requests_are_4xx_with_a_message(client, body, needle):
@@ -229,15 +241,20 @@ def test_feedback_ack_404_and_422(client, live_app):
 
 @pytest.mark.parametrize("arm", ["control", "treatment"])
 def test_session_step_reaches_the_ranker_and_its_requests_row(client, live_app, arm):
-    """``session_step`` goes through every stage to the arm's ranker; the requests table records the budget
-    feature it saw (checked after the graceful stop). The baselines here score without it: same slate."""
+    """``session_step`` and the session feedback (``last_click``) go through every stage to the arm's ranker;
+    the requests table records the budget feature and the ``last_engagement`` it saw (checked after the
+    graceful stop). The baselines here score without them: same slate."""
     user, history = live_app.user_in(arm, "steps"), ["item-0001", "item-0005"]
     answers = {}
     for step in (0, 3):
-        response = recommend(client, live_app, user_id=user, history=history, k=4, session_step=step)
+        feedback = {"last_click": {"item_id": "item-0005", "engagement": 0.625}} if step else {}
+        response = recommend(
+            client, live_app, user_id=user, history=history, k=4, session_step=step, **feedback
+        )
         assert response.status_code == 200, response.text
         answers[step] = response.json()
         live_app.budgets[answers[step]["request_id"]] = float(budget_feature([step], BASELINE_BUDGET)[0, 0])
+        live_app.engagements[answers[step]["request_id"]] = 0.625 if step else 0.0
     assert answers[0]["arm"] == answers[3]["arm"] == arm
     assert [i["item_id"] for i in answers[0]["items"]] == [i["item_id"] for i in answers[3]["items"]]
     cold = recommend(client, live_app, user_id=user, history=[], k=2, session_step=1)
@@ -326,6 +343,11 @@ def test_graceful_stop_writes_every_acknowledged_event(stopped_live_app):
     assert app.budgets, "test_session_step_reaches_the_ranker_and_its_requests_row should have run"
     for request_id, budget in app.budgets.items():
         assert requests.loc[request_id, "budget"] == pytest.approx(budget), request_id
+    # the session feedback each ranker was given; this index stores no ratings, so no last_click_rating
+    assert app.engagements and set(app.engagements.values()) == {0.0, 0.625}
+    for request_id, engagement in app.engagements.items():
+        assert requests.loc[request_id, "last_engagement"] == engagement, request_id
+    assert requests["last_click_rating"].isna().all()
 
 
 def test_colocated_layout_serves_the_same_contract_and_writes_its_events(live_app, tmp_path):
@@ -592,10 +614,10 @@ def export_policy_reading(out: Path, dim: int, names: tuple[str, ...], name: str
 
 def test_a_policy_reading_features_the_server_does_not_build_is_refused(small_index, tmp_path):
     """``observe_hidden`` policies are diagnostics: the server has no hidden state to give them. An
-    ``observe_rating`` policy (or linear ranker) needs an index that stores item ratings; an
-    ``observe_feedback`` or ``observe_last_click`` policy needs session feedback that requests do not carry. Each is refused
-    while the application is built, with the reason on one line; over a rated index the rating readers
-    are served."""
+    ``observe_rating`` or ``observe_last_click`` policy (or linear ranker) needs an index that stores item
+    ratings. Each is refused while the application is built, with the reason on one line; over a rated
+    index the rating readers are served, and an ``observe_feedback`` policy, whose column comes with each
+    request, is served over any index."""
     from rayrec.baselines import LinearRankerPolicy, SwitchRankerPolicy, load_policy
     from rayrec.features import HIDDEN_FEATURE_NAMES, feature_names
     from serving.app import resolve_config
@@ -621,19 +643,17 @@ def test_a_policy_reading_features_the_server_does_not_build_is_refused(small_in
     hidden = LinearRankerPolicy(np.zeros(4), np.zeros(dim), feature_names=feature_names(("quality",)))
     message = refusal(hidden.save(str(tmp_path / "linear-hidden")))
     assert "is a tuned ranker on the simulator's hidden state ['quality']" in message
-    # Session feedback is observable, but /recommend does not carry it: refused, even over a rated index.
-    feedback = export_policy_reading(tmp_path, dim, feature_names(rating=True, feedback=True), "feedback")
-    message = refusal(feedback)
-    assert "'last_engagement'" in message and "rayrec simulate --env observe_feedback=true" in message
+    # The session feedback comes with each request; the last click's rating needs a rated index.
     names = feature_names(rating=True, feedback=True, last_click=True)
-    message = refusal(export_policy_reading(tmp_path, dim, names, "last-click"))
-    assert "['last_engagement', 'last_click_rating']" in message
-    assert "--env observe_feedback=true --env observe_last_click=true" in message
-    # Over an index that stores ratings both readers are served.
-    config = AppConfig(
-        index=str(rated_dir), arms=[f"a={rated_policy}", f"b={tmp_path / 'linear'}"], encoder=None
-    )
-    assert resolve_config(config)[0].num_candidates == NUM_CANDIDATES  # the trained arm's K
+    last_click = export_policy_reading(tmp_path, dim, names, "last-click")
+    message = refusal(last_click)
+    assert "reads 'item_rating', 'last_click_rating', which this index does not store" in message
+    feedback = export_policy_reading(tmp_path, dim, feature_names(feedback=True), "feedback")
+    resolve_config(AppConfig(index=str(index_dir), arms=[f"a={feedback}"], encoder=None))
+    # Over an index that stores ratings every reader is served.
+    arms = [f"a={rated_policy}", f"b={tmp_path / 'linear'}", f"c={last_click}"]
+    config = AppConfig(index=str(rated_dir), arms=arms, encoder=None)
+    assert resolve_config(config)[0].num_candidates == NUM_CANDIDATES  # the trained arms' K
     # A switch ranker reads the session's clock: served, with the budget of the world it was fitted in.
     switch = SwitchRankerPolicy.from_flat(np.zeros(2 * 3 + 2), feature_names(), budget=12.0)
     switch_dir = switch.save(str(tmp_path / "switch"))
@@ -676,8 +696,10 @@ def test_over_a_rated_index_the_server_builds_and_logs_item_rating(tmp_path, mon
     widths = {len(f) for f in requests["features"]}
     assert widths == {NUM_CANDIDATES * (NUM_FEATURES + 1)}  # the random arm's rows too
     replay = logged_requests(read_event_log(events), ItemLookup(index.item_ids, index.embeddings))
-    assert replay.feature_names == feature_names(rating=True)
-    np.testing.assert_array_equal(replay.features[..., -1], index.rating[replay.candidates])
+    # the server's rows also carry the session feedback (no last click here: zeros), as columns after it
+    assert replay.feature_names == feature_names(rating=True, feedback=True, last_click=True)
+    np.testing.assert_array_equal(replay.features[..., NUM_FEATURES], index.rating[replay.candidates])
+    assert not replay.features[..., NUM_FEATURES + 1 :].any()
     result = evaluate_logged(
         replay, RetrievalPolicy(), {"rated": load_policy(str(policy)), "random": RandomPolicy()}, resamples=50
     )
@@ -685,3 +707,77 @@ def test_over_a_rated_index_the_server_builds_and_logs_item_rating(tmp_path, mon
         "random": 16 - len(rated),
         "rated": len(rated),
     }
+
+
+def test_session_feedback_reaches_a_feedback_ranker_its_log_and_the_replay(tmp_path, monkeypatch):
+    """A switch ranker gated on ``last_engagement`` (trained with ``observe_feedback`` and
+    ``observe_last_click``), served over a rated index: each request's ``last_click`` is shown to it as the
+    two columns the simulator appends (the completion rate, and the index's rating of the clicked item:
+    an unrated item's 0.5 for an id the index does not hold, 0 without a click), it ranks by popularity
+    where the user's last completion rate was high and by rating where it was low, every request's log row
+    keeps the feedback (a cold start's too), and the log replays with both columns named, so off-policy
+    evaluation (beside a ``random`` arm) scores the ranker on what it saw."""
+    from rayrec.ab.off_policy import evaluate_logged
+    from rayrec.assignment import assign_arm
+    from rayrec.baselines import RandomPolicy, RetrievalPolicy, SwitchRankerPolicy, load_policy
+    from rayrec.features import feature_names
+    from rayrec.logs.reader import ItemLookup, logged_requests, read_event_log
+    from serving.app import resolve_config
+    from serving.pipeline import UNRATED
+
+    monkeypatch.setenv("RAYREC_PSEUDONYM_KEY", "k" * 32)
+    index_dir = build_test_index(tmp_path / "rated", n_items=60, rating=True)
+    index = ItemIndex.load(str(index_dir))
+    names = feature_names(rating=True, feedback=True, last_click=True)
+    weights = np.zeros(SwitchRankerPolicy.num_weights(names), np.float32)
+    spend, build, gate = SwitchRankerPolicy.split(weights, names)
+    spend[names.index("popularity")] = 1.0
+    build[names.index("item_rating")] = 1.0
+    gate[:] = [-0.5, 0.0, 1.0, 0.0]  # open where last_engagement > 0.5
+    policy_dir = SwitchRankerPolicy.from_flat(weights, names, budget=20.0, name="switch").save(
+        str(tmp_path / "switch")
+    )
+    events = str(tmp_path / "events")
+    arms = [f"s={policy_dir}", "u=random"]
+    config = AppConfig(index=str(index_dir), arms=arms, events=events, encoder=None, colocate=True)
+    config = resolve_config(config)[0]
+    weights_of_arms = [("s", 1.0), ("u", 1.0)]
+    users = {
+        arm: [f"user-{i}" for i in range(200) if assign_arm(f"user-{i}", weights_of_arms) == arm]
+        for arm in "su"
+    }
+    a, b, c, d = users["s"][:4]
+    asks = [
+        RecommendRequest(user_id=a, history=["item-0001"], k=3),
+        RecommendRequest(
+            user_id=b, history=["item-0002"], k=3, last_click={"item_id": "item-0007", "engagement": 0.9}
+        ),
+        RecommendRequest(
+            user_id=c, history=["item-0003"], k=3, last_click={"item_id": "gone", "engagement": 0.25}
+        ),
+        RecommendRequest(user_id=d, history=[], k=3, last_click={"item_id": "item-0004", "engagement": 0.75}),
+        *(RecommendRequest(user_id=u, history=[f"item-{i:04d}"], k=3) for i, u in enumerate(users["u"][:8])),
+    ]
+    answers, shown = serve_colocated(config, "s", asks, monkeypatch)
+    assert [answer.policy for answer in answers] == ["switch"] * 3 + ["popular-diverse"] + ["random"] * 8
+    requests = read_requests(events).to_pandas().set_index("request_id")
+    expected = {a: (0.0, 0.0), b: (0.9, float(index.rating[7])), c: (0.25, UNRATED)}
+    for (user, feedback), obs, answer in zip(expected.items(), shown, answers[:3], strict=True):
+        features = obs["features"][0]  # [K, F] the ranker's columns
+        np.testing.assert_allclose(features[:, -2:], np.broadcast_to(feedback, (len(features), 2)), rtol=1e-6)
+        # the gate: popularity after an engaged click, rating otherwise (values compared: ties may reorder)
+        by = features[:, names.index("popularity" if feedback[0] > 0.5 else "item_rating")]  # [K]
+        candidates = list(requests.loc[answer.request_id, "candidate_ids"])
+        picked = by[[candidates.index(item.item_id) for item in answer.items]]
+        np.testing.assert_array_equal(np.sort(picked), np.sort(by)[-3:], err_msg=user)
+    logged = {
+        ask.user_id: tuple(requests.loc[answer.request_id, ["last_engagement", "last_click_rating"]])
+        for ask, answer in zip(asks, answers, strict=True)
+    }
+    assert logged[a] == (0.0, 0.0) and logged[d] == pytest.approx((0.75, index.rating[4]))
+    assert logged[b] == pytest.approx(expected[b]) and logged[c] == pytest.approx(expected[c])
+    replay = logged_requests(read_event_log(events), ItemLookup(index.item_ids, index.embeddings))
+    assert replay.feature_names == names  # the ranked rows (the cold start is left out)
+    loggers = {"switch": load_policy(policy_dir), "random": RandomPolicy()}
+    result = evaluate_logged(replay, RetrievalPolicy(), loggers, resamples=50)
+    assert result.requests == 11 and result.logging_policies == {"switch": 3, "random": 8}

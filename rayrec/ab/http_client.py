@@ -91,7 +91,8 @@ def server_info(client: _Client) -> ServerInfo:
 class ServerSource:
     """The slate source of an A/B against a live server: each live row's user asks ``/recommend``.
 
-    A row's request carries the user's id and the history the simulator says the user has consumed; the
+    A row's request carries the user's id, the history the simulator says the user has consumed, the session
+    step and the user's last click with its completion rate (the session feedback); the
     server's answer (its arm, policy, request id and items) is mapped onto catalog rows and fed into the
     simulator's step, exactly as an in-process policy's slate is. Requests of one step go out concurrently.
     """
@@ -144,6 +145,12 @@ class ServerSource:
             "k": sim.config.slate_size,
             "session_step": int(sim.users.steps[row]),  # the server's budget feature, as in the simulator
         }
+        last = int(sim.users.last_click[row])
+        if last >= 0:  # the session feedback, as a client app that tracks completion rates reports it
+            body["last_click"] = {
+                "item_id": str(sim.catalog.item_ids[last]),
+                "engagement": float(sim.users.last_engagement[row]),
+            }
         return self.client.call("POST", "/recommend", body)
 
 

@@ -2,7 +2,8 @@
 
 Each logged request's observation is rebuilt exactly as the ranker saw it: ``profile``, ``features`` and
 ``budget`` from the requests table (:mod:`rayrec.events`), candidate embeddings from the item index by
-``candidate_ids``. Its impressions give the slate and the logged propensities, its click feedback the
+``candidate_ids``, and a server's session feedback (the request-level ``last_engagement`` and
+``last_click_rating``) as the feature columns a policy trained with them reads (:func:`with_session_feedback`). Its impressions give the slate and the logged propensities, its click feedback the
 rewards; a user's requests are put in time order (``ts``, then decreasing ``budget``).
 
 Requests marked ``fallback`` (a server's cold-start list: no arm's policy ranked them, and no policy
@@ -33,7 +34,7 @@ from rayrec.events import (
     read_impressions,
     read_requests,
 )
-from rayrec.features import NUM_FEATURES, feature_names
+from rayrec.features import LAST_CLICK_RATING, LAST_ENGAGEMENT, NUM_FEATURES, feature_names
 from rayrec.logs.requests import LoggedRequests
 
 SIMULATOR_FILE = "simulator.yaml"
@@ -113,6 +114,33 @@ def logged_features(
         at = offsets[rows, None, None] + np.arange(big_k)[None, :, None] * w + keep[None, None, :]
         features[rows] = values[at]
     return features, tuple(names)
+
+
+def with_session_feedback(
+    requests: pa.Table, features: np.ndarray, names: tuple[str, ...]
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """``features`` [n, K, F] with the requests' logged session feedback appended as feature columns.
+
+    A server logs each request's :data:`rayrec.features.LAST_ENGAGEMENT` and (over a rated index)
+    :data:`rayrec.features.LAST_CLICK_RATING` once per request (:data:`rayrec.events.REQUESTS_SCHEMA`), not
+    per candidate; a policy trained with ``observe_feedback`` / ``observe_last_click`` reads them in every
+    candidate's row, as the simulator and the server show them. A column is appended when some row logged
+    it (a row from before it, null, reads as 0: a request without a last click); a simulated log, whose
+    features already hold the simulator's columns, logs neither.
+
+    Returns:
+        ([n, K, F + m] float32, their names), m the columns appended (0 to 2).
+    """
+    for name in (LAST_ENGAGEMENT, LAST_CLICK_RATING):
+        if name in names or name not in requests.column_names:
+            continue
+        column = requests.column(name)
+        if column.null_count == len(column):
+            continue
+        values = column.fill_null(0.0).to_numpy().astype(np.float32)  # [n]
+        column_values = np.broadcast_to(values[:, None, None], (*features.shape[:2], 1))  # [n, K, 1]
+        features, names = np.concatenate([features, column_values], axis=-1), (*names, name)
+    return features, names
 
 
 def _check_complete(table: pa.Table, where: str) -> None:
@@ -217,7 +245,9 @@ def logged_requests(log: EventTables, items: ItemLookup) -> LoggedRequests:
         raise DataError(f"{where_requests}: request ids repeat (the log holds some requests twice)")
     candidate_ids = list_column(requests, "candidate_ids", where_requests)  # [n, K]
     big_k = candidate_ids.shape[1]
-    features, features_named = logged_features(requests, big_k, items.feature_names, where_requests)
+    features, features_named = with_session_feedback(
+        requests, *logged_features(requests, big_k, items.feature_names, where_requests)
+    )
     profile = list_column(requests, "profile", where_requests).astype(np.float32)  # [n, d]
     dim = items.embeddings.shape[1]
     if profile.shape[1] != dim:
