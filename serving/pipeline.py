@@ -518,7 +518,7 @@ def with_feedback(
     return np.concatenate([features, appended], axis=-1), (*names, *columns)
 
 
-def _feedback(cands: Candidates) -> dict[str, float | None]:
+def _ranked_feedback(cands: Candidates) -> dict[str, float | None]:
     """The :class:`Ranked` fields of a request's session feedback."""
     return {"last_engagement": cands.last_engagement, "last_click_rating": cands.last_click_rating}
 
@@ -561,7 +561,7 @@ def rank(
             index_version=cands.index_version,
             policy_version="" if cands.cold_start else policy_version,
             explanations=_fallback_explanations(cands, n, "popularity") if cands.explain else None,
-            **_feedback(cands),
+            **_ranked_feedback(cands),
         )
     for (num_candidates, k), rows in groups.items():
         batch = [requests[i][0] for i in rows]
@@ -599,7 +599,7 @@ def rank(
                 explanations=_explanations(cands, slate.indices[j], features, explained.index(j))
                 if cands.explain
                 else None,
-                **_feedback(cands),
+                **_ranked_feedback(cands),
             )
     return out  # type: ignore[return-value]
 
@@ -673,7 +673,7 @@ def failover(requests: list[tuple[Candidates, int]], policy_version: str = "") -
                 )
                 if cands.explain
                 else None,
-                **_feedback(cands),
+                **_ranked_feedback(cands),
             )
         )
     return out
