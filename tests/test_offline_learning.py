@@ -211,7 +211,7 @@ def test_a_run_that_fails_while_exporting_leaves_no_policy(small_log, tmp_path, 
     assert not [p for p in out.iterdir() if p.name.startswith(".policy")]
 
 
-@pytest.mark.slow  # a 5,000-user exploration log, 1,000 updates, 4,000 test users: about 15 minutes on 2 cores
+@pytest.mark.slow  # a 5,000-user exploration log, 1,000 updates, 4,000 test users: about 2 minutes on 2 cores
 def test_a_policy_learned_offline_beats_the_exploration_policy_that_logged(tmp_path):
     """The README's claim, as ``python -m benchmarks.offline_learning`` measures it (same functions, and its
     default world, ``classic``)."""
