@@ -101,8 +101,9 @@ names the fallback). Candidate embeddings are not logged: they are the index's, 
 :data:`rayrec.features.LAST_ENGAGEMENT` and :data:`rayrec.features.LAST_CLICK_RATING` the server built from
 its ``last_click`` (0 without one; ``last_click_rating`` null over an index without ratings, and both null in
 logs written before them and in simulated runs, whose ``features`` hold whatever columns the simulator
-appended). The last three columns (null in logs written before them, and in simulated runs) say which pseudonymization key made ``user_id`` (:func:`rayrec.privacy.key_id`) and which index and
-policy artifacts (content hashes) answered."""
+appended). The last three columns (null in logs written before them, and in simulated runs) say which
+pseudonymization key made ``user_id`` (:func:`rayrec.privacy.key_id`) and which index and policy artifacts
+(content hashes) answered."""
 
 IMPRESSIONS_SCHEMA = pa.schema(
     [

@@ -3,8 +3,9 @@
 Each logged request's observation is rebuilt exactly as the ranker saw it: ``profile``, ``features`` and
 ``budget`` from the requests table (:mod:`rayrec.events`), candidate embeddings from the item index by
 ``candidate_ids``, and a server's session feedback (the request-level ``last_engagement`` and
-``last_click_rating``) as the feature columns a policy trained with them reads (:func:`with_session_feedback`). Its impressions give the slate and the logged propensities, its click feedback the
-rewards; a user's requests are put in time order (``ts``, then decreasing ``budget``).
+``last_click_rating``) as the feature columns a policy trained with them reads (:func:`with_session_feedback`).
+Its impressions give the slate and the logged propensities, its click feedback the rewards; a user's requests
+are put in time order (``ts``, then decreasing ``budget``).
 
 Requests marked ``fallback`` (a server's cold-start list: no arm's policy ranked them, and no policy
 under test would) are left out, with their impressions and feedback, and counted.
