@@ -9,12 +9,12 @@ or acknowledges feedback records it in :class:`LiveApp`; tests that read the eve
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import numpy as np
+from _ports import free_port
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
@@ -31,12 +31,6 @@ WEIGHTS = [("control", 2.0), ("treatment", 1.0), ("explore", 1.0)]
 POLICIES = {"control": "retrieval", "treatment": "greedy", "explore": "random"}
 NUM_CANDIDATES = 20
 APP = "rayrec-test"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def build_test_index(

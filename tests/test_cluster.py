@@ -17,7 +17,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from _ports import free_port
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for process groups")
 
@@ -39,13 +39,10 @@ TOKEN = secrets.token_hex(32)
 AUTH_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN}
 START_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 30
-WORKER_START_ATTEMPTS = 3
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+START_ATTEMPTS = 3
+# What `ray start` prints when a start is worth another try with fresh ports: Ray's own startup timeout
+# on a loaded machine, or a port taken between the pick and the bind.
+RETRYABLE = ("timed out during startup", "Address already in use", "Failed to start the grpc server")
 
 
 def group_members(pgid: int) -> dict[int, str]:
@@ -178,63 +175,75 @@ class TwoNodeCluster:
     root: Path
 
 
+def start_until_registered(nodes: list[RayNode], start, registered, what: str) -> None:
+    """``start(attempt)`` a node and wait until ``registered()``; a start that fails in a way worth another
+    try (:data:`RETRYABLE`) is stopped and made again, with fresh ports."""
+    for attempt in range(START_ATTEMPTS):
+        node = start(attempt)
+        nodes.append(node)
+        try:
+            wait_until(f"{what} to register", registered, [node])
+            return
+        except RuntimeError as error:
+            if not any(sign in str(error) for sign in RETRYABLE) or attempt + 1 == START_ATTEMPTS:
+                raise
+            nodes.remove(node)
+            node.stop()
+
+
 @pytest.fixture(scope="module")
 def two_node_cluster() -> Iterator[TwoNodeCluster]:
     root = Path(tempfile.mkdtemp(prefix="rr-cluster-"))  # short: Ray's unix socket paths must fit 107 bytes
-    gcs_port, dashboard_port = free_port(), free_port()
-    dashboard = f"http://127.0.0.1:{dashboard_port}"
+    ports: dict[str, int] = {}
     nodes: list[RayNode] = []
-    try:
-        head = start_node(
-            "head",
+
+    def dashboard() -> str:
+        return f"http://127.0.0.1:{ports['dashboard']}"
+
+    def start_head(attempt: int) -> RayNode:
+        ports.update(gcs=free_port(), dashboard=free_port())
+        return start_node(
+            f"head{attempt}",
             root,
             "--head",
             "--node-ip-address=127.0.0.1",
-            f"--port={gcs_port}",
+            f"--port={ports['gcs']}",
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard_port}",
+            f"--dashboard-port={ports['dashboard']}",
             f"--ray-client-server-port={free_port()}",
             '--resources={"node_head": 1}',
         )
-        nodes.append(head)
 
-        def alive_nodes(wanted: tuple[str, ...]) -> dict[str, str] | None:
-            listing = get_json(f"{dashboard}/api/v0/nodes?limit=100")["data"]["result"]["result"]
-            ids = {
-                resource: node["node_id"]
-                for node in listing
-                if node["state"] == "ALIVE"
-                for resource in wanted
-                if resource in node["resources_total"]
-            }
-            return ids if len(ids) == len(wanted) else None
+    def start_worker(attempt: int) -> RayNode:
+        return start_node(
+            f"worker{attempt}",
+            root,
+            f"--address=127.0.0.1:{ports['gcs']}",
+            "--node-ip-address=127.0.0.1",
+            '--resources={"node_worker": 1}',
+        )
 
+    def alive_nodes(*wanted: str) -> dict[str, str] | None:
+        listing = get_json(f"{dashboard()}/api/v0/nodes?limit=100")["data"]["result"]["result"]
+        ids = {
+            resource: node["node_id"]
+            for node in listing
+            if node["state"] == "ALIVE"
+            for resource in wanted
+            if resource in node["resources_total"]
+        }
+        return ids if len(ids) == len(wanted) else None
+
+    try:
         # The worker starts once the head answers: started together on a loaded 2-core machine, the
         # worker's raylet can miss `ray start`'s fixed 30 s registration wait while the head's GCS boots.
-        wait_until("the head to register", lambda: alive_nodes(("node_head",)), nodes)
-        for attempt in range(WORKER_START_ATTEMPTS):
-            worker = start_node(
-                f"worker{attempt}",
-                root,
-                f"--address=127.0.0.1:{gcs_port}",
-                "--node-ip-address=127.0.0.1",
-                '--resources={"node_worker": 1}',
-            )
-            nodes.append(worker)
-            try:
-                wait_until("the worker to register", lambda: alive_nodes(("node_worker",)), [worker])
-                break
-            except RuntimeError as error:
-                # Only Ray's own startup timeout is worth another try; anything else is a real failure.
-                if "timed out during startup" not in str(error) or attempt + 1 == WORKER_START_ATTEMPTS:
-                    raise
-                nodes.remove(worker)
-                worker.stop()
+        start_until_registered(nodes, start_head, lambda: alive_nodes("node_head"), "the head")
+        start_until_registered(nodes, start_worker, lambda: alive_nodes("node_worker"), "the worker")
         node_ids = wait_until(
-            "both nodes to register", lambda: alive_nodes(("node_head", "node_worker")), nodes
+            "both nodes to register", lambda: alive_nodes("node_head", "node_worker"), nodes
         )
-        yield TwoNodeCluster(dashboard, nodes, node_ids, root)
+        yield TwoNodeCluster(dashboard(), nodes, node_ids, root)
     finally:
         for node in reversed(nodes):
             node.stop()
@@ -348,9 +357,7 @@ def test_nodes_shut_down_by_their_own_process_ids(two_node_cluster: TwoNodeClust
 
 
 def test_unreachable_address_is_one_clear_line():
-    with socket.socket() as sock:  # a port that nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens on it
     done = rayrec("submit", "--address", f"127.0.0.1:{port}", "--connect-timeout", "5", "--", "python", "-V")
     assert done.returncode == 2
     assert done.stderr.startswith(f"error: cannot reach the Ray cluster at http://127.0.0.1:{port}")

@@ -17,7 +17,8 @@ import httpx
 import pytest
 import yaml
 from _ab_cli import cli_output
-from _serve_app import build_test_index, free_port
+from _ports import free_port
+from _serve_app import build_test_index
 
 from rayrec.commands.loop import pick_challenger
 from rayrec.errors import ConfigError

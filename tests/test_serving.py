@@ -20,7 +20,8 @@ import httpx
 import numpy as np
 import pytest
 import yaml
-from _serve_app import N_ITEMS, NUM_CANDIDATES, POLICIES, WEIGHTS, build_test_index, free_port
+from _ports import free_port
+from _serve_app import N_ITEMS, NUM_CANDIDATES, POLICIES, WEIGHTS, build_test_index
 
 from rayrec.assignment import assign_arm
 from rayrec.errors import ArtifactError, ConfigError

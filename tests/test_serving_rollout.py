@@ -161,7 +161,7 @@ def test_serve_deploy_of_tampered_artifacts_under_load_fails_no_request(tmp_path
 
     import httpx
     import yaml
-    from _serve_app import free_port
+    from _ports import free_port
 
     index = build_test_index(tmp_path / "index", n_items=60)
     dim = ItemIndex.load(str(index)).dim

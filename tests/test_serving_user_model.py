@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from _serve_app import free_port
+from _ports import free_port
 from test_seqrec import ITEMS, small_config, write_pair_world
 
 from rayrec.encoding import TextEncoder, build_tiny_encoder
