@@ -173,6 +173,16 @@ class SlateEnvConfig:
     The completion rate says the user's satisfaction when they clicked; what the item then did to it depends
     on the item, and its logged rating is the observable estimate of that. The two together let a policy
     estimate the satisfaction now, not one click late."""
+    observe_item_log: bool = False
+    """Append :data:`rayrec.features.ITEM_LOG_FEATURES` after the session feedback: each candidate's
+    click-through rate and mean watch time per click (``satisfaction * (1 + clickbait_watch * c)``, whatever
+    the reward) in a log of ``item_log_users`` training users of this world shown uniformly random slates
+    of their candidates, shrunk by :func:`rayrec.features.shrunk_mean`. Services aggregate both per item
+    from their exploration traffic; they say what draws clicks beyond interest (clickbait) and what holds
+    attention, with the noise of a finite log and the bias of who clicks what."""
+    item_log_users: int = 10_000
+    """Users in the exploration log that ``observe_item_log`` reads; fewer users, fewer impressions and
+    clicks per item and noisier estimates."""
     rating_log_users: int = 10_000
     """Users in the built-in world's log that ``observe_rating`` reads (about 6 ratings each); fewer users,
     sparser and noisier ratings."""
@@ -201,6 +211,7 @@ class SlateEnvConfig:
             "slate_size",
             "history_pool",
             "rating_log_users",
+            "item_log_users",
         ):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
@@ -215,7 +226,13 @@ class SlateEnvConfig:
             )
         if self.category_quota < 1:
             problems.append(f"category_quota must be >= 1 (got {self.category_quota})")
-        for name in ("observe_rating", "observe_feedback", "observe_last_click", "retrieval_shortlist"):
+        for name in (
+            "observe_rating",
+            "observe_feedback",
+            "observe_last_click",
+            "observe_item_log",
+            "retrieval_shortlist",
+        ):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be true or false (got {getattr(self, name)!r})")
         if self.observe_last_click is True and self.observe_rating is not True:
@@ -280,7 +297,11 @@ class SlateEnvConfig:
     def feature_names(self) -> tuple[str, ...]:
         """The per-candidate feature names of this simulator's observation (:func:`rayrec.features.feature_names`)."""
         return feature_names(
-            self.observe_hidden, self.observe_rating, self.observe_feedback, self.observe_last_click
+            self.observe_hidden,
+            self.observe_rating,
+            self.observe_feedback,
+            self.observe_last_click,
+            self.observe_item_log,
         )
 
     def replace(self, **changes: Any) -> SlateEnvConfig:

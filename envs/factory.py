@@ -21,7 +21,8 @@ from envs.candidates import (
 )
 from envs.catalog import ItemCatalog, catalog_from_index, synthetic_catalog
 from envs.choice import ChoiceModel, ConditionalLogitChoice
-from envs.config import SlateEnvConfig
+from envs.config import SlateEnvConfig, config_with
+from envs.item_log import item_log_features
 from envs.response import UserResponse
 from envs.rewards import reward_function
 from envs.simulator import SlateSimulator
@@ -202,6 +203,38 @@ def observed_rating(config: SlateEnvConfig, world: World) -> np.ndarray:
     )
 
 
+ITEM_LOG_SEED = 2_000_003
+"""Seeds the exploration log that ``observe_item_log`` reads: apart from the seeds of training (small
+integers) and of the held-out evaluation users (1,000,003)."""
+_item_logs: dict[str, np.ndarray] = {}
+
+
+def observed_item_log(config: SlateEnvConfig) -> np.ndarray:
+    """[N, 2] float32 each item's click-through rate and watch time per click in the exploration log of
+    ``config.item_log_users`` training users of ``config``'s world (:func:`envs.item_log.item_log_features`;
+    cached per process, like the world, so the many simulators of one run make the log once).
+
+    The log's simulator is ``config``'s world with the watch time as its reward and nothing appended to the
+    observation; its users are the training split, so held-out users' behaviour never enters a feature.
+    """
+    log_config = config_with(
+        config,
+        reward="watch",
+        diversity_weight=0.0,
+        observe_rating=False,
+        observe_feedback=False,
+        observe_last_click=False,
+        observe_item_log=False,
+        observe_hidden=(),
+        user_split="train",
+    )
+    key = repr(log_config)
+    if key not in _item_logs:
+        sim = build_simulator(log_config, batch=min(config.item_log_users, 4096))
+        _item_logs[key] = item_log_features(sim, config.item_log_users, ITEM_LOG_SEED)
+    return _item_logs[key]
+
+
 def check_against_world(config: SlateEnvConfig, world: World) -> None:
     """Errors that need the catalog: K against its size, the requested dimension against the index's."""
     catalog = world.catalog
@@ -240,6 +273,8 @@ def build_simulator(
     catalog = world.catalog
     if config.observe_rating:
         catalog = dataclasses.replace(catalog, rating=observed_rating(config, world))
+    if config.observe_item_log:
+        catalog = dataclasses.replace(catalog, item_log=observed_item_log(config))
     choice = choice_model if choice_model is not None else ConditionalLogitChoice.from_config(config)
     sampler: UserSampler
     if world.histories is not None:

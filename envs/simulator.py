@@ -21,7 +21,9 @@ from envs.rewards import RewardFn, StepEvents
 from envs.users import UserSampler, UserState
 from rayrec.features import (
     FEATURE_NAMES,
+    ITEM_CTR,
     ITEM_RATING,
+    ITEM_WATCH,
     LAST_CLICK_RATING,
     LAST_ENGAGEMENT,
     NUM_FEATURES,
@@ -218,7 +220,8 @@ class SlateSimulator:
     def appended_features(self, names: tuple[str, ...]) -> np.ndarray:
         """[B, K, len(names)] float32 features of the current candidates beyond :data:`rayrec.features.FEATURE_NAMES`,
         in the order of ``names``: ``item_rating`` (the catalog's observed ratings), ``last_engagement`` (the
-        users' feedback on their last click), ``last_click_rating`` (that item's rating) and the simulation-only
+        users' feedback on their last click), ``last_click_rating`` (that item's rating), ``item_ctr`` and ``item_watch`` (the
+        catalog's logged click-through rate and watch time per click) and the simulation-only
         :data:`rayrec.features.HIDDEN_FEATURE_NAMES`."""
         items, users = self.candidate_items, self.users  # [B, K]
         columns = {
@@ -230,6 +233,8 @@ class SlateSimulator:
             "clickbait": lambda: self.catalog.clickbait[items],
             LAST_ENGAGEMENT: lambda: np.broadcast_to(users.last_engagement[:, None], items.shape),
             LAST_CLICK_RATING: lambda: np.broadcast_to(self.last_click_rating()[:, None], items.shape),
+            ITEM_CTR: lambda: self.catalog.item_log[items, 0],
+            ITEM_WATCH: lambda: self.catalog.item_log[items, 1],
             "satisfaction": lambda: np.broadcast_to(users.satisfaction[:, None], items.shape),
         }
         return np.stack([columns[name]() for name in names], axis=-1).astype(np.float32)  # [B, K, H]

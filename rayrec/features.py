@@ -29,6 +29,11 @@ a client sends the user's last click and its completion rate with each request (
 ``/recommend``), and the server builds both columns from it (the rating from a rated index) for the
 policies that read them and logs them with the request.
 
+Per-item log statistics: a simulator built with ``observe_item_log`` then appends :data:`ITEM_LOG_FEATURES`,
+each candidate's click-through rate and mean watch time per click in a log of exploration traffic
+(:func:`shrunk_mean`). They are observable wherever impressions and watch time are logged; the server does
+not build them yet and refuses a policy that reads them.
+
 Simulation only: a simulator built with ``observe_hidden`` (:class:`envs.config.SlateEnvConfig`) appends some
 or all of :data:`HIDDEN_FEATURE_NAMES` to each candidate's features, the hidden state that ``planner`` and
 ``oracle`` read. A policy trained on them measures how much of a learner's gap to the planner is missing
@@ -63,10 +68,30 @@ same value in every row of a request): the :data:`ITEM_RATING` of the last item 
 their first click). Beside the completion rate it says what the user just consumed, which the completion
 rate, read before the item was watched, does not; together they let a policy estimate the user's state
 after the click. A server looks the request's ``last_click`` up in a rated index."""
+ITEM_CTR = "item_ctr"
+"""With ``observe_item_log``, the first of the two per-item columns appended after the session feedback: the
+item's click-through rate (clicks per impression) in a log of exploration traffic, shrunk to the log's
+mean by :func:`shrunk_mean` with :data:`IMPRESSION_PRIOR_COUNT`. Every service aggregates it per item; an
+item clicked more often than others shown beside it has an appeal beyond the user's interest (here:
+clickbait's)."""
+ITEM_WATCH = "item_watch"
+"""With ``observe_item_log``, the second per-item column: the item's mean watch time per click in the same
+log, divided by the longest possible watch and shrunk to the log's mean (:func:`shrunk_mean` with
+:data:`CLICK_PRIOR_COUNT`). How long an item is watched depends on the item and on who clicks it: in the
+``long-term`` world clickbait is longer but clicked mostly by users it has already disappointed."""
+ITEM_LOG_FEATURES = (ITEM_CTR, ITEM_WATCH)
+"""The columns ``observe_item_log`` appends. The server has no per-item log yet, so it refuses a policy
+that reads them."""
+IMPRESSION_PRIOR_COUNT = 20.0
+"""Pseudo-impressions at the log's mean click-through rate that every item's rate is shrunk with."""
+CLICK_PRIOR_COUNT = 5.0
+"""Pseudo-clicks at the log's mean watch time that every item's mean watch time is shrunk with."""
 OBSERVE_SETTINGS = {
     ITEM_RATING: "observe_rating",
     LAST_ENGAGEMENT: "observe_feedback",
     LAST_CLICK_RATING: "observe_last_click",
+    ITEM_CTR: "observe_item_log",
+    ITEM_WATCH: "observe_item_log",
 }
 """The simulator setting (``SlateEnvConfig``) that appends each observable column beyond :data:`FEATURE_NAMES`."""
 HIDDEN_FEATURE_NAMES = ("true_click_logit", "quality", "clickbait", "satisfaction")
@@ -103,28 +128,35 @@ def hidden_feature_selection(value: object) -> tuple[str, ...]:
 
 
 def feature_names(
-    hidden: tuple[str, ...] = (), rating: bool = False, feedback: bool = False, last_click: bool = False
+    hidden: tuple[str, ...] = (),
+    rating: bool = False,
+    feedback: bool = False,
+    last_click: bool = False,
+    item_log: bool = False,
 ) -> tuple[str, ...]:
     """The per-candidate feature names of an observation: :data:`FEATURE_NAMES`, then :data:`ITEM_RATING`
     with ``rating`` (``SlateEnvConfig.observe_rating``), :data:`LAST_ENGAGEMENT` with ``feedback``
     (``SlateEnvConfig.observe_feedback``), :data:`LAST_CLICK_RATING` with ``last_click``
-    (``SlateEnvConfig.observe_last_click``), then ``hidden``, a selection made by
+    (``SlateEnvConfig.observe_last_click``), :data:`ITEM_LOG_FEATURES` with ``item_log``
+    (``SlateEnvConfig.observe_item_log``), then ``hidden``, a selection made by
     :func:`hidden_feature_selection` (``SlateEnvConfig.observe_hidden`` holds one)."""
     return (
         *FEATURE_NAMES,
         *((ITEM_RATING,) if rating else ()),
         *((LAST_ENGAGEMENT,) if feedback else ()),
         *((LAST_CLICK_RATING,) if last_click else ()),
+        *(ITEM_LOG_FEATURES if item_log else ()),
         *hidden,
     )
 
 
 def is_simulation_feature_set(names: tuple[str, ...]) -> bool:
     """Whether ``names`` is a feature set some simulator provides: :func:`feature_names` of some selection."""
-    rating, feedback, last_click = ITEM_RATING in names, LAST_ENGAGEMENT in names, LAST_CLICK_RATING in names
-    hidden = names[NUM_FEATURES + rating + feedback + last_click :]
+    observed = [name in names for name in (ITEM_RATING, LAST_ENGAGEMENT, LAST_CLICK_RATING)]
+    item_log = ITEM_WATCH in names
+    hidden = names[NUM_FEATURES + sum(observed) + item_log * len(ITEM_LOG_FEATURES) :]
     selection = tuple(n for n in HIDDEN_FEATURE_NAMES if n in hidden)
-    return names == feature_names(selection, rating, feedback, last_click)
+    return names == feature_names(selection, *observed, item_log)
 
 
 def select_features(features: np.ndarray, have: tuple[str, ...], want: tuple[str, ...]) -> np.ndarray:
@@ -184,6 +216,22 @@ def rating_feature(count: np.ndarray, total: np.ndarray, low: float, high: float
     count = np.asarray(count, dtype=np.float64)
     scaled = (np.asarray(total, dtype=np.float64) - low * count) / max(high - low, 1e-9)  # [N] in [0, count]
     return ((scaled + 0.5 * RATING_PRIOR_COUNT) / (count + RATING_PRIOR_COUNT)).astype(np.float32)
+
+
+def shrunk_mean(total: np.ndarray, count: np.ndarray, prior_count: float) -> np.ndarray:
+    """[N] float32 each item's mean ``total / count`` shrunk to the log's overall mean.
+
+    ``(total + mean * m) / (count + m)`` with ``mean = sum(total) / sum(count)`` and m = ``prior_count``:
+    an item never seen gets the log's mean, one seen a thousand times about its own (the Bayesian average
+    of :func:`rating_feature`, with the log's mean as the prior).
+
+    Args:
+        total: [N] sum of each item's values (clicks, scaled watch time).
+        count: [N] how many times each item was measured (impressions, clicks).
+    """
+    total, count = np.asarray(total, dtype=np.float64), np.asarray(count, dtype=np.float64)
+    mean = total.sum() / max(count.sum(), 1.0)
+    return ((total + mean * prior_count) / (count + prior_count)).astype(np.float32)
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1, eps: float = 1e-12) -> np.ndarray:

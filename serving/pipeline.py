@@ -27,6 +27,7 @@ from rayrec.explain import (
 )
 from rayrec.features import (
     HIDDEN_FEATURE_NAMES,
+    ITEM_LOG_FEATURES,
     ITEM_RATING,
     LAST_CLICK_RATING,
     LAST_ENGAGEMENT,
@@ -85,7 +86,8 @@ def check_servable(policy: SlatePolicy, spec: str, rated_index: bool) -> ExportC
             reads the simulator's hidden state (:data:`rayrec.features.HIDDEN_FEATURE_NAMES`,
             ``observe_hidden``), which no server has, or :data:`rayrec.features.ITEM_RATING`
             (``observe_rating``) or :data:`rayrec.features.LAST_CLICK_RATING` (``observe_last_click``, the
-            rating of the request's ``last_click``) from an index that does not store ratings. The session
+            rating of the request's ``last_click``) from an index that does not store ratings, or
+            :data:`rayrec.features.ITEM_LOG_FEATURES` (``observe_item_log``), which no index stores yet. The session
             feedback :data:`rayrec.features.LAST_ENGAGEMENT` comes with each request (``last_click``).
     """
     config = trained_config(policy)
@@ -98,6 +100,11 @@ def check_servable(policy: SlatePolicy, spec: str, rated_index: bool) -> ExportC
         what = (
             f"is {kind} on the simulator's hidden state {hidden}, which no server has: it is a diagnostic for "
             "`rayrec simulate --env observe_hidden=...`"
+        )
+    elif logged := [name for name in ITEM_LOG_FEATURES if name in appended]:
+        what = (
+            f"reads {', '.join(map(repr, logged))}, per-item statistics of an exploration log, which no index "
+            "stores yet: it is for simulation (`--env observe_item_log=true`)"
         )
     elif rated := [name for name in (ITEM_RATING, LAST_CLICK_RATING) if name in appended and not rated_index]:
         what = (

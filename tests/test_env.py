@@ -17,12 +17,16 @@ from rayrec.errors import ConfigError
 from rayrec.features import (
     FEATURE_NAMES,
     HIDDEN_FEATURE_NAMES,
+    ITEM_LOG_FEATURES,
     ITEM_RATING,
+    LAST_ENGAGEMENT,
     NUM_FEATURES,
     RATING_PRIOR_COUNT,
     feature_names,
+    is_simulation_feature_set,
     l2_normalize,
     rating_feature,
+    shrunk_mean,
 )
 from rayrec.synth import WorldConfig, write_world
 
@@ -222,6 +226,59 @@ def test_rating_feature_is_the_shrunk_scaled_mean_rating():
         got,
         [0.5, (1 + 0.5 * prior) / (1 + prior), (1000 + 0.5 * prior) / 1005, 0.5 * prior / (4 + prior)],
         rtol=1e-6,
+    )
+    assert got.dtype == np.float32
+
+
+def test_observe_item_log_appends_each_items_logged_click_through_rate_and_watch_time():
+    """``item_ctr`` and ``item_watch`` are the catalog's per-item statistics of an exploration log of
+    training users: they sit after the session feedback and before the hidden columns, every simulator of
+    the world (training or held-out users, any reward) reads the same log, and the click-through rate is
+    evidence of the clickbait trait it was made to reveal."""
+    fields = {**SMALL, "item_log_users": 3000, "observe_feedback": True}
+    env = envs.make_vector_env(
+        with_preset("long-term", **fields, observe_item_log=True, observe_hidden=["clickbait"]), num_envs=4
+    )
+    check_env(envs.make_env(with_preset("long-term", **fields, observe_item_log=True)).unwrapped)
+    assert env.config.feature_names == (*FEATURE_NAMES, LAST_ENGAGEMENT, *ITEM_LOG_FEATURES, "clickbait")
+    assert is_simulation_feature_set(env.config.feature_names)
+    obs, _ = env.reset(seed=2)
+    sim = env.sim
+    logged = sim.catalog.item_log  # [N, 2]
+    np.testing.assert_array_equal(obs["features"][..., NUM_FEATURES + 1 : -1], logged[sim.candidate_items])
+    assert ((logged >= 0) & (logged <= 1)).all() and not logged.flags.writeable
+    clickbait = sim.catalog.clickbait > 0.5
+    ctr = logged[:, 0]
+    assert ctr[clickbait].mean() > 1.2 * ctr[~clickbait].mean()
+    # The held-out users' simulator and another reward read the same log (made from training users).
+    held_out = envs.make_vector_env(
+        with_preset("long-term", **fields, observe_item_log=True, user_split="test", reward="clicks"),
+        num_envs=2,
+    )
+    np.testing.assert_array_equal(held_out.sim.catalog.item_log, logged)
+    assert envs.make_vector_env(with_preset("long-term", **SMALL), num_envs=2).sim.catalog.item_log is None
+    with pytest.raises(ConfigError, match="observe_item_log must be true or false"):
+        SlateEnvConfig(observe_item_log="yes")
+    with pytest.raises(ConfigError, match="item_log_users must be >= 1"):
+        SlateEnvConfig(item_log_users=0)
+
+
+def test_item_log_features_need_a_simulator_that_measures_watch_time():
+    from envs.factory import build_simulator
+    from envs.item_log import item_log_features
+
+    sim = build_simulator(SlateEnvConfig(**SMALL), batch=4)
+    with pytest.raises(ConfigError, match=r"reads watch time as the reward.*reward='clicks'"):
+        item_log_features(sim, num_users=8, seed=0)
+
+
+def test_shrunk_mean_pulls_rarely_measured_items_to_the_logs_mean():
+    total = np.array([0.0, 1.0, 500.0, 0.0])
+    count = np.array([0.0, 2.0, 1000.0, 8.0])  # never seen; 1 of 2; 500 of 1000; 0 of 8
+    mean = 501.0 / 1010.0
+    got = shrunk_mean(total, count, prior_count=4.0)
+    np.testing.assert_allclose(
+        got, [mean, (1 + 4 * mean) / 6, (500 + 4 * mean) / 1004, 4 * mean / 12], rtol=1e-6
     )
     assert got.dtype == np.float32
 

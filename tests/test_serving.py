@@ -649,6 +649,12 @@ def test_a_policy_reading_features_the_server_does_not_build_is_refused(small_in
     last_click = export_policy_reading(tmp_path, dim, names, "last-click")
     message = refusal(last_click)
     assert "reads 'item_rating', 'last_click_rating', which this index does not store" in message
+    # Per-item statistics of an exploration log: no index stores them, rated or not.
+    item_log = export_policy_reading(tmp_path, dim, feature_names(item_log=True), "item-log")
+    message = refusal(item_log)
+    assert "reads 'item_ctr', 'item_watch', per-item statistics of an exploration log" in message
+    with pytest.raises(ArtifactError, match="observe_item_log=true"):
+        resolve_config(AppConfig(index=str(rated_dir), arms=[f"a={item_log}"], encoder=None))
     feedback = export_policy_reading(tmp_path, dim, feature_names(feedback=True), "feedback")
     resolve_config(AppConfig(index=str(index_dir), arms=[f"a={feedback}"], encoder=None))
     # Over an index that stores ratings every reader is served.
