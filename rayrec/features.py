@@ -77,8 +77,8 @@ clickbait's)."""
 ITEM_WATCH = "item_watch"
 """With ``observe_item_log``, the second per-item column: the item's mean watch time per click in the same
 log, divided by the longest possible watch and shrunk to the log's mean (:func:`shrunk_mean` with
-:data:`CLICK_PRIOR_COUNT`). How long an item is watched depends on the item and on who clicks it: in the
-``long-term`` world clickbait is longer but clicked mostly by users it has already disappointed."""
+:data:`CLICK_PRIOR_COUNT`). How long an item is watched per click depends on the item (its length) and on
+who clicks it (their satisfaction): the estimate is confounded by the clickers."""
 ITEM_LOG_FEATURES = (ITEM_CTR, ITEM_WATCH)
 """The columns ``observe_item_log`` appends. The server has no per-item log yet, so it refuses a policy
 that reads them."""
