@@ -37,12 +37,20 @@ RAY = str(Path(sys.executable).with_name("ray"))
 # any local `ray.init`); this cluster always uses a token of its own, the machine's file stays untouched.
 TOKEN = secrets.token_hex(32)
 AUTH_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN}
-START_TIMEOUT_S = 120
+# On a loaded 2-core machine the head's dashboard can take more than Ray's default 60 s to start its
+# subprocess modules, and `ray start` then exits; it gets 180 s, and registration waits longer than that.
+DASHBOARD_STARTUP_TIMEOUT_S = 180
+START_TIMEOUT_S = 240
 STOP_TIMEOUT_S = 30
 START_ATTEMPTS = 3
 # What `ray start` prints when a start is worth another try with fresh ports: Ray's own startup timeout
 # on a loaded machine, or a port taken between the pick and the bind.
-RETRYABLE = ("timed out during startup", "Address already in use", "Failed to start the grpc server")
+RETRYABLE = (
+    "timed out during startup",
+    "Address already in use",
+    "Failed to start the grpc server",
+    "Failed to start the dashboard",
+)
 
 
 def group_members(pgid: int) -> dict[int, str]:
@@ -116,6 +124,7 @@ def start_node(name: str, root: Path, *args: str) -> RayNode:
         "--metrics-export-port": free_port(),
     }
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | AUTH_ENV
+    env["RAY_DASHBOARD_STARTUP_TIMEOUT_S"] = str(DASHBOARD_STARTUP_TIMEOUT_S)
     # Job entrypoints say `python`: it must be this environment's, as on a cluster image.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     log = root / f"{name}.log"
@@ -185,7 +194,9 @@ def start_until_registered(nodes: list[RayNode], start, registered, what: str) -
             wait_until(f"{what} to register", registered, [node])
             return
         except RuntimeError as error:
-            if not any(sign in str(error) for sign in RETRYABLE) or attempt + 1 == START_ATTEMPTS:
+            # The whole log: the error shows only its end, and Ray prints its reason before the details.
+            said = f"{error}\n{node.log.read_text()}"
+            if not any(sign in said for sign in RETRYABLE) or attempt + 1 == START_ATTEMPTS:
                 raise
             nodes.remove(node)
             node.stop()
