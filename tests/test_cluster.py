@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 from _ports import free_port
+from _ray_start import DASHBOARD_STARTUP_TIMEOUT_S, NODE_ENV
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for process groups")
 
@@ -37,10 +38,7 @@ RAY = str(Path(sys.executable).with_name("ray"))
 # any local `ray.init`); this cluster always uses a token of its own, the machine's file stays untouched.
 TOKEN = secrets.token_hex(32)
 AUTH_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN}
-# On a loaded 2-core machine the head's dashboard can take more than Ray's default 60 s to start its
-# subprocess modules, and `ray start` then exits; it gets 180 s, and registration waits longer than that.
-DASHBOARD_STARTUP_TIMEOUT_S = 180
-START_TIMEOUT_S = 240
+START_TIMEOUT_S = DASHBOARD_STARTUP_TIMEOUT_S + 60  # registration waits longer than the dashboard's start-up
 STOP_TIMEOUT_S = 30
 START_ATTEMPTS = 3
 # What `ray start` prints when a start is worth another try with fresh ports: Ray's own startup timeout
@@ -124,7 +122,7 @@ def start_node(name: str, root: Path, *args: str) -> RayNode:
         "--metrics-export-port": free_port(),
     }
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | AUTH_ENV
-    env["RAY_DASHBOARD_STARTUP_TIMEOUT_S"] = str(DASHBOARD_STARTUP_TIMEOUT_S)
+    env |= NODE_ENV
     # Job entrypoints say `python`: it must be this environment's, as on a cluster image.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     log = root / f"{name}.log"

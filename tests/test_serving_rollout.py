@@ -162,6 +162,7 @@ def test_serve_deploy_of_tampered_artifacts_under_load_fails_no_request(tmp_path
     import httpx
     import yaml
     from _ports import free_port
+    from _ray_start import NODE_ENV
 
     index = build_test_index(tmp_path / "index", n_items=60)
     dim = ItemIndex.load(str(index)).dim
@@ -184,9 +185,7 @@ def test_serve_deploy_of_tampered_artifacts_under_load_fails_no_request(tmp_path
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
     }  # its own token, as in production
-    # On a loaded 2-core machine the dashboard can take more than Ray's default 60 s to start, and the
-    # head then exits (as in tests/test_cluster.py).
-    env["RAY_DASHBOARD_STARTUP_TIMEOUT_S"] = "180"
+    env |= NODE_ENV
     head = subprocess.Popen(
         [f"{bin_dir}/ray", "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dashboard}",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--temp-dir={ray_temp}", "--num-cpus=6"],
