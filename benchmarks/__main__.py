@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "encoder_quality": [],
     "sequential_retrieval": [],  # after encoder_quality: it reads that run's data and zero-shot index
     "presets": ["--users", "400", "--preset", "long-term", "--preset", "classic", "--preset", "satiation"],
+    "state_estimate": ["--users", "4000"],
     "ope_coverage": ["--replications", "50", "--workers", "2"],
     "offline_learning": ["--log-users", "5000", "--eval-users", "4000", "--iterations", "1000"],
     "fairness": ["--users", "2000"],

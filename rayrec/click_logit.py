@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize
 
 from rayrec.slate_policy import Observation
 
@@ -80,6 +79,8 @@ def fit_slate_click_model(
         clicks: [n] clicked position, or -1 for no click.
         l2: ridge penalty on the weights (not the bias), keeps the embedding weights finite.
     """
+    from scipy.optimize import minimize  # here, not at import: the CLI's parser imports this module
+
     n, k, f = shown_features.shape
     x = np.concatenate([np.ones((n, k, 1)), shown_features, shown_embeddings], axis=2).astype(np.float64)
     start = np.zeros(x.shape[2] + k - 1)

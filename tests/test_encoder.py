@@ -198,35 +198,53 @@ def _train_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_train_encoder_with_two_workers_end_to_end(ray_session, world, tmp_path, capsys):
+def test_train_encoder_with_two_workers_end_to_end_through_a_killed_worker(
+    ray_session, world, tmp_path, capsys
+):
+    """Two workers, every objective, tracking, and a worker that exits hard at step 5 of 8 (after checkpoints at
+    steps 2 and 4): the retried group resumes from a checkpoint, never from 0, and the run still ends as one
+    model, one metrics file and one MLflow run (a single Ray Train run costs a minute here, so one run covers
+    both the end-to-end path and the fault)."""
     data, model = world
     out = tmp_path / "encoder"
     tracking = (tmp_path / "tracking").as_uri()  # --tracking-uri: any MLflow store, here another directory
     # the lowest layer and the embeddings frozen: FGM must still perturb them (it once silently did nothing then)
-    args = _train_args(data, model, out, "--max-steps", "6", "--simcse-weight", "0.5", "--simcse-batch", "8",
+    args = _train_args(data, model, out, "--max-steps", "8", "--simcse-weight", "0.5", "--simcse-batch", "8",
                        "--augment", "--fgm-epsilon", "0.5", "--grad-accum", "2", "--tracking-uri", tracking,
-                       "--freeze-layers", "1")  # fmt: skip
+                       "--freeze-layers", "1", "--checkpoint-every", "2", "--fail-at-step", "5",
+                       "--max-failures", "1")  # fmt: skip
     assert main(["train-encoder", *args]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    final, best = metrics["final"], metrics["best"]
+    assert final["train/step"] == 8
+    # the controller may not have registered step 4's report when the worker died: either checkpoint will do
+    resumed_from = final["train/start_step"]
+    assert resumed_from in (2, 4)
     # rank 0's progress is printed by the driver itself (a quiet run does not forward workers' output; a line
-    # forwarded by Ray would start with "(RayTrainWorker pid=...)"), once, in order
+    # forwarded by Ray would start with "(RayTrainWorker pid=...)"), once, in order; the driver's progress queue
+    # outlives the worker group, so the lines of both groups reach it
     printed = capsys.readouterr().out.splitlines()
     progress = [line for line in printed if line.startswith("[train-encoder] ")]
-    assert progress.count("[train-encoder] starting: 6 steps, 2 workers") == 1, printed
+    expected = [
+        "[train-encoder] starting: 8 steps, 2 workers",
+        "[train-encoder] chaos drill: worker 1 exits at step 5",
+        f"[train-encoder] resuming from step {resumed_from}: 8 steps, 2 workers",
+    ]
+    assert all(progress.count(line) == 1 for line in expected), printed
+    assert [progress.index(line) for line in expected] == sorted(progress.index(line) for line in expected)
     steps = [line for line in progress if line.startswith("[train-encoder] step ")]
     assert (
-        len(steps) == 1 and steps[0].startswith("[train-encoder] step 1/6 loss ") and "steps/s)" in steps[0]
+        len(steps) == 1 and steps[0].startswith("[train-encoder] step 1/8 loss ") and "steps/s)" in steps[0]
     )
     validations = [line for line in progress if line.startswith("[train-encoder] validation at step ")]
     assert len(validations) == 1 and validations[0].startswith(
-        "[train-encoder] validation at step 6: val/recall@10 "
+        "[train-encoder] validation at step 8: val/recall@10 "
     )
-    assert progress.index(steps[0]) < progress.index(validations[0])
+    assert progress.index(expected[-1]) < progress.index(validations[0])
     assert not any("RayTrainWorker" in line and "[train-encoder]" in line for line in printed)
-    metrics = json.loads((out / "metrics.json").read_text())
-    best = metrics["best"]
-    assert best["step"] == 6 and 0.0 <= best["val/recall@10"] <= 1.0
+    assert best["step"] == 8 and 0.0 <= best["val/recall@10"] <= 1.0
     assert best["val/recall@10"] <= best["val/recall@50"] + 1e-9
-    assert {"train/next_item_loss", "train/simcse_loss", "train/adversarial_loss"} <= set(metrics["final"])
+    assert {"train/next_item_loss", "train/simcse_loss", "train/adversarial_loss"} <= set(final)
     assert (out / "config.yaml").read_text().startswith("command: EncoderTrainConfig")
     texts = ["Space story 3. rocket galaxy", "Music story 4. guitar drums"]
     ours = TextEncoder.load(out).encode(texts)
@@ -236,36 +254,21 @@ def test_train_encoder_with_two_workers_end_to_end(ray_session, world, tmp_path,
     assert not np.allclose(ours, TextEncoder.load(model).encode(texts), atol=1e-4)
     before, after = (AutoModel.from_pretrained(m).get_input_embeddings().weight for m in (model, out))
     assert torch.equal(before, after)
-    # tracked by rank 0 only: one MLflow run with the config and the metrics, and TensorBoard events
+    # tracked by rank 0 only: one MLflow run with the config and the metrics, resumed by the retried group (it
+    # was once a second run beside the first, left RUNNING forever), and TensorBoard events
     (run,) = mlflow_runs(tracking, "rayrec-train-encoder")
     assert (
         run.info.status == "FINISHED"
-        and run.data.params["max_steps"] == "6"
+        and run.data.params["max_steps"] == "8"
         and run.data.params["workers"] == "2"
+        and run.data.tags["resumed_from_step"] == str(resumed_from)
     )
     recall = metric_history(tracking, run.info.run_id, "val/recall_at_10")
-    assert recall == [(6, pytest.approx(best["val/recall@10"]))]
-    assert [step for step, _ in metric_history(tracking, run.info.run_id, "train/loss")] == [1, 6]
+    assert recall == [(8, pytest.approx(best["val/recall@10"]))]
+    assert [step for step, _ in metric_history(tracking, run.info.run_id, "train/loss")] == [1, 8]
     scalars = tensorboard_scalars(out / "tensorboard")
-    assert [step for step, _ in scalars["val/recall_at_10"]] == [6] and "train/lr" in scalars
+    assert [step for step, _ in scalars["val/recall_at_10"]] == [8] and "train/lr" in scalars
     assert not (out / "mlruns").exists(), "the flag's store, not the default one"
-
-
-def test_a_killed_worker_resumes_from_the_latest_checkpoint(ray_session, world, tmp_path, capsys):
-    data, model = world
-    out = tmp_path / "encoder"
-    # the last worker exits hard at step 5, after checkpoints at steps 2 and 4; the retry must start from one
-    # of them (the controller may not have registered step 4's report when the worker died), never from 0
-    args = _train_args(data, model, out, "--max-steps", "8", "--checkpoint-every", "2", "--fail-at-step", "5",
-                       "--max-failures", "1")  # fmt: skip
-    assert encoder_trainer.main(args) == 0
-    final = json.loads((out / "metrics.json").read_text())["final"]
-    assert final["train/step"] == 8
-    assert final["train/start_step"] in (2, 4)
-    # the driver's progress queue outlives the worker group: the lines of both groups reach the driver
-    printed = capsys.readouterr().out.splitlines()
-    assert "[train-encoder] chaos drill: worker 1 exits at step 5" in printed
-    assert f"[train-encoder] resuming from step {final['train/start_step']}: 8 steps, 2 workers" in printed
 
 
 def test_a_rerun_resumes_only_a_run_trained_with_the_same_settings(world, tmp_path, capsys):

@@ -176,17 +176,27 @@ def test_the_satisfaction_replay_is_the_simulators():
     np.testing.assert_allclose(record[:, 0], expected, atol=1e-5)
 
 
-def test_sim_to_sim_recovery_within_ten_percent(small_world):
-    """Logs generated with known parameters under an exploring policy are fitted back within ±10%.
+@pytest.mark.parametrize(
+    ("users", "bar"),
+    [
+        (2_500, 0.20),
+        # 90 s on 2 cores: the bar of the issue, at the size where it holds for any draw (below)
+        pytest.param(10_000, 0.10, marks=pytest.mark.slow),
+    ],
+)
+def test_sim_to_sim_recovery(small_world, users, bar):
+    """Logs generated with known parameters under an exploring policy are fitted back within ``bar``.
 
-    10,000 users under the ``random`` logging policy (every retrieved candidate at every position), fitted
+    ``users`` users under the ``random`` logging policy (every retrieved candidate at every position), fitted
     from the preset values with 16 draws per user (the command's default); ``interest_noise`` is held at its
-    true value here (the slow test fits it too). Sized so that the bar holds for any draw, not one: each
-    parameter's spread over seeds is 1-3% at 10,000 users and 3-5% at 5,000, where one of ten lands past
-    ±10% in a fair share of draws (``python -m benchmarks.calibration_recovery --users N --seeds 6``).
+    true value here (the slow test below fits it too). Each parameter's spread over seeds is 1-3% at 10,000
+    users and 3-5% at 5,000, where one of ten lands past ±10% in a fair share of draws (``python -m
+    benchmarks.calibration_recovery --users N --seeds 6``): so ±10% needs 10,000 users (slow), and the quick
+    run holds 2,500 users to ±20%, about four of their standard errors (the largest error over seeds 1-4 was
+    8.5%). Both check that the standard errors are honest.
     """
     truth = SlateEnvConfig(data_dir=small_world, **TRUTH)
-    log, _ = simulate_log(truth, "random", 10_000, seed=1)
+    log, _ = simulate_log(truth, "random", users, seed=1)
     start = SlateEnvConfig(data_dir=small_world)
     catalog = load_world(truth).catalog
     choice_free = [n for n in TRUTH if n in choice_values(truth)]
@@ -197,7 +207,7 @@ def test_sim_to_sim_recovery_within_ten_percent(small_world):
     )
     fitted = {**fit.values, **dynamics.values}
     errors = {name: fitted[name] / TRUTH[name] - 1.0 for name in TRUTH}
-    assert all(abs(e) <= 0.10 for e in errors.values()), errors
+    assert all(abs(e) <= bar for e in errors.values()), errors
     # The standard errors are honest: each estimate within 4 of them of the truth.
     se = {**fit.std_errors, **dynamics.std_errors}
     assert all(abs(fitted[n] - TRUTH[n]) <= 4 * se[n] for n in TRUTH), (fitted, se)

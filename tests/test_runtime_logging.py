@@ -14,8 +14,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# Runs in the subprocess: start Ray through rayrec, have a worker print, log through Ray's loggers (including
-# ray.data, which resets its logger when first imported, after init_ray), raise a library-style warning.
+# Runs in the subprocess: start Ray through rayrec, have a worker print, relay a task's progress lines (quiet
+# runs), log through Ray's loggers (including ray.data, which resets its logger when first imported, after
+# init_ray), raise a library-style warning.
 CHILD = textwrap.dedent(
     """
     import logging, sys, time, warnings
@@ -33,6 +34,17 @@ CHILD = textwrap.dedent(
         return 7
 
     assert ray.get(shout.remote()) == 7
+    if sys.argv[2] == "quiet":
+        # a task's progress lines go through train-encoder's relay, which the driver prints
+        from trainers.encoder import ProgressRelay
+
+        @ray.remote(num_cpus=0)
+        def work(progress):
+            for i in range(3):
+                progress.put(f"RELAYED-LINE {i}")
+
+        with ProgressRelay(poll_s=0.1) as progress:
+            ray.get(work.remote(progress))
     import ray.data  # configures the ray.data logger now, after init_ray
 
     logging.getLogger("ray.data").warning("RAY-DATA-WARNING-LINE")
@@ -71,6 +83,11 @@ def test_quiet_ray_logs_go_to_the_run_directory(tmp_path):
     assert f"Ray logs: {log_file}" in result.stdout.splitlines()
     assert f"RESULT {log_file}" in result.stdout
     assert "PROGRESS-LINE" in result.stdout
+    # the workers' own output stays quiet, their progress reaches the terminal through the driver, in order
+    lines = result.stdout.splitlines()
+    relayed = [line for line in lines if line.startswith("RELAYED-LINE")]
+    assert relayed == [f"RELAYED-LINE {i}" for i in range(3)], result.stdout
+    assert lines.index("RELAYED-LINE 2") < lines.index("PROGRESS-LINE")
     terminal = result.stdout + result.stderr
     for line in (*RAY_LINES, *WORKER_LINES, "Started a local Ray instance"):
         assert line not in terminal, f"{line!r} reached the terminal:\n{terminal}"
@@ -90,48 +107,3 @@ def test_verbose_shows_ray_logs_and_worker_output(tmp_path):
     terminal = result.stdout + result.stderr
     for line in (*WORKER_LINES, "RAY-DATA-WARNING-LINE", "LIBRARY-WARNING-LINE"):
         assert line in terminal, f"{line!r} missing from the terminal:\n{terminal}"
-
-
-# Runs in the subprocess: a quiet Ray (workers' output not forwarded) and a Ray task that sends progress lines
-# through train-encoder's relay, which the driver prints.
-RELAY_CHILD = textwrap.dedent(
-    """
-    import sys
-
-    import ray
-
-    from rayrec.runtime import init_ray
-    from trainers.encoder import ProgressRelay
-
-    init_ray(None, num_cpus=1, log_dir=sys.argv[1])
-
-    @ray.remote(num_cpus=0)
-    def work(progress):
-        for i in range(3):
-            progress.put(f"RELAYED-LINE {i}")
-        print("WORKER-STDOUT-LINE", flush=True)
-
-    with ProgressRelay(poll_s=0.1) as progress:
-        ray.get(work.remote(progress))
-    print("DONE", flush=True)
-    ray.shutdown()
-    """
-)
-
-
-def test_quiet_run_prints_the_workers_progress_from_the_driver(tmp_path):
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    result = subprocess.run(
-        [sys.executable, "-c", RELAY_CHILD, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-        cwd=REPO_ROOT,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
-    relayed = [line for line in lines if line.startswith("RELAYED-LINE")]
-    assert relayed == [f"RELAYED-LINE {i}" for i in range(3)], result.stdout
-    assert lines.index("RELAYED-LINE 2") < lines.index("DONE")
-    assert "WORKER-STDOUT-LINE" not in result.stdout + result.stderr  # the worker's own print stays quiet

@@ -264,7 +264,7 @@ def test_session_step_reaches_the_ranker_and_its_requests_row(client, live_app, 
 
 
 def test_ab_assignment_is_stable_and_near_its_weights(client, live_app):
-    users = [f"user-{i}" for i in range(300)]
+    users = [f"user-{i}" for i in range(60)]
     arms = {}
     for user in users:
         response = recommend(client, live_app, user_id=user, history=["item-0002"], k=2)
@@ -273,13 +273,16 @@ def test_ab_assignment_is_stable_and_near_its_weights(client, live_app):
         # the arm is the shared assignment function of the raw id and the salt: not of the pseudonym,
         # so that rotating the pseudonymization key or moving the events leaves users in their arms
         assert arms[user] == assign_arm(user, WEIGHTS)
-    for user in users[:40]:
+    assert set(arms.values()) == {arm for arm, _ in WEIGHTS}
+    for user in users[:20]:
         assert recommend(client, live_app, user_id=user, history=[], k=1).json()["arm"] == arms[user]
-    shares = Counter(arms.values())
+    # the server answers with the function's arm (above), so the function's shares are the server's: checked
+    # on many ids without a request each (the first version sent 340 requests, 27 s on 2 cores)
+    shares = Counter(assign_arm(f"user-{i}", WEIGHTS) for i in range(20_000))
     for arm, weight in WEIGHTS:
         expected = weight / sum(w for _, w in WEIGHTS)
-        share = shares[arm] / len(users)
-        assert abs(share - expected) < 0.1, f"{arm} share {share:.2f}, expected {expected:.2f}"
+        share = shares[arm] / 20_000
+        assert abs(share - expected) < 0.015, f"{arm} share {share:.3f}, expected {expected:.3f}"
 
 
 def test_overload_is_a_fast_503_not_a_hang(live_app):

@@ -75,3 +75,31 @@ def test_a_failed_run_is_marked_failed_and_none_turns_mlflow_off(tmp_path):
         tracker.log({"a": 1.0}, step=1)
         assert tracker.run_id is None
     assert not off.exists()
+
+
+def test_a_resumed_run_continues_the_same_mlflow_run_and_keeps_its_first_params(tmp_path, capsys):
+    """What a retried or rerun training does: the run its checkpoint names goes on (one training, one run); a
+    changed setting that MLflow cannot overwrite is a ``resumed/`` tag; a run the store lacks starts anew."""
+    params = {"lr": 0.1, "max_steps": 4, "model": {"hidden": 16}}
+    with start_tracking(None, tmp_path, experiment="unit", run_name="r", params=params) as first:
+        first.log({"train/loss": 1.0}, step=1)
+        run_id = first.run_id
+    longer = {**params, "max_steps": 8}
+    with start_tracking(
+        None, tmp_path, experiment="unit", run_name="r", params=longer, resume_run_id=run_id,
+        tags={"resumed_from_step": "4"},
+    ) as resumed:  # fmt: skip
+        assert resumed.run_id == run_id
+        resumed.log({"train/loss": 0.5}, step=8)
+    uri = (tmp_path / "mlruns").as_uri()
+    (run,) = mlflow_runs(uri, "unit")
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"lr": "0.1", "max_steps": "4", "model/hidden": "16"}
+    assert run.data.tags["resumed/max_steps"] == "8" and run.data.tags["resumed_from_step"] == "4"
+    assert metric_history(uri, run_id, "train/loss") == [(1, 1.0), (8, 0.5)]
+    with start_tracking(
+        None, tmp_path, experiment="unit", run_name="r", params=params, resume_run_id="0" * 32
+    ) as fresh:
+        assert fresh.run_id not in (None, run_id)
+    assert "cannot be resumed" in capsys.readouterr().out
+    assert len(mlflow_runs(uri, "unit")) == 2

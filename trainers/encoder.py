@@ -83,6 +83,8 @@ class _Worker:
         self.best: dict[str, float] = {}
         self.start_step = 0
         self.history: list[dict[str, Any]] = []
+        self.tracking_run_id: str | None = None
+        """Rank 0's MLflow run, kept in the checkpoints: a retried worker group resumes it (one run per training)."""
 
     # --- construction, one piece each ------------------------------------------------------------------
 
@@ -179,6 +181,7 @@ class _Worker:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
         self.best, self.history = state["best"], state["history"]
+        self.tracking_run_id = state.get("tracking_run_id")
 
     def report(self, metrics: dict[str, Any]) -> None:
         """Report ``metrics`` from every worker (a barrier) with a checkpoint written by rank 0."""
@@ -201,6 +204,7 @@ class _Worker:
                 "step_in_epoch": self.step_in_epoch,
                 "best": self.best,
                 "history": self.history,
+                "tracking_run_id": self.tracking_run_id,
             }
             torch.save(state, Path(directory) / STATE_FILE)
             ray.train.report(
@@ -399,7 +403,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
             run_name=cfg.name,
             params=loop_config["config"],
             tags={"resumed_from_step": str(worker.step), "workers": str(cfg.workers)},
+            resume_run_id=worker.tracking_run_id,
         )
+        worker.tracking_run_id = tracker.run_id
     shard = ray.train.get_dataset_shard("train")
     key = f"val/recall@{cfg.eval_k}"
     started, last = time.perf_counter(), {}

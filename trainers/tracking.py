@@ -146,6 +146,7 @@ def start_tracking(
     params: Mapping[str, Any],
     tensorboard: bool = True,
     tags: Mapping[str, str] | None = None,
+    resume_run_id: str | None = None,
 ) -> Tracker:
     """Start the MLflow run (Ray's ``setup_mlflow``; rank 0 only inside Ray Train) and the TensorBoard writer.
 
@@ -157,6 +158,9 @@ def start_tracking(
         params: the resolved config, logged as the run's parameters.
         tensorboard: also write TensorBoard events to ``<out>/tensorboard`` (a local ``out`` only).
         tags: extra MLflow run tags.
+        resume_run_id: an MLflow run to continue instead of starting one (a worker group retried after a
+            failure resumes the run its checkpoint names, so one training is one run, not an abandoned
+            ``RUNNING`` one and a second); a run the store does not have starts a new one.
     """
     uri = resolve_tracking_uri(tracking_uri, out)
     mlflow = None
@@ -175,8 +179,11 @@ def start_tracking(
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # see the module docstring
         from ray.air.integrations.mlflow import setup_mlflow
 
+        logged = run_params(params)
+        if resume_run_id is not None:
+            logged = _reopen_run(uri, resume_run_id, logged)  # setup_mlflow keeps an active run
         mlflow = setup_mlflow(
-            run_params(params),
+            logged,
             tracking_uri=uri,
             experiment_name=experiment,
             run_name=run_name,
@@ -186,12 +193,45 @@ def start_tracking(
         )
         if not isinstance(mlflow, types.ModuleType):  # the no-op stand-in of a worker other than rank 0
             mlflow = None
+        elif tags:
+            mlflow.set_tags(dict(tags))  # a resumed run keeps its own tags unless set again
     writer = None
     if tensorboard and not storage.is_remote(str(out)):
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(log_dir=str(Path(storage.local_path(str(out))) / TENSORBOARD_DIR))
     return Tracker(mlflow, writer)
+
+
+def _flat(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested parameters as MLflow stores them: ``a/b`` keys, string values."""
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        if isinstance(value, Mapping):
+            out |= _flat(value, f"{prefix}{key}/")
+        else:
+            out[f"{prefix}{key}"] = str(value)
+    return out
+
+
+def _reopen_run(uri: str, run_id: str, params: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Make MLflow run ``run_id`` at ``uri`` the active run again, if the store has it; returns the parameters
+    still to log. MLflow refuses to change a logged parameter, and a resumed run may change some (a longer
+    ``max_steps``): those keep their first value and the new one is a ``resumed/<name>`` tag."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(uri)
+    try:
+        run = mlflow.start_run(run_id=run_id)
+    except MlflowException as exc:
+        print(f"[tracking] MLflow run {run_id} cannot be resumed ({exc}): a new run starts", flush=True)
+        return params
+    before = run.data.params
+    flat = _flat(params)
+    changed = {key: value for key, value in flat.items() if key in before and before[key] != value}
+    mlflow.set_tags({f"resumed/{key}": value for key, value in changed.items()})
+    return {key: value for key, value in flat.items() if key not in changed}
 
 
 def evaluation_metrics(summary: Mapping[str, Any]) -> dict[str, float]:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
-from scipy import stats as sps
 
 from rayrec.errors import ConfigError, DataError
 
@@ -52,6 +52,8 @@ def t_test_power(
     users_per_arm: int | np.ndarray, effect: float, sd: float, alpha: float = 0.05
 ) -> np.ndarray:
     """Exact power of the two-sided two-sample t-test with ``users_per_arm`` users in each arm."""
+    from scipy import stats as sps  # here, not at import: `rayrec --help` registers this module's command
+
     n = np.asarray(users_per_arm, dtype=np.float64)
     df = 2.0 * n - 2.0
     ncp = abs(effect) / (sd * np.sqrt(2.0 / n))
@@ -94,7 +96,7 @@ def plan_sample_size(
         effect = abs(mde)
     if not effect > 0:
         raise ConfigError(f"the minimum detectable effect must be non-zero, got {mde}")
-    z = sps.norm.ppf(1.0 - alpha / 2.0) + sps.norm.ppf(power)
+    z = NormalDist().inv_cdf(1.0 - alpha / 2.0) + NormalDist().inv_cdf(power)
     n = max(2, math.ceil(2.0 * (baseline_sd * z / effect) ** 2))
     # The t-test needs a few more users than the normal formula; step up (and back down) to the exact size.
     while t_test_power(n, effect, baseline_sd, alpha) < power:

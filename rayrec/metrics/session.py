@@ -55,7 +55,6 @@ from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import numpy as np
-from scipy.special import stdtrit  # the t quantile; scipy.stats would slow `rayrec --help`
 
 from rayrec.errors import DataError
 
@@ -246,6 +245,8 @@ def mean_interval(values: np.ndarray, alpha: float = 0.05) -> dict[str, float]:
     mean = float(values.mean()) if n else float("nan")
     if n < 2:
         return {"mean": mean, "ci95_low": float("nan"), "ci95_high": float("nan")}
+    from scipy.special import stdtrit  # the t quantile; here, not at import: it would slow `rayrec --help`
+
     half = float(stdtrit(n - 1, 1 - alpha / 2)) * float(values.std(ddof=1)) / math.sqrt(n)
     return {"mean": mean, "ci95_low": mean - half, "ci95_high": mean + half}
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 from enum import IntEnum
 
 import numpy as np
-from scipy.special import ndtri
 
 
 class Stream(IntEnum):
@@ -76,4 +75,6 @@ def hashed_uniform(seed: int, stream: int, index: np.ndarray, width: int | None 
 
 def hashed_normal(seed: int, stream: int, index: np.ndarray, width: int) -> np.ndarray:
     """[n, width] standard normal draws by inverse CDF of :func:`hashed_uniform`."""
+    from scipy.special import ndtri  # here, not at import: the CLI's parser imports this module
+
     return ndtri(hashed_uniform(seed, stream, index, width))

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from scipy.special import ndtri
 
 from rayrec.errors import ConfigError
 from rayrec.features import l2_normalize
@@ -147,6 +146,8 @@ class SyntheticWorld:
         """Attributes of the items at ``index`` ([n] int); independent of which other items are asked for."""
         cfg = self.config
         index = np.asarray(index, dtype=np.int64)
+        from scipy.special import ndtri  # here, not at import: the CLI's parser imports this module
+
         u = hashed_uniform(cfg.seed, Stream.ITEM, index, width=6)  # [n, 6]
         topic = np.minimum(np.searchsorted(self._topic_cdf, u[:, 0]), cfg.topics - 1).astype(np.int32)
         if cfg.topics > 1:
