@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from benchmarks.presets import FEEDBACK_SWITCHES
 from envs import build_simulator, make_policy
 from envs.policies import ItemRulePolicy
 from envs.presets import preset
@@ -38,6 +39,8 @@ from rayrec.features import LAST_CLICK_RATING, LAST_ENGAGEMENT
 
 THRESHOLD = 0.75
 """The satisfaction the feedback switches spend above (``benchmarks.presets.FEEDBACK_SWITCHES``)."""
+COUNT_COLUMNS = ("stay_step", "clicks", "since_click")
+"""Counts, which enter the fit as ``log1p``."""
 
 
 @dataclass
@@ -94,7 +97,7 @@ ESTIMATORS: dict[str, tuple[str, ...]] = {
 def design(table: dict[str, np.ndarray], columns: tuple[str, ...]) -> np.ndarray:
     """[n, p] a constant, the columns (counts as log1p), their squares and pairwise products, and an
     indicator of no click yet (its feedback columns are then 0 by convention, not by measurement)."""
-    base = [np.log1p(table[c]) if c in ("stay_step", "clicks", "since_click") else table[c] for c in columns]
+    base = [np.log1p(table[c]) if c in COUNT_COLUMNS else table[c] for c in columns]
     if "last_engagement" in columns:
         base.append((table["clicks"] == 0).astype(np.float64))
     x = np.stack(base, axis=1)  # [n, c]
@@ -129,8 +132,6 @@ def measure(name: str, users: int, seed: int, behaviour: str) -> tuple[str, dict
     )
     sim = build_simulator(config, batch=min(users, 1000))
     if behaviour == "feedback-switch":
-        from benchmarks.presets import FEEDBACK_SWITCHES
-
         policy = ItemRulePolicy(sim, FEEDBACK_SWITCHES[0])
     else:
         policy = make_policy(behaviour, sim)

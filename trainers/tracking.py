@@ -181,7 +181,7 @@ def start_tracking(
 
         logged = run_params(params)
         if resume_run_id is not None:
-            logged = _reopen_run(uri, resume_run_id, logged)  # setup_mlflow keeps an active run
+            logged = _reopen_run(uri, resume_run_id, logged, tags or {})  # setup_mlflow keeps an active run
         mlflow = setup_mlflow(
             logged,
             tracking_uri=uri,
@@ -193,8 +193,6 @@ def start_tracking(
         )
         if not isinstance(mlflow, types.ModuleType):  # the no-op stand-in of a worker other than rank 0
             mlflow = None
-        elif tags:
-            mlflow.set_tags(dict(tags))  # a resumed run keeps its own tags unless set again
     writer = None
     if tensorboard and not storage.is_remote(str(out)):
         from torch.utils.tensorboard import SummaryWriter
@@ -214,10 +212,13 @@ def _flat(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _reopen_run(uri: str, run_id: str, params: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Make MLflow run ``run_id`` at ``uri`` the active run again, if the store has it; returns the parameters
-    still to log. MLflow refuses to change a logged parameter, and a resumed run may change some (a longer
-    ``max_steps``): those keep their first value and the new one is a ``resumed/<name>`` tag."""
+def _reopen_run(
+    uri: str, run_id: str, params: Mapping[str, Any], tags: Mapping[str, str]
+) -> Mapping[str, Any]:
+    """Make MLflow run ``run_id`` at ``uri`` the active run again, if the store has it, with ``tags`` set on it
+    (``setup_mlflow`` tags only the runs it starts); returns the parameters still to log. MLflow refuses to
+    change a logged parameter, and a resumed run may change some (a longer ``max_steps``): those keep their
+    first value and the new one is a ``resumed/<name>`` tag."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -230,7 +231,7 @@ def _reopen_run(uri: str, run_id: str, params: Mapping[str, Any]) -> Mapping[str
     before = run.data.params
     flat = _flat(params)
     changed = {key: value for key, value in flat.items() if key in before and before[key] != value}
-    mlflow.set_tags({f"resumed/{key}": value for key, value in changed.items()})
+    mlflow.set_tags({**tags, **{f"resumed/{key}": value for key, value in changed.items()}})
     return {key: value for key, value in flat.items() if key not in changed}
 
 
