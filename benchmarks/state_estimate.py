@@ -15,7 +15,9 @@ columns (a ridge of 1e-6), so the comparison is between information, not model c
 - ``session clock``: the step of the session and of the user's whole stay (what every observation holds);
 - ``+ completion rate``: ``last_engagement``, the satisfaction the last click met, one click late;
 - ``+ rating of that item``: ``last_click_rating``, what that click did to the satisfaction;
-- ``+ click counts``: the user's clicks so far and steps since the last click (a server's own log).
+- ``+ click counts``: the user's clicks so far and steps since the last click (a server's own log);
+- ``+ satisfaction estimate``: ``satisfaction_estimate`` (``observe_lift``), the completion rate plus what a
+  click on that item is logged to do to it, with the columns of ``+ rating of that item``.
 
 Per estimator: R², the root mean squared error, and the share of steps where the estimate and the truth
 fall on different sides of the switch's threshold (the decision a policy makes from it), over all steps
@@ -35,7 +37,7 @@ from envs import build_simulator, make_policy
 from envs.policies import ItemRulePolicy
 from envs.presets import preset
 from envs.rollout import StepRecord, evaluate_policy
-from rayrec.features import LAST_CLICK_RATING, LAST_ENGAGEMENT
+from rayrec.features import LAST_CLICK_RATING, LAST_ENGAGEMENT, SATISFACTION_ESTIMATE
 
 THRESHOLD = 0.75
 """The satisfaction the feedback switches spend above (``benchmarks.presets.FEEDBACK_SWITCHES``)."""
@@ -64,6 +66,7 @@ class StepLog:
             "since_click": np.array([self.since_click.get(u, 0) for u in users], np.float64),
             "last_engagement": first[:, self.names.index(LAST_ENGAGEMENT)].astype(np.float64),
             "last_click_rating": first[:, self.names.index(LAST_CLICK_RATING)].astype(np.float64),
+            "satisfaction_estimate": first[:, self.names.index(SATISFACTION_ESTIMATE)].astype(np.float64),
             "satisfaction": first[:, self.names.index("satisfaction")].astype(np.float64),
         }
         for key, value in row.items():
@@ -89,6 +92,13 @@ ESTIMATORS: dict[str, tuple[str, ...]] = {
         "last_click_rating",
         "clicks",
         "since_click",
+    ),
+    "+ satisfaction estimate": (
+        "session_step",
+        "stay_step",
+        "last_engagement",
+        "last_click_rating",
+        "satisfaction_estimate",
     ),
 }
 """Estimator → the columns it reads (each a subset of what a server logs or the observation holds)."""
@@ -128,7 +138,11 @@ def fit_and_score(
 def measure(name: str, users: int, seed: int, behaviour: str) -> tuple[str, dict[str, np.ndarray], dict]:
     """(behaviour policy's name and mean return, the step table, estimator → :func:`fit_and_score`)."""
     config = preset(name).replace(
-        observe_rating=True, observe_feedback=True, observe_last_click=True, observe_hidden=("satisfaction",)
+        observe_rating=True,
+        observe_feedback=True,
+        observe_last_click=True,
+        observe_lift=True,
+        observe_hidden=("satisfaction",),
     )
     sim = build_simulator(config, batch=min(users, 1000))
     if behaviour == "feedback-switch":

@@ -28,9 +28,9 @@ class ItemCatalog:
         categories: [N] str or None (for the category mix in calibration reports).
         rating: [N] float32 :func:`rayrec.features.rating_feature` of the items' logged ratings (observed),
             or None: only a simulator with ``observe_rating`` needs it (:func:`envs.factory.load_world`).
-        item_log: [N, 2] float32 :data:`rayrec.features.ITEM_LOG_FEATURES` of the items (observed: logged
-            click-through rate and watch time), or None: only a simulator with ``observe_item_log`` needs it
-            (:func:`envs.item_log.item_log_features`).
+        item_log: [N, 3] float32 :data:`rayrec.features.ITEM_LOG_FEATURES` and :data:`rayrec.features.ITEM_LIFT`
+            of the items (observed: logged click-through rate, watch time and lift), or None: only a simulator
+            with ``observe_item_log`` or ``observe_lift`` needs it (:func:`envs.item_log.item_log_features`).
     """
 
     item_ids: np.ndarray
@@ -54,8 +54,8 @@ class ItemCatalog:
             value = getattr(self, name)
             if value is not None and value.shape != (n,):
                 raise DataError(f"catalog: {name} {value.shape} must be [{n}]")
-        if self.item_log is not None and self.item_log.shape != (n, 2):
-            raise DataError(f"catalog: item_log {self.item_log.shape} must be [{n}, 2]")
+        if self.item_log is not None and self.item_log.shape != (n, 3):
+            raise DataError(f"catalog: item_log {self.item_log.shape} must be [{n}, 3]")
         if n == 0:
             raise DataError("catalog: no items")
 

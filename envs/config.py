@@ -180,9 +180,16 @@ class SlateEnvConfig:
     of their candidates, shrunk by :func:`rayrec.features.shrunk_mean`. Services aggregate both per item
     from their exploration traffic; they say what draws clicks beyond interest (clickbait) and what holds
     attention, with the noise of a finite log and the bias of who clicks what."""
+    observe_lift: bool = False
+    """Append :data:`rayrec.features.LIFT_FEATURES` after the item-log columns: each candidate's ``item_lift``,
+    the mean change in a user's completion rate from a click on it to their next click in the same
+    exploration log (shrunk toward what its logged click-through rate and watch time predict), and the
+    user's ``satisfaction_estimate``, their last completion rate plus the lift of the item that click was on
+    (0 before their first click). The completion rate reads the satisfaction one click late; the lift of
+    what was clicked brings it up to now (``python -m benchmarks.state_estimate`` measures how well)."""
     item_log_users: int = 10_000
-    """Users in the exploration log that ``observe_item_log`` reads; fewer users, fewer impressions and
-    clicks per item and noisier estimates."""
+    """Users in the exploration log that ``observe_item_log`` and ``observe_lift`` read; fewer users, fewer
+    impressions and clicks per item and noisier estimates."""
     rating_log_users: int = 10_000
     """Users in the built-in world's log that ``observe_rating`` reads (about 6 ratings each); fewer users,
     sparser and noisier ratings."""
@@ -231,6 +238,7 @@ class SlateEnvConfig:
             "observe_feedback",
             "observe_last_click",
             "observe_item_log",
+            "observe_lift",
             "retrieval_shortlist",
         ):
             if not isinstance(getattr(self, name), bool):
@@ -302,6 +310,7 @@ class SlateEnvConfig:
             self.observe_feedback,
             self.observe_last_click,
             self.observe_item_log,
+            self.observe_lift,
         )
 
     def replace(self, **changes: Any) -> SlateEnvConfig:

@@ -204,27 +204,29 @@ def observed_rating(config: SlateEnvConfig, world: World) -> np.ndarray:
 
 
 ITEM_LOG_SEED = 2_000_003
-"""Seeds the exploration log that ``observe_item_log`` reads: apart from the seeds of training (small
+"""Seeds the exploration log that ``observe_item_log`` and ``observe_lift`` read: apart from the seeds of training (small
 integers) and of the held-out evaluation users (1,000,003)."""
 _item_logs: dict[str, np.ndarray] = {}
 
 
 def observed_item_log(config: SlateEnvConfig) -> np.ndarray:
-    """[N, 2] float32 each item's click-through rate and watch time per click in the exploration log of
+    """[N, 3] float32 each item's click-through rate, watch time per click and lift in the exploration log of
     ``config.item_log_users`` training users of ``config``'s world (:func:`envs.item_log.item_log_features`;
     cached per process, like the world, so the many simulators of one run make the log once).
 
-    The log's simulator is ``config``'s world with the watch time as its reward and nothing appended to the
-    observation; its users are the training split, so held-out users' behaviour never enters a feature.
+    The log's simulator is ``config``'s world with the watch time as its reward and only the completion rate
+    appended to the observation; its users are the training split, so held-out users' behaviour never
+    enters a feature.
     """
     log_config = config_with(
         config,
         reward="watch",
         diversity_weight=0.0,
         observe_rating=False,
-        observe_feedback=False,
+        observe_feedback=True,
         observe_last_click=False,
         observe_item_log=False,
+        observe_lift=False,
         observe_hidden=(),
         user_split="train",
     )
@@ -273,7 +275,7 @@ def build_simulator(
     catalog = world.catalog
     if config.observe_rating:
         catalog = dataclasses.replace(catalog, rating=observed_rating(config, world))
-    if config.observe_item_log:
+    if config.observe_item_log or config.observe_lift:
         catalog = dataclasses.replace(catalog, item_log=observed_item_log(config))
     choice = choice_model if choice_model is not None else ConditionalLogitChoice.from_config(config)
     sampler: UserSampler

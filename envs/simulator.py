@@ -22,11 +22,13 @@ from envs.users import UserSampler, UserState
 from rayrec.features import (
     FEATURE_NAMES,
     ITEM_CTR,
+    ITEM_LIFT,
     ITEM_RATING,
     ITEM_WATCH,
     LAST_CLICK_RATING,
     LAST_ENGAGEMENT,
     NUM_FEATURES,
+    SATISFACTION_ESTIMATE,
     build_observation,
 )
 
@@ -221,7 +223,8 @@ class SlateSimulator:
         """[B, K, len(names)] float32 features of the current candidates beyond :data:`rayrec.features.FEATURE_NAMES`,
         in the order of ``names``: ``item_rating`` (the catalog's observed ratings), ``last_engagement`` (the
         users' feedback on their last click), ``last_click_rating`` (that item's rating), ``item_ctr`` and ``item_watch`` (the
-        catalog's logged click-through rate and watch time per click) and the simulation-only
+        catalog's logged click-through rate and watch time per click), ``item_lift`` and
+        ``satisfaction_estimate`` (:meth:`satisfaction_estimate`) and the simulation-only
         :data:`rayrec.features.HIDDEN_FEATURE_NAMES`."""
         items, users = self.candidate_items, self.users  # [B, K]
         columns = {
@@ -235,9 +238,21 @@ class SlateSimulator:
             LAST_CLICK_RATING: lambda: np.broadcast_to(self.last_click_rating()[:, None], items.shape),
             ITEM_CTR: lambda: self.catalog.item_log[items, 0],
             ITEM_WATCH: lambda: self.catalog.item_log[items, 1],
+            ITEM_LIFT: lambda: self.catalog.item_log[items, 2],
+            SATISFACTION_ESTIMATE: lambda: np.broadcast_to(
+                self.satisfaction_estimate()[:, None], items.shape
+            ),
             "satisfaction": lambda: np.broadcast_to(users.satisfaction[:, None], items.shape),
         }
         return np.stack([columns[name]() for name in names], axis=-1).astype(np.float32)  # [B, K, H]
+
+    def satisfaction_estimate(self) -> np.ndarray:
+        """[B] float32 each user's :data:`rayrec.features.SATISFACTION_ESTIMATE`: their last completion rate plus
+        the logged lift of the item that click was on, clipped to [0, 1]; 0 before their first click."""
+        last = self.users.last_click
+        lift = self.catalog.item_log[np.maximum(last, 0), 2]
+        estimate = np.clip(self.users.last_engagement + lift, 0.0, 1.0)
+        return np.where(last >= 0, estimate, 0.0).astype(np.float32)
 
     def last_click_rating(self) -> np.ndarray:
         """[B] float32 the ``item_rating`` of each user's last clicked item, 0 before their first click."""

@@ -32,7 +32,10 @@ policies that read them and logs them with the request.
 Per-item log statistics: a simulator built with ``observe_item_log`` then appends :data:`ITEM_LOG_FEATURES`,
 each candidate's click-through rate and mean watch time per click in a log of exploration traffic
 (:func:`shrunk_mean`). They are observable wherever impressions and watch time are logged; the server does
-not build them yet and refuses a policy that reads them.
+not build them yet and refuses a policy that reads them. One built with ``observe_lift`` then appends
+:data:`LIFT_FEATURES`: what a click on each candidate is logged to do to the clicker's completion rate, and
+the user's satisfaction estimated from their last completion rate and that item's lift (the same log, the
+same refusal).
 
 Simulation only: a simulator built with ``observe_hidden`` (:class:`envs.config.SlateEnvConfig`) appends some
 or all of :data:`HIDDEN_FEATURE_NAMES` to each candidate's features, the hidden state that ``planner`` and
@@ -82,6 +85,24 @@ who clicks it (their satisfaction): the estimate is confounded by the clickers."
 ITEM_LOG_FEATURES = (ITEM_CTR, ITEM_WATCH)
 """The columns ``observe_item_log`` appends. The server has no per-item log yet, so it refuses a policy
 that reads them."""
+ITEM_LIFT = "item_lift"
+"""With ``observe_lift``, the per-item column appended after :data:`ITEM_LOG_FEATURES`: how much a click on
+the item changes the clicker's completion rate, measured in the exploration log as the mean change from a
+user's completion rate of that click to their completion rate of their next click, shrunk toward what the
+item's logged click-through rate and watch time predict (:func:`envs.item_log.item_log_features`). It says
+what consuming the item does to the user, which the item's own completion rate, read before it was
+watched, cannot."""
+SATISFACTION_ESTIMATE = "satisfaction_estimate"
+"""With ``observe_lift``, the per-user column after :data:`ITEM_LIFT` (the same value in every row of a
+request): :data:`LAST_ENGAGEMENT` plus the :data:`ITEM_LIFT` of the item that click was on, clipped to
+[0, 1], 0 before the user's first click. The completion rate reads the user's satisfaction one click late;
+adding what the clicked item is logged to do brings the estimate up to now."""
+LIFT_FEATURES = (ITEM_LIFT, SATISFACTION_ESTIMATE)
+"""The columns ``observe_lift`` appends. Like :data:`ITEM_LOG_FEATURES` they read an exploration log no
+index stores yet, so the server refuses a policy that reads them."""
+LIFT_PRIOR_COUNT = 5.0
+"""Pseudo-pairs (a click and the same user's next click) at the prediction of the item's logged rates that
+every item's measured lift is shrunk with."""
 IMPRESSION_PRIOR_COUNT = 20.0
 """Pseudo-impressions at the log's mean click-through rate that every item's rate is shrunk with."""
 CLICK_PRIOR_COUNT = 5.0
@@ -92,13 +113,15 @@ OBSERVE_SETTINGS = {
     LAST_CLICK_RATING: "observe_last_click",
     ITEM_CTR: "observe_item_log",
     ITEM_WATCH: "observe_item_log",
+    ITEM_LIFT: "observe_lift",
+    SATISFACTION_ESTIMATE: "observe_lift",
 }
 """The simulator setting (``SlateEnvConfig``) that appends each observable column beyond :data:`FEATURE_NAMES`."""
 HIDDEN_FEATURE_NAMES = ("true_click_logit", "quality", "clickbait", "satisfaction")
 """Per-candidate columns a simulator with ``observe_hidden`` appends after :data:`FEATURE_NAMES`: the true
 click logit of the candidate for this user now (choice model, interest and satiation), the item's hidden
 quality and clickbait trait, and the user's satisfaction (the same in every row of a request)."""
-USER_COLUMNS = (LAST_ENGAGEMENT, LAST_CLICK_RATING, "satisfaction")
+USER_COLUMNS = (LAST_ENGAGEMENT, LAST_CLICK_RATING, SATISFACTION_ESTIMATE, "satisfaction")
 """Feature columns that describe the user, not the candidate: one value per request, repeated in every row."""
 
 
@@ -133,12 +156,14 @@ def feature_names(
     feedback: bool = False,
     last_click: bool = False,
     item_log: bool = False,
+    lift: bool = False,
 ) -> tuple[str, ...]:
     """The per-candidate feature names of an observation: :data:`FEATURE_NAMES`, then :data:`ITEM_RATING`
     with ``rating`` (``SlateEnvConfig.observe_rating``), :data:`LAST_ENGAGEMENT` with ``feedback``
     (``SlateEnvConfig.observe_feedback``), :data:`LAST_CLICK_RATING` with ``last_click``
     (``SlateEnvConfig.observe_last_click``), :data:`ITEM_LOG_FEATURES` with ``item_log``
-    (``SlateEnvConfig.observe_item_log``), then ``hidden``, a selection made by
+    (``SlateEnvConfig.observe_item_log``), :data:`LIFT_FEATURES` with ``lift`` (``SlateEnvConfig.observe_lift``),
+    then ``hidden``, a selection made by
     :func:`hidden_feature_selection` (``SlateEnvConfig.observe_hidden`` holds one)."""
     return (
         *FEATURE_NAMES,
@@ -146,6 +171,7 @@ def feature_names(
         *((LAST_ENGAGEMENT,) if feedback else ()),
         *((LAST_CLICK_RATING,) if last_click else ()),
         *(ITEM_LOG_FEATURES if item_log else ()),
+        *(LIFT_FEATURES if lift else ()),
         *hidden,
     )
 
@@ -153,10 +179,11 @@ def feature_names(
 def is_simulation_feature_set(names: tuple[str, ...]) -> bool:
     """Whether ``names`` is a feature set some simulator provides: :func:`feature_names` of some selection."""
     observed = [name in names for name in (ITEM_RATING, LAST_ENGAGEMENT, LAST_CLICK_RATING)]
-    item_log = ITEM_WATCH in names
-    hidden = names[NUM_FEATURES + sum(observed) + item_log * len(ITEM_LOG_FEATURES) :]
+    item_log, lift = ITEM_WATCH in names, ITEM_LIFT in names
+    appended = sum(observed) + item_log * len(ITEM_LOG_FEATURES) + lift * len(LIFT_FEATURES)
+    hidden = names[NUM_FEATURES + appended :]
     selection = tuple(n for n in HIDDEN_FEATURE_NAMES if n in hidden)
-    return names == feature_names(selection, *observed, item_log)
+    return names == feature_names(selection, *observed, item_log, lift)
 
 
 def select_features(features: np.ndarray, have: tuple[str, ...], want: tuple[str, ...]) -> np.ndarray:

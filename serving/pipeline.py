@@ -31,7 +31,9 @@ from rayrec.features import (
     ITEM_RATING,
     LAST_CLICK_RATING,
     LAST_ENGAGEMENT,
+    LIFT_FEATURES,
     NUM_FEATURES,
+    OBSERVE_SETTINGS,
     build_observation,
     feature_names,
     l2_normalize,
@@ -87,7 +89,8 @@ def check_servable(policy: SlatePolicy, spec: str, rated_index: bool) -> ExportC
             ``observe_hidden``), which no server has, or :data:`rayrec.features.ITEM_RATING`
             (``observe_rating``) or :data:`rayrec.features.LAST_CLICK_RATING` (``observe_last_click``, the
             rating of the request's ``last_click``) from an index that does not store ratings, or
-            :data:`rayrec.features.ITEM_LOG_FEATURES` (``observe_item_log``), which no index stores yet. The session
+            :data:`rayrec.features.ITEM_LOG_FEATURES` (``observe_item_log``) or :data:`rayrec.features.LIFT_FEATURES`
+            (``observe_lift``), which no index stores yet. The session
             feedback :data:`rayrec.features.LAST_ENGAGEMENT` comes with each request (``last_click``).
     """
     config = trained_config(policy)
@@ -101,10 +104,11 @@ def check_servable(policy: SlatePolicy, spec: str, rated_index: bool) -> ExportC
             f"is {kind} on the simulator's hidden state {hidden}, which no server has: it is a diagnostic for "
             "`rayrec simulate --env observe_hidden=...`"
         )
-    elif logged := [name for name in ITEM_LOG_FEATURES if name in appended]:
+    elif logged := [name for name in (*ITEM_LOG_FEATURES, *LIFT_FEATURES) if name in appended]:
+        flags = " ".join(sorted({f"--env {OBSERVE_SETTINGS[name]}=true" for name in logged}))
         what = (
             f"reads {', '.join(map(repr, logged))}, per-item statistics of an exploration log, which no index "
-            "stores yet: it is for simulation (`--env observe_item_log=true`)"
+            f"stores yet: it is for simulation (`{flags}`)"
         )
     elif rated := [name for name in (ITEM_RATING, LAST_CLICK_RATING) if name in appended and not rated_index]:
         what = (

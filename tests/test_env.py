@@ -20,6 +20,7 @@ from rayrec.features import (
     ITEM_LOG_FEATURES,
     ITEM_RATING,
     LAST_ENGAGEMENT,
+    LIFT_FEATURES,
     NUM_FEATURES,
     RATING_PRIOR_COUNT,
     feature_names,
@@ -244,9 +245,9 @@ def test_observe_item_log_appends_each_items_logged_click_through_rate_and_watch
     assert is_simulation_feature_set(env.config.feature_names)
     obs, _ = env.reset(seed=2)
     sim = env.sim
-    logged = sim.catalog.item_log  # [N, 2]
+    logged = sim.catalog.item_log[:, :2]  # [N, 2] (the third column is observe_lift's)
     np.testing.assert_array_equal(obs["features"][..., NUM_FEATURES + 1 : -1], logged[sim.candidate_items])
-    assert ((logged >= 0) & (logged <= 1)).all() and not logged.flags.writeable
+    assert ((logged >= 0) & (logged <= 1)).all() and not sim.catalog.item_log.flags.writeable
     clickbait = sim.catalog.clickbait > 0.5
     ctr = logged[:, 0]
     assert ctr[clickbait].mean() > 1.2 * ctr[~clickbait].mean()
@@ -255,12 +256,52 @@ def test_observe_item_log_appends_each_items_logged_click_through_rate_and_watch
         with_preset("long-term", **fields, observe_item_log=True, user_split="test", reward="clicks"),
         num_envs=2,
     )
-    np.testing.assert_array_equal(held_out.sim.catalog.item_log, logged)
+    np.testing.assert_array_equal(held_out.sim.catalog.item_log[:, :2], logged)
     assert envs.make_vector_env(with_preset("long-term", **SMALL), num_envs=2).sim.catalog.item_log is None
     with pytest.raises(ConfigError, match="observe_item_log must be true or false"):
         SlateEnvConfig(observe_item_log="yes")
     with pytest.raises(ConfigError, match="item_log_users must be >= 1"):
         SlateEnvConfig(item_log_users=0)
+
+
+def test_observe_lift_estimates_what_a_click_does_and_the_satisfaction_now():
+    """``item_lift`` is each item's logged change in its clickers' completion rate, which tracks the change
+    the world's dynamics make (``gain * (q - 0.5) - penalty * c``); ``satisfaction_estimate`` is the last
+    completion rate plus the lift of the item that click was on, 0 before the first click. Both sit after
+    the item-log columns, and reading them changes nothing else of the log."""
+    fields = {**SMALL, "item_log_users": 3000}
+    config = with_preset("long-term", **fields, observe_feedback=True, observe_lift=True)
+    assert config.feature_names == (*FEATURE_NAMES, LAST_ENGAGEMENT, *LIFT_FEATURES)
+    assert is_simulation_feature_set(config.feature_names)
+    check_env(envs.make_env(config).unwrapped)
+    env = envs.make_vector_env(config, num_envs=8)
+    sim = env.sim
+    lift = sim.catalog.item_log[:, 2]
+    catalog = sim.catalog
+    true_lift = (
+        config.satisfaction_gain * (catalog.quality - 0.5) - config.clickbait_penalty * catalog.clickbait
+    )
+    assert np.corrcoef(lift, true_lift)[0, 1] > 0.6
+    # The rates are those observe_item_log shows: one log, whichever columns read it.
+    item_log = envs.make_vector_env(with_preset("long-term", **fields, observe_item_log=True), num_envs=2)
+    np.testing.assert_array_equal(item_log.sim.catalog.item_log, sim.catalog.item_log)
+    obs, _ = env.reset(seed=3)
+    rng = np.random.default_rng(0)
+    seen_click = False
+    for _ in range(12):
+        features = obs["features"]  # [B, K, F]
+        last = sim.users.last_click
+        expected = np.where(
+            last >= 0, np.clip(sim.users.last_engagement + lift[np.maximum(last, 0)], 0, 1), 0.0
+        )
+        np.testing.assert_allclose(features[:, 0, -1], expected, rtol=1e-6)
+        np.testing.assert_array_equal(features[..., -2], lift[sim.candidate_items])
+        assert (features[..., -1] == features[:, :1, -1]).all()  # a user column: the same in every row
+        seen_click = seen_click or bool((last >= 0).any())
+        obs, *_ = env.step(rng.integers(0, config.num_candidates, (8, config.slate_size)))
+    assert seen_click
+    with pytest.raises(ConfigError, match="observe_lift must be true or false"):
+        SlateEnvConfig(observe_lift="yes")
 
 
 def test_item_log_features_need_a_simulator_that_measures_watch_time():

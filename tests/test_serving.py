@@ -658,6 +658,10 @@ def test_a_policy_reading_features_the_server_does_not_build_is_refused(small_in
     assert "reads 'item_ctr', 'item_watch', per-item statistics of an exploration log" in message
     with pytest.raises(ArtifactError, match="observe_item_log=true"):
         resolve_config(AppConfig(index=str(rated_dir), arms=[f"a={item_log}"], encoder=None))
+    lift = export_policy_reading(tmp_path, dim, feature_names(feedback=True, lift=True), "lift")
+    message = refusal(lift)
+    assert "reads 'item_lift', 'satisfaction_estimate', per-item statistics of an exploration log" in message
+    assert "`--env observe_lift=true`" in message
     feedback = export_policy_reading(tmp_path, dim, feature_names(feedback=True), "feedback")
     resolve_config(AppConfig(index=str(index_dir), arms=[f"a={feedback}"], encoder=None))
     # Over an index that stores ratings every reader is served.
