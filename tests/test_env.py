@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import gymnasium as gym
 import numpy as np
 import pyarrow.compute as pc
@@ -11,6 +13,7 @@ from gymnasium.utils.env_checker import check_env
 
 import envs
 from envs.config import SlateEnvConfig
+from envs.item_log import LiftLog, shrunk_to_prediction
 from envs.presets import with_preset
 from envs.simulator import SlateSimulator, dedupe_slates
 from rayrec.errors import ConfigError
@@ -262,6 +265,34 @@ def test_observe_item_log_appends_each_items_logged_click_through_rate_and_watch
         SlateEnvConfig(observe_item_log="yes")
     with pytest.raises(ConfigError, match="item_log_users must be >= 1"):
         SlateEnvConfig(item_log_users=0)
+
+
+def test_lift_log_pairs_each_click_with_the_same_users_next_click():
+    """:class:`envs.item_log.LiftLog` reads a click's completion rate one step late (in the next
+    observation) and credits the change to the next click's rate to the item clicked before: user 0 clicks
+    item 2 (completion 0.4), skips a step, clicks item 5 (0.7), then item 2 (0.6); user 1 clicks once."""
+
+    def step(users, completion, chosen):
+        features = np.zeros((len(users), 1, 1))
+        features[:, 0, 0] = completion
+        return SimpleNamespace(users=np.array(users), obs={"features": features}, chosen=np.array(chosen))
+
+    log = LiftLog(num_items=6, num_users=2, column=0)
+    log(step([0, 1], [0.0, 0.0], [2, 3]))
+    log(step([0, 1], [0.4, 0.9], [-1, -1]))  # item 2's rate 0.4 and item 3's 0.9 arrive
+    log(step([0], [0.4], [5]))
+    log(step([0], [0.7], [2]))  # item 5's rate: item 2 moved it by +0.3
+    log(step([0], [0.6], [-1]))  # item 2's rate: item 5 moved it by -0.1
+    np.testing.assert_allclose(log.total, [0, 0, 0.3, 0, 0, -0.1])
+    np.testing.assert_array_equal(log.count, [0, 0, 1, 0, 0, 1])
+
+
+def test_shrunk_to_prediction_moves_rarely_measured_items_toward_their_covariates_prediction():
+    covariates = np.array([[0.0], [1.0], [0.0], [1.0], [0.5]])
+    count = np.array([100.0, 100.0, 100.0, 100.0, 0.0])
+    total = np.array([0.0, 100.0, 0.0, 100.0, 0.0])  # mean = covariate, exactly
+    got = shrunk_to_prediction(total, count, covariates, prior_count=5.0)
+    np.testing.assert_allclose(got, [0.0, 1.0, 0.0, 1.0, 0.5], atol=1e-6)  # unmeasured: the prediction
 
 
 def test_observe_lift_estimates_what_a_click_does_and_the_satisfaction_now():
