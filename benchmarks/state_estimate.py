@@ -157,6 +157,17 @@ def measure(name: str, users: int, seed: int, behaviour: str) -> tuple[str, dict
     return f"{policy.name} (mean return {outcomes.session_return.mean():.2f})", table, scores
 
 
+def lift_accuracy(name: str) -> float:
+    """Correlation, over the catalog, of ``item_lift`` with what a click on each item does to the satisfaction
+    in the world's dynamics (``satisfaction_gain * (q - 0.5) - clickbait_penalty * c``, before clipping)."""
+    config = preset(name).replace(observe_lift=True)
+    catalog = build_simulator(config, batch=1).catalog
+    true_change = (
+        config.satisfaction_gain * (catalog.quality - 0.5) - config.clickbait_penalty * catalog.clickbait
+    )
+    return float(np.corrcoef(catalog.item_log[:, 2], true_change)[0, 1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="long-term")
@@ -187,6 +198,10 @@ def main() -> None:
             f"| {name} | {s['r2']:.3f} | {s['rmse']:.3f} | {s['wrong_side']:.1%} | "
             f"{s['wrong_side_before_click']:.1%} | {s['wrong_side_after_click']:.1%} |"
         )
+    print(
+        f"\n`item_lift` (observe_lift) against what a click on the item does to the satisfaction in the world's "
+        f"dynamics: correlation {lift_accuracy(args.preset):.2f} over the catalog."
+    )
     print(f"\n({time.perf_counter() - started:.0f} s)")
 
 

@@ -204,8 +204,8 @@ def observed_rating(config: SlateEnvConfig, world: World) -> np.ndarray:
 
 
 ITEM_LOG_SEED = 2_000_003
-"""Seeds the exploration log that ``observe_item_log`` and ``observe_lift`` read: apart from the seeds of training (small
-integers) and of the held-out evaluation users (1,000,003)."""
+"""Seeds the exploration log that ``observe_item_log`` and ``observe_lift`` read: apart from the seeds of
+training (small integers) and of the held-out evaluation users (1,000,003)."""
 _item_logs: dict[str, np.ndarray] = {}
 
 
