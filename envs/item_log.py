@@ -26,9 +26,6 @@ from rayrec.features import (
     shrunk_mean,
 )
 
-ITEM_LOG_COLUMNS = 3
-"""Columns of :func:`item_log_features`: ``item_ctr``, ``item_watch``, ``item_lift``."""
-
 
 @dataclass
 class LiftLog:
