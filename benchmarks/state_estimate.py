@@ -159,12 +159,11 @@ def measure(name: str, users: int, seed: int, behaviour: str) -> tuple[str, dict
 
 def lift_accuracy(name: str) -> float:
     """Correlation, over the catalog, of ``item_lift`` with what a click on each item does to the satisfaction
-    in the world's dynamics (``satisfaction_gain * (q - 0.5) - clickbait_penalty * c``, before clipping)."""
-    config = preset(name).replace(observe_lift=True)
-    catalog = build_simulator(config, batch=1).catalog
-    true_change = (
-        config.satisfaction_gain * (catalog.quality - 0.5) - config.clickbait_penalty * catalog.clickbait
-    )
+    in the world's dynamics (:meth:`envs.response.UserResponse.click_change` for a user's first clickbait,
+    before clipping)."""
+    sim = build_simulator(preset(name).replace(observe_lift=True), batch=1)
+    catalog = sim.catalog
+    true_change = sim.response.click_change(catalog.quality, catalog.clickbait, catalog.clickbait)
     return float(np.corrcoef(catalog.item_log[:, 2], true_change)[0, 1])
 
 

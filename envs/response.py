@@ -53,6 +53,12 @@ class UserResponse:
         """[B] probability of leaving after this step given the updated satisfaction [B]."""
         return np.clip(self.leave_base + self.leave_scale * np.square(1.0 - satisfaction), 0.0, 1.0)
 
+    def click_change(self, quality: np.ndarray, clickbait: np.ndarray, fatigue: np.ndarray) -> np.ndarray:
+        """[n] the satisfaction change of clicks on items of ``quality`` and ``clickbait`` [n] by users whose
+        recent clickbait count, this click included, is ``fatigue`` [n] (before clipping to [0, 1])."""
+        harm = self.penalty * clickbait * (1.0 + self.config.clickbait_fatigue * fatigue)
+        return self.gain * (quality - 0.5) - harm
+
     def apply(
         self, users: UserState, chosen_items: np.ndarray, catalog: ItemCatalog, rng: np.random.Generator
     ) -> np.ndarray:
@@ -71,9 +77,8 @@ class UserResponse:
         users.fatigue *= np.float32(1.0 - config.fatigue_recovery)
         clickbait = catalog.clickbait[items]
         users.fatigue[rows] += clickbait
-        harm = self.penalty * clickbait * (1.0 + config.clickbait_fatigue * users.fatigue[rows])
         delta = np.full(len(chosen_items), -self.boredom, dtype=np.float32)
-        delta[rows] = self.gain * (catalog.quality[items] - 0.5) - harm
+        delta[rows] = self.click_change(catalog.quality[items], clickbait, users.fatigue[rows])
         users.satisfaction[:] = np.clip(users.satisfaction + delta, 0.0, 1.0)
         users.budget -= 1.0
         users.steps += 1

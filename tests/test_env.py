@@ -299,7 +299,7 @@ def test_observe_lift_estimates_what_a_click_does_and_the_satisfaction_now():
     """``item_lift`` is each item's logged change in its clickers' completion rate, which tracks the change
     the world's dynamics make (``gain * (q - 0.5) - penalty * c``); ``satisfaction_estimate`` is the last
     completion rate plus the lift of the item that click was on, 0 before the first click. Both sit after
-    the item-log columns, and reading them changes nothing else of the log."""
+    the item-log columns, and ``observe_item_log`` reads the same log."""
     fields = {**SMALL, "item_log_users": 3000}
     config = with_preset("long-term", **fields, observe_feedback=True, observe_lift=True)
     assert config.feature_names == (*FEATURE_NAMES, LAST_ENGAGEMENT, *LIFT_FEATURES)
@@ -309,9 +309,7 @@ def test_observe_lift_estimates_what_a_click_does_and_the_satisfaction_now():
     sim = env.sim
     lift = sim.catalog.item_log[:, 2]
     catalog = sim.catalog
-    true_lift = (
-        config.satisfaction_gain * (catalog.quality - 0.5) - config.clickbait_penalty * catalog.clickbait
-    )
+    true_lift = sim.response.click_change(catalog.quality, catalog.clickbait, catalog.clickbait)
     assert np.corrcoef(lift, true_lift)[0, 1] > 0.6
     # The rates are those observe_item_log shows: one log, whichever columns read it.
     item_log = envs.make_vector_env(with_preset("long-term", **fields, observe_item_log=True), num_envs=2)
