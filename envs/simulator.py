@@ -30,6 +30,7 @@ from rayrec.features import (
     NUM_FEATURES,
     SATISFACTION_ESTIMATE,
     build_observation,
+    estimated_satisfaction,
 )
 
 INFO_KEYS = (
@@ -251,8 +252,7 @@ class SlateSimulator:
         the logged lift of the item that click was on, clipped to [0, 1]; 0 before their first click."""
         last = self.users.last_click
         lift = self.catalog.item_log[np.maximum(last, 0), 2]
-        estimate = np.clip(self.users.last_engagement + lift, 0.0, 1.0)
-        return np.where(last >= 0, estimate, 0.0).astype(np.float32)
+        return estimated_satisfaction(self.users.last_engagement, lift, last >= 0)
 
     def last_click_rating(self) -> np.ndarray:
         """[B] float32 the ``item_rating`` of each user's last clicked item, 0 before their first click."""

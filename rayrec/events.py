@@ -100,8 +100,8 @@ names the fallback). Candidate embeddings are not logged: they are the index's, 
 ``candidate_ids``. ``last_engagement`` and ``last_click_rating`` are the request's session feedback, the
 :data:`rayrec.features.LAST_ENGAGEMENT` and :data:`rayrec.features.LAST_CLICK_RATING` the server built from
 its ``last_click`` (0 without one; ``last_click_rating`` null over an index without ratings, and both null in
-logs written before them and in simulated runs, whose ``features`` hold whatever columns the simulator
-appended). The last three columns (null in logs written before them, and in simulated runs) say which
+logs written before them; a simulated run, whose ``features`` hold whatever columns the simulator appended,
+logs ``last_engagement`` where its simulator observes it and never ``last_click_rating``). The last three columns (null in logs written before them, and in simulated runs) say which
 pseudonymization key made ``user_id`` (:func:`rayrec.privacy.key_id`) and which index and policy artifacts
 (content hashes) answered."""
 
@@ -164,6 +164,7 @@ def requests_table(
     policy: list[str],
     candidate_ids: np.ndarray,
     obs: Mapping[str, np.ndarray],
+    last_engagement: np.ndarray | None = None,
 ) -> pa.Table:
     """A :data:`REQUESTS_SCHEMA` table for B requests that a policy ranked (``fallback`` False), built in
     array operations (the A/B runner logs thousands of requests per step).
@@ -173,6 +174,7 @@ def requests_table(
         ts: [B] float64 unix seconds.
         candidate_ids: [B, K] str item ids of the candidates.
         obs: the batched observation the requests were ranked on (:mod:`rayrec.features`).
+        last_engagement: [B] float32 each request's :data:`rayrec.features.LAST_ENGAGEMENT` (null when None).
     """
     batch, k = candidate_ids.shape
 
@@ -198,7 +200,9 @@ def requests_table(
             rows(obs["profile"]),
             pa.array(np.asarray(obs["budget"], np.float32).reshape(batch)),
             pa.array(np.zeros(batch, dtype=bool)),
-            pa.nulls(batch, pa.float32()),
+            pa.nulls(batch, pa.float32())
+            if last_engagement is None
+            else pa.array(np.asarray(last_engagement, np.float32).reshape(batch)),
             pa.nulls(batch, pa.float32()),
             *(pa.nulls(batch, pa.string()) for _ in VERSION_FIELDS),
         ],

@@ -31,11 +31,13 @@ policies that read them and logs them with the request.
 
 Per-item log statistics: a simulator built with ``observe_item_log`` then appends :data:`ITEM_LOG_FEATURES`,
 each candidate's click-through rate and mean watch time per click in a log of exploration traffic
-(:func:`shrunk_mean`). They are observable wherever impressions and watch time are logged; the server does
-not build them yet and refuses a policy that reads them. One built with ``observe_lift`` then appends
-:data:`LIFT_FEATURES`: what a click on each candidate is logged to do to the clicker's completion rate, and
-the user's satisfaction estimated from their last completion rate and that item's lift (the same log, the
-same refusal).
+(:func:`shrunk_mean`). One built with ``observe_lift`` then appends :data:`LIFT_FEATURES`: what a click on
+each candidate is logged to do to the clicker's completion rate, and the user's satisfaction estimated from
+their last completion rate and that item's lift (:func:`estimated_satisfaction`). They are observable
+wherever impressions, watch time and completion rates are logged: an index built with an event log
+(``rayrec build-index --item-log``, :mod:`rayrec.item_stats`) stores the per-item ones, and a server over it
+builds all of them (the estimate from the request's ``last_click``) for the policies that read them; over
+any other index it refuses such a policy.
 
 Simulation only: a simulator built with ``observe_hidden`` (:class:`envs.config.SlateEnvConfig`) appends some
 or all of :data:`HIDDEN_FEATURE_NAMES` to each candidate's features, the hidden state that ``planner`` and
@@ -83,23 +85,23 @@ log, divided by the longest possible watch and shrunk to the log's mean (:func:`
 :data:`CLICK_PRIOR_COUNT`). How long an item is watched per click depends on the item (its length) and on
 who clicks it (their satisfaction): the estimate is confounded by the clickers."""
 ITEM_LOG_FEATURES = (ITEM_CTR, ITEM_WATCH)
-"""The columns ``observe_item_log`` appends. The server has no per-item log yet, so it refuses a policy
-that reads them."""
+"""The columns ``observe_item_log`` appends. A server builds them from an index built with an event log
+(``rayrec build-index --item-log``)."""
 ITEM_LIFT = "item_lift"
 """With ``observe_lift``, the per-item column appended after :data:`ITEM_LOG_FEATURES`: how much a click on
 the item changes the clicker's completion rate, measured in the exploration log as the mean change from a
 user's completion rate of that click to their completion rate of their next click, shrunk toward what the
 item's logged click-through rate and watch time predict (:func:`envs.item_log.item_log_features`). It says
 what consuming the item does to the user, which the item's own completion rate, read before it was
-watched, cannot."""
+watched, cannot. Aggregated by :mod:`rayrec.item_stats`, in the simulator and from an event log alike."""
 SATISFACTION_ESTIMATE = "satisfaction_estimate"
 """With ``observe_lift``, the per-user column after :data:`ITEM_LIFT` (the same value in every row of a
 request): :data:`LAST_ENGAGEMENT` plus the :data:`ITEM_LIFT` of the item that click was on, clipped to
 [0, 1], 0 before the user's first click. The completion rate reads the user's satisfaction one click late;
 adding what the clicked item is logged to do brings the estimate up to now."""
 LIFT_FEATURES = (ITEM_LIFT, SATISFACTION_ESTIMATE)
-"""The columns ``observe_lift`` appends. Like :data:`ITEM_LOG_FEATURES` they read an exploration log no
-index stores yet, so the server refuses a policy that reads them."""
+"""The columns ``observe_lift`` appends. Like :data:`ITEM_LOG_FEATURES` they need an index built with an
+event log; the server builds the estimate from the request's ``last_click``."""
 LIFT_PRIOR_COUNT = 5.0
 """Pseudo-pairs (a click and the same user's next click) at the prediction of the item's logged rates that
 every item's measured lift is shrunk with."""
@@ -259,6 +261,21 @@ def shrunk_mean(total: np.ndarray, count: np.ndarray, prior_count: float) -> np.
     total, count = np.asarray(total, dtype=np.float64), np.asarray(count, dtype=np.float64)
     mean = total.sum() / max(count.sum(), 1.0)
     return ((total + mean * prior_count) / (count + prior_count)).astype(np.float32)
+
+
+def estimated_satisfaction(
+    last_engagement: np.ndarray, last_click_lift: np.ndarray, clicked: np.ndarray
+) -> np.ndarray:
+    """[B] float32 :data:`SATISFACTION_ESTIMATE`: the last completion rate plus the lift of the clicked item,
+    clipped to [0, 1]; 0 for a user who has not clicked.
+
+    Args:
+        last_engagement: [B] each user's :data:`LAST_ENGAGEMENT`.
+        last_click_lift: [B] the :data:`ITEM_LIFT` of the item that click was on.
+        clicked: [B] bool, the user has a last click.
+    """
+    estimate = np.clip(last_engagement + last_click_lift, 0.0, 1.0)
+    return np.where(clicked, estimate, 0.0).astype(np.float32)
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1, eps: float = 1e-12) -> np.ndarray:

@@ -47,7 +47,6 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from rayrec.assignment import assign_arm
 from rayrec.errors import ArtifactError, ConfigError
 from rayrec.index import ItemIndex
-from rayrec.index.item_index import index_has_ratings
 from rayrec.privacy import Pseudonymizer, key_id, load_key, resolve_key_source
 from rayrec.rerank import load_policy_for_index
 from serving.api import (
@@ -431,10 +430,10 @@ def check_user_model(config: AppConfig) -> UserModel | None:
     return user_model
 
 
-def check_policies(config: AppConfig, index_dim: int, rated_index: bool) -> dict[str, int]:
+def check_policies(config: AppConfig, index_dim: int, index_meta: dict) -> dict[str, int]:
     """Load every arm's policy once, so that a typo or a policy trained for another index or feature set
-    fails while the application is built, before anything is deployed. ``rated_index``: the index stores
-    each item's ``item_rating`` (:func:`rayrec.index.item_index.index_has_ratings`).
+    fails while the application is built, before anything is deployed. ``index_meta``: the index's
+    ``index.json``, which says whether it stores ratings and item log statistics.
 
     Returns:
         arm name → K its trained policy was trained with (baselines, which take any K, are left out).
@@ -443,12 +442,13 @@ def check_policies(config: AppConfig, index_dim: int, rated_index: bool) -> dict
         ArtifactError: a policy trained on another embedding dimension, or (from
             :func:`rayrec.slate_scorer.load_exported_policy`) on features other than
             :data:`rayrec.features.FEATURE_NAMES`, or on columns the server does not build (the simulator's
-            hidden state; ``item_rating`` from an index without ratings: :func:`serving.pipeline.check_servable`);
+            hidden state; ``item_rating`` from an index without ratings, an item log's columns from an index
+            without one: :func:`serving.pipeline.check_servable`);
             a ``fair`` re-ranker over an index without item categories (:func:`rayrec.rerank.index_category_lookup`).
     """
     trained: dict[str, int] = {}
     for arm in config.parsed_arms():
-        export = check_servable(load_policy_for_index(arm.policy, config.index), arm.policy, rated_index)
+        export = check_servable(load_policy_for_index(arm.policy, config.index), arm.policy, index_meta)
         if export is None:
             continue  # a baseline: any index, any K
         if export.scorer.dim != index_dim:
@@ -476,8 +476,7 @@ def resolve_config(config: AppConfig) -> tuple[AppConfig, str | None, int]:
     key_source = resolve_key_source(config.pseudonym_key)
     load_key(key_source, create=True)
     config = dataclasses.replace(config, pseudonym_key=key_source)
-    rated = index_has_ratings(manifest)
-    return config.with_num_candidates(check_policies(config, dim, rated)), encoder_name, dim
+    return config.with_num_candidates(check_policies(config, dim, manifest)), encoder_name, dim
 
 
 def build_app_from_config(config: AppConfig) -> serve.Application:

@@ -25,7 +25,6 @@ from rayrec.encoding import TextEncoder
 from rayrec.errors import ArtifactError
 from rayrec.events import EventLog, compact, quarantine_corrupt_parts, recent_slates, recover
 from rayrec.index import ItemIndex
-from rayrec.index.item_index import index_has_ratings
 from rayrec.rerank import load_policy_for_index, parse_rerank_spec
 from serving.batching import batched
 from serving.metrics import EventMetrics, rollout_refused_counter
@@ -352,8 +351,8 @@ class Ranker(_SafeRollout):
     def _load(self, spec: str):
         policy = load_policy_for_index(spec, self.index)
         check_candidate_count(policy, spec, self.num_candidates)
-        rated = self.index is not None and index_has_ratings(read_index_manifest(self.index))
-        trained = check_servable(policy, spec, rated)
+        meta = None if self.index is None else read_index_manifest(self.index)
+        trained = check_servable(policy, spec, meta)
         if trained is not None and self.dim is not None and trained.scorer.dim != self.dim:
             raise ArtifactError(
                 f"policy {spec} was trained on {trained.scorer.dim}-d embeddings, this application serves "

@@ -27,6 +27,7 @@ from rayrec.explain import (
 )
 from rayrec.features import (
     HIDDEN_FEATURE_NAMES,
+    ITEM_LIFT,
     ITEM_LOG_FEATURES,
     ITEM_RATING,
     LAST_CLICK_RATING,
@@ -34,13 +35,16 @@ from rayrec.features import (
     LIFT_FEATURES,
     NUM_FEATURES,
     OBSERVE_SETTINGS,
+    SATISFACTION_ESTIMATE,
     build_observation,
+    estimated_satisfaction,
     feature_names,
     l2_normalize,
     popularity_feature,
     profile_vector,
     select_features,
 )
+from rayrec.index.item_index import index_has_item_log, index_has_ratings
 from rayrec.rerank import innermost_policy, policy_feature_names
 from rayrec.slate_policy import SlatePolicy
 
@@ -77,11 +81,12 @@ def trained_config(policy: SlatePolicy) -> ExportConfig | None:
     return None
 
 
-def check_servable(policy: SlatePolicy, spec: str, rated_index: bool) -> ExportConfig | None:
+def check_servable(policy: SlatePolicy, spec: str, index_meta: dict | None) -> ExportConfig | None:
     """:func:`trained_config`, after refusing a policy that reads features this server does not build.
 
     Args:
-        rated_index: the served index stores each item's ``item_rating``.
+        index_meta: the served index's ``index.json`` (None: no index), which says whether it stores each
+            item's ``item_rating`` and log statistics (``rayrec build-index --item-log``).
 
     Raises:
         ArtifactError: the policy (an export or a fitted linear ranker, :func:`rayrec.rerank.policy_feature_names`)
@@ -90,9 +95,11 @@ def check_servable(policy: SlatePolicy, spec: str, rated_index: bool) -> ExportC
             (``observe_rating``) or :data:`rayrec.features.LAST_CLICK_RATING` (``observe_last_click``, the
             rating of the request's ``last_click``) from an index that does not store ratings, or
             :data:`rayrec.features.ITEM_LOG_FEATURES` (``observe_item_log``) or :data:`rayrec.features.LIFT_FEATURES`
-            (``observe_lift``), which no index stores yet. The session
-            feedback :data:`rayrec.features.LAST_ENGAGEMENT` comes with each request (``last_click``).
+            (``observe_lift``) from an index built without an event log. The session feedback
+            :data:`rayrec.features.LAST_ENGAGEMENT` comes with each request (``last_click``).
     """
+    rated_index = index_meta is not None and index_has_ratings(index_meta)
+    logged_index = index_meta is not None and index_has_item_log(index_meta)
     config = trained_config(policy)
     names = policy_feature_names(policy)
     appended = names[NUM_FEATURES:]
@@ -104,11 +111,13 @@ def check_servable(policy: SlatePolicy, spec: str, rated_index: bool) -> ExportC
             f"is {kind} on the simulator's hidden state {hidden}, which no server has: it is a diagnostic for "
             "`rayrec simulate --env observe_hidden=...`"
         )
-    elif logged := [name for name in (*ITEM_LOG_FEATURES, *LIFT_FEATURES) if name in appended]:
+    elif not logged_index and (
+        logged := [name for name in (*ITEM_LOG_FEATURES, *LIFT_FEATURES) if name in appended]
+    ):
         flags = " ".join(sorted({f"--env {OBSERVE_SETTINGS[name]}=true" for name in logged}))
         what = (
-            f"reads {', '.join(map(repr, logged))}, per-item statistics of an exploration log, which no index "
-            f"stores yet: it is for simulation (`{flags}`)"
+            f"reads {', '.join(map(repr, logged))} (trained with `{flags}`), per-item statistics of a log, "
+            "which this index does not store: build the index with `rayrec build-index --item-log EVENTS`"
         )
     elif rated := [name for name in (ITEM_RATING, LAST_CLICK_RATING) if name in appended and not rated_index]:
         what = (
@@ -283,6 +292,11 @@ class Candidates:
         last_click_rating: the request's :data:`rayrec.features.LAST_CLICK_RATING`: the index's
             ``item_rating`` of the last click (0 without one; an item the index does not hold gets an
             unrated item's 0.5), or None from an index without ratings.
+        item_log: [K, 3] float32 each candidate's ``item_ctr``, ``item_watch``, ``item_lift``, or None from an
+            index built without an event log.
+        satisfaction_estimate: the request's :data:`rayrec.features.SATISFACTION_ESTIMATE`
+            (:func:`rayrec.features.estimated_satisfaction` of the last click and its item's lift; an item the
+            index does not hold has lift 0), or None from an index without an item log.
     """
 
     item_ids: np.ndarray
@@ -301,6 +315,8 @@ class Candidates:
     rating: np.ndarray | None = None
     last_engagement: float = 0.0
     last_click_rating: float | None = None
+    item_log: np.ndarray | None = None
+    satisfaction_estimate: float | None = None
 
 
 class Retrieval:
@@ -323,6 +339,7 @@ class Retrieval:
         self.num_candidates = min(num_candidates, len(index.item_ids))
         self.popularity = popularity_feature(index.popularity)  # [N]
         self.rating = index.rating  # [N] or None
+        self.item_log = index.item_log  # [N, 3] or None
         self.fallback = popular_diverse(index, fallback_size)  # [n]
 
     def context(
@@ -388,6 +405,7 @@ class Retrieval:
             popularity=self.popularity[rows],
             profile=context.profile,
             rating=None if self.rating is None else self.rating[rows],
+            item_log=None if self.item_log is None else self.item_log[rows],
             unknown=context.unknown,
             cold_start=cold_start,
             session_step=context.session_step,
@@ -398,13 +416,15 @@ class Retrieval:
 
     def _feedback(self, last_click: LastClick | None) -> dict[str, float | None]:
         """The :class:`Candidates` fields of a request's session feedback."""
-        if last_click is None:
-            return {"last_engagement": 0.0, "last_click_rating": None if self.rating is None else 0.0}
-        rating = None
+        engagement = 0.0 if last_click is None else float(last_click.engagement)
+        row = -1 if last_click is None else int(self.index.lookup([last_click.item_id])[0])
+        rating = estimate = None
         if self.rating is not None:
-            row = int(self.index.lookup([last_click.item_id])[0])
-            rating = float(self.rating[row]) if row >= 0 else UNRATED
-        return {"last_engagement": float(last_click.engagement), "last_click_rating": rating}
+            rating = 0.0 if last_click is None else float(self.rating[row]) if row >= 0 else UNRATED
+        if self.item_log is not None:
+            lift = self.item_log[row, 2] if row >= 0 else 0.0
+            estimate = float(estimated_satisfaction(np.float32(engagement), lift, last_click is not None))
+        return {"last_engagement": engagement, "last_click_rating": rating, "satisfaction_estimate": estimate}
 
 
 @dataclass(frozen=True)
@@ -516,17 +536,26 @@ def with_feedback(
 ) -> tuple[np.ndarray, tuple[str, ...]]:
     """``features`` [B, K, F] named ``names`` (:func:`observe`) with each request's session feedback
     appended, the same value in every candidate's row as in the simulator: :data:`rayrec.features.LAST_ENGAGEMENT`,
-    then :data:`rayrec.features.LAST_CLICK_RATING` when every request has one (a rated index).
+    then :data:`rayrec.features.LAST_CLICK_RATING` when every request has one (a rated index); over an index
+    with an item log, then each candidate's :data:`rayrec.features.ITEM_LOG_FEATURES` and
+    :data:`rayrec.features.ITEM_LIFT` and the request's :data:`rayrec.features.SATISFACTION_ESTIMATE`.
 
     Returns:
-        ([B, K, F + 1 or F + 2] float32, their names).
+        ([B, K, F + m] float32, their names), m the columns appended (1 to 6).
     """
     columns = {LAST_ENGAGEMENT: [c.last_engagement for c in batch]}
     if all(c.last_click_rating is not None for c in batch):
         columns[LAST_CLICK_RATING] = [c.last_click_rating for c in batch]
+    logged = all(c.item_log is not None for c in batch)
+    if logged:
+        columns[SATISFACTION_ESTIMATE] = [c.satisfaction_estimate for c in batch]
     values = np.asarray(list(columns.values()), dtype=np.float32).T  # [B, n]
     appended = np.broadcast_to(values[:, None, :], (*features.shape[:2], values.shape[1]))  # [B, K, n]
-    return np.concatenate([features, appended], axis=-1), (*names, *columns)
+    parts, named = [features, appended], (*names, *columns)
+    if logged:
+        parts.append(np.stack([c.item_log for c in batch]).astype(np.float32))  # [B, K, 3]
+        named = (*named, *ITEM_LOG_FEATURES, ITEM_LIFT)
+    return np.concatenate(parts, axis=-1), named
 
 
 def _ranked_feedback(cands: Candidates) -> dict[str, float | None]:

@@ -34,13 +34,19 @@ APP = "rayrec-test"
 
 
 def build_test_index(
-    out: Path, n_items: int = N_ITEMS, seed: int = 0, categories: bool = False, rating: bool = False
+    out: Path,
+    n_items: int = N_ITEMS,
+    seed: int = 0,
+    categories: bool = False,
+    rating: bool = False,
+    item_log: bool = False,
 ) -> Path:
     """A real index directory over a synthetic catalog: four topic clusters, zipf popularity, a flat FAISS
     index with checksums, and a tiny local BERT (built from the item texts) as its query encoder.
 
     Item ``item-i`` belongs to topic ``i % 4`` (its ``category`` column, with ``categories``); with
-    ``rating`` every item has an ``item_rating`` in [0, 1] (drawn, as a rated log would give). The
+    ``rating`` every item has an ``item_rating`` in [0, 1] (drawn, as a rated log would give), with
+    ``item_log`` an ``item_ctr``, ``item_watch`` and ``item_lift`` (drawn, as ``--item-log`` would store). The
     embeddings are drawn around topic centroids rather than taken from the untrained tiny BERT, whose
     outputs are all alike.
     """
@@ -70,6 +76,8 @@ def build_test_index(
         str(encoder_dir),
         categories=[names[t] for t in topics] if categories else None,
         rating=rng.uniform(size=n_items).astype(np.float32) if rating else None,
+        item_log=rng.uniform([0.0, 0.0, -0.2], [0.3, 1.0, 0.2], size=(n_items, 3)) if item_log else None,
+        item_log_summary={"impressions": 0, "clicks": 0, "lift_pairs": 0} if item_log else None,
     )
     return index_dir
 

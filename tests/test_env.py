@@ -13,7 +13,7 @@ from gymnasium.utils.env_checker import check_env
 
 import envs
 from envs.config import SlateEnvConfig
-from envs.item_log import LiftLog, shrunk_to_prediction
+from envs.item_log import LiftLog
 from envs.presets import with_preset
 from envs.simulator import SlateSimulator, dedupe_slates
 from rayrec.errors import ConfigError
@@ -277,22 +277,15 @@ def test_lift_log_pairs_each_click_with_the_same_users_next_click():
         features[:, 0, 0] = completion
         return SimpleNamespace(users=np.array(users), obs={"features": features}, chosen=np.array(chosen))
 
-    log = LiftLog(num_items=6, num_users=2, column=0)
+    log = LiftLog(num_users=2, column=0)
     log(step([0, 1], [0.0, 0.0], [2, 3]))
     log(step([0, 1], [0.4, 0.9], [-1, -1]))  # item 2's rate 0.4 and item 3's 0.9 arrive
     log(step([0], [0.4], [5]))
     log(step([0], [0.7], [2]))  # item 5's rate: item 2 moved it by +0.3
     log(step([0], [0.6], [-1]))  # item 2's rate: item 5 moved it by -0.1
-    np.testing.assert_allclose(log.total, [0, 0, 0.3, 0, 0, -0.1])
-    np.testing.assert_array_equal(log.count, [0, 0, 1, 0, 0, 1])
-
-
-def test_shrunk_to_prediction_moves_rarely_measured_items_toward_their_covariates_prediction():
-    covariates = np.array([[0.0], [1.0], [0.0], [1.0], [0.5]])
-    count = np.array([100.0, 100.0, 100.0, 100.0, 0.0])
-    total = np.array([0.0, 100.0, 0.0, 100.0, 0.0])  # mean = covariate, exactly
-    got = shrunk_to_prediction(total, count, covariates, prior_count=5.0)
-    np.testing.assert_allclose(got, [0.0, 1.0, 0.0, 1.0, 0.5], atol=1e-6)  # unmeasured: the prediction
+    total, count = log.totals(num_items=6)
+    np.testing.assert_allclose(total, [0, 0, 0.3, 0, 0, -0.1])
+    np.testing.assert_array_equal(count, [0, 0, 1, 0, 0, 1])
 
 
 def test_observe_lift_estimates_what_a_click_does_and_the_satisfaction_now():

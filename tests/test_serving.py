@@ -514,7 +514,7 @@ def test_k_is_the_trained_policies_and_another_k_is_a_one_line_error(small_index
     assert served_k(f"a={k20}", "b=greedy", num_candidates=20) == 20
     assert served_k("a=retrieval", "b=random") == 50  # baselines only: the default K
     assert served_k("a=retrieval", num_candidates=7) == 7
-    assert check_policies(AppConfig(index="unused", arms=[f"a={k20}", "b=greedy"]), dim, False) == {"a": 20}
+    assert check_policies(AppConfig(index="unused", arms=[f"a={k20}", "b=greedy"]), dim, {}) == {"a": 20}
     with pytest.raises(ConfigError) as explicit:
         served_k(f"a={k20}", "b=greedy", num_candidates=50)
     message = str(explicit.value)
@@ -619,7 +619,7 @@ def export_policy_reading(out: Path, dim: int, names: tuple[str, ...], name: str
 def test_a_policy_reading_features_the_server_does_not_build_is_refused(small_index, tmp_path):
     """``observe_hidden`` policies are diagnostics: the server has no hidden state to give them. An
     ``observe_rating`` or ``observe_last_click`` policy (or linear ranker) needs an index that stores item
-    ratings. Each is refused while the application is built, with the reason on one line; over a rated
+    ratings, an ``observe_item_log`` or ``observe_lift`` one an index built with an event log. Each is refused while the application is built, with the reason on one line; over a rated
     index the rating readers are served, and an ``observe_feedback`` policy, whose column comes with each
     request, is served over any index."""
     from rayrec.baselines import LinearRankerPolicy, SwitchRankerPolicy, load_policy
@@ -652,16 +652,19 @@ def test_a_policy_reading_features_the_server_does_not_build_is_refused(small_in
     last_click = export_policy_reading(tmp_path, dim, names, "last-click")
     message = refusal(last_click)
     assert "reads 'item_rating', 'last_click_rating', which this index does not store" in message
-    # Per-item statistics of an exploration log: no index stores them, rated or not.
+    # Per-item statistics of a log: only an index built with one (--item-log) stores them.
     item_log = export_policy_reading(tmp_path, dim, feature_names(item_log=True), "item-log")
     message = refusal(item_log)
-    assert "reads 'item_ctr', 'item_watch', per-item statistics of an exploration log" in message
+    assert "reads 'item_ctr', 'item_watch' (trained with `--env observe_item_log=true`)" in message
+    assert "build the index with `rayrec build-index --item-log EVENTS`" in message
     with pytest.raises(ArtifactError, match="observe_item_log=true"):
         resolve_config(AppConfig(index=str(rated_dir), arms=[f"a={item_log}"], encoder=None))
     lift = export_policy_reading(tmp_path, dim, feature_names(feedback=True, lift=True), "lift")
     message = refusal(lift)
-    assert "reads 'item_lift', 'satisfaction_estimate', per-item statistics of an exploration log" in message
-    assert "`--env observe_lift=true`" in message
+    assert "reads 'item_lift', 'satisfaction_estimate' (trained with `--env observe_lift=true`)" in message
+    logged_dir = build_test_index(tmp_path / "logged", n_items=60, item_log=True)
+    config = AppConfig(index=str(logged_dir), arms=[f"a={item_log}", f"b={lift}"], encoder=None)
+    assert resolve_config(config)[0].num_candidates == NUM_CANDIDATES
     feedback = export_policy_reading(tmp_path, dim, feature_names(feedback=True), "feedback")
     resolve_config(AppConfig(index=str(index_dir), arms=[f"a={feedback}"], encoder=None))
     # Over an index that stores ratings every reader is served.
@@ -795,3 +798,58 @@ def test_session_feedback_reaches_a_feedback_ranker_its_log_and_the_replay(tmp_p
     loggers = {"switch": load_policy(policy_dir), "random": RandomPolicy()}
     result = evaluate_logged(replay, RetrievalPolicy(), loggers, resamples=50)
     assert result.requests == 11 and result.logging_policies == {"switch": 3, "random": 8}
+
+
+def test_over_an_index_with_an_item_log_the_server_builds_the_lift_columns(tmp_path, monkeypatch):
+    """A switch ranker fitted on ``observe_feedback``, ``observe_item_log`` and ``observe_lift``, served over
+    an index built with an event log: each candidate's ``item_ctr``, ``item_watch`` and ``item_lift`` come
+    from the index, and ``satisfaction_estimate`` is the client's completion rate of the last click plus that
+    item's lift, clipped (0 without a last click, lift 0 for an item the index lacks): the simulator's
+    formula. Its gate reads the estimate: popularity for a satisfied user, lift otherwise."""
+    from rayrec.baselines import SwitchRankerPolicy
+    from rayrec.features import ITEM_LIFT, ITEM_LOG_FEATURES, SATISFACTION_ESTIMATE, feature_names
+    from serving.app import resolve_config
+
+    monkeypatch.setenv("RAYREC_PSEUDONYM_KEY", "k" * 32)
+    index_dir = build_test_index(tmp_path / "logged", n_items=60, item_log=True)
+    index = ItemIndex.load(str(index_dir))
+    names = feature_names(feedback=True, item_log=True, lift=True)
+    weights = np.zeros(SwitchRankerPolicy.num_weights(names), np.float32)
+    spend, build, gate = SwitchRankerPolicy.split(weights, names)
+    spend[names.index("popularity")] = 1.0
+    build[names.index(ITEM_LIFT)] = 1.0
+    gate[:] = [-0.5, 0.0, 0.0, 1.0]  # open where satisfaction_estimate > 0.5
+    policy_dir = SwitchRankerPolicy.from_flat(weights, names, budget=20.0, name="switch").save(
+        str(tmp_path / "switch")
+    )
+    events = str(tmp_path / "events")
+    config = AppConfig(
+        index=str(index_dir), arms=[f"s={policy_dir}"], events=events, encoder=None, colocate=True
+    )
+    config = resolve_config(config)[0]
+    users = [f"user-{i}" for i in range(40) if assign_arm(f"user-{i}", [("s", 1.0)]) == "s"][:4]
+    clicks = [None, ("item-0007", 0.9), ("item-0009", 0.1), ("gone", 0.25)]
+    asks = [
+        RecommendRequest(
+            user_id=user,
+            history=[f"item-{i + 1:04d}"],
+            k=3,
+            last_click=None if click is None else {"item_id": click[0], "engagement": click[1]},
+        )
+        for i, (user, click) in enumerate(zip(users, clicks, strict=True))
+    ]
+    answers, shown = serve_colocated(config, "s", asks, monkeypatch)
+    assert [answer.policy for answer in answers] == ["switch"] * 4
+    lift = index.item_log[:, 2]
+    expected = [0.0, min(1.0, max(0.0, 0.9 + lift[7])), min(1.0, max(0.0, 0.1 + lift[9])), 0.25]
+    requests = read_requests(events).to_pandas().set_index("request_id")
+    for estimate, obs, answer in zip(expected, shown, answers, strict=True):
+        features = obs["features"][0]  # [K, F] in the policy's order
+        np.testing.assert_allclose(features[:, names.index(SATISFACTION_ESTIMATE)], estimate, rtol=1e-6)
+        rows = index.lookup(list(requests.loc[answer.request_id, "candidate_ids"]))
+        columns = [names.index(name) for name in (*ITEM_LOG_FEATURES, ITEM_LIFT)]
+        np.testing.assert_array_equal(features[:, columns], index.item_log[rows])
+        by = features[:, names.index("popularity" if estimate > 0.5 else ITEM_LIFT)]  # [K]
+        candidates = list(requests.loc[answer.request_id, "candidate_ids"])
+        picked = by[[candidates.index(item.item_id) for item in answer.items]]
+        np.testing.assert_array_equal(np.sort(picked), np.sort(by)[-3:])

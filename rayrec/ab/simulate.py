@@ -29,6 +29,7 @@ from rayrec.ab.metrics import UserMetrics
 from rayrec.assignment import Arm, assign_arm, validate_arms
 from rayrec.errors import ConfigError
 from rayrec.events import EventLog, requests_table
+from rayrec.features import LAST_ENGAGEMENT
 
 EVENT_BATCH_ROWS = 262_144
 """Impression rows per event-log part file written by a shard (fewer, larger parts than a server's)."""
@@ -53,14 +54,22 @@ class EventLogObserver:
 
     Request ids are ``RUN-USER-STEP`` (``RUN`` unique per observer, so runs can share a directory).
     The arm, policy and request id come from the slate source when it says them (a live server does),
-    else from ``arm`` and the source's policy name.
+    else from ``arm`` and the source's policy name. With the simulator's ``feature_names``, a request's
+    row holds the ``last_engagement`` its observation shows, as a server logs the client's ``last_click``.
     """
 
     def __init__(
-        self, events_dir: str, user_ids: Sequence[str], item_ids: np.ndarray, arm: str | None = None
+        self,
+        events_dir: str,
+        user_ids: Sequence[str],
+        item_ids: np.ndarray,
+        arm: str | None = None,
+        feature_names: tuple[str, ...] = (),
     ) -> None:
         self.user_ids = np.asarray(user_ids, dtype=object)
         self.item_ids, self.arm = item_ids, arm
+        # the completion rate a request reports, as a server logs it: where the simulator observes it
+        self.engagement = feature_names.index(LAST_ENGAGEMENT) if LAST_ENGAGEMENT in feature_names else None
         self.run = uuid.uuid4().hex[:12]
         self.log = EventLog(events_dir, max_rows=EVENT_BATCH_ROWS, max_delay_s=60.0)
 
@@ -100,6 +109,7 @@ class EventLogObserver:
                 step.shown.policy.tolist(),
                 self.item_ids[step.candidates],
                 step.obs,
+                None if self.engagement is None else step.obs["features"][:, 0, self.engagement],
             ),
         )
         clicked = np.flatnonzero(step.chosen >= 0)
@@ -140,7 +150,11 @@ def simulate_arm_users(
     """
     sim = build_simulator(env_config, batch=min(slots, len(user_ids)))
     policy = make_policy(arm.policy, sim)
-    log = EventLogObserver(events_dir, user_ids, sim.catalog.item_ids, arm.name) if events_dir else None
+    log = (
+        EventLogObserver(events_dir, user_ids, sim.catalog.item_ids, arm.name, sim.config.feature_names)
+        if events_dir
+        else None
+    )
     try:
         outcomes, _ = evaluate_beyond(policy, sim, len(user_ids), seed, observers=[log] if log else [])
     finally:

@@ -19,6 +19,7 @@ from rayrec.errors import ConfigError, DataError
 from rayrec.features import logged_rating_totals, rating_feature
 from rayrec.index.faiss_index import IndexSpec, IndexType, build_faiss_index
 from rayrec.index.item_index import item_categories, write_index
+from rayrec.item_stats import event_log_item_counts
 from rayrec.runtime import init_ray
 from rayrec.seqrec.catalog import is_model_dir, model_item_vectors
 
@@ -69,6 +70,16 @@ class BuildIndexConfig(RayConfig):
     else local)."""
     threads: int | None = None
     """local: torch threads (default: torch's own choice, the physical cores)."""
+    item_log: str | None = None
+    """An event log (``rayrec serve``'s or ``rayrec ab``'s events directory) to store each item's
+    ``item_ctr``, ``item_watch`` and ``item_lift`` from (:mod:`rayrec.item_stats`): what lets a server
+    answer with a policy trained with ``observe_item_log`` / ``observe_lift``."""
+    item_log_policies: list[str] | None = None
+    """--item-log: count only the impressions of these policies (repeat the flag; default all), e.g. the
+    exploration arm's, whose rates no ranker's preferences confound."""
+    item_log_watch_scale: float = 1.0
+    """--item-log: the longest watch a click's value can hold, which divides it (1 for the HTTP API's click
+    values in [0, 1]; a simulated log of watch time: 1 + the world's clickbait_watch)."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "concurrency"):
@@ -78,6 +89,8 @@ class BuildIndexConfig(RayConfig):
             raise ConfigError(f"--cpus-per-actor must be > 0, got {self.cpus_per_actor}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        if not self.item_log_watch_scale > 0:
+            raise ConfigError(f"--item-log-watch-scale must be > 0, got {self.item_log_watch_scale}")
 
     def embed_mode(self) -> str:
         """``local`` or ``ray``: ``auto`` resolved (ray exactly when a cluster address is configured)."""
@@ -175,6 +188,20 @@ def build_index(config: BuildIndexConfig) -> dict[str, Any]:
     items = read_items(items_uri)
     texts = item_texts(items, source=items_uri)
     item_ids = items.column("item_id").to_pylist()
+    counts = None
+    if config.item_log is not None:  # before the embedding: a bad log fails in seconds
+        counts = event_log_item_counts(
+            config.item_log,
+            np.asarray(item_ids),
+            config.item_log_watch_scale,
+            tuple(config.item_log_policies or ()),
+        )
+        summary = counts.summary()
+        print(
+            f"item log {config.item_log}: {summary['impressions']} impressions, {summary['clicks']} clicks, "
+            f"{summary['lift_pairs']} measured lifts",
+            flush=True,
+        )
     spent: list[tuple[int, float]] = []  # (texts embedded, seconds) of each embedding pass
 
     def embed(texts: list[str], model: str) -> np.ndarray:
@@ -213,6 +240,8 @@ def build_index(config: BuildIndexConfig) -> dict[str, Any]:
         encoder=encoder,
         categories=item_categories(items, item_ids),
         rating=rating,
+        item_log=None if counts is None else counts.statistics(),
+        item_log_summary=None if counts is None else counts.summary(),
     )
     save_config(config, config.out)
     embedding = (

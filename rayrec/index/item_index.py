@@ -2,9 +2,11 @@
 
 Layout: ``item_embeddings.parquet`` (``item_id`` string, ``embedding`` fixed-size list<float32>,
 ``popularity`` int64 interaction count, ``category`` string when the data's ``items.parquet`` has
-one, and ``rating`` float32 (:func:`rayrec.features.rating_feature`, the observable ``item_rating``) when
-the data's interactions have rating events; an index without either loads it as None), ``items.faiss`` (FAISS ids are the Parquet's row
-numbers) and ``index.json`` (encoder, dim, metric, type and parameters, item count, sha256 of both files).
+one, ``rating`` float32 (:func:`rayrec.features.rating_feature`, the observable ``item_rating``) when
+the data's interactions have rating events, and ``item_ctr``, ``item_watch``, ``item_lift`` float32
+(:mod:`rayrec.item_stats`) when it was built with an event log (``--item-log``); an index without them loads
+them as None), ``items.faiss`` (FAISS ids are the Parquet's row numbers) and ``index.json`` (encoder, dim,
+metric, type and parameters, item count, what the item log held, sha256 of both files).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pyarrow.parquet as pq
 
 from rayrec import storage
 from rayrec.errors import ArtifactError, RayrecError
+from rayrec.features import ITEM_LIFT, ITEM_LOG_FEATURES
 from rayrec.index.exact import exact_search
 from rayrec.index.faiss_index import IndexSpec, apply_search_params
 
@@ -33,6 +36,8 @@ FORMAT_VERSION = 1
 
 CATEGORY_COLUMN = "category"
 RATING_COLUMN = "rating"
+ITEM_LOG_COLUMNS = (*ITEM_LOG_FEATURES, ITEM_LIFT)
+"""The embeddings file's columns of an index built with an event log: :meth:`rayrec.item_stats.ItemCounts.statistics`."""
 
 
 def item_categories(items: pa.Table, item_ids: np.ndarray | list[str]) -> np.ndarray | None:
@@ -52,9 +57,11 @@ def embeddings_table(
     popularity: np.ndarray,
     categories: np.ndarray | list[str] | None = None,
     rating: np.ndarray | None = None,
+    item_log: np.ndarray | None = None,
 ) -> pa.Table:
     """The ``item_embeddings.parquet`` table for ``embeddings`` [N, d] float32, ``popularity`` [N] counts,
-    optional ``categories`` [N] str and optional ``rating`` [N] float32 (no such column when None)."""
+    optional ``categories`` [N] str, optional ``rating`` [N] float32 and optional ``item_log`` [N, 3] float32
+    (:data:`ITEM_LOG_COLUMNS`; no such columns when None)."""
     vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
     flat = pa.array(vectors.reshape(-1), type=pa.float32())
     columns = {
@@ -71,6 +78,15 @@ def embeddings_table(
         if rating.shape != (len(vectors),) or not np.isfinite(rating).all():
             raise ArtifactError(f"index: ratings of shape {rating.shape} (finite) expected ({len(vectors)},)")
         columns[RATING_COLUMN] = pa.array(rating, pa.float32())
+    if item_log is not None:
+        item_log = np.asarray(item_log, dtype=np.float32)
+        if item_log.shape != (len(vectors), len(ITEM_LOG_COLUMNS)) or not np.isfinite(item_log).all():
+            raise ArtifactError(
+                f"index: item log statistics of shape {item_log.shape} (finite) expected "
+                f"({len(vectors)}, {len(ITEM_LOG_COLUMNS)})"
+            )
+        for name, values in zip(ITEM_LOG_COLUMNS, item_log.T, strict=True):
+            columns[name] = pa.array(values, pa.float32())
     return pa.table(columns)
 
 
@@ -90,15 +106,18 @@ def write_index(
     encoder: str,
     categories: np.ndarray | list[str] | None = None,
     rating: np.ndarray | None = None,
+    item_log: np.ndarray | None = None,
+    item_log_summary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the three files of an index directory (local path or URI); returns the ``index.json`` content.
 
-    ``categories`` [N] and ``rating`` [N] (optional) become the embeddings file's ``category`` and ``rating``
-    columns, covered by its sha256.
+    ``categories`` [N], ``rating`` [N] and ``item_log`` [N, 3] (optional) become the embeddings file's
+    ``category``, ``rating`` and :data:`ITEM_LOG_COLUMNS` columns, covered by its sha256;
+    ``item_log_summary`` (what the log held) goes in ``index.json`` as ``item_log``.
     """
     import faiss  # heavy (FAISS): rayrec.index loads at `rayrec --help` time
 
-    parquet = _parquet_bytes(embeddings_table(item_ids, embeddings, popularity, categories, rating))
+    parquet = _parquet_bytes(embeddings_table(item_ids, embeddings, popularity, categories, rating, item_log))
     index_bytes = faiss.serialize_index(faiss_index).tobytes()
     meta = {
         "format_version": FORMAT_VERSION,
@@ -109,6 +128,7 @@ def write_index(
         "params": spec.params(),
         "items": len(item_ids),
         "rating": rating is not None,
+        "item_log": None if item_log is None else dict(item_log_summary or {}),
         "files": {
             EMBEDDINGS_FILE: hashlib.sha256(parquet).hexdigest(),
             FAISS_FILE: hashlib.sha256(index_bytes).hexdigest(),
@@ -136,6 +156,9 @@ class IndexItems:
     rating: np.ndarray | None
     """[N] float32 each item's ``item_rating`` (:func:`rayrec.features.rating_feature`); None for an index
     built from data without rating events."""
+    item_log: np.ndarray | None
+    """[N, 3] float32 each item's ``item_ctr``, ``item_watch``, ``item_lift`` (:mod:`rayrec.item_stats`);
+    None for an index built without an event log."""
     meta: dict[str, Any]
     """The content of ``index.json``."""
 
@@ -180,12 +203,22 @@ def load_index_items(uri: str, verify: bool = True) -> IndexItems:
             f"index {uri}: {META_FILE} says rating={index_has_ratings(meta)} but {EMBEDDINGS_FILE} "
             f"{'has' if rating is not None else 'lacks'} a {RATING_COLUMN!r} column: rebuild the index"
         )
+    item_log = None
+    present = [name for name in ITEM_LOG_COLUMNS if name in table.column_names]
+    if present:
+        item_log = np.column_stack([table.column(name).to_numpy() for name in present]).astype(np.float32)
+    if len(present) != (len(ITEM_LOG_COLUMNS) if index_has_item_log(meta) else 0):
+        raise ArtifactError(
+            f"index {uri}: {META_FILE} says item_log={meta.get('item_log')} but {EMBEDDINGS_FILE} has "
+            f"columns {present} of {list(ITEM_LOG_COLUMNS)}: rebuild the index"
+        )
     return IndexItems(
         item_ids=np.array(table.column("item_id").to_pylist(), dtype=object),
         embeddings=embeddings,
         popularity=popularity,
         categories=categories,
         rating=rating,
+        item_log=item_log,
         meta=meta,
     )
 
@@ -194,6 +227,12 @@ def index_has_ratings(meta: dict[str, Any]) -> bool:
     """Whether the index with ``index.json`` content ``meta`` stores each item's ``item_rating`` (an index
     written before ratings were stored has no such key, and no ratings)."""
     return bool(meta.get("rating", False))
+
+
+def index_has_item_log(meta: dict[str, Any]) -> bool:
+    """Whether the index with ``index.json`` content ``meta`` stores each item's :data:`ITEM_LOG_COLUMNS`
+    (built with ``--item-log``; an index written before they were stored has no such key)."""
+    return meta.get("item_log") is not None
 
 
 def _read_meta(uri: str) -> dict[str, Any]:
@@ -246,6 +285,9 @@ class ItemIndex:
     rating: np.ndarray | None = field(default=None, repr=False)
     """[N] float32 each item's ``item_rating`` (:func:`rayrec.features.rating_feature`); None for an index
     built from data without rating events."""
+    item_log: np.ndarray | None = field(default=None, repr=False)
+    """[N, 3] float32 each item's ``item_ctr``, ``item_watch``, ``item_lift``; None for an index built
+    without an event log."""
     _positions: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -294,6 +336,7 @@ class ItemIndex:
             faiss_index=faiss_index,
             categories=items.categories,
             rating=items.rating,
+            item_log=items.item_log,
         )
 
     def check_queries(self, queries: np.ndarray) -> np.ndarray:
