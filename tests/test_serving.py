@@ -679,6 +679,20 @@ def test_a_policy_reading_features_the_server_does_not_build_is_refused(small_in
     assert budget_scale(load_policy(str(tmp_path / "linear"))) == BASELINE_BUDGET
 
 
+def save_gated_switch(out: Path, names: tuple[str, ...], build_on: str, gate: list[float]) -> str:
+    """A switch ranker over ``names`` saved under ``out``: popularity while its ``gate`` (bias, clock, the
+    user columns) is open, ``build_on`` while it is shut."""
+    from rayrec.baselines import SwitchRankerPolicy
+
+    weights = np.zeros(SwitchRankerPolicy.num_weights(names), np.float32)
+    spend, build, gates = SwitchRankerPolicy.split(weights, names)
+    spend[names.index("popularity")] = 1.0
+    build[names.index(build_on)] = 1.0
+    gates[:] = gate
+    policy = SwitchRankerPolicy.from_flat(weights, names, budget=20.0, name="switch")
+    return policy.save(str(out / "switch"))
+
+
 def test_over_a_rated_index_the_server_builds_and_logs_item_rating(tmp_path, monkeypatch):
     """A policy trained with ``observe_rating`` served over an index that stores item ratings, beside a
     ``random`` arm: it is shown each candidate's ``item_rating`` from the index, every request's log row
@@ -736,7 +750,7 @@ def test_session_feedback_reaches_a_feedback_ranker_its_log_and_the_replay(tmp_p
     evaluation (beside a ``random`` arm) scores the ranker on what it saw."""
     from rayrec.ab.off_policy import evaluate_logged
     from rayrec.assignment import assign_arm
-    from rayrec.baselines import RandomPolicy, RetrievalPolicy, SwitchRankerPolicy, load_policy
+    from rayrec.baselines import RandomPolicy, RetrievalPolicy, load_policy
     from rayrec.features import feature_names
     from rayrec.logs.reader import ItemLookup, logged_requests, read_event_log
     from serving.app import resolve_config
@@ -746,14 +760,8 @@ def test_session_feedback_reaches_a_feedback_ranker_its_log_and_the_replay(tmp_p
     index_dir = build_test_index(tmp_path / "rated", n_items=60, rating=True)
     index = ItemIndex.load(str(index_dir))
     names = feature_names(rating=True, feedback=True, last_click=True)
-    weights = np.zeros(SwitchRankerPolicy.num_weights(names), np.float32)
-    spend, build, gate = SwitchRankerPolicy.split(weights, names)
-    spend[names.index("popularity")] = 1.0
-    build[names.index("item_rating")] = 1.0
-    gate[:] = [-0.5, 0.0, 1.0, 0.0]  # open where last_engagement > 0.5
-    policy_dir = SwitchRankerPolicy.from_flat(weights, names, budget=20.0, name="switch").save(
-        str(tmp_path / "switch")
-    )
+    # open where last_engagement > 0.5
+    policy_dir = save_gated_switch(tmp_path, names, "item_rating", [-0.5, 0.0, 1.0, 0.0])
     events = str(tmp_path / "events")
     arms = [f"s={policy_dir}", "u=random"]
     config = AppConfig(index=str(index_dir), arms=arms, events=events, encoder=None, colocate=True)
@@ -806,7 +814,6 @@ def test_over_an_index_with_an_item_log_the_server_builds_the_lift_columns(tmp_p
     from the index, and ``satisfaction_estimate`` is the client's completion rate of the last click plus that
     item's lift, clipped (0 without a last click, lift 0 for an item the index lacks): the simulator's
     formula. Its gate reads the estimate: popularity for a satisfied user, lift otherwise."""
-    from rayrec.baselines import SwitchRankerPolicy
     from rayrec.features import ITEM_LIFT, ITEM_LOG_FEATURES, SATISFACTION_ESTIMATE, feature_names
     from serving.app import resolve_config
 
@@ -814,14 +821,8 @@ def test_over_an_index_with_an_item_log_the_server_builds_the_lift_columns(tmp_p
     index_dir = build_test_index(tmp_path / "logged", n_items=60, item_log=True)
     index = ItemIndex.load(str(index_dir))
     names = feature_names(feedback=True, item_log=True, lift=True)
-    weights = np.zeros(SwitchRankerPolicy.num_weights(names), np.float32)
-    spend, build, gate = SwitchRankerPolicy.split(weights, names)
-    spend[names.index("popularity")] = 1.0
-    build[names.index(ITEM_LIFT)] = 1.0
-    gate[:] = [-0.5, 0.0, 0.0, 1.0]  # open where satisfaction_estimate > 0.5
-    policy_dir = SwitchRankerPolicy.from_flat(weights, names, budget=20.0, name="switch").save(
-        str(tmp_path / "switch")
-    )
+    # open where satisfaction_estimate > 0.5
+    policy_dir = save_gated_switch(tmp_path, names, ITEM_LIFT, [-0.5, 0.0, 0.0, 1.0])
     events = str(tmp_path / "events")
     config = AppConfig(
         index=str(index_dir), arms=[f"s={policy_dir}"], events=events, encoder=None, colocate=True
