@@ -90,6 +90,7 @@ REQUESTS_SCHEMA = pa.schema(
         pa.field("last_engagement", pa.float32()),
         pa.field("last_click_rating", pa.float32()),
         *VERSION_FIELDS,
+        pa.field("satisfaction_estimate", pa.float32()),
     ]
 )
 """One row per answered request: ``candidate_ids`` [K] in retrieval order, ``features`` [K * F]
@@ -101,9 +102,11 @@ names the fallback). Candidate embeddings are not logged: they are the index's, 
 :data:`rayrec.features.LAST_ENGAGEMENT` and :data:`rayrec.features.LAST_CLICK_RATING` the server built from
 its ``last_click`` (0 without one; ``last_click_rating`` null over an index without ratings, and both null in
 logs written before them; a simulated run, whose ``features`` hold whatever columns the simulator appended,
-logs ``last_engagement`` where its simulator observes it and never ``last_click_rating``). The last three columns (null in logs written before them, and in simulated runs) say which
+logs ``last_engagement`` where its simulator observes it and never ``last_click_rating``). The three version columns (null in logs written before them, and in simulated runs) say which
 pseudonymization key made ``user_id`` (:func:`rayrec.privacy.key_id`) and which index and policy artifacts
-(content hashes) answered."""
+(content hashes) answered. ``satisfaction_estimate`` is the :data:`rayrec.features.SATISFACTION_ESTIMATE` a
+server over an index with an item log (``rayrec build-index --item-log``) built from the ``last_click``
+(null otherwise and in logs written before it)."""
 
 IMPRESSIONS_SCHEMA = pa.schema(
     [
@@ -205,6 +208,7 @@ def requests_table(
             else pa.array(np.asarray(last_engagement, np.float32).reshape(batch)),
             pa.nulls(batch, pa.float32()),
             *(pa.nulls(batch, pa.string()) for _ in VERSION_FIELDS),
+            pa.nulls(batch, pa.float32()),
         ],
         schema=REQUESTS_SCHEMA,
     )

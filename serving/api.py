@@ -273,8 +273,9 @@ class RecommendRequest(BaseModel):
         default=None,
         description=(
             "The user's last click and its completion rate; a client that tracks them sends them so a policy "
-            "trained on session feedback (observe_feedback, observe_last_click) sees it. Absent: the user "
-            "has not clicked yet."
+            "trained on session feedback (observe_feedback, observe_last_click, observe_lift) sees it, and the "
+            "event log keeps the completion rate, from which `rayrec build-index --item-log` measures each "
+            "item's lift. Absent: the user has not clicked yet."
         ),
     )
 

@@ -446,7 +446,8 @@ class Ranked:
         fallback: True when the arm's ranker failed and the candidates are shown in retrieval order.
         index_version, policy_version: content hashes of the index and policy artifact that answered.
         explanations: [k] with ``explain``, each shown item's :func:`rayrec.explain.explanation`.
-        last_engagement, last_click_rating: the request's session feedback (:class:`Candidates`).
+        last_engagement, last_click_rating, satisfaction_estimate: the request's session feedback
+            (:class:`Candidates`).
 
     ``candidate_ids``, ``features``, ``profile``, ``budget`` and the session feedback are the request's row
     of the event log's requests table (what off-policy evaluation replays another policy on).
@@ -468,6 +469,7 @@ class Ranked:
     explanations: list[dict] | None = None
     last_engagement: float = 0.0
     last_click_rating: float | None = None
+    satisfaction_estimate: float | None = None
 
     def versions(self) -> dict[str, str]:
         return {"index_version": self.index_version, "policy_version": self.policy_version}
@@ -507,6 +509,7 @@ class Ranked:
             "fallback": self.cold_start or self.fallback,
             "last_engagement": self.last_engagement,
             "last_click_rating": self.last_click_rating,
+            "satisfaction_estimate": self.satisfaction_estimate,
             **self.versions(),
         }
 
@@ -560,7 +563,11 @@ def with_feedback(
 
 def _ranked_feedback(cands: Candidates) -> dict[str, float | None]:
     """The :class:`Ranked` fields of a request's session feedback."""
-    return {"last_engagement": cands.last_engagement, "last_click_rating": cands.last_click_rating}
+    return {
+        "last_engagement": cands.last_engagement,
+        "last_click_rating": cands.last_click_rating,
+        "satisfaction_estimate": cands.satisfaction_estimate,
+    }
 
 
 def rank(

@@ -813,8 +813,18 @@ def test_over_an_index_with_an_item_log_the_server_builds_the_lift_columns(tmp_p
     an index built with an event log: each candidate's ``item_ctr``, ``item_watch`` and ``item_lift`` come
     from the index, and ``satisfaction_estimate`` is the client's completion rate of the last click plus that
     item's lift, clipped (0 without a last click, lift 0 for an item the index lacks): the simulator's
-    formula. Its gate reads the estimate: popularity for a satisfied user, lift otherwise."""
-    from rayrec.features import ITEM_LIFT, ITEM_LOG_FEATURES, SATISFACTION_ESTIMATE, feature_names
+    formula. Its gate reads the estimate: popularity for a satisfied user, lift otherwise. The request rows
+    log the estimate, and a replay over the index rebuilds every column the ranker saw (``rayrec ope``)."""
+    from rayrec.ab.off_policy import evaluate_logged
+    from rayrec.baselines import RandomPolicy, RetrievalPolicy, load_policy
+    from rayrec.features import (
+        ITEM_LIFT,
+        ITEM_LOG_FEATURES,
+        SATISFACTION_ESTIMATE,
+        feature_names,
+        select_features,
+    )
+    from rayrec.logs.reader import ItemLookup, logged_requests, read_event_log
     from serving.app import resolve_config
 
     monkeypatch.setenv("RAYREC_PSEUDONYM_KEY", "k" * 32)
@@ -824,11 +834,12 @@ def test_over_an_index_with_an_item_log_the_server_builds_the_lift_columns(tmp_p
     # open where satisfaction_estimate > 0.5
     policy_dir = save_gated_switch(tmp_path, names, ITEM_LIFT, [-0.5, 0.0, 0.0, 1.0])
     events = str(tmp_path / "events")
-    config = AppConfig(
-        index=str(index_dir), arms=[f"s={policy_dir}"], events=events, encoder=None, colocate=True
-    )
+    arms = [f"s={policy_dir}", "u=random"]  # the random arm explores: what off-policy estimates weight
+    config = AppConfig(index=str(index_dir), arms=arms, events=events, encoder=None, colocate=True)
     config = resolve_config(config)[0]
-    users = [f"user-{i}" for i in range(40) if assign_arm(f"user-{i}", [("s", 1.0)]) == "s"][:4]
+    weights = [("s", 1.0), ("u", 1.0)]
+    users = [f"user-{i}" for i in range(80) if assign_arm(f"user-{i}", weights) == "s"][:4]
+    explored = [f"user-{i}" for i in range(80) if assign_arm(f"user-{i}", weights) == "u"][:6]
     clicks = [None, ("item-0007", 0.9), ("item-0009", 0.1), ("gone", 0.25)]
     asks = [
         RecommendRequest(
@@ -839,12 +850,13 @@ def test_over_an_index_with_an_item_log_the_server_builds_the_lift_columns(tmp_p
         )
         for i, (user, click) in enumerate(zip(users, clicks, strict=True))
     ]
+    asks += [RecommendRequest(user_id=u, history=[f"item-{i:04d}"], k=3) for i, u in enumerate(explored)]
     answers, shown = serve_colocated(config, "s", asks, monkeypatch)
-    assert [answer.policy for answer in answers] == ["switch"] * 4
+    assert [answer.policy for answer in answers] == ["switch"] * 4 + ["random"] * 6
     lift = index.item_log[:, 2]
     expected = [0.0, min(1.0, max(0.0, 0.9 + lift[7])), min(1.0, max(0.0, 0.1 + lift[9])), 0.25]
     requests = read_requests(events).to_pandas().set_index("request_id")
-    for estimate, obs, answer in zip(expected, shown, answers, strict=True):
+    for estimate, obs, answer in zip(expected, shown, answers[:4], strict=True):
         features = obs["features"][0]  # [K, F] in the policy's order
         np.testing.assert_allclose(features[:, names.index(SATISFACTION_ESTIMATE)], estimate, rtol=1e-6)
         rows = index.lookup(list(requests.loc[answer.request_id, "candidate_ids"]))
@@ -854,3 +866,15 @@ def test_over_an_index_with_an_item_log_the_server_builds_the_lift_columns(tmp_p
         candidates = list(requests.loc[answer.request_id, "candidate_ids"])
         picked = by[[candidates.index(item.item_id) for item in answer.items]]
         np.testing.assert_array_equal(np.sort(picked), np.sort(by)[-3:])
+    # The log keeps the estimate; a replay over the index rebuilds every column the ranker saw.
+    logged = [requests.loc[a.request_id, "satisfaction_estimate"] for a in answers]
+    np.testing.assert_allclose(logged, [*expected, *[0.0] * 6], rtol=1e-6)  # no last click: 0
+    lookup = ItemLookup(index.item_ids, index.embeddings, item_log=index.item_log)
+    replay = logged_requests(read_event_log(events), lookup)
+    assert len(replay.user) == len(answers) and set(names) <= set(replay.feature_names)
+    replayed = select_features(replay.features, replay.feature_names, names)  # [n, K, F] in users' order
+    for obs in shown:
+        assert any(np.array_equal(row, obs["features"][0]) for row in replayed)
+    loggers = {"switch": load_policy(policy_dir), "random": RandomPolicy()}
+    result = evaluate_logged(replay, RetrievalPolicy(), loggers, resamples=20)
+    assert result.requests == 10 and result.logging_policies == {"switch": 4, "random": 6}

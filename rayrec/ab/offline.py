@@ -39,7 +39,7 @@ def policy_source(config: OpeConfig) -> tuple[Callable[[str], SlatePolicy], Item
     if config.index is not None:
         index = ItemIndex.load(config.index)
         return lambda spec: load_policy_for_index(replayable(spec), config.index), ItemLookup(
-            index.item_ids, index.embeddings
+            index.item_ids, index.embeddings, item_log=index.item_log
         )
     sim_file = storage.join(config.events, SIMULATOR_FILE)
     if not storage.exists(sim_file):

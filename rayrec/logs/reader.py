@@ -2,8 +2,10 @@
 
 Each logged request's observation is rebuilt exactly as the ranker saw it: ``profile``, ``features`` and
 ``budget`` from the requests table (:mod:`rayrec.events`), candidate embeddings from the item index by
-``candidate_ids``, and a server's session feedback (the request-level ``last_engagement`` and
-``last_click_rating``) as the feature columns a policy trained with them reads (:func:`with_session_feedback`).
+``candidate_ids``, a server's session feedback (the request-level ``last_engagement``, ``last_click_rating``
+and ``satisfaction_estimate``) as the feature columns a policy trained with them reads
+(:func:`with_session_feedback`), and over an index with an item log each candidate's ``item_ctr``,
+``item_watch`` and ``item_lift`` from the index (:class:`ItemLookup`), as the server gave them.
 Its impressions give the slate and the logged propensities, its click feedback the rewards; a user's requests
 are put in time order (``ts``, then decreasing ``budget``).
 
@@ -35,7 +37,15 @@ from rayrec.events import (
     read_impressions,
     read_requests,
 )
-from rayrec.features import LAST_CLICK_RATING, LAST_ENGAGEMENT, NUM_FEATURES, feature_names
+from rayrec.features import (
+    ITEM_LIFT,
+    ITEM_LOG_FEATURES,
+    LAST_CLICK_RATING,
+    LAST_ENGAGEMENT,
+    NUM_FEATURES,
+    SATISFACTION_ESTIMATE,
+    feature_names,
+)
 from rayrec.logs.requests import LoggedRequests
 
 SIMULATOR_FILE = "simulator.yaml"
@@ -53,11 +63,14 @@ class ItemLookup:
         feature_names: the per-candidate features a simulated log holds (its simulator's
             ``SlateEnvConfig.feature_names``); None for a server's log, whose features are named by their
             number (:func:`logged_features`).
+        item_log: [N, 3] float32 each item's ``item_ctr``, ``item_watch``, ``item_lift`` (an index built with
+            ``--item-log``), which a server gave its rankers and does not log per candidate; None otherwise.
     """
 
     item_ids: np.ndarray
     embeddings: np.ndarray
     feature_names: tuple[str, ...] | None = None
+    item_log: np.ndarray | None = None
 
     def rows(self, item_ids: np.ndarray) -> np.ndarray:
         """[m] catalog rows of ``item_ids`` [m] (-1 for unknown ids)."""
@@ -125,14 +138,15 @@ def with_session_feedback(
     A server logs each request's :data:`rayrec.features.LAST_ENGAGEMENT` and (over a rated index)
     :data:`rayrec.features.LAST_CLICK_RATING` once per request (:data:`rayrec.events.REQUESTS_SCHEMA`), not
     per candidate; a policy trained with ``observe_feedback`` / ``observe_last_click`` reads them in every
-    candidate's row, as the simulator and the server show them. A column is appended when some row logged
-    it (a row from before it, null, reads as 0: a request without a last click); a simulated log, whose
-    features already hold the simulator's columns, logs neither.
+    candidate's row, as the simulator and the server show them; over an index with an item log it also logs
+    :data:`rayrec.features.SATISFACTION_ESTIMATE`. A column is appended when some row logged it (a row from
+    before it, null, reads as 0: a request without a last click); a simulated log, whose features already
+    hold the simulator's columns, logs none of them twice.
 
     Returns:
-        ([n, K, F + m] float32, their names), m the columns appended (0 to 2).
+        ([n, K, F + m] float32, their names), m the columns appended (0 to 3).
     """
-    for name in (LAST_ENGAGEMENT, LAST_CLICK_RATING):
+    for name in (LAST_ENGAGEMENT, LAST_CLICK_RATING, SATISFACTION_ESTIMATE):
         if name in names or name not in requests.column_names:
             continue
         column = requests.column(name)
@@ -263,6 +277,9 @@ def logged_requests(log: EventTables, items: ItemLookup) -> LoggedRequests:
             f"{where_requests}: {len(missing)} logged candidates are not in the item index (e.g. "
             f"{_examples(missing)}); pass the index the log was written with"
         )
+    if items.item_log is not None and ITEM_LIFT not in features_named:  # as the server gave them
+        features = np.concatenate([features, items.item_log[rows].astype(np.float32)], axis=-1)
+        features_named = (*features_named, *ITEM_LOG_FEATURES, ITEM_LIFT)
 
     # Impression → (request row, candidate index) through the request's own candidate list.
     imp = log.impressions.select(["request_id", "item_id", "position", "propensity"]).to_pandas()
