@@ -196,6 +196,11 @@ def _logged_lifts(events_dir: str, clicks: pd.DataFrame, num_items: int) -> tupl
     )
     same_user = requests["user_id"].eq(requests["user_id"].shift())
     previous = requests["clicked"].shift(fill_value=-1).where(same_user, -1).astype(np.int64)
+    if requests.empty:
+        raise DataError(
+            f"{where}: no requests table, which holds the completion rates (last_engagement) a lift is measured "
+            "from: build the index from the server's events directory (an `ab --url` client logs no requests)"
+        )
     arrived = (previous >= 0) & requests["last_engagement"].notna()
     if not arrived.any():
         raise DataError(

@@ -129,6 +129,13 @@ def test_a_servers_event_log_gives_rates_watch_and_lifts(tmp_path):
         log.log_feedback([{"request_id": "s1", "item_id": "a", "event": "click"}])
     with pytest.raises(DataError, match=r"no request reports the completion rate .* `last_click`"):
         event_log_item_counts(silent, np.array(["a"]))
+    client = str(tmp_path / "client")  # an `ab --url` client's log: impressions and feedback, no requests
+    with EventLog(client) as log:
+        log.log_impressions([{"request_id": "c1", "ts": 1.0, "user_id": "u", "arm": "a", "policy": "explore",
+                              "item_id": "a", "position": 0, "score": 0.0, "propensity": 1.0}])  # fmt: skip
+        log.log_feedback([{"request_id": "c1", "item_id": "a", "event": "click"}])
+    with pytest.raises(DataError, match="no requests table, which holds the completion rates"):
+        event_log_item_counts(client, np.array(["a"]))
     with pytest.raises(DataError, match="no impressions of the index's items"):
         event_log_item_counts(events, np.array(["x"]))
     with pytest.raises(DataError, match="watch_scale must be positive"):
