@@ -3,9 +3,9 @@
 A catalog's hidden traits are what users react to; a service never reads them, but it logs how users
 reacted and aggregates the log per item (:mod:`rayrec.item_stats`). :func:`item_log_features` makes such a
 log in the simulator (users of its world shown uniformly random slates, the exploration traffic a service
-keeps for its estimates) and returns, per item, its click-through rate and mean watch time per click (the columns
-``observe_item_log`` appends, :data:`rayrec.features.ITEM_LOG_FEATURES`) and its lift, what a click on it
-does to the clicker's completion rate (``observe_lift``'s :data:`rayrec.features.ITEM_LIFT`).
+keeps for its estimates) and returns, per item, its click-through rate and mean watch time per click (the
+columns ``observe_item_log`` appends, :data:`rayrec.features.ITEM_LOG_FEATURES`) and its lift, what a click
+on it does to the clicker's completion rate (``observe_lift``'s :data:`rayrec.features.ITEM_LIFT`).
 """
 
 from __future__ import annotations

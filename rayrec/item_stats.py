@@ -10,7 +10,7 @@ Three statistics (:data:`rayrec.features.ITEM_LOG_FEATURES` and :data:`rayrec.fe
 
 Two logs reduce to the same counts and go through the same functions here: the simulator's exploration
 log (:func:`envs.item_log.item_log_features`, the columns ``observe_item_log`` and ``observe_lift`` append)
-and a server's event log (:func:`event_log_item_stats`, which ``rayrec build-index --item-log`` stores in
+and a server's event log (:func:`event_log_item_counts`, which ``rayrec build-index --item-log`` stores in
 the index so the server builds the same columns). The completion rate of a click is known at the user's
 next request: the simulator's observation shows it as ``last_engagement``, a client sends it as
 ``last_click`` and the server logs it in the request's row.
@@ -181,7 +181,8 @@ def event_log_item_counts(
 
 
 def _logged_lifts(events_dir: str, clicks: pd.DataFrame, num_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`lift_totals` of the completion rates the requests table holds (:func:`event_log_item_counts`)."""
+    """:func:`lift_totals` of the completion rates the requests table holds
+    (:func:`event_log_item_counts`)."""
     where = storage.join(events_dir, REQUESTS_DIR)
     requests = (
         read_requests(events_dir)
@@ -198,8 +199,8 @@ def _logged_lifts(events_dir: str, clicks: pd.DataFrame, num_items: int) -> tupl
     previous = requests["clicked"].shift(fill_value=-1).where(same_user, -1).astype(np.int64)
     if requests.empty:
         raise DataError(
-            f"{where}: no requests table, which holds the completion rates (last_engagement) a lift is measured "
-            "from: build the index from the server's events directory (an `ab --url` client logs no requests)"
+            f"{where}: no requests table, which holds the completion rates (last_engagement) a lift is "
+            "measured from: build the index from the server's events directory (an `ab --url` client logs no requests)"
         )
     arrived = (previous >= 0) & requests["last_engagement"].notna()
     if not arrived.any():

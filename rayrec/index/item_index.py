@@ -37,7 +37,8 @@ FORMAT_VERSION = 1
 CATEGORY_COLUMN = "category"
 RATING_COLUMN = "rating"
 ITEM_LOG_COLUMNS = (*ITEM_LOG_FEATURES, ITEM_LIFT)
-"""The embeddings file's columns of an index built with an event log: :meth:`rayrec.item_stats.ItemCounts.statistics`."""
+"""The embeddings file's columns of an index built with an event log
+(:meth:`rayrec.item_stats.ItemCounts.statistics`)."""
 
 
 def item_categories(items: pa.Table, item_ids: np.ndarray | list[str]) -> np.ndarray | None:
