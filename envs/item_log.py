@@ -34,10 +34,12 @@ class LiftLog:
     num_users: int
     column: int
     """Index of :data:`rayrec.features.LAST_ENGAGEMENT` in the observation's features."""
-    arrivals: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(init=False, default_factory=list)
-    """Per step: ([r] users, [r] items, [r] completion rates) of the clicks whose completion it showed."""
+    arrivals: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(init=False)
+    """Per step: ([r] users, [r] items, [r] completion rates) of the clicks whose completion it showed
+    (none yet: one empty step)."""
 
     def __post_init__(self) -> None:
+        self.arrivals = [(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))]
         self.pending = np.full(self.num_users, -1, np.int64)  # [U] click whose completion shows next step
 
     def __call__(self, step: StepRecord) -> None:

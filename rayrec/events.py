@@ -102,7 +102,8 @@ names the fallback). Candidate embeddings are not logged: they are the index's, 
 :data:`rayrec.features.LAST_ENGAGEMENT` and :data:`rayrec.features.LAST_CLICK_RATING` the server built from
 its ``last_click`` (0 without one; ``last_click_rating`` null over an index without ratings, and both null in
 logs written before them; a simulated run, whose ``features`` hold whatever columns the simulator appended,
-logs ``last_engagement`` where its simulator observes it and never ``last_click_rating``). The three version columns (null in logs written before them, and in simulated runs) say which
+logs ``last_engagement`` where its simulator observes it and never ``last_click_rating``). The three version
+columns (null in logs written before them, and in simulated runs) say which
 pseudonymization key made ``user_id`` (:func:`rayrec.privacy.key_id`) and which index and policy artifacts
 (content hashes) answered. ``satisfaction_estimate`` is the :data:`rayrec.features.SATISFACTION_ESTIMATE` a
 server over an index with an item log (``rayrec build-index --item-log``) built from the ``last_click``
@@ -604,6 +605,10 @@ def read_requests(directory: str) -> pa.Table:
     """All request rows under ``directory`` in write order (:data:`REQUESTS_SCHEMA`; empty if none)."""
     return _read(directory, REQUESTS_DIR, REQUESTS_SCHEMA)
 
+
+USER_TIME_ORDER = [("user_id", "ascending"), ("ts", "ascending"), ("budget", "descending")]
+"""The requests table sorted per user in time order: ``ts``, then decreasing ``budget`` (the session's later
+requests of one instant: the A/B runner logs a step's requests with one ``ts``)."""
 
 SCHEMAS = {REQUESTS_DIR: REQUESTS_SCHEMA, IMPRESSIONS_DIR: IMPRESSIONS_SCHEMA, FEEDBACK_DIR: FEEDBACK_SCHEMA}
 

@@ -99,6 +99,9 @@ SATISFACTION_ESTIMATE = "satisfaction_estimate"
 request): :data:`LAST_ENGAGEMENT` plus the :data:`ITEM_LIFT` of the item that click was on, clipped to
 [0, 1], 0 before the user's first click. The completion rate reads the user's satisfaction one click late;
 adding what the clicked item is logged to do brings the estimate up to now."""
+ITEM_STATISTICS = (*ITEM_LOG_FEATURES, ITEM_LIFT)
+"""The per-item columns of a log (:mod:`rayrec.item_stats`), in the order an index stores them and a server
+appends them."""
 LIFT_FEATURES = (ITEM_LIFT, SATISFACTION_ESTIMATE)
 """The columns ``observe_lift`` appends. Like :data:`ITEM_LOG_FEATURES` they need an index built with an
 event log; the server builds the estimate from the request's ``last_click``."""

@@ -29,6 +29,7 @@ from rayrec.events import (
     FEEDBACK_DIR,
     IMPRESSIONS_DIR,
     REQUESTS_DIR,
+    USER_TIME_ORDER,
     read_feedback,
     read_impressions,
     read_requests,
@@ -143,8 +144,8 @@ def event_log_item_counts(
     - Clicks and watch time: the ``click`` feedback on those impressions; a click's ``value`` is its watch
       time (the API's engagement weight in [0, 1]), divided by ``watch_scale``.
     - Lift: each request's row holds the ``last_engagement`` its client sent, the completion rate of the
-      user's click on the request before it. Every user's requests in time order (``ts``, then decreasing
-      ``budget``, as :func:`rayrec.logs.reader.logged_requests` orders them), a request that follows a
+      user's click on the request before it. Every user's requests in time order
+      (:data:`rayrec.events.USER_TIME_ORDER`, as :func:`rayrec.logs.reader.logged_requests` orders them), a request that follows a
       clicked one gives that click's completion rate; :func:`lift_totals` pairs them (all traffic).
     Items the log shows that ``item_ids`` lacks are left out.
 
@@ -187,7 +188,7 @@ def _logged_lifts(events_dir: str, clicks: pd.DataFrame, num_items: int) -> tupl
     requests = (
         read_requests(events_dir)
         .select(["request_id", "user_id", "ts", "budget", "last_engagement"])
-        .sort_by([("user_id", "ascending"), ("ts", "ascending"), ("budget", "descending")])
+        .sort_by(USER_TIME_ORDER)
         .to_pandas()
     )
     # a request's click: the latest one when a client reported several

@@ -27,9 +27,9 @@ from rayrec.explain import (
 )
 from rayrec.features import (
     HIDDEN_FEATURE_NAMES,
-    ITEM_LIFT,
     ITEM_LOG_FEATURES,
     ITEM_RATING,
+    ITEM_STATISTICS,
     LAST_CLICK_RATING,
     LAST_ENGAGEMENT,
     LIFT_FEATURES,
@@ -417,7 +417,8 @@ class Retrieval:
     def _feedback(self, last_click: LastClick | None) -> dict[str, float | None]:
         """The :class:`Candidates` fields of a request's session feedback."""
         engagement = 0.0 if last_click is None else float(last_click.engagement)
-        row = -1 if last_click is None else int(self.index.lookup([last_click.item_id])[0])
+        looked_up = last_click is not None and (self.rating is not None or self.item_log is not None)
+        row = int(self.index.lookup([last_click.item_id])[0]) if looked_up else -1
         rating = estimate = None
         if self.rating is not None:
             rating = 0.0 if last_click is None else float(self.rating[row]) if row >= 0 else UNRATED
@@ -557,7 +558,7 @@ def with_feedback(
     parts, named = [features, appended], (*names, *columns)
     if logged:
         parts.append(np.stack([c.item_log for c in batch]).astype(np.float32))  # [B, K, 3]
-        named = (*named, *ITEM_LOG_FEATURES, ITEM_LIFT)
+        named = (*named, *ITEM_STATISTICS)
     return np.concatenate(parts, axis=-1), named
 
 

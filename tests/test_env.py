@@ -278,6 +278,7 @@ def test_lift_log_pairs_each_click_with_the_same_users_next_click():
         return SimpleNamespace(users=np.array(users), obs={"features": features}, chosen=np.array(chosen))
 
     log = LiftLog(num_users=2, column=0)
+    assert not log.totals(num_items=6)[1].any()  # no click yet: nothing measured
     log(step([0, 1], [0.0, 0.0], [2, 3]))
     log(step([0, 1], [0.4, 0.9], [-1, -1]))  # item 2's rate 0.4 and item 3's 0.9 arrive
     log(step([0], [0.4], [5]))

@@ -20,9 +20,9 @@ from rayrec.baselines import RandomPolicy
 from rayrec.encoding import build_tiny_encoder, item_texts
 from rayrec.errors import ArtifactError, ConfigError, DataError
 from rayrec.events import EventLog
+from rayrec.features import ITEM_STATISTICS
 from rayrec.index import ItemIndex
 from rayrec.index.build import BuildIndexConfig, build_index
-from rayrec.index.item_index import ITEM_LOG_COLUMNS
 from rayrec.item_stats import event_log_item_counts, lift_totals, shrunk_to_prediction
 
 
@@ -167,7 +167,7 @@ def test_build_index_with_an_item_log_stores_the_statistics_and_what_the_log_hel
     expected = event_log_item_counts(events, index.item_ids).statistics()
     np.testing.assert_array_equal(index.item_log, expected)
     assert json.loads((out / "index.json").read_text())["item_log"]["lift_pairs"] == 12
-    assert pq.read_table(out / "item_embeddings.parquet").column_names[-3:] == list(ITEM_LOG_COLUMNS)
+    assert pq.read_table(out / "item_embeddings.parquet").column_names[-3:] == list(ITEM_STATISTICS)
     plain = tmp_path / "plain"
     build_index(BuildIndexConfig(data=str(data), out=str(plain), encoder=str(model), embed="local"))
     assert ItemIndex.load(str(plain)).item_log is None

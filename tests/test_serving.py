@@ -819,7 +819,7 @@ def test_over_an_index_with_an_item_log_the_server_builds_the_lift_columns(tmp_p
     from rayrec.baselines import RandomPolicy, RetrievalPolicy, load_policy
     from rayrec.features import (
         ITEM_LIFT,
-        ITEM_LOG_FEATURES,
+        ITEM_STATISTICS,
         SATISFACTION_ESTIMATE,
         feature_names,
         select_features,
@@ -860,7 +860,7 @@ def test_over_an_index_with_an_item_log_the_server_builds_the_lift_columns(tmp_p
         features = obs["features"][0]  # [K, F] in the policy's order
         np.testing.assert_allclose(features[:, names.index(SATISFACTION_ESTIMATE)], estimate, rtol=1e-6)
         rows = index.lookup(list(requests.loc[answer.request_id, "candidate_ids"]))
-        columns = [names.index(name) for name in (*ITEM_LOG_FEATURES, ITEM_LIFT)]
+        columns = [names.index(name) for name in ITEM_STATISTICS]
         np.testing.assert_array_equal(features[:, columns], index.item_log[rows])
         by = features[:, names.index("popularity" if estimate > 0.5 else ITEM_LIFT)]  # [K]
         candidates = list(requests.loc[answer.request_id, "candidate_ids"])

@@ -188,7 +188,7 @@ def build_index(config: BuildIndexConfig) -> dict[str, Any]:
     items = read_items(items_uri)
     texts = item_texts(items, source=items_uri)
     item_ids = items.column("item_id").to_pylist()
-    counts = None
+    counts = summary = None
     if config.item_log is not None:  # before the embedding: a bad log fails in seconds
         counts = event_log_item_counts(
             config.item_log,
@@ -241,7 +241,7 @@ def build_index(config: BuildIndexConfig) -> dict[str, Any]:
         categories=item_categories(items, item_ids),
         rating=rating,
         item_log=None if counts is None else counts.statistics(),
-        item_log_summary=None if counts is None else counts.summary(),
+        item_log_summary=summary,
     )
     save_config(config, config.out)
     embedding = (

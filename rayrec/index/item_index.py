@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from rayrec import storage
 from rayrec.errors import ArtifactError, RayrecError
-from rayrec.features import ITEM_LIFT, ITEM_LOG_FEATURES
+from rayrec.features import ITEM_STATISTICS
 from rayrec.index.exact import exact_search
 from rayrec.index.faiss_index import IndexSpec, apply_search_params
 
@@ -36,9 +36,6 @@ FORMAT_VERSION = 1
 
 CATEGORY_COLUMN = "category"
 RATING_COLUMN = "rating"
-ITEM_LOG_COLUMNS = (*ITEM_LOG_FEATURES, ITEM_LIFT)
-"""The embeddings file's columns of an index built with an event log
-(:meth:`rayrec.item_stats.ItemCounts.statistics`)."""
 
 
 def item_categories(items: pa.Table, item_ids: np.ndarray | list[str]) -> np.ndarray | None:
@@ -62,7 +59,7 @@ def embeddings_table(
 ) -> pa.Table:
     """The ``item_embeddings.parquet`` table for ``embeddings`` [N, d] float32, ``popularity`` [N] counts,
     optional ``categories`` [N] str, optional ``rating`` [N] float32 and optional ``item_log`` [N, 3] float32
-    (:data:`ITEM_LOG_COLUMNS`; no such columns when None)."""
+    (:data:`rayrec.features.ITEM_STATISTICS`; no such columns when None)."""
     vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
     flat = pa.array(vectors.reshape(-1), type=pa.float32())
     columns = {
@@ -81,12 +78,12 @@ def embeddings_table(
         columns[RATING_COLUMN] = pa.array(rating, pa.float32())
     if item_log is not None:
         item_log = np.asarray(item_log, dtype=np.float32)
-        if item_log.shape != (len(vectors), len(ITEM_LOG_COLUMNS)) or not np.isfinite(item_log).all():
+        if item_log.shape != (len(vectors), len(ITEM_STATISTICS)) or not np.isfinite(item_log).all():
             raise ArtifactError(
                 f"index: item log statistics of shape {item_log.shape} (finite) expected "
-                f"({len(vectors)}, {len(ITEM_LOG_COLUMNS)})"
+                f"({len(vectors)}, {len(ITEM_STATISTICS)})"
             )
-        for name, values in zip(ITEM_LOG_COLUMNS, item_log.T, strict=True):
+        for name, values in zip(ITEM_STATISTICS, item_log.T, strict=True):
             columns[name] = pa.array(values, pa.float32())
     return pa.table(columns)
 
@@ -113,7 +110,7 @@ def write_index(
     """Write the three files of an index directory (local path or URI); returns the ``index.json`` content.
 
     ``categories`` [N], ``rating`` [N] and ``item_log`` [N, 3] (optional) become the embeddings file's
-    ``category``, ``rating`` and :data:`ITEM_LOG_COLUMNS` columns, covered by its sha256;
+    ``category``, ``rating`` and :data:`rayrec.features.ITEM_STATISTICS` columns, covered by its sha256;
     ``item_log_summary`` (what the log held) goes in ``index.json`` as ``item_log``.
     """
     import faiss  # heavy (FAISS): rayrec.index loads at `rayrec --help` time
@@ -205,13 +202,13 @@ def load_index_items(uri: str, verify: bool = True) -> IndexItems:
             f"{'has' if rating is not None else 'lacks'} a {RATING_COLUMN!r} column: rebuild the index"
         )
     item_log = None
-    present = [name for name in ITEM_LOG_COLUMNS if name in table.column_names]
+    present = [name for name in ITEM_STATISTICS if name in table.column_names]
     if present:
         item_log = np.column_stack([table.column(name).to_numpy() for name in present]).astype(np.float32)
-    if len(present) != (len(ITEM_LOG_COLUMNS) if index_has_item_log(meta) else 0):
+    if len(present) != (len(ITEM_STATISTICS) if index_has_item_log(meta) else 0):
         raise ArtifactError(
             f"index {uri}: {META_FILE} says item_log={meta.get('item_log')} but {EMBEDDINGS_FILE} has "
-            f"columns {present} of {list(ITEM_LOG_COLUMNS)}: rebuild the index"
+            f"columns {present} of {list(ITEM_STATISTICS)}: rebuild the index"
         )
     return IndexItems(
         item_ids=np.array(table.column("item_id").to_pylist(), dtype=object),
@@ -231,7 +228,7 @@ def index_has_ratings(meta: dict[str, Any]) -> bool:
 
 
 def index_has_item_log(meta: dict[str, Any]) -> bool:
-    """Whether the index with ``index.json`` content ``meta`` stores each item's :data:`ITEM_LOG_COLUMNS`
+    """Whether the index with ``index.json`` content ``meta`` stores each item's :data:`rayrec.features.ITEM_STATISTICS`
     (built with ``--item-log``; an index written before they were stored has no such key)."""
     return meta.get("item_log") is not None
 

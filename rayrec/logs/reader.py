@@ -33,13 +33,14 @@ from rayrec.events import (
     FEEDBACK_DIR,
     IMPRESSIONS_DIR,
     REQUESTS_DIR,
+    USER_TIME_ORDER,
     read_feedback,
     read_impressions,
     read_requests,
 )
 from rayrec.features import (
     ITEM_LIFT,
-    ITEM_LOG_FEATURES,
+    ITEM_STATISTICS,
     LAST_CLICK_RATING,
     LAST_ENGAGEMENT,
     NUM_FEATURES,
@@ -253,7 +254,7 @@ def logged_requests(log: EventTables, items: ItemLookup) -> LoggedRequests:
     """
     where_requests = storage.join(log.directory, REQUESTS_DIR)
     where_impressions = storage.join(log.directory, IMPRESSIONS_DIR)
-    requests = log.requests.sort_by([("user_id", "ascending"), ("ts", "ascending"), ("budget", "descending")])
+    requests = log.requests.sort_by(USER_TIME_ORDER)
     request_ids = np.asarray(requests.column("request_id").to_pylist(), dtype=object)
     n = len(request_ids)
     if len(set(request_ids.tolist())) != n:
@@ -279,7 +280,7 @@ def logged_requests(log: EventTables, items: ItemLookup) -> LoggedRequests:
         )
     if items.item_log is not None and ITEM_LIFT not in features_named:  # as the server gave them
         features = np.concatenate([features, items.item_log[rows].astype(np.float32)], axis=-1)
-        features_named = (*features_named, *ITEM_LOG_FEATURES, ITEM_LIFT)
+        features_named = (*features_named, *ITEM_STATISTICS)
 
     # Impression → (request row, candidate index) through the request's own candidate list.
     imp = log.impressions.select(["request_id", "item_id", "position", "propensity"]).to_pandas()
