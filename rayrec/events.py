@@ -103,9 +103,8 @@ names the fallback). Candidate embeddings are not logged: they are the index's, 
 its ``last_click`` (0 without one; ``last_click_rating`` null over an index without ratings, and both null in
 logs written before them; a simulated run, whose ``features`` hold whatever columns the simulator appended,
 logs ``last_engagement`` where its simulator observes it and never ``last_click_rating``). The three version
-columns (null in logs written before them, and in simulated runs) say which
-pseudonymization key made ``user_id`` (:func:`rayrec.privacy.key_id`) and which index and policy artifacts
-(content hashes) answered. ``satisfaction_estimate`` is the :data:`rayrec.features.SATISFACTION_ESTIMATE` a
+columns (null in logs written before them, and in simulated runs) say which pseudonymization key made
+``user_id`` (:func:`rayrec.privacy.key_id`) and which index and policy artifacts (content hashes) answered. ``satisfaction_estimate`` is the :data:`rayrec.features.SATISFACTION_ESTIMATE` a
 server over an index with an item log (``rayrec build-index --item-log``) built from the ``last_click``
 (null otherwise and in logs written before it)."""
 

@@ -145,8 +145,9 @@ def event_log_item_counts(
       time (the API's engagement weight in [0, 1]), divided by ``watch_scale``.
     - Lift: each request's row holds the ``last_engagement`` its client sent, the completion rate of the
       user's click on the request before it. Every user's requests in time order
-      (:data:`rayrec.events.USER_TIME_ORDER`, as :func:`rayrec.logs.reader.logged_requests` orders them), a request that follows a
-      clicked one gives that click's completion rate; :func:`lift_totals` pairs them (all traffic).
+      (:data:`rayrec.events.USER_TIME_ORDER`, as :func:`rayrec.logs.reader.logged_requests` orders them),
+      a request that follows a clicked one gives that click's completion rate; :func:`lift_totals` pairs
+      them (all traffic).
     Items the log shows that ``item_ids`` lacks are left out.
 
     Raises:

@@ -228,8 +228,9 @@ def index_has_ratings(meta: dict[str, Any]) -> bool:
 
 
 def index_has_item_log(meta: dict[str, Any]) -> bool:
-    """Whether the index with ``index.json`` content ``meta`` stores each item's :data:`rayrec.features.ITEM_STATISTICS`
-    (built with ``--item-log``; an index written before they were stored has no such key)."""
+    """Whether the index with ``index.json`` content ``meta`` stores each item's
+    :data:`rayrec.features.ITEM_STATISTICS` (built with ``--item-log``; an index written before they were
+    stored has no such key)."""
     return meta.get("item_log") is not None
 
 
